@@ -1,0 +1,1 @@
+//! Tamper-evident audit log (STUB: being written).

@@ -1,0 +1,205 @@
+//! Body helpers: the body type the proxy sends, bounded collection, and
+//! bounded decompression (a zip bomb stops at the limit).
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CollectError {
+    TooLarge,
+    Broken,
+    Timeout,
+}
+
+/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
+pub async fn collect_limited<B>(
+    body: B,
+    limit: u64,
+    deadline: Duration,
+) -> Result<Bytes, CollectError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    match tokio::time::timeout(deadline, collect_inner(body, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(CollectError::Timeout),
+    }
+}
+
+async fn collect_inner<B>(mut body: B, limit: u64) -> Result<Bytes, CollectError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| CollectError::Broken)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(CollectError::TooLarge);
+        }
+        // One frame (the common case) is kept without a copy.
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(total.max(f.len() * 2));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                rest = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+/// Parses a Content-Encoding value; None for anything we can't decode
+/// (including stacked codings, which no sane client sends).
+pub fn coding(value: Option<&http::HeaderValue>) -> Option<Coding> {
+    let Some(v) = value else {
+        return Some(Coding::Identity);
+    };
+    let v = v.to_str().ok()?.trim();
+    if v.contains(',') {
+        return None;
+    }
+    match v.to_ascii_lowercase().as_str() {
+        "" | "identity" => Some(Coding::Identity),
+        "gzip" | "x-gzip" => Some(Coding::Gzip),
+        "deflate" => Some(Coding::Deflate),
+        "br" => Some(Coding::Brotli),
+        _ => None,
+    }
+}
+
+/// Decodes `data`; Err(TooLarge) once the output passes `limit`.
+pub fn decode(data: &[u8], coding: Coding, limit: u64) -> Result<Bytes, CollectError> {
+    let reader: Box<dyn Read + '_> = match coding {
+        Coding::Identity => return Ok(Bytes::copy_from_slice(data)),
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        // "deflate" is zlib-wrapped per RFC 9110; some servers send raw deflate.
+        Coding::Deflate if data.first().is_some_and(|b| b & 0x0f == 8) => {
+            Box::new(flate2::read::ZlibDecoder::new(data))
+        }
+        Coding::Deflate => Box::new(flate2::read::DeflateDecoder::new(data)),
+        Coding::Brotli => Box::new(brotli::Decompressor::new(data, 8192)),
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|_| CollectError::Broken)?;
+    if out.len() as u64 > limit {
+        return Err(CollectError::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// `application/json`, `application/*+json`, any parameters, any case.
+/// A charset other than UTF-8 is not JSON we can read.
+pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
+    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some((ty, sub)) = mime.split_once('/') else {
+        return false;
+    };
+    let json = ty == "application" && (sub == "json" || sub.ends_with("+json"));
+    json && parts.all(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        !k.trim().eq_ignore_ascii_case("charset") || {
+            let v = v.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn json_content_types() {
+        let j = |s: &'static str| is_json(Some(&HeaderValue::from_static(s)));
+        assert!(j("application/json"));
+        assert!(j("Application/JSON; charset=UTF-8"));
+        assert!(j("application/vnd.api+json"));
+        assert!(j("application/merge-patch+json; foo=bar"));
+        assert!(!j("text/plain"));
+        assert!(!j("application/jsonx"));
+        assert!(!j("application/json; charset=latin1"));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn decode_stops_at_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'a'; 1 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(decode(&gz, Coding::Gzip, 1000), Err(CollectError::TooLarge));
+        assert_eq!(decode(&gz, Coding::Gzip, 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn collect_refuses_past_limit() {
+        let body = Full::new(Bytes::from(vec![0u8; 100]));
+        assert_eq!(
+            collect_limited(body, 99, Duration::from_secs(1)).await,
+            Err(CollectError::TooLarge)
+        );
+        let body = Full::new(Bytes::from(vec![0u8; 100]));
+        assert_eq!(
+            collect_limited(body, 100, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .len(),
+            100
+        );
+    }
+}

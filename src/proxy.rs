@@ -1,0 +1,731 @@
+//! The request pipeline, stage by stage: canonical request → host check →
+//! route → rate limit → request body (stream, or encrypt) → upstream →
+//! response body (stream, or decrypt) → headers → audit, metrics, access log.
+//!
+//! Every stage that can fail returns a `ProxyError`; `handle` turns it into
+//! one JSON answer. Nothing is forwarded until the request is fully checked
+//! and, on encrypting routes, fully transformed.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::audit::AuditEvent;
+use crate::body::{self, CollectError, ProxyBody};
+use crate::config::{AuditOnFailure, HostHeader};
+use crate::crypto::Keyring;
+use crate::error::ProxyError;
+use crate::fields::{self, TransformReport};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::{RouteLabel, RouteReason, RouteStatus, UpstreamKind, UpstreamLabel};
+use crate::routes::{canonical_path, Route};
+use crate::state::{unix_now, Runtime, Shared};
+
+/// What the access log, metrics and audit need to know about one request.
+struct Exchange {
+    request_id: String,
+    method: Method,
+    path: String,
+    route: Option<usize>,
+    client: IpAddr,
+    user_agent: Option<String>,
+    upstream_status: Option<u16>,
+    bytes_in: u64,
+    request_report: TransformReport,
+    response_report: TransformReport,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let mut ex = Exchange {
+        request_id: uuid::Uuid::new_v4().simple().to_string(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        route: None,
+        client: peer.ip(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        upstream_status: None,
+        bytes_in: 0,
+        request_report: TransformReport::default(),
+        response_report: TransformReport::default(),
+    };
+    let result = match pipeline(&shared, &rt, req, peer, &mut ex).await {
+        Ok(resp) => audit(&shared, &rt, &ex, "ok").map(|()| resp),
+        Err(e) => {
+            if matches!(e, ProxyError::Decrypt(_)) {
+                // The refusal itself is worth an audit line; its failure can't make it worse.
+                let _ = audit(&shared, &rt, &ex, "decrypt_failed");
+            }
+            Err(e)
+        }
+    };
+    let route = ex.route.and_then(|i| rt.config.routes.routes.get(i));
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_upstream() {
+                let upstream = route
+                    .and_then(|r| rt.config.upstreams.get(r.upstream))
+                    .map_or("", |u| u.name.as_str());
+                shared
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamKind {
+                        upstream: upstream.to_string(),
+                        kind: e.kind().to_string(),
+                    })
+                    .inc();
+            }
+            if let ProxyError::RateLimited { .. } = e {
+                shared
+                    .metrics
+                    .rate_limited
+                    .get_or_create(&RouteLabel {
+                        route: route.map_or("", |r| r.name.as_str()).to_string(),
+                    })
+                    .inc();
+            }
+            tracing::debug!(request_id = %ex.request_id, kind = e.kind(), error = %e, "request refused");
+            error_response(&e)
+        }
+    };
+    let security = route.map_or(&rt.config.default_headers, |r| &r.headers);
+    security.apply(response.headers_mut());
+    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    finish(&shared, &rt, &ex, &response, start);
+    Ok(response)
+}
+
+/// The proxy's own answer for a refusal: JSON, never cached.
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(e.body()));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::RateLimited { retry_after_secs } = e {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    resp
+}
+
+fn finish(
+    shared: &Shared,
+    rt: &Runtime,
+    ex: &Exchange,
+    response: &Response<ProxyBody>,
+    start: Instant,
+) {
+    let route = ex
+        .route
+        .and_then(|i| rt.config.routes.routes.get(i))
+        .map_or("", |r| r.name.as_str());
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    let m = &shared.metrics;
+    m.requests
+        .get_or_create(&RouteStatus {
+            route: route.to_string(),
+            status,
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .observe(elapsed.as_secs_f64());
+    if rt.config.log.access_log {
+        let bytes_out = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        tracing::info!(
+            target: "fieldseal::access",
+            request_id = %ex.request_id,
+            method = %ex.method,
+            path = %ex.path,
+            route,
+            status,
+            upstream_status = ex.upstream_status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_in = ex.bytes_in,
+            bytes_out,
+            client = %ex.client,
+            fields_encrypted = ex.request_report.encrypted,
+            fields_decrypted = ex.response_report.decrypted,
+        );
+    }
+}
+
+/// One audit event per request that encrypted or decrypted fields.
+fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<(), ProxyError> {
+    let Some(audit) = &rt.audit else {
+        return Ok(());
+    };
+    let (req, resp) = (&ex.request_report, &ex.response_report);
+    if req.encrypted == 0 && resp.decrypted == 0 && resp.failures.is_empty() {
+        return Ok(());
+    }
+    let Some(route) = ex.route.and_then(|i| rt.config.routes.routes.get(i)) else {
+        return Ok(());
+    };
+    let mut fields: Vec<String> = req.paths.clone();
+    fields.extend(
+        resp.paths
+            .iter()
+            .filter(|p| !req.paths.contains(p))
+            .cloned(),
+    );
+    let mut key_ids: Vec<String> = req.key_ids.clone();
+    key_ids.extend(
+        resp.key_ids
+            .iter()
+            .filter(|k| !req.key_ids.contains(k))
+            .cloned(),
+    );
+    let event = AuditEvent {
+        request_id: ex.request_id.clone(),
+        route: route.name.clone(),
+        client: ex.client.to_string(),
+        user_agent: ex.user_agent.clone(),
+        method: ex.method.to_string(),
+        fields,
+        key_ids,
+        encrypted: req.encrypted,
+        decrypted: resp.decrypted,
+        outcome: outcome.to_string(),
+    };
+    match audit.log.append(&event) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            shared.metrics.audit_failures.inc();
+            tracing::error!(request_id = %ex.request_id, error = %e, "audit log write failed");
+            match audit.on_failure {
+                AuditOnFailure::Refuse => Err(ProxyError::AuditUnavailable),
+                AuditOnFailure::Serve => Ok(()),
+            }
+        }
+    }
+}
+
+async fn pipeline(
+    shared: &Shared,
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let config = &rt.config;
+    let (mut parts, incoming) = req.into_parts();
+
+    // 1. The request as we will match and forward it.
+    if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let host = request_host(&parts)?;
+    if let Some(allowed) = &config.allowed_hosts {
+        let ok = host
+            .as_ref()
+            .is_some_and(|(h, _)| allowed.iter().any(|a| a == h));
+        if !ok {
+            return Err(ProxyError::MisdirectedHost);
+        }
+    }
+    let canon = canonical_path(parts.uri.path()).map_err(ProxyError::BadPath)?;
+
+    // 2. Route.
+    let host_name = host.as_ref().map(|(h, _)| h.as_str());
+    let (index, route) = config
+        .routes
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches(host_name, &canon.match_path, &parts.method))
+        .ok_or(ProxyError::NoRoute)?;
+    ex.route = Some(index);
+
+    // 3. Rate limit, per client.
+    let peer_trusted = config.is_trusted_proxy(peer.ip());
+    ex.client =
+        headers::client_address(&parts.headers, peer.ip(), |ip| config.is_trusted_proxy(ip));
+    if let Some(limiter) = rt.limits.for_route(index) {
+        limiter
+            .check(ex.client)
+            .map_err(|wait| ProxyError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })?;
+    }
+
+    // 4. Request body.
+    let declared_len = content_length(&parts.headers)?;
+    if declared_len.is_some_and(|n| n > route.max_body) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: route.max_body,
+        });
+    }
+    let out_body = if route.transforms_request() {
+        let ring = keyring(rt)?;
+        let raw = read_client_body(incoming, route.max_body, rt).await?;
+        ex.bytes_in = raw.len() as u64;
+        if raw.is_empty() {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            body::empty()
+        } else {
+            if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
+                return Err(ProxyError::UnsupportedMediaType);
+            }
+            let coding =
+                body::coding(parts.headers.get(header::CONTENT_ENCODING)).ok_or_else(|| {
+                    ProxyError::UnsupportedEncoding(
+                        parts
+                            .headers
+                            .get(header::CONTENT_ENCODING)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .chars()
+                            .take(32)
+                            .collect(),
+                    )
+                })?;
+            let plain = match coding {
+                body::Coding::Identity => raw,
+                c => body::decode(&raw, c, route.max_body).map_err(|e| match e {
+                    CollectError::TooLarge => ProxyError::BodyTooLarge {
+                        limit: route.max_body,
+                    },
+                    _ => ProxyError::BadRequest("request body could not be decompressed"),
+                })?,
+            };
+            let (sealed, report) = transform_request(rt, index, ring, plain).await?;
+            shared
+                .metrics
+                .fields_encrypted
+                .get_or_create(&RouteLabel {
+                    route: route.name.clone(),
+                })
+                .inc_by(report.encrypted as u64);
+            shared
+                .metrics
+                .count_encryptions(ring.active_id(), report.encrypted as u64);
+            ex.request_report = report;
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(sealed.len()));
+            body::full(sealed)
+        }
+    } else if declared_len.is_some() || incoming_is_empty(&incoming) {
+        // Known length within the limit: stream it untouched.
+        ex.bytes_in = declared_len.unwrap_or(0);
+        body::boxed(incoming)
+    } else {
+        // Unknown length: buffer up to the limit so an oversized body is
+        // refused before a single byte reaches the upstream.
+        let raw = read_client_body(incoming, route.max_body, rt).await?;
+        ex.bytes_in = raw.len() as u64;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
+        body::full(raw)
+    };
+
+    // 5. The upstream request, built from the canonical form we matched.
+    let upstream = config
+        .upstreams
+        .get(route.upstream)
+        .ok_or(ProxyError::Internal("route upstream"))?;
+    let client = rt
+        .upstreams
+        .get(route.upstream)
+        .ok_or(ProxyError::Internal("route upstream"))?;
+    let mut pq = String::with_capacity(upstream.base_path.len() + canon.path.len() + 64);
+    pq.push_str(&upstream.base_path);
+    pq.push_str(&canon.path);
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut headers = std::mem::take(&mut parts.headers);
+    headers::remove_hop_by_hop(&mut headers);
+    headers.remove(header::EXPECT);
+    headers::set_forwarded(
+        &mut headers,
+        peer.ip(),
+        peer_trusted,
+        host.as_ref().and_then(|(_, raw)| raw.to_str().ok()),
+    );
+    match &upstream.host {
+        HostHeader::Preserve => match &host {
+            Some((_, raw)) => {
+                headers.insert(header::HOST, raw.clone());
+            }
+            None => {
+                headers.remove(header::HOST);
+            }
+        },
+        HostHeader::Upstream => {
+            headers.remove(header::HOST);
+        }
+        HostHeader::Fixed(v) => {
+            headers.insert(header::HOST, v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    if route.transforms_response() {
+        // Ask for an answer we can read; a compressed one is still decoded below.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let mut up_req = Request::new(out_body);
+    *up_req.method_mut() = parts.method.clone();
+    *up_req.uri_mut() = uri;
+    *up_req.version_mut() = Version::HTTP_11;
+    *up_req.headers_mut() = headers;
+
+    let sent = Instant::now();
+    let resp = client.send(up_req).await;
+    shared
+        .metrics
+        .upstream_duration
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.name.clone(),
+        })
+        .observe(sent.elapsed().as_secs_f64());
+    let resp = resp?;
+    let (mut rparts, rbody) = resp.into_parts();
+    ex.upstream_status = Some(rparts.status.as_u16());
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    rparts.version = Version::HTTP_11;
+
+    // 6. Response body.
+    let body = if route.transforms_response()
+        && may_have_body(&parts.method, rparts.status)
+        && body::is_json(rparts.headers.get(header::CONTENT_TYPE))
+    {
+        let ring = keyring(rt)?;
+        let raw = body::collect_limited(rbody, config.limits.max_response_body, client.timeout())
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge => ProxyError::UpstreamTooLarge {
+                    limit: config.limits.max_response_body,
+                },
+                CollectError::Timeout => ProxyError::UpstreamTimeout,
+                CollectError::Broken => ProxyError::UpstreamBody,
+            })?;
+        let coding = body::coding(rparts.headers.get(header::CONTENT_ENCODING))
+            .ok_or(ProxyError::UpstreamProtocol)?;
+        let plain = match coding {
+            body::Coding::Identity => raw,
+            c => body::decode(&raw, c, config.limits.max_response_body).map_err(|e| match e {
+                CollectError::TooLarge => ProxyError::UpstreamTooLarge {
+                    limit: config.limits.max_response_body,
+                },
+                _ => ProxyError::UpstreamBody,
+            })?,
+        };
+        let (out, report) = transform_response(rt, index, ring, plain).await;
+        let m = &shared.metrics;
+        for f in &report.failures {
+            m.decrypt_failures
+                .get_or_create(&RouteReason {
+                    route: route.name.clone(),
+                    reason: f.reason.to_string(),
+                })
+                .inc();
+            tracing::warn!(
+                request_id = %ex.request_id,
+                route = %route.name,
+                field = %f.location,
+                key_id = f.key_id.as_deref().unwrap_or("-"),
+                reason = f.reason,
+                "field could not be decrypted"
+            );
+        }
+        m.fields_decrypted
+            .get_or_create(&RouteLabel {
+                route: route.name.clone(),
+            })
+            .inc_by(report.decrypted as u64);
+        let out = match out {
+            Ok(out) => out,
+            Err(failure) => {
+                ex.response_report = report;
+                return Err(ProxyError::Decrypt(failure));
+            }
+        };
+        ex.response_report = report;
+        rparts.headers.remove(header::CONTENT_ENCODING);
+        rparts.headers.remove("content-md5");
+        rparts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        weaken_etag(&mut rparts.headers);
+        body::full(out)
+    } else {
+        body::boxed(rbody)
+    };
+    Ok(Response::from_parts(rparts, body))
+}
+
+fn keyring(rt: &Runtime) -> Result<&Keyring, ProxyError> {
+    // Config validation refuses rules without keys; this is the fail-closed backstop.
+    rt.keyring
+        .as_deref()
+        .ok_or(ProxyError::Internal("no keyring for a transforming route"))
+}
+
+fn incoming_is_empty(b: &Incoming) -> bool {
+    http_body::Body::is_end_stream(b)
+}
+
+async fn read_client_body(
+    incoming: Incoming,
+    limit: u64,
+    rt: &Runtime,
+) -> Result<Bytes, ProxyError> {
+    body::collect_limited(incoming, limit, rt.config.limits.body_read_timeout)
+        .await
+        .map_err(|e| match e {
+            CollectError::TooLarge => ProxyError::BodyTooLarge { limit },
+            CollectError::Timeout => ProxyError::ClientTimeout,
+            CollectError::Broken => ProxyError::ClientBody,
+        })
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Content-Length"));
+    }
+    first
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or(ProxyError::BadRequest("invalid Content-Length"))
+}
+
+fn may_have_body(method: &Method, status: StatusCode) -> bool {
+    method != Method::HEAD
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// A transformed body is not the upstream's byte sequence: its ETag can only
+/// stand as a weak validator.
+fn weaken_etag(h: &mut HeaderMap) {
+    if let Some(tag) = h.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+        if !tag.starts_with("W/") {
+            if let Ok(weak) = HeaderValue::from_str(&format!("W/{tag}")) {
+                h.insert(header::ETAG, weak);
+            }
+        }
+    }
+}
+
+/// The request's host, lowercase without port, and the raw value to forward.
+/// HTTP/2's :authority and HTTP/1.1's Host must agree when both are given.
+fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let uri_host = parts.uri.authority();
+    let raw = match (uri_host, header_host) {
+        (Some(a), Some(h)) => {
+            if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                return Err(ProxyError::BadRequest(
+                    "Host header and request target disagree",
+                ));
+            }
+            h.clone()
+        }
+        (Some(a), None) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        (None, Some(h)) => h.clone(),
+        (None, None) => return Ok(None),
+    };
+    let auth: http::uri::Authority = raw
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ProxyError::BadRequest("invalid Host header"))?;
+    if auth.as_str().contains('@') {
+        return Err(ProxyError::BadRequest("userinfo is not allowed in Host"));
+    }
+    Ok(Some((
+        auth.host().trim_end_matches('.').to_ascii_lowercase(),
+        raw,
+    )))
+}
+
+/// Parse, check depth, encrypt, serialize. Large bodies go to the blocking
+/// pool so a 1 MiB document doesn't stall other connections on this worker.
+async fn transform_request(
+    rt: &Arc<Runtime>,
+    route: usize,
+    ring: &Keyring,
+    raw: Bytes,
+) -> Result<(Vec<u8>, TransformReport), ProxyError> {
+    let depth = rt.config.limits.max_json_depth;
+    if raw.len() > rt.config.limits.offload_threshold {
+        let rt = Arc::clone(rt);
+        return tokio::task::spawn_blocking(move || {
+            let route = rt
+                .config
+                .routes
+                .routes
+                .get(route)
+                .ok_or(ProxyError::Internal("route"))?;
+            let ring = rt
+                .keyring
+                .as_deref()
+                .ok_or(ProxyError::Internal("keyring"))?;
+            encrypt_body(&raw, route, ring, depth)
+        })
+        .await
+        .map_err(|_| ProxyError::Internal("transform task failed"))?;
+    }
+    let route = rt
+        .config
+        .routes
+        .routes
+        .get(route)
+        .ok_or(ProxyError::Internal("route"))?;
+    encrypt_body(&raw, route, ring, depth)
+}
+
+pub fn encrypt_body(
+    raw: &[u8],
+    route: &Route,
+    ring: &Keyring,
+    max_depth: usize,
+) -> Result<(Vec<u8>, TransformReport), ProxyError> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|_| ProxyError::InvalidJson)?;
+    if fields::exceeds_depth(&doc, max_depth) {
+        return Err(ProxyError::TooDeep { limit: max_depth });
+    }
+    let report =
+        fields::encrypt_document(&mut doc, &route.encrypt, ring, unix_now()).map_err(|e| {
+            tracing::error!(route = %route.name, error = %e, "field encryption failed");
+            ProxyError::Internal("field encryption failed")
+        })?;
+    let out = serde_json::to_vec(&doc).map_err(|_| ProxyError::Internal("serialize"))?;
+    Ok((out, report))
+}
+
+type DecryptOutcome = (Result<Vec<u8>, fields::DecryptFailure>, TransformReport);
+
+async fn transform_response(
+    rt: &Arc<Runtime>,
+    route: usize,
+    ring: &Keyring,
+    raw: Bytes,
+) -> DecryptOutcome {
+    if raw.len() > rt.config.limits.offload_threshold {
+        let rt2 = Arc::clone(rt);
+        let raw2 = raw.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let route = rt2.config.routes.routes.get(route)?;
+            let ring = rt2.keyring.as_deref()?;
+            Some(decrypt_body(raw2, route, ring))
+        })
+        .await;
+        if let Ok(Some(out)) = joined {
+            return out;
+        }
+        return (Ok(raw.to_vec()), TransformReport::default());
+    }
+    match rt.config.routes.routes.get(route) {
+        Some(r) => decrypt_body(raw, r, ring),
+        None => (Ok(raw.to_vec()), TransformReport::default()),
+    }
+}
+
+pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome {
+    let Some(selection) = &route.decrypt else {
+        return (Ok(raw.to_vec()), TransformReport::default());
+    };
+    let mut doc: serde_json::Value = match serde_json::from_slice(&raw) {
+        Ok(v) => v,
+        Err(_) => {
+            // Not JSON after all (e.g. a truncated error page): it holds no
+            // field we could find, so it goes out as the upstream sent it.
+            tracing::debug!(route = %route.name, "JSON response did not parse; passed through");
+            return (Ok(raw.to_vec()), TransformReport::default());
+        }
+    };
+    match fields::decrypt_document(
+        &mut doc,
+        selection,
+        ring,
+        route.on_decrypt_failure,
+        route.max_age,
+        unix_now(),
+    ) {
+        Ok(report) => match serde_json::to_vec(&doc) {
+            Ok(out) => (Ok(out), report),
+            Err(_) => (Ok(raw.to_vec()), report),
+        },
+        Err(fields::FieldError::Decrypt(f)) => {
+            let report = TransformReport {
+                failures: vec![f.clone()],
+                ..TransformReport::default()
+            };
+            (Err(f), report)
+        }
+        Err(e) => {
+            tracing::error!(route = %route.name, error = %e, "field decryption failed");
+            let f = fields::DecryptFailure {
+                location: "$".into(),
+                key_id: None,
+                reason: "internal",
+            };
+            (
+                Err(f.clone()),
+                TransformReport {
+                    failures: vec![f],
+                    ..TransformReport::default()
+                },
+            )
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Compiled routes and matching. Routes match in file order; first match wins.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::fields::{DecryptSelection, FieldRule, OnDecryptFailure};
+use crate::headers::SecurityHeaders;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path, exactly.
+    Exact(String),
+    /// A prefix on segment boundaries: `/api/users` matches `/api/users` and
+    /// `/api/users/7`, never `/api/usersX`.
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    pub requests_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub host: Option<String>,
+    pub path: PathMatch,
+    pub methods: Option<Vec<Method>>,
+    pub case_insensitive: bool,
+    pub upstream: usize,
+    /// Effective limit for the route (route override, else the global one); None: unlimited.
+    pub rate_limit: Option<RateLimitSettings>,
+    pub headers: SecurityHeaders,
+    pub max_body: u64,
+    pub encrypt: Vec<FieldRule>,
+    pub decrypt: Option<DecryptSelection>,
+    pub on_decrypt_failure: OnDecryptFailure,
+    pub max_age: Option<Duration>,
+}
+
+impl Route {
+    pub fn transforms_request(&self) -> bool {
+        !self.encrypt.is_empty()
+    }
+
+    pub fn transforms_response(&self) -> bool {
+        self.decrypt.is_some()
+    }
+
+    /// The rules that say where this route's envelopes live: its decrypt
+    /// paths, else its encrypt paths (for `rewrap --route`).
+    pub fn decrypt_or_encrypt_rules(&self) -> Vec<FieldRule> {
+        match &self.decrypt {
+            Some(DecryptSelection::Paths(rules)) => rules.clone(),
+            _ => self.encrypt.clone(),
+        }
+    }
+
+    /// `host` is lowercase without port; `path` is the canonical path with
+    /// matrix parameters (`;x=y`) already removed from each segment.
+    pub fn matches(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
+        if let Some(want) = &self.host {
+            if host != Some(want.as_str()) {
+                return false;
+            }
+        }
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => eq(p, path, self.case_insensitive),
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                if path.len() < p.len() || !path.is_char_boundary(p.len()) {
+                    return false;
+                }
+                let (head, rest) = path.split_at(p.len());
+                eq(p, head, self.case_insensitive) && (rest.is_empty() || rest.starts_with('/'))
+            }
+        }
+    }
+}
+
+fn eq(a: &str, b: &str, case_insensitive: bool) -> bool {
+    if case_insensitive {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path, method))
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// A request path in the one spelling that is both matched and forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    /// Forwarded upstream: dot segments resolved, `//` collapsed, escapes of
+    /// unreserved characters decoded, other escapes in upper case.
+    pub path: String,
+    /// Matched against routes: `path` with `;params` cut from every segment,
+    /// the way servlet containers map it, so `/api;x/users` can't dodge `/api/users`.
+    pub match_path: String,
+}
+
+/// Canonicalizes a request path, or refuses it. Refused: anything a backend
+/// could read as a different path than we matched — encoded `/`, `\` or
+/// control characters, backslashes, bad escapes, `..` above the root.
+pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
+    if !raw.starts_with('/') {
+        return Err("path must start with /");
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent-escape")?;
+                let v = hex_val(hex[0])
+                    .zip(hex_val(hex[1]))
+                    .map(|(h, l)| h * 16 + l)
+                    .ok_or("invalid percent-escape")?;
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(char::from(v));
+                } else if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
+                    return Err("encoded slash, backslash or control character");
+                } else {
+                    decoded.push('%');
+                    decoded.push(char::from(HEX[usize::from(v >> 4)]));
+                    decoded.push(char::from(HEX[usize::from(v & 15)]));
+                }
+                i += 3;
+            }
+            b'\\' => return Err("backslash in path"),
+            0..=0x20 | 0x7f.. => return Err("control, space or non-ASCII byte in path"),
+            _ => {
+                decoded.push(char::from(b));
+                i += 1;
+            }
+        }
+    }
+    let trailing = decoded.len() > 1 && decoded.ends_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        // `.;x` and `..;x` are dot segments to a servlet container.
+        let bare = seg.split(';').next().unwrap_or("");
+        match bare {
+            "" if seg.is_empty() => {}
+            "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err("path climbs above the root");
+                }
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    let mut match_path = String::with_capacity(decoded.len());
+    for seg in &segments {
+        path.push('/');
+        path.push_str(seg);
+        match_path.push('/');
+        match_path.push_str(seg.split(';').next().unwrap_or(""));
+    }
+    if path.is_empty() || trailing {
+        path.push('/');
+        match_path.push('/');
+    }
+    Ok(CanonicalPath { path, match_path })
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch) -> Route {
+        Route {
+            name: "r".into(),
+            host: None,
+            path,
+            methods: None,
+            case_insensitive: false,
+            upstream: 0,
+            rate_limit: None,
+            headers: SecurityHeaders::default(),
+            max_body: 1024,
+            encrypt: Vec::new(),
+            decrypt: None,
+            on_decrypt_failure: OnDecryptFailure::Error,
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        let r = route(PathMatch::Prefix("/api/users".into()));
+        assert!(r.matches(None, "/api/users", &Method::GET));
+        assert!(r.matches(None, "/api/users/", &Method::GET));
+        assert!(r.matches(None, "/api/users/7", &Method::GET));
+        assert!(!r.matches(None, "/api/usersX", &Method::GET));
+        assert!(!r.matches(None, "/api/user", &Method::GET));
+        assert!(!r.matches(None, "/API/users", &Method::GET));
+        let root = route(PathMatch::Prefix("/".into()));
+        assert!(root.matches(None, "/anything", &Method::GET));
+        assert!(root.matches(None, "/", &Method::GET));
+    }
+
+    #[test]
+    fn case_insensitive_prefix() {
+        let mut r = route(PathMatch::Prefix("/api/users".into()));
+        r.case_insensitive = true;
+        assert!(r.matches(None, "/API/Users/1", &Method::GET));
+    }
+
+    #[test]
+    fn host_and_methods() {
+        let mut r = route(PathMatch::Exact("/x".into()));
+        r.host = Some("a.example".into());
+        r.methods = Some(vec![Method::POST]);
+        assert!(r.matches(Some("a.example"), "/x", &Method::POST));
+        assert!(!r.matches(Some("b.example"), "/x", &Method::POST));
+        assert!(!r.matches(None, "/x", &Method::POST));
+        assert!(!r.matches(Some("a.example"), "/x", &Method::GET));
+        assert!(!r.matches(Some("a.example"), "/x/y", &Method::POST));
+    }
+
+    fn canon(p: &str) -> Result<(String, String), &'static str> {
+        canonical_path(p).map(|c| (c.path, c.match_path))
+    }
+
+    #[test]
+    fn canonical_paths_close_spelling_bypasses() {
+        let same = |p: &str| (p.to_string(), p.to_string());
+        assert_eq!(canon("/api/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api//users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/./users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/x/../users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/%75sers"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/%2e%2E/api/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/users/"), Ok(same("/api/users/")));
+        assert_eq!(canon("/"), Ok(same("/")));
+        assert_eq!(canon("/a%c3%a9"), Ok(same("/a%C3%A9")));
+        assert_eq!(
+            canon("/api;jsessionid=1/users;x"),
+            Ok(("/api;jsessionid=1/users;x".into(), "/api/users".into()))
+        );
+        assert_eq!(canon("/api/x/..;/users"), Ok(same("/api/users")));
+        assert!(canon("/api%2fusers").is_err());
+        assert!(canon("/api%5cusers").is_err());
+        assert!(canon("/api\\users").is_err());
+        assert!(canon("/api/%00").is_err());
+        assert!(canon("/%zz").is_err());
+        assert!(canon("/%4").is_err());
+        assert!(canon("/..").is_err());
+        assert!(canon("api").is_err());
+    }
+}

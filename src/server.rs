@@ -1,0 +1,245 @@
+//! Listeners: the TLS accept loop, per-connection serving, the plain-HTTP
+//! redirect and the admin listener, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::state::Shared;
+
+/// The sockets fieldseal serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub https: TcpListener,
+    pub redirect: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &crate::config::Config) -> std::io::Result<Listeners> {
+        let https = TcpListener::bind(config.listen).await?;
+        let redirect = match config.redirect_http {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let admin = match config.admin {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            https,
+            redirect,
+            admin,
+        })
+    }
+}
+
+fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        // Hyper's own caps sit above ours so that our limit answers first,
+        // with a JSON 431 instead of a bare one.
+        .max_buf_size(256 * 1024)
+        .max_headers(256);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(256 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish within the grace period.
+pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(l) = listeners.redirect {
+        tasks.push(tokio::spawn(serve_redirect(
+            Arc::clone(&shared),
+            l,
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(l) = listeners.admin {
+        tasks.push(tokio::spawn(crate::admin::serve(
+            Arc::clone(&shared),
+            l,
+            stop_rx.clone(),
+        )));
+    }
+    let pruner = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                shared.runtime.load().limits.prune_all();
+            }
+        })
+    };
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    let https = listeners.https;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = https.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let rt = shared.runtime.load();
+                if graceful.count() >= rt.config.limits.max_connections {
+                    tracing::warn!(%peer, "connection limit reached; closing new connection");
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(Arc::clone(&rt.tls));
+                let handshake_timeout = rt.config.tls.handshake_timeout;
+                let header_timeout = rt.config.limits.header_read_timeout;
+                drop(rt);
+                let watcher = graceful.watcher();
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            shared.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            shared.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    serve_connection(shared, tls, peer, header_timeout, watcher).await;
+                });
+            }
+        }
+    }
+    drop(https);
+    let grace = shared.runtime.load().config.shutdown_grace;
+    tracing::info!(
+        in_flight = graceful.count(),
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: draining connections"
+    );
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    pruner.abort();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    header_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    struct Open<'a>(&'a crate::metrics::Metrics);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.open_connections.dec();
+        }
+    }
+    let metrics_shared = Arc::clone(&shared);
+    metrics_shared.metrics.open_connections.inc();
+    let _open = Open(&metrics_shared.metrics);
+    let service = service_fn(move |req| crate::proxy::handle(Arc::clone(&shared), req, peer));
+    let builder = http_builder(header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Plain HTTP: every request gets a 301 to the same path over HTTPS.
+async fn serve_redirect(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let shared = Arc::clone(&shared);
+                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req)) }
+                    });
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+                    let _ = b.serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        }
+    }
+}
+
+fn redirect_response(
+    shared: &Shared,
+    req: &http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::body::ProxyBody> {
+    let rt = shared.runtime.load();
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.host().to_ascii_lowercase());
+    let allowed = match (&host, &rt.config.allowed_hosts) {
+        (Some(h), Some(list)) => list.contains(h),
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let mut resp = match host.filter(|_| allowed) {
+        None => crate::proxy::error_response(&crate::error::ProxyError::MisdirectedHost),
+        Some(h) => {
+            let port = rt.config.listen.port();
+            let authority = if port == 443 {
+                h
+            } else {
+                format!("{h}:{port}")
+            };
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let location = format!("https://{authority}{pq}");
+            let mut r = http::Response::new(crate::body::empty());
+            *r.status_mut() = http::StatusCode::MOVED_PERMANENTLY;
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        }
+    };
+    rt.config.default_headers.apply(resp.headers_mut());
+    resp
+}

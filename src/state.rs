@@ -1,0 +1,205 @@
+//! What a request reads: one `Runtime` per loaded config, swapped atomically
+//! on reload, and the process-wide `Shared` state around it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::audit::{AuditKey, AuditLog, AuditSink};
+use crate::config::{AuditOnFailure, AuditTarget, Config, ConfigError};
+use crate::crypto::{KeyError, Keyring};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use crate::tls::TlsError;
+use crate::upstream::UpstreamClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("audit log: {0}")]
+    Audit(String),
+    #[error("{0} cannot change on reload; restart to apply it")]
+    NeedsRestart(&'static str),
+}
+
+/// HKDF purpose of the audit log's HMAC sub-key.
+pub const AUDIT_KEY_PURPOSE: &str = "fieldseal audit log v1";
+
+pub struct Audit {
+    pub log: Arc<AuditLog>,
+    pub target: AuditTarget,
+    pub key_id: String,
+    pub on_failure: AuditOnFailure,
+}
+
+/// Everything compiled from one config file.
+pub struct Runtime {
+    pub config: Config,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub keyring: Option<Arc<Keyring>>,
+    pub upstreams: Vec<UpstreamClient>,
+    pub limits: RateLimits,
+    pub audit: Option<Audit>,
+}
+
+impl Runtime {
+    /// Builds a runtime: loads certificates and keys, opens the audit log
+    /// (or reuses `previous`'s when its sink and key are unchanged, so the
+    /// hash chain goes on without a second writer).
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, LoadError> {
+        let tls = crate::tls::server_config(&config.tls)?;
+        let keyring = match &config.keys {
+            Some(spec) => Some(Arc::new(Keyring::load(spec)?)),
+            None => None,
+        };
+        let audit = match (&config.audit, &keyring) {
+            (Some(a), Some(ring)) => {
+                let reuse = previous
+                    .and_then(|p| p.audit.as_ref())
+                    .filter(|p| p.target == a.target && p.key_id == a.key_id);
+                let log = match reuse {
+                    Some(p) => Arc::clone(&p.log),
+                    None => {
+                        let key = ring
+                            .derive_subkey(&a.key_id, AUDIT_KEY_PURPOSE)
+                            .ok_or_else(|| {
+                                LoadError::Audit(format!("key {:?} is not in the ring", a.key_id))
+                            })?;
+                        let sink = match &a.target {
+                            AuditTarget::Stdout => AuditSink::Stdout,
+                            AuditTarget::File(p) => AuditSink::File(p.clone()),
+                        };
+                        Arc::new(
+                            AuditLog::open(sink, AuditKey::new(a.key_id.clone(), key))
+                                .map_err(|e| LoadError::Audit(e.to_string()))?,
+                        )
+                    }
+                };
+                Some(Audit {
+                    log,
+                    target: a.target.clone(),
+                    key_id: a.key_id.clone(),
+                    on_failure: a.on_failure,
+                })
+            }
+            _ => None,
+        };
+        let upstreams = config.upstreams.iter().map(UpstreamClient::new).collect();
+        let limits = RateLimits::new(&config);
+        Ok(Runtime {
+            config,
+            tls,
+            keyring,
+            upstreams,
+            limits,
+            audit,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Unix seconds.
+    pub time: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub config_path: PathBuf,
+    pub last_reload: Mutex<Option<ReloadStatus>>,
+    /// Serializes reloads so two never race to swap.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, metrics: Metrics) -> Shared {
+        let config_path = runtime.config.source.clone();
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            config_path,
+            last_reload: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-reads the config file, certificates and keys, validates all of it,
+    /// then swaps. On any error the running config stays in force.
+    pub async fn reload(&self) -> Result<String, LoadError> {
+        let _guard = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let current = self.runtime.load_full();
+        // Key stretching (PBKDF2) and file reads must not stall the workers.
+        let result = tokio::task::spawn_blocking(move || -> Result<Runtime, LoadError> {
+            let config = Config::load(&path)?;
+            if config.listen != current.config.listen {
+                return Err(LoadError::NeedsRestart("listen.address"));
+            }
+            if config.admin != current.config.admin {
+                return Err(LoadError::NeedsRestart("admin.address"));
+            }
+            if config.redirect_http != current.config.redirect_http {
+                return Err(LoadError::NeedsRestart("redirect_http.address"));
+            }
+            Runtime::build(config, Some(&current))
+        })
+        .await
+        .unwrap_or_else(|_| Err(LoadError::Audit("reload task failed".into())));
+        let now = unix_now();
+        self.metrics.last_reload_timestamp.set(now as f64);
+        let status = match result {
+            Ok(rt) => {
+                let summary = rt.config.summary();
+                self.runtime.store(Arc::new(rt));
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::OutcomeLabel {
+                        outcome: "success".into(),
+                    })
+                    .inc();
+                self.metrics.last_reload_success.set(1);
+                tracing::info!(config = %self.config_path.display(), %summary, "configuration reloaded");
+                Ok(summary)
+            }
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::OutcomeLabel {
+                        outcome: "failure".into(),
+                    })
+                    .inc();
+                self.metrics.last_reload_success.set(0);
+                tracing::error!(config = %self.config_path.display(), error = %e, "reload refused; the previous configuration keeps serving");
+                Err(e)
+            }
+        };
+        let record = ReloadStatus {
+            time: now,
+            ok: status.is_ok(),
+            message: match &status {
+                Ok(s) => s.clone(),
+                Err(e) => e.to_string(),
+            },
+        };
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(record);
+        }
+        status
+    }
+}

@@ -1,0 +1,205 @@
+//! TLS termination: rustls server config from PEM files, SNI, ALPN.
+//! TLS 1.2 and 1.3 only, with the ring provider's forward-secret AEAD suites.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificate chain: {reason}")]
+    Cert { path: String, reason: String },
+    #[error("{path}: cannot read private key: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{cert} and {key} do not form a usable pair: {reason}")]
+    Pair {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    #[error("{path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    // Forward-secret AEAD suites only. The ring provider's TLS 1.2 suites are
+    // all ECDHE + AES-GCM/ChaCha20-Poly1305 already; the filter keeps it so.
+    p.cipher_suites.retain(|s| {
+        let name = format!("{:?}", s.suite());
+        name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_")
+    });
+    Arc::new(p)
+}
+
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.display().to_string(),
+            reason: "no certificate found".into(),
+        });
+    }
+    // The error text of a key parse never contains key bytes.
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let ck = CertifiedKey::from_der(chain, der, provider).map_err(|e| TlsError::Pair {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Picks a certificate by SNI; unknown or absent names get the default one.
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("names", &self.exact.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(Arc::clone(&self.default));
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(ck) = self.exact.get(&name) {
+            return Some(Arc::clone(ck));
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(ck) = self.wildcard.get(parent) {
+                return Some(Arc::clone(ck));
+            }
+        }
+        Some(Arc::clone(&self.default))
+    }
+}
+
+/// Builds the server config. Called at start and on every reload.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let default = load_pair(&settings.cert, &settings.key, &provider)?;
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    for sni in &settings.sni {
+        let ck = load_pair(&sni.cert, &sni.key, &provider)?;
+        for name in &sni.names {
+            match name.strip_prefix("*.") {
+                Some(parent) => wildcard.insert(parent.to_string(), Arc::clone(&ck)),
+                None => exact.insert(name.clone(), Arc::clone(&ck)),
+            };
+        }
+    }
+    let resolver = SniResolver {
+        default,
+        exact,
+        wildcard,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A self-signed development certificate and key (PEM) for the given names.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+pub fn self_signed(names: &[String]) -> Result<SelfSigned, TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(SelfSigned {
+        cert_pem: ck.cert.pem(),
+        key_pem: zeroize::Zeroizing::new(ck.key_pair.serialize_pem()),
+    })
+}
+
+/// Writes `server.crt` and `server.key` (mode 0600) into `dir`.
+pub fn write_self_signed(
+    dir: &Path,
+    names: &[String],
+    overwrite: bool,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
+    use std::io::Write;
+    let pair = self_signed(names)?;
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::Write {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let cert_path = dir.join("server.crt");
+    let key_path = dir.join("server.key");
+    let open = |p: &Path, mode: u32| {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true);
+        if overwrite {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(mode);
+        }
+        let _ = mode;
+        o.open(p).map_err(|e| TlsError::Write {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut kf = open(&key_path, 0o600)?;
+    kf.write_all(pair.key_pem.as_bytes())
+        .map_err(|e| TlsError::Write {
+            path: key_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let mut cf = open(&cert_path, 0o644)?;
+    cf.write_all(pair.cert_pem.as_bytes())
+        .map_err(|e| TlsError::Write {
+            path: cert_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok((cert_path, key_path))
+}

@@ -169,7 +169,7 @@ impl Config {
                 file: file.clone(),
                 line: loc.as_ref().map(|l| l.line()),
                 column: loc.as_ref().map(|l| l.column()),
-                message: e.to_string(),
+                message: strip_location(&e.to_string()),
             }
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -217,6 +217,14 @@ impl Config {
             self.keys.as_ref().map_or(0, |k| k.keys.len()),
             self.listen
         )
+    }
+}
+
+/// serde_yaml_ng appends " at line L column C"; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => msg[..i].to_string(),
+        _ => msg.to_string(),
     }
 }
 

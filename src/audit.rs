@@ -773,9 +773,12 @@ impl<R: BufRead, F: Fn(&str) -> Option<Zeroizing<[u8; 32]>>> Verifier<R, F> {
             ));
         }
         // A gap. Read on: a later copy of this very line means it was
-        // duplicated ahead of its place; a later authentic line at the
-        // expected position means lines were moved; neither means removal.
+        // duplicated ahead of its place; the expected line appearing later
+        // means lines were moved, provided this line's own predecessor (the
+        // line whose MAC it names as prev) is also there; otherwise it came
+        // from another chain. No expected line at all means removal.
         let mut found_expected_at = None;
+        let mut predecessor_found = false;
         while let Some(raw) = self.lines.next_line()? {
             if let RawLine::Complete(bytes) = &raw {
                 if let Ok(other) = parse_line(bytes) {
@@ -788,6 +791,9 @@ impl<R: BufRead, F: Fn(&str) -> Option<Zeroizing<[u8; 32]>>> Verifier<R, F> {
                             ),
                         ));
                     }
+                    // Its own MAC is checked if verification ever reaches it.
+                    predecessor_found |=
+                        other.seq.checked_add(1) == Some(line.seq) && other.mac == line.prev;
                 }
             }
             if found_expected_at.is_none()
@@ -799,10 +805,17 @@ impl<R: BufRead, F: Fn(&str) -> Option<Zeroizing<[u8; 32]>>> Verifier<R, F> {
             }
         }
         Ok(match found_expected_at {
-            Some(at) => (
+            Some(at) if predecessor_found => (
                 TamperKind::Reordered,
                 format!(
                     "found seq {} where seq {expected_seq} belongs; seq {expected_seq} appears later at line {at}",
+                    line.seq
+                ),
+            ),
+            Some(_) => (
+                TamperKind::Inserted,
+                format!(
+                    "authentic line with seq {} whose predecessor is not in this log (another chain's line) where seq {expected_seq} belongs",
                     line.seq
                 ),
             ),

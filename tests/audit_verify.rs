@@ -274,6 +274,12 @@ fn line_from_another_chain_is_inserted() {
     let mut l = lines();
     l[3] = other[3].clone(); // substituted rather than inserted
     assert_tampered(&l, 4, TamperKind::Inserted);
+
+    // A foreign line with a later seq: the expected line follows, but the
+    // foreign line's own predecessor is nowhere in this log.
+    let mut l = lines();
+    l.insert(3, other[4].clone());
+    assert_tampered(&l, 4, TamperKind::Inserted);
 }
 
 #[test]

@@ -280,6 +280,11 @@ fn line_from_another_chain_is_inserted() {
     let mut l = lines();
     l.insert(3, other[4].clone());
     assert_tampered(&l, 4, TamperKind::Inserted);
+
+    // Replaced by a foreign line with a later seq: line 4 is simply gone.
+    let mut l = lines();
+    l[3] = other[4].clone();
+    assert_tampered(&l, 4, TamperKind::Removed);
 }
 
 #[test]

@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
 use crate::body::{self, CollectError, ProxyBody};
-use crate::config::{AuditOnFailure, HostHeader};
+use crate::audit::AuditFailureMode;
+use crate::config::HostHeader;
 use crate::crypto::Keyring;
 use crate::error::ProxyError;
 use crate::fields::{self, TransformReport};
@@ -223,8 +224,8 @@ fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<
             shared.metrics.audit_failures.inc();
             tracing::error!(request_id = %ex.request_id, error = %e, "audit log write failed");
             match audit.on_failure {
-                AuditOnFailure::Refuse => Err(ProxyError::AuditUnavailable),
-                AuditOnFailure::Serve => Ok(()),
+                AuditFailureMode::Refuse => Err(ProxyError::AuditUnavailable),
+                AuditFailureMode::Serve => Ok(()),
             }
         }
     }

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditKey, AuditLog, AuditSink};
-use crate::config::{AuditOnFailure, AuditTarget, Config, ConfigError};
+use crate::audit::AuditFailureMode;
+use crate::config::{AuditTarget, Config, ConfigError};
 use crate::crypto::{KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
@@ -36,7 +37,7 @@ pub struct Audit {
     pub log: Arc<AuditLog>,
     pub target: AuditTarget,
     pub key_id: String,
-    pub on_failure: AuditOnFailure,
+    pub on_failure: AuditFailureMode,
 }
 
 /// Everything compiled from one config file.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 
+use crate::audit::AuditFailureMode;
 use crate::crypto::{KeySource, KeySpec, KeyringSpec, SaltSource};
 use crate::fields::{DecryptSelection, FieldPath, FieldRule, OnDecryptFailure};
 use crate::headers::{
@@ -101,17 +102,11 @@ pub enum AuditTarget {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditOnFailure {
-    Refuse,
-    Serve,
-}
-
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
     pub target: AuditTarget,
     pub key_id: String,
-    pub on_failure: AuditOnFailure,
+    pub on_failure: AuditFailureMode,
 }
 
 #[derive(Debug, Clone)]
@@ -529,8 +524,8 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
                 p => AuditTarget::File(resolve(base, p)),
             };
             let on_failure = match a.on_failure.as_deref() {
-                None | Some("refuse") => AuditOnFailure::Refuse,
-                Some("serve") => AuditOnFailure::Serve,
+                None | Some("refuse") => AuditFailureMode::Refuse,
+                Some("serve") => AuditFailureMode::Serve,
                 Some(o) => {
                     return Err(invalid(
                         "audit.on_failure",

@@ -18,8 +18,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
-use crate::body::{self, CollectError, ProxyBody};
 use crate::audit::AuditFailureMode;
+use crate::body::{self, CollectError, ProxyBody};
 use crate::config::HostHeader;
 use crate::crypto::Keyring;
 use crate::error::ProxyError;

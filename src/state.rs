@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::audit::AuditFailureMode;
+use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::config::{AuditTarget, Config, ConfigError};
 use crate::crypto::{KeyError, Keyring};
 use crate::metrics::Metrics;

@@ -214,3 +214,49 @@ async fn certificate_is_valid_for_ip_address_too() {
     .await
     .expect("the certificate covers 127.0.0.1");
 }
+
+#[tokio::test]
+async fn silent_tcp_client_is_dropped_after_handshake_timeout() {
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let yaml = format!(
+        r#"upstreams:
+  legacy: {{ url: "{}" }}
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: legacy
+"#,
+        backend.url()
+    );
+    // The harness writes `listen`; a handshake timeout needs the tls block,
+    // so build this one by hand.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_certs(dir.path());
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = https.local_addr().unwrap();
+    let text = format!(
+        "listen: {{ address: \"{addr}\", tls: {{ cert: server.crt, key: server.key, handshake_timeout: 1s }} }}\n{yaml}"
+    );
+    let config = fieldseal::Config::from_yaml(&text, &dir.path().join("f.yaml")).expect("config");
+    let proxy = fieldseal::Proxy::new(config).expect("proxy");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(proxy.serve(
+        fieldseal::Listeners {
+            https,
+            redirect: None,
+            admin: None,
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let _ = bounded("server drops a silent client", tcp.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty(),
+        "nothing is sent to a client that never said hello"
+    );
+    let _ = tx.send(());
+    bounded("shutdown", serving).await.expect("serve");
+}

@@ -65,10 +65,14 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Redirects name the port the HTTPS listener really has: the config may
+    // say port 0 when the caller binds the listener itself.
+    let https_port = listeners.https.local_addr().ok().map(|a| a.port());
     if let Some(l) = listeners.redirect {
         tasks.push(tokio::spawn(serve_redirect(
             Arc::clone(&shared),
             l,
+            https_port,
             stop_rx.clone(),
         )));
     }
@@ -183,6 +187,7 @@ async fn serve_connection(
 async fn serve_redirect(
     shared: Arc<Shared>,
     listener: TcpListener,
+    https_port: Option<u16>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -194,7 +199,7 @@ async fn serve_redirect(
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req)) }
+                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req, https_port)) }
                     });
                     let mut b = hyper::server::conn::http1::Builder::new();
                     b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -208,6 +213,7 @@ async fn serve_redirect(
 fn redirect_response(
     shared: &Shared,
     req: &http::Request<hyper::body::Incoming>,
+    https_port: Option<u16>,
 ) -> http::Response<crate::body::ProxyBody> {
     let rt = shared.runtime.load();
     let host = req
@@ -224,7 +230,7 @@ fn redirect_response(
     let mut resp = match host.filter(|_| allowed) {
         None => crate::proxy::error_response(&crate::error::ProxyError::MisdirectedHost),
         Some(h) => {
-            let port = rt.config.listen.port();
+            let port = https_port.unwrap_or_else(|| rt.config.listen.port());
             let authority = if port == 443 {
                 h
             } else {

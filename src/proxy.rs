@@ -495,7 +495,7 @@ async fn pipeline(
         weaken_etag(&mut rparts.headers);
         body::full(out)
     } else {
-        body::boxed(rbody)
+        body::boxed(body::IdleTimeout::new(rbody, client.timeout()))
     };
     Ok(Response::from_parts(rparts, body))
 }

@@ -1010,7 +1010,6 @@ routes:
 /// the body ends with an error (the status is already out, so the stream
 /// must be aborted) instead of hanging.
 #[tokio::test]
-#[ignore = "core bug: no timeout on the upstream response body"]
 async fn stalled_upstream_body_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -210,6 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn rebuild_checks_type() {
+        assert_eq!(
+            TypeTag::Number.rebuild(b"\"x\"").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::Object.rebuild(b"[]").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(TypeTag::Null.rebuild(b"null ").ok(), Some(Value::Null));
+        assert_eq!(
+            TypeTag::Bool.rebuild(b"true1").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::String.rebuild(&[0xff]).err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::Array.rebuild(b"").err(),
+            Some(DecryptError::Malformed)
+        );
+    }
+
+    #[test]
     fn key_ids() {
         assert!(is_valid_key_id("k1"));
         assert!(is_valid_key_id("A-z_09"));

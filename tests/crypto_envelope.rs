@@ -368,3 +368,22 @@ proptest! {
         prop_assert!(r.open_at(&with_prefix, "c", None, NOW).is_err());
     }
 }
+
+#[test]
+fn deep_values_seal_only_if_they_can_be_opened() {
+    let r = ring("k1", &["k1"]);
+    let nest = |depth: usize| {
+        let mut v = json!(1);
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        v
+    };
+    let ok = nest(120);
+    let sealed = r.seal_at(&ok, "c", NOW).expect("120 levels");
+    assert_eq!(r.open_at(&sealed, "c", None, NOW).expect("open").value, ok);
+    assert!(matches!(
+        r.seal_at(&nest(121), "c", NOW),
+        Err(fieldseal::crypto::SealError::Serialize)
+    ));
+}

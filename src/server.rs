@@ -63,7 +63,10 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish within the grace period.
 pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    // The redirect listener stops with the HTTPS one; the admin listener
+    // stays up while connections drain so /readyz can say "draining".
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Redirects name the port the HTTPS listener really has: the config may
     // say port 0 when the caller binds the listener itself.
@@ -80,7 +83,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         tasks.push(tokio::spawn(crate::admin::serve(
             Arc::clone(&shared),
             l,
-            stop_rx.clone(),
+            admin_stop_rx,
         )));
     }
     let pruner = {
@@ -142,6 +145,9 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         }
     }
     drop(https);
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = shared.runtime.load().config.shutdown_grace;
     tracing::info!(
         in_flight = graceful.count(),
@@ -154,6 +160,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         Err(_) => tracing::warn!("grace period over; closing remaining connections"),
     }
     pruner.abort();
+    let _ = admin_stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
     }

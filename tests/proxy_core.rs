@@ -881,6 +881,7 @@ routes:
     let in_flight = tokio::spawn(async move { client.get(url).send().await });
     slow.wait_for(1).await;
     let https = proxy.https;
+    let readyz = proxy.admin_url("/readyz");
     let stopping = tokio::spawn(proxy.stop());
     // New connections are refused once the listener is gone.
     bounded("listener closes", async {
@@ -892,6 +893,14 @@ routes:
         }
     })
     .await;
+    // While connections drain, the admin listener still answers and says so,
+    // so a load balancer stops sending traffic here.
+    let ready = bounded("readyz while draining", reqwest::get(&readyz))
+        .await
+        .expect("admin still up while draining");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(v["checks"]["shutdown"]["status"], "draining", "{v}");
     let resp = bounded("in-flight request", in_flight)
         .await
         .expect("task")

@@ -84,6 +84,19 @@ impl FieldPath {
     }
 }
 
+/// Calls `f` once on every value any of `rules` selects (parents first, the
+/// first selecting rule's index passed along), without looking inside a
+/// value `f` was called on. The transforms are built on the same walk; this
+/// is the bare selection, for benchmarks and tools.
+pub fn for_each_match(doc: &mut Value, rules: &[FieldRule], mut f: impl FnMut(&mut Value, usize)) {
+    let res: Result<(), ()> = walk_rules(doc, rules, |v, rule, _| {
+        f(v, rule);
+        Ok(Flow::Skip)
+    });
+    // The callback never fails.
+    let _ = res;
+}
+
 #[derive(Debug, Clone)]
 pub struct FieldRule {
     pub path: FieldPath,

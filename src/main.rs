@@ -194,32 +194,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encrypt { config, route } => offline_cmd(&config, Some(&route), |cfg, ring, r| {
-            let r = r.ok_or_else(|| anyhow!("--route is required"))?;
-            let route = cfg
-                .routes
-                .by_name(r)
-                .ok_or_else(|| anyhow!("no route named {r:?}"))?;
-            Ok(offline::transform_stream(
-                Mode::Encrypt(route),
-                ring,
-                std::io::stdin().lock(),
-                std::io::stdout().lock(),
-            )?)
-        }),
-        Command::Decrypt { config, route } => offline_cmd(&config, Some(&route), |cfg, ring, r| {
-            let r = r.ok_or_else(|| anyhow!("--route is required"))?;
-            let route = cfg
-                .routes
-                .by_name(r)
-                .ok_or_else(|| anyhow!("no route named {r:?}"))?;
-            Ok(offline::transform_stream(
-                Mode::Decrypt(route),
-                ring,
-                std::io::stdin().lock(),
-                std::io::stdout().lock(),
-            )?)
-        }),
+        Command::Encrypt { config, route } => route_transform(&config, &route, true),
+        Command::Decrypt { config, route } => route_transform(&config, &route, false),
         Command::Rewrap { config, route } => {
             offline_cmd(&config, route.as_deref(), |cfg, ring, r| {
                 let rules = match r {
@@ -306,6 +282,27 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `encrypt` / `decrypt`: one route's rules over stdin to stdout.
+fn route_transform(config: &Path, route: &str, encrypt: bool) -> Result<ExitCode> {
+    offline_cmd(config, Some(route), |cfg, ring, _| {
+        let r = cfg
+            .routes
+            .by_name(route)
+            .ok_or_else(|| anyhow!("no route named {route:?}"))?;
+        let mode = if encrypt {
+            Mode::Encrypt(r)
+        } else {
+            Mode::Decrypt(r)
+        };
+        Ok(offline::transform_stream(
+            mode,
+            ring,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        )?)
+    })
 }
 
 fn offline_cmd(

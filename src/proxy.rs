@@ -296,7 +296,13 @@ async fn pipeline(
         } else {
             // Two Content-Types could let the backend read the body as
             // something other than the JSON we sealed.
-            if parts.headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+            if parts
+                .headers
+                .get_all(header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+            {
                 return Err(ProxyError::BadRequest("more than one Content-Type"));
             }
             if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {

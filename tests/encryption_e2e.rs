@@ -110,7 +110,10 @@ fn parse(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {:?}",
-            String::from_utf8_lossy(b).chars().take(400).collect::<String>()
+            String::from_utf8_lossy(b)
+                .chars()
+                .take(400)
+                .collect::<String>()
         )
     })
 }
@@ -332,11 +335,13 @@ async fn posted_fields_are_stored_as_ciphertext_and_read_back_as_plaintext() {
 
         // Read-back on the same route: the backend returns what it stored.
         let id_path = format!("/api/users/{i}");
-        s.backend
-            .set_reply(&id_path, Reply::json(rec.body.clone()));
+        s.backend.set_reply(&id_path, Reply::json(rec.body.clone()));
         let r = get(&c, v, &s.proxy.url(&id_path)).await;
         assert_eq!(r.status, StatusCode::OK, "{v:?}: {}", r.text());
-        assert!(!r.text().contains("fs1:"), "{v:?}: envelope reached the client");
+        assert!(
+            !r.text().contains("fs1:"),
+            "{v:?}: envelope reached the client"
+        );
         assert_eq!(
             r.header("content-length"),
             Some(r.body.len().to_string().as_str())
@@ -344,7 +349,10 @@ async fn posted_fields_are_stored_as_ciphertext_and_read_back_as_plaintext() {
         // Exactly the original JSON values and types: string, number (as
         // spelled), object, array, null, bool.
         assert_eq!(text(&r.json()), text(&original), "{v:?}: read-back");
-        assert_eq!(r.json()["contacts"][5]["phone"].to_string(), format!("15550{tag}.50"));
+        assert_eq!(
+            r.json()["contacts"][5]["phone"].to_string(),
+            format!("15550{tag}.50")
+        );
         assert!(r.json()["contacts"][3]["phone"].is_null());
         assert_eq!(r.json()["contacts"][4]["phone"], json!(true));
         assert!(r.json()["contacts"][1]["phone"].is_object());
@@ -358,8 +366,7 @@ async fn posted_fields_are_stored_as_ciphertext_and_read_back_as_plaintext() {
     // Read-back on another route, where the records sit under `$.items[*]`:
     // default contexts are member names, so they open there too.
     let listed = json!({ "items": stored_docs, "count": 2 });
-    s.backend
-        .set_reply("/api/list", Reply::json(text(&listed)));
+    s.backend.set_reply("/api/list", Reply::json(text(&listed)));
     for (c, v) in s.proxy.clients() {
         let r = get(&c, v, &s.proxy.url("/api/list")).await;
         assert_eq!(r.status, StatusCode::OK, "{v:?}: {}", r.text());
@@ -388,7 +395,10 @@ async fn compressed_answers_are_decrypted_and_upstream_is_asked_for_identity() {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let (rec, stored) = last_forwarded(&s.backend);
         for p in SEALED {
-            assert!(is_envelope_under(stored.pointer(p).expect("ptr"), "k1"), "{p}");
+            assert!(
+                is_envelope_under(stored.pointer(p).expect("ptr"), "k1"),
+                "{p}"
+            );
         }
         // Answers compressed each way, on the auto route and on a route
         // with decrypt paths; the client asks for compression itself.
@@ -444,7 +454,10 @@ async fn look_alike_envelopes_are_sealed_and_genuine_ones_left_alone() {
         let r = post_json(&c, v, &s.proxy.url("/api/users"), &text(&doc)).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let (rec, stored) = last_forwarded(&s.backend);
-        assert_ne!(stored["ssn"], doc["ssn"], "{v:?}: look-alike passed through");
+        assert_ne!(
+            stored["ssn"], doc["ssn"],
+            "{v:?}: look-alike passed through"
+        );
         assert!(is_envelope_under(&stored["ssn"], "k1"));
         assert!(
             !s.backend.raw_contains(b64.as_bytes()),
@@ -472,7 +485,10 @@ async fn look_alike_envelopes_are_sealed_and_genuine_ones_left_alone() {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let (_, stored3) = last_forwarded(&s.backend);
         assert!(is_envelope_under(&stored3["dob"], "k1"));
-        assert_ne!(stored3["dob"], genuine, "{v:?}: envelope moved across contexts");
+        assert_ne!(
+            stored3["dob"], genuine,
+            "{v:?}: envelope moved across contexts"
+        );
     }
 }
 
@@ -671,7 +687,11 @@ async fn refused_request_bodies_never_reach_the_backend() {
     let r = f.proxy.h2_raw(req).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "h2 stream");
     assert_error_json(r.status, r.header("content-type"), &r.body);
-    assert_eq!(f.backend.count(), before, "oversized streams reached the backend");
+    assert_eq!(
+        f.backend.count(),
+        before,
+        "oversized streams reached the backend"
+    );
     assert!(!f.backend.raw_contains(b"123-45-6789"));
 }
 
@@ -680,7 +700,10 @@ async fn gzip_request_is_decoded_and_sealed() {
     let f = Closed::start().await;
     let doc = r#"{"ssn":"123-45-6789","name":"gz"}"#;
     for (c, v) in f.proxy.clients() {
-        for (coding, body) in [("gzip", gzip(doc.as_bytes())), ("br", brotli(doc.as_bytes()))] {
+        for (coding, body) in [
+            ("gzip", gzip(doc.as_bytes())),
+            ("br", brotli(doc.as_bytes())),
+        ] {
             let r = send(
                 c.post(f.proxy.url("/api/users"))
                     .header("content-type", "application/json")
@@ -717,7 +740,13 @@ async fn path_spellings_cannot_route_plaintext_past_the_encrypting_route() {
     let f = Closed::start().await;
     // Sanity: the catch-all really forwards plaintext.
     let (c, v) = (f.proxy.h1(), Version::HTTP_11);
-    let r = post_json(&c, v, &f.proxy.url("/elsewhere"), r#"{"ssn":"000-00-0000"}"#).await;
+    let r = post_json(
+        &c,
+        v,
+        &f.proxy.url("/elsewhere"),
+        r#"{"ssn":"000-00-0000"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(f.backend.raw_contains(b"000-00-0000"));
 
@@ -730,7 +759,12 @@ async fn path_spellings_cannot_route_plaintext_past_the_encrypting_route() {
             body.len()
         );
         let r = f.proxy.raw_h1(req.as_bytes()).await;
-        assert_eq!(r.status, StatusCode::OK, "h1 {p}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "h1 {p}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         let (rec, stored) = last_forwarded(&f.backend);
         assert!(is_envelope_under(&stored["ssn"], "k1"), "h1 {p}: {stored}");
         assert!(
@@ -745,7 +779,12 @@ async fn path_spellings_cannot_route_plaintext_past_the_encrypting_route() {
             .body(full_body(body.clone()))
             .expect("request");
         let r = f.proxy.h2_raw(req).await;
-        assert_eq!(r.status, StatusCode::OK, "h2 {p}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "h2 {p}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         let (_, stored) = last_forwarded(&f.backend);
         assert!(is_envelope_under(&stored["ssn"], "k1"), "h2 {p}: {stored}");
         assert!(
@@ -792,8 +831,12 @@ routes:
 
     let ring1 = ring("k1", &[("k1", &k1)]);
     let now = fieldseal::crypto::unix_now();
-    let good = ring1.seal(&json!("good-plaintext-1"), "good").expect("seal");
-    let mut tampered = ring1.seal(&json!("tampered-plaintext"), "ssn").expect("seal");
+    let good = ring1
+        .seal(&json!("good-plaintext-1"), "good")
+        .expect("seal");
+    let mut tampered = ring1
+        .seal(&json!("tampered-plaintext"), "ssn")
+        .expect("seal");
     {
         // Flip one base64 character in the middle of the payload.
         let at = tampered.len() - 20;
@@ -802,14 +845,19 @@ routes:
         tampered.replace_range(at..at + 1, new);
     }
     let other = Keyring::from_raw_keys("k9", vec![("k9".into(), [9u8; 32])]).expect("ring");
-    let unknown = other.seal(&json!("unknown-key-plaintext"), "number").expect("seal");
+    let unknown = other
+        .seal(&json!("unknown-key-plaintext"), "number")
+        .expect("seal");
     let expired = ring1
         .seal_at(&json!("expired-plaintext"), "old", now - 7200)
         .expect("seal");
     let fresh_old = ring1.seal(&json!("fresh-old"), "old").expect("seal");
     let cases = [
         ("auth_failed", json!({ "ssn": tampered, "good": good })),
-        ("unknown_key", json!({ "card": { "number": unknown }, "good": good })),
+        (
+            "unknown_key",
+            json!({ "card": { "number": unknown }, "good": good }),
+        ),
         ("expired", json!({ "old": expired, "good": good })),
     ];
     let plaintexts = [
@@ -825,7 +873,10 @@ routes:
             let path = format!("/fail/error/{reason}/{v:?}");
             backend.set_reply(&path, Reply::json(text(doc)));
             let r = get(&c, v, &proxy.url(&path)).await;
-            r.assert_error(StatusCode::BAD_GATEWAY, &format!("{v:?} error {reason} ({i})"));
+            r.assert_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("{v:?} error {reason} ({i})"),
+            );
             assert_security_headers(&r.headers, "decrypt failure");
             assert!(!r.text().contains("fs1:"), "{}", r.text());
             for p in plaintexts {
@@ -860,7 +911,10 @@ routes:
         want["good"] = json!("good-plaintext-1");
         assert_eq!(r.json(), want);
         // max_age is a limit, not a ban: a fresh envelope opens.
-        backend.set_reply("/fail/error/fresh", Reply::json(text(&json!({ "old": fresh_old }))));
+        backend.set_reply(
+            "/fail/error/fresh",
+            Reply::json(text(&json!({ "old": fresh_old }))),
+        );
         let r = get(&c, v, &proxy.url("/fail/error/fresh")).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.json(), json!({ "old": "fresh-old" }));
@@ -875,7 +929,9 @@ routes:
                 "fieldseal_decrypt_failures_total",
                 &[("route", route), ("reason", reason)],
             )
-            .unwrap_or_else(|| panic!("no decrypt failure metric for {route}/{reason}:\n{metrics}"));
+            .unwrap_or_else(|| {
+                panic!("no decrypt failure metric for {route}/{reason}:\n{metrics}")
+            });
             assert_eq!(n, 2.0, "{route}/{reason}: one per client protocol");
         }
     }
@@ -909,9 +965,13 @@ async fn rotation_old_data_still_opens_new_data_uses_the_new_key() {
     let keys = tempfile::tempdir().expect("tempdir");
     let k2 = key_file(keys.path(), "k2");
     // k1 is a passphrase key (unique env names: tests share the process).
-    std::env::set_var("FS_E2E_ROT_K1_PASS", "rotation test passphrase, not a secret");
+    std::env::set_var(
+        "FS_E2E_ROT_K1_PASS",
+        "rotation test passphrase, not a secret",
+    );
     std::env::set_var("FS_E2E_ROT_K1_SALT", "rotation-e2e-salt-0001");
-    let k1_line = "    - { id: k1, passphrase_env: FS_E2E_ROT_K1_PASS, salt_env: FS_E2E_ROT_K1_SALT }\n";
+    let k1_line =
+        "    - { id: k1, passphrase_env: FS_E2E_ROT_K1_PASS, salt_env: FS_E2E_ROT_K1_SALT }\n";
     let k2_line = format!("    - {{ id: k2, file: \"{}\" }}\n", k2.display());
     let backend = ScriptedBackend::start().await;
     let proxy = TestProxy::start(&rotation_yaml("", &backend.url(), k1_line, "k1")).await;
@@ -936,19 +996,28 @@ async fn rotation_old_data_still_opens_new_data_uses_the_new_key() {
 
     // 2. Add k2 (not active yet), reload over the admin listener.
     let two = format!("{k1_line}{k2_line}");
-    std::fs::write(&proxy.config_path, rotation_yaml(&header, &backend.url(), &two, "k1"))
-        .expect("write config");
+    std::fs::write(
+        &proxy.config_path,
+        rotation_yaml(&header, &backend.url(), &two, "k1"),
+    )
+    .expect("write config");
     let (status, body) = admin_request(&proxy, "POST", "/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let doc_b = post("bbbb");
     let r = post_json(&c2, v2, &proxy.url("/api/users"), &doc_b).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let (rec_b, stored_b) = last_forwarded(&backend);
-    assert!(is_envelope_under(&stored_b["ssn"], "k1"), "k2 not active yet: {stored_b}");
+    assert!(
+        is_envelope_under(&stored_b["ssn"], "k1"),
+        "k2 not active yet: {stored_b}"
+    );
 
     // 3. Make k2 active, reload through the API this time.
-    std::fs::write(&proxy.config_path, rotation_yaml(&header, &backend.url(), &two, "k2"))
-        .expect("write config");
+    std::fs::write(
+        &proxy.config_path,
+        rotation_yaml(&header, &backend.url(), &two, "k2"),
+    )
+    .expect("write config");
     proxy.proxy.reload().await.expect("reload");
     let doc_c = post("cccc");
     let mut recs = vec![(rec_a, doc_a), (rec_b, doc_b)];
@@ -961,7 +1030,10 @@ async fn rotation_old_data_still_opens_new_data_uses_the_new_key() {
         recs.push((rec_c, doc_c.clone()));
     }
     for s in ["ssn-aaaa", "ssn-bbbb", "ssn-cccc", "card-aaaa", "card-cccc"] {
-        assert!(!backend.raw_contains(s.as_bytes()), "{s} reached the backend");
+        assert!(
+            !backend.raw_contains(s.as_bytes()),
+            "{s} reached the backend"
+        );
     }
 
     // Old (k1) and new (k2) data both read back, on both protocols.
@@ -976,8 +1048,11 @@ async fn rotation_old_data_still_opens_new_data_uses_the_new_key() {
     }
     // Dropping k1 too early is a valid config, but its data then no longer
     // opens: 502, fail closed, never the envelope or a guess.
-    std::fs::write(&proxy.config_path, rotation_yaml(&header, &backend.url(), &k2_line, "k2"))
-        .expect("write config");
+    std::fs::write(
+        &proxy.config_path,
+        rotation_yaml(&header, &backend.url(), &k2_line, "k2"),
+    )
+    .expect("write config");
     proxy.proxy.reload().await.expect("reload without k1");
     let r = get(&c, v, &proxy.url("/api/users/rot/0")).await;
     r.assert_error(StatusCode::BAD_GATEWAY, "k1 data after k1 was dropped");
@@ -1067,8 +1142,12 @@ async fn exponent_spelling_survives_forwarding_and_round_trip() {
     assert_eq!(r.status, StatusCode::OK);
     let rec = s.backend.seen().pop().expect("forwarded");
     let body = String::from_utf8_lossy(&rec.body).into_owned();
-    assert!(body.contains(r#""amount":1E2"#), "unselected number re-spelled: {body}");
-    s.backend.set_reply("/api/users/1", Reply::json(rec.body.clone()));
+    assert!(
+        body.contains(r#""amount":1E2"#),
+        "unselected number re-spelled: {body}"
+    );
+    s.backend
+        .set_reply("/api/users/1", Reply::json(rec.body.clone()));
     let r = get(&c, v, &s.proxy.url("/api/users/1")).await;
     assert_eq!(r.text(), doc, "read-back");
 }

@@ -127,9 +127,21 @@ fn on_decrypt_failure_null_unquoted_is_the_null_mode() {
         load(&text).unwrap().routes.routes[0].on_decrypt_failure
     };
     assert_eq!(mode(""), OnDecryptFailure::Error);
-    assert_eq!(mode("    on_decrypt_failure: error\n"), OnDecryptFailure::Error);
-    assert_eq!(mode("    on_decrypt_failure: null\n"), OnDecryptFailure::Null);
+    assert_eq!(
+        mode("    on_decrypt_failure: error\n"),
+        OnDecryptFailure::Error
+    );
+    assert_eq!(
+        mode("    on_decrypt_failure: null\n"),
+        OnDecryptFailure::Null
+    );
     assert_eq!(mode("    on_decrypt_failure: ~\n"), OnDecryptFailure::Null);
-    assert_eq!(mode("    on_decrypt_failure: \"null\"\n"), OnDecryptFailure::Null);
-    assert_eq!(mode("    on_decrypt_failure: keep\n"), OnDecryptFailure::Keep);
+    assert_eq!(
+        mode("    on_decrypt_failure: \"null\"\n"),
+        OnDecryptFailure::Null
+    );
+    assert_eq!(
+        mode("    on_decrypt_failure: keep\n"),
+        OnDecryptFailure::Keep
+    );
 }

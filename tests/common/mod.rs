@@ -680,6 +680,9 @@ pub fn default_reply() -> Reply {
     Reply::json(r#"{"stored":true}"#)
 }
 
+/// The raw bytes read from each connection, one shared buffer per connection.
+type RawLogs = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// Counts and records the bytes read from one TCP connection.
 struct TapIo {
     inner: TcpStream,
@@ -732,7 +735,7 @@ impl tokio::io::AsyncWrite for TapIo {
 pub struct ScriptedBackend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
-    raw: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    raw: RawLogs,
     replies: Arc<Mutex<std::collections::HashMap<String, Reply>>>,
     default: Arc<Mutex<Reply>>,
     accept: JoinHandle<()>,
@@ -745,7 +748,7 @@ impl ScriptedBackend {
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let raw: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let raw: RawLogs = Arc::default();
         let replies: Arc<Mutex<std::collections::HashMap<String, Reply>>> = Arc::default();
         let default = Arc::new(Mutex::new(default_reply()));
         let accept = {

@@ -733,6 +733,10 @@ const BYPASSES: &[&str] = &[
     "/api/%2e/users",
     "/api/users/./",
     "//api/users",
+    "/api/;/users",
+    "/api/;x=1/users",
+    "/;x/api/users",
+    "/api/;x/../api/users",
 ];
 
 #[tokio::test]

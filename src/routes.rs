@@ -163,10 +163,12 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
     let trailing = decoded.len() > 1 && decoded.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
-        // `.;x` and `..;x` are dot segments to a servlet container.
+        // `.;x` and `..;x` are dot segments to a servlet container, and a
+        // segment of only `;params` is an empty one (`/api/;x/users` is
+        // `/api//users`, i.e. `/api/users`): dropped like `//`.
         let bare = seg.split(';').next().unwrap_or("");
         match bare {
-            "" if seg.is_empty() => {}
+            "" => {}
             "." => {}
             ".." => {
                 if segments.pop().is_none() {
@@ -278,6 +280,10 @@ mod tests {
             Ok(("/api;jsessionid=1/users;x".into(), "/api/users".into()))
         );
         assert_eq!(canon("/api/x/..;/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/;/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/;x=1/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/;x/api/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/users/;x"), Ok(same("/api/users")));
         assert!(canon("/api%2fusers").is_err());
         assert!(canon("/api%5cusers").is_err());
         assert!(canon("/api\\users").is_err());

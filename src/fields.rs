@@ -159,8 +159,12 @@ pub fn encrypt_document(
 ) -> Result<TransformReport, FieldError> {
     let mut report = TransformReport::default();
     let mut hit = vec![false; rules.len()];
+    // Addresses of the selected nodes (compared, never dereferenced): the
+    // second pass must not touch them. Replacing a value keeps its address.
+    let mut selected: Vec<*const Value> = Vec::new();
     walk_rules(doc, rules, |node, r, loc| {
         hit[r] = true;
+        selected.push(&*node as *const Value);
         let context = rule_context(&rules[r], loc);
         if let Value::String(s) = node {
             if looks_like_envelope(s) && ring.open_at(s, context, None, now).is_ok() {
@@ -173,6 +177,31 @@ pub fn encrypt_document(
         *node = Value::String(sealed);
         report.encrypted += 1;
         Ok(Flow::Skip)
+    })?;
+    // The `fs1:` prefix is reserved. A client string elsewhere that uses it
+    // without being a genuine envelope for its place is sealed too, so stored
+    // data holds only real envelopes: it can't be made to fail decryption
+    // (a 502 for every reader on `decrypt: auto` routes) and reads back as
+    // the string the client sent.
+    walk_all(doc, &Loc::ROOT, &mut |node,
+                                    loc|
+     -> Result<(), FieldError> {
+        let Value::String(s) = &*node else {
+            return Ok(());
+        };
+        if !looks_like_envelope(s) || selected.contains(&(&*node as *const Value)) {
+            return Ok(());
+        }
+        let context = loc.context();
+        if ring.open_at(s, context, None, now).is_ok() {
+            return Ok(());
+        }
+        let sealed = ring
+            .seal_at(node, context, now)
+            .map_err(|_| FieldError::Seal)?;
+        *node = Value::String(sealed);
+        report.encrypted += 1;
+        Ok(())
     })?;
     if report.encrypted > 0 {
         report.key_ids.push(ring.active_id().to_owned());

@@ -157,21 +157,6 @@ async fn scrape(p: &TestProxy) -> Scrape {
     Scrape::parse(&a.text())
 }
 
-/// Every string in `v` (any depth).
-fn strings(v: &Value) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) => out.push(s.as_str()),
-            Value::Array(a) => stack.extend(a.iter()),
-            Value::Object(o) => stack.extend(o.values()),
-            _ => {}
-        }
-    }
-    out
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -261,7 +246,7 @@ impl Scrape {
 /// `name{a="x",b="y"} rest` → (name, labels, rest).
 fn parse_series(line: &str) -> (String, Labels, &str) {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .unwrap_or_else(|| panic!("no value in {line:?}"));
     let name = line[..name_end].to_string();
     let mut labels = Labels::new();
@@ -317,8 +302,14 @@ fn prometheus_parser_reads_names_labels_and_values() {
          x_total{route=\"\",status=\"404\"} 3\n# TYPE g gauge\ng 0\nh_count{route=\"r\"} 2\n\
          h_bucket{le=\"+Inf\",route=\"r\"} 2\nt 1.5e9\n# EOF\n",
     );
-    assert_eq!(s.get("x_total", &[("route", "a\"b"), ("status", "200")]), Some(7.0));
-    assert_eq!(s.get("x_total", &[("status", "404"), ("route", "")]), Some(3.0));
+    assert_eq!(
+        s.get("x_total", &[("route", "a\"b"), ("status", "200")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        s.get("x_total", &[("status", "404"), ("route", "")]),
+        Some(3.0)
+    );
     assert_eq!(s.get("x_total", &[("route", "")]), None, "exact label set");
     assert_eq!(s.get("g", &[]), Some(0.0));
     assert_eq!(s.types.get("g").map(String::as_str), Some("gauge"));
@@ -441,7 +432,10 @@ async fn store_answer(
     let (status, out) = match parts.method {
         Method::POST | Method::PUT => {
             data.lock().expect("store lock").insert(path.clone(), body);
-            (StatusCode::OK, Bytes::from(json!({ "stored": path }).to_string()))
+            (
+                StatusCode::OK,
+                Bytes::from(json!({ "stored": path }).to_string()),
+            )
         }
         _ => match data.lock().expect("store lock").get(&path) {
             Some(b) => (StatusCode::OK, b.clone()),
@@ -654,7 +648,12 @@ async fn reload_under_steady_traffic_loses_no_request() {
         assert_eq!(a.version, v);
         assert_eq!(a.json()["path"], "/api/new/7");
         assert_eq!(a.header("content-security-policy"), Some("csp-5"));
-        let a = send(post_json(&c, &proxy.url("/api/users/x"), &json!({"ssn": "s"}))).await;
+        let a = send(post_json(
+            &c,
+            &proxy.url("/api/users/x"),
+            &json!({"ssn": "s"}),
+        ))
+        .await;
         assert_eq!(a.header("content-security-policy"), Some("csp-5"));
     }
     assert_eq!(backend.seen().last().unwrap().path(), "/api/users/x");
@@ -663,7 +662,10 @@ async fn reload_under_steady_traffic_loses_no_request() {
         m.value("fieldseal_reloads_total", &[("outcome", "success")]),
         5.0
     );
-    assert_eq!(m.get("fieldseal_reloads_total", &[("outcome", "failure")]), None);
+    assert_eq!(
+        m.get("fieldseal_reloads_total", &[("outcome", "failure")]),
+        None
+    );
     assert_eq!(m.value("fieldseal_last_reload_success", &[]), 1.0);
     proxy.stop().await;
 }
@@ -684,11 +686,20 @@ fn users_config(upstream: &str, keys_yaml: &str) -> String {
 async fn assert_old_config_serves(proxy: &TestProxy, backend: &Backend) {
     let n = backend.count();
     for (c, v) in proxy.clients() {
-        let a = send(post_json(&c, &proxy.url("/api/users/1"), &json!({"ssn": "x"}))).await;
+        let a = send(post_json(
+            &c,
+            &proxy.url("/api/users/1"),
+            &json!({"ssn": "x"}),
+        ))
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
         assert_eq!(a.version, v);
         let a = send(c.get(proxy.url("/api/other"))).await;
-        assert_eq!(a.status, StatusCode::NOT_FOUND, "the refused route is not in force");
+        assert_eq!(
+            a.status,
+            StatusCode::NOT_FOUND,
+            "the refused route is not in force"
+        );
     }
     assert_eq!(backend.count(), n + 2);
 }
@@ -703,7 +714,10 @@ async fn assert_failed_reload_reported(proxy: &TestProxy, t0: u64, needle: &str,
     let last = &g.json()["last_reload"];
     assert_eq!(last["ok"], false, "{last}");
     let time = last["time"].as_u64().expect("time");
-    assert!((t0..=now).contains(&time), "reload time {time} in {t0}..={now}");
+    assert!(
+        (t0..=now).contains(&time),
+        "reload time {time} in {t0}..={now}"
+    );
     assert!(
         last["message"].as_str().unwrap().contains(needle),
         "GET /reload names {needle:?}: {last}"
@@ -729,7 +743,10 @@ async fn broken_config_on_reload_is_refused_and_the_old_one_keeps_serving() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let good = users_config(&backend.url(), &keys.yaml("k1", &["k1"]));
     let proxy = TestProxy::start(&good).await;
-    assert_eq!(admin_get(&proxy, "/reload").await.json()["last_reload"], Value::Null);
+    assert_eq!(
+        admin_get(&proxy, "/reload").await.json()["last_reload"],
+        Value::Null
+    );
     let t0 = fieldseal::state::unix_now();
 
     // (a) An unknown key (a typo) with a new route that must not come into force.
@@ -745,11 +762,17 @@ async fn broken_config_on_reload_is_refused_and_the_old_one_keeps_serving() {
     let body = r.json();
     assert_eq!(body["status"], "refused");
     let err = body["error"].as_str().expect("error message");
-    assert!(err.contains("conect_timeout"), "names the unknown key: {err}");
+    assert!(
+        err.contains("conect_timeout"),
+        "names the unknown key: {err}"
+    );
     assert_old_config_serves(&proxy, &backend).await;
     assert_failed_reload_reported(&proxy, t0, "conect_timeout", 1.0).await;
     let m = scrape(&proxy).await;
-    assert_eq!(m.get("fieldseal_reloads_total", &[("outcome", "success")]), None);
+    assert_eq!(
+        m.get("fieldseal_reloads_total", &[("outcome", "success")]),
+        None
+    );
 
     // (b) A key file that does not exist.
     let missing = keys.dir.path().join("k9.key");
@@ -794,7 +817,10 @@ async fn broken_config_on_reload_is_refused_and_the_old_one_keeps_serving() {
     std::fs::write(&proxy.config_path, &moved).unwrap();
     let r = admin_reload(&proxy).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("listen.address"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("listen.address"));
     assert_failed_reload_reported(&proxy, t0, "listen.address", 4.0).await;
 
     // Fixed: the next reload succeeds and everything reports it.
@@ -807,8 +833,14 @@ async fn broken_config_on_reload_is_refused_and_the_old_one_keeps_serving() {
     let last = admin_get(&proxy, "/reload").await.json()["last_reload"].clone();
     assert_eq!(last["ok"], true, "{last}");
     let m = scrape(&proxy).await;
-    assert_eq!(m.value("fieldseal_reloads_total", &[("outcome", "success")]), 1.0);
-    assert_eq!(m.value("fieldseal_reloads_total", &[("outcome", "failure")]), 4.0);
+    assert_eq!(
+        m.value("fieldseal_reloads_total", &[("outcome", "success")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("fieldseal_reloads_total", &[("outcome", "failure")]),
+        4.0
+    );
     assert_eq!(m.value("fieldseal_last_reload_success", &[]), 1.0);
     let a = send(proxy.h1().get(proxy.url("/api/other"))).await;
     assert_eq!(a.status, StatusCode::OK, "the new route is in force now");
@@ -840,19 +872,36 @@ async fn rotation_by_reload_keeps_old_values_readable_and_seals_new_ones_under_t
     let c = proxy.h2();
 
     for n in 1..=2 {
-        let a = send(post_json(&c, &proxy.url(&format!("/api/users/{n}")), &user(n))).await;
+        let a = send(post_json(
+            &c,
+            &proxy.url(&format!("/api/users/{n}")),
+            &user(n),
+        ))
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
         let stored = store.stored(&format!("/api/users/{n}"));
-        assert!(stored["ssn"].as_str().unwrap().starts_with("fs1:k1:"), "{stored}");
-        assert!(stored["card"]["number"].as_str().unwrap().starts_with("fs1:k1:"));
+        assert!(
+            stored["ssn"].as_str().unwrap().starts_with("fs1:k1:"),
+            "{stored}"
+        );
+        assert!(stored["card"]["number"]
+            .as_str()
+            .unwrap()
+            .starts_with("fs1:k1:"));
     }
 
     // Step 1: k2 joins the ring, k1 stays active.
-    rewrite_config(&proxy, &rotation_config(&store, &keys.yaml("k1", &["k1", "k2"])));
+    rewrite_config(
+        &proxy,
+        &rotation_config(&store, &keys.yaml("k1", &["k1", "k2"])),
+    );
     let r = admin_reload(&proxy).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     // Step 2: k2 becomes active.
-    rewrite_config(&proxy, &rotation_config(&store, &keys.yaml("k2", &["k1", "k2"])));
+    rewrite_config(
+        &proxy,
+        &rotation_config(&store, &keys.yaml("k2", &["k1", "k2"])),
+    );
     let r = admin_reload(&proxy).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let ready = admin_get(&proxy, "/readyz").await.json();
@@ -866,7 +915,12 @@ async fn rotation_by_reload_keeps_old_values_readable_and_seals_new_ones_under_t
     }
     // New values are sealed under k2, and read back too.
     for n in 3..=5 {
-        let a = send(post_json(&c, &proxy.url(&format!("/api/users/{n}")), &user(n))).await;
+        let a = send(post_json(
+            &c,
+            &proxy.url(&format!("/api/users/{n}")),
+            &user(n),
+        ))
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
         let stored = store.stored(&format!("/api/users/{n}"));
         for v in [&stored["ssn"], &stored["card"]["number"]] {
@@ -877,11 +931,26 @@ async fn rotation_by_reload_keeps_old_values_readable_and_seals_new_ones_under_t
         assert_eq!(a.json(), user(n));
     }
     let m = scrape(&proxy).await;
-    assert_eq!(m.value("fieldseal_encryptions_total", &[("key_id", "k1")]), 4.0);
-    assert_eq!(m.value("fieldseal_encryptions_total", &[("key_id", "k2")]), 6.0);
-    assert_eq!(m.value("fieldseal_fields_encrypted_total", &[("route", "users")]), 10.0);
-    assert_eq!(m.value("fieldseal_fields_decrypted_total", &[("route", "users")]), 10.0);
-    assert_eq!(m.value("fieldseal_reloads_total", &[("outcome", "success")]), 2.0);
+    assert_eq!(
+        m.value("fieldseal_encryptions_total", &[("key_id", "k1")]),
+        4.0
+    );
+    assert_eq!(
+        m.value("fieldseal_encryptions_total", &[("key_id", "k2")]),
+        6.0
+    );
+    assert_eq!(
+        m.value("fieldseal_fields_encrypted_total", &[("route", "users")]),
+        10.0
+    );
+    assert_eq!(
+        m.value("fieldseal_fields_decrypted_total", &[("route", "users")]),
+        10.0
+    );
+    assert_eq!(
+        m.value("fieldseal_reloads_total", &[("outcome", "success")]),
+        2.0
+    );
 
     // Dropping k1 before rewrapping: the old values can no longer be read,
     // and the proxy refuses rather than hand out an envelope.
@@ -892,5 +961,498 @@ async fn rotation_by_reload_keeps_old_values_readable_and_seals_new_ones_under_t
     assert!(!a.text().contains("fs1:"), "no envelope in the refusal");
     let a = send(c.get(proxy.url("/api/users/3"))).await;
     assert_eq!(a.json(), user(3));
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Metrics move by exactly the traffic sent
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_count_exactly_the_traffic_sent() {
+    let keys = Keys::new();
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let dead = dead_address();
+    let yaml = format!(
+        "upstreams:\n  legacy: {{ url: \"{}\", connect_timeout: 2s, timeout: 20s }}\n  \
+         gone: {{ url: \"http://{dead}\", connect_timeout: 2s, timeout: 5s }}\n{}\
+         routes:\n  - name: enc\n    match: {{ path_prefix: /api/enc }}\n    upstream: legacy\n    \
+         encrypt: [\"$.a\", \"$.b\"]\n  \
+         - name: limited\n    match: {{ path_prefix: /limited }}\n    upstream: legacy\n    \
+         rate_limit: {{ requests_per_second: 1, burst: 1 }}\n  \
+         - name: dead\n    match: {{ path_prefix: /dead }}\n    upstream: gone\n",
+        backend.url(),
+        keys.yaml("k1", &["k1"]),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let before = scrape(&proxy).await;
+    assert!(before.series("fieldseal_requests_total").is_empty());
+
+    let clients = proxy.clients();
+    // 7 successful encrypting requests with 2 fields each, over h1 and h2.
+    for i in 0..7 {
+        let (c, _) = &clients[i % 2];
+        let a = send(post_json(
+            c,
+            &proxy.url("/api/enc"),
+            &json!({"a": "x", "b": i, "c": "plain"}),
+        ))
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    }
+    // 3 to no route.
+    for i in 0..3 {
+        let (c, _) = &clients[i % 2];
+        let a = send(c.get(proxy.url("/nowhere"))).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+    }
+    // Until exactly 2 are rate limited (a slow machine may see a token refill).
+    let (mut limited_ok, mut limited_429) = (0, 0);
+    bounded("two rate-limited requests", async {
+        while limited_429 < 2 {
+            let a = send(clients[0].0.get(proxy.url("/limited"))).await;
+            match a.status {
+                StatusCode::OK => limited_ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => limited_429 += 1,
+                s => panic!("unexpected {s} from /limited"),
+            }
+        }
+    })
+    .await;
+    assert!(limited_ok >= 1, "the burst admits the first request");
+    // 1 to a dead upstream.
+    let a = send(clients[1].0.get(proxy.url("/dead"))).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+
+    let m = scrape(&proxy).await;
+    let ok_limited = f64::from(limited_ok);
+    // Exactly these request series, with exactly these counts.
+    let mut requests: Vec<(String, String, f64)> = m
+        .series("fieldseal_requests_total")
+        .into_iter()
+        .map(|(l, v)| (l["route"].clone(), l["status"].clone(), v))
+        .collect();
+    requests.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert_eq!(
+        requests,
+        vec![
+            ("".into(), "404".into(), 3.0),
+            ("dead".into(), "502".into(), 1.0),
+            ("enc".into(), "200".into(), 7.0),
+            ("limited".into(), "200".into(), ok_limited),
+            ("limited".into(), "429".into(), 2.0),
+        ]
+    );
+    assert_eq!(
+        m.value("fieldseal_fields_encrypted_total", &[("route", "enc")]),
+        14.0
+    );
+    assert_eq!(m.series("fieldseal_fields_encrypted_total").len(), 1);
+    assert_eq!(
+        m.value("fieldseal_encryptions_total", &[("key_id", "k1")]),
+        14.0
+    );
+    assert_eq!(m.series("fieldseal_encryptions_total").len(), 1);
+    assert_eq!(
+        m.value("fieldseal_rate_limited_total", &[("route", "limited")]),
+        2.0
+    );
+    assert_eq!(m.series("fieldseal_rate_limited_total").len(), 1);
+    assert_eq!(
+        m.value(
+            "fieldseal_upstream_errors_total",
+            &[("upstream", "gone"), ("kind", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(m.series("fieldseal_upstream_errors_total").len(), 1);
+    assert!(m.series("fieldseal_fields_decrypted_total").is_empty());
+    assert!(m.series("fieldseal_decrypt_failures_total").is_empty());
+
+    // Histograms: one observation per request, per route.
+    for (route, n) in [
+        ("enc", 7.0),
+        ("", 3.0),
+        ("limited", ok_limited + 2.0),
+        ("dead", 1.0),
+    ] {
+        assert_eq!(
+            m.value(
+                "fieldseal_request_duration_seconds_count",
+                &[("route", route)]
+            ),
+            n,
+            "request_duration count for route {route:?}"
+        );
+        let inf = m.value(
+            "fieldseal_request_duration_seconds_bucket",
+            &[("route", route), ("le", "+Inf")],
+        );
+        assert_eq!(inf, n, "+Inf bucket holds every observation");
+    }
+    assert_eq!(
+        m.types
+            .get("fieldseal_request_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    // Upstream time: every request that was sent upstream (the dead one too).
+    assert_eq!(
+        m.value(
+            "fieldseal_upstream_duration_seconds_count",
+            &[("upstream", "legacy")]
+        ),
+        7.0 + ok_limited
+    );
+    assert_eq!(
+        m.value(
+            "fieldseal_upstream_duration_seconds_count",
+            &[("upstream", "gone")]
+        ),
+        1.0
+    );
+    assert_eq!(backend.count() as f64, 7.0 + ok_limited);
+
+    // The connection gauge is a gauge, and falls back to 0 once clients leave.
+    assert_eq!(
+        m.types
+            .get("fieldseal_open_connections")
+            .map(String::as_str),
+        Some("gauge")
+    );
+    assert!(m.value("fieldseal_open_connections", &[]) >= 1.0);
+    drop(clients);
+    bounded("open connections to drop to 0", async {
+        loop {
+            if scrape(&proxy)
+                .await
+                .value("fieldseal_open_connections", &[])
+                == 0.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let m = scrape(&proxy).await;
+    assert_eq!(m.value("fieldseal_tls_handshake_failures_total", &[]), 0.0);
+    assert_eq!(m.value("fieldseal_audit_write_failures_total", &[]), 0.0);
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. The audit log, written by the proxy
+// ---------------------------------------------------------------------------
+
+fn audit_config(store: &Store, keys: &Keys, sink: &Path, key: &str, on_failure: &str) -> String {
+    format!(
+        "upstreams:\n  store: {{ url: \"{}\", connect_timeout: 2s, timeout: 20s }}\n{}\
+         audit: {{ sink: \"{}\", key: {key}, on_failure: {on_failure} }}\n\
+         routes:\n  - name: users\n    match: {{ path_prefix: /api/users }}\n    upstream: store\n    \
+         encrypt: [\"$.ssn\", \"$.card.number\"]\n    decrypt: [\"$.ssn\", \"$.card.number\"]\n  \
+         - name: plain\n    match: {{ path_prefix: /plain }}\n    upstream: store\n",
+        store.url(),
+        keys.yaml("k1", &["k1", "k2"]),
+        sink.display(),
+    )
+}
+
+fn audit_verify(log: &Path, config: &Path) -> Output {
+    run_bin(
+        &[
+            "audit",
+            "verify",
+            path_str(log),
+            "--config",
+            path_str(config),
+        ],
+        b"",
+    )
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("read audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// A user agent that tries to look like the start of another audit line.
+const UA: &str = "ops-test \",\"outcome\":\"forged\"} {\"audit\":1,";
+
+#[tokio::test]
+async fn audit_log_has_one_line_per_transforming_request_and_never_a_value() {
+    let keys = Keys::new();
+    let store = Store::start(None).await;
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("audit.log");
+    let proxy = TestProxy::start(&audit_config(&store, &keys, &log, "k1", "refuse")).await;
+
+    // (request id, method, encrypted, decrypted) of each request that must be logged.
+    let mut expected: Vec<(String, &str, u64, u64)> = Vec::new();
+    let mut plaintexts = Vec::new();
+    for (i, (c, _)) in proxy.clients().iter().enumerate() {
+        for n in 0..2u32 {
+            let id = i as u32 * 10 + n;
+            let u = user(id);
+            plaintexts.push(u["ssn"].as_str().unwrap().to_string());
+            plaintexts.push(u["card"]["number"].as_str().unwrap().to_string());
+            let a = send(
+                post_json(c, &proxy.url(&format!("/api/users/{id}")), &u).header("user-agent", UA),
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+            expected.push((a.header("x-request-id").unwrap().into(), "POST", 2, 0));
+            let a = send(c.get(proxy.url(&format!("/api/users/{id}")))).await;
+            assert_eq!(a.json(), u);
+            expected.push((a.header("x-request-id").unwrap().into(), "GET", 0, 2));
+            // Pass-through traffic is never audited, even with a value in it.
+            let a = send(post_json(c, &proxy.url("/plain/1"), &u)).await;
+            assert_eq!(a.status, StatusCode::OK);
+            let a = send(c.get(proxy.url("/plain/1"))).await;
+            assert_eq!(a.status, StatusCode::OK);
+            // A matching route that transforms nothing (no envelope in the answer).
+            let a = send(c.get(proxy.url("/api/users/none"))).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND);
+        }
+    }
+
+    let bytes = std::fs::read(&log).expect("audit log");
+    for p in &plaintexts {
+        assert!(!contains(&bytes, p), "audit log holds the value {p:?}");
+    }
+    let lines = audit_lines(&log);
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "one line per transforming request"
+    );
+    for (i, (line, (rid, method, enc, dec))) in lines.iter().zip(&expected).enumerate() {
+        assert_eq!(line["seq"], i as u64 + 1);
+        assert_eq!(line["kid"], "k1");
+        assert_eq!(line["request_id"], rid.as_str(), "line {}: {line}", i + 1);
+        assert_eq!(line["route"], "users");
+        assert_eq!(line["method"], *method);
+        assert_eq!(line["fields"], json!(["$.ssn", "$.card.number"]));
+        assert_eq!(line["key_ids"], json!(["k1"]));
+        assert_eq!(line["encrypted"], *enc);
+        assert_eq!(line["decrypted"], *dec);
+        assert_eq!(line["outcome"], "ok");
+        let ua = if *method == "POST" {
+            json!(UA)
+        } else {
+            Value::Null
+        };
+        assert_eq!(line["user_agent"], ua, "user agent kept, escaped");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "client addresses are personal data");
+    }
+
+    let out = audit_verify(&log, &proxy.config_path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} lines", lines.len())));
+
+    // Remove a middle line: verify exits 1 naming it.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, l)| l)
+        .collect();
+    let cut = logdir.path().join("cut.log");
+    std::fs::write(&cut, kept.join("\n") + "\n").unwrap();
+    let out = audit_verify(&cut, &proxy.config_path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("line 4"), "names the line: {stderr}");
+    assert!(stderr.to_lowercase().contains("removed"), "{stderr}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn audit_sink_that_cannot_be_written_refuses_or_serves_as_configured() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("SKIP: no /dev/full here, cannot make an audit write fail deterministically");
+        return;
+    }
+    let keys = Keys::new();
+    let store = Store::start(None).await;
+    let proxy = TestProxy::start(&audit_config(&store, &keys, full, "k1", "refuse")).await;
+    let c = proxy.h1();
+
+    // Refuse: every write fails with ENOSPC, the client gets 503.
+    let a = send(post_json(&c, &proxy.url("/api/users/1"), &user(1))).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert_error_json(a.status, a.header("content-type"), &a.body);
+    assert!(!a.text().contains("fs1:"));
+    // NB: the write happens after the upstream answered, so the backend
+    // already has this request (see the report).
+    assert_eq!(store.count(), 1);
+    let a = send(c.get(proxy.url("/api/users/1"))).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
+    assert!(!a
+        .text()
+        .contains(&user(1)["ssn"].as_str().unwrap().to_string()));
+    // Traffic that needs no audit line is unaffected.
+    let a = send(c.get(proxy.url("/plain/x"))).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "the store's own 404");
+    let m = scrape(&proxy).await;
+    assert_eq!(m.value("fieldseal_audit_write_failures_total", &[]), 2.0);
+    assert_eq!(
+        m.value(
+            "fieldseal_requests_total",
+            &[("route", "users"), ("status", "503")]
+        ),
+        2.0
+    );
+
+    // Serve: the same failure is counted and the request answered.
+    rewrite_config(&proxy, &audit_config(&store, &keys, full, "k1", "serve"));
+    let r = admin_reload(&proxy).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let a = send(c.get(proxy.url("/api/users/1"))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json(), user(1));
+    let m = scrape(&proxy).await;
+    assert_eq!(m.value("fieldseal_audit_write_failures_total", &[]), 3.0);
+    proxy.stop().await;
+}
+
+/// The audit key is rotated by reload while a request is in flight: the
+/// request that started on the old config finishes and writes its line, the
+/// new config writes its own. The file must stay one verifiable chain.
+#[tokio::test]
+async fn audit_chain_stays_intact_when_the_audit_key_rotates_with_a_request_in_flight() {
+    let keys = Keys::new();
+    let slow = Store::start(Some(Duration::from_millis(1500))).await;
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("audit.log");
+    let proxy = TestProxy::start(&audit_config(&slow, &keys, &log, "k1", "refuse")).await;
+    let c = proxy.h1();
+
+    let a = send(post_json(&c, &proxy.url("/api/users/1"), &user(1))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(audit_lines(&log).len(), 1);
+
+    // A request in flight on the k1 config...
+    let in_flight = {
+        let c = proxy.h2();
+        let url = proxy.url("/api/users/2");
+        tokio::spawn(async move { send(post_json(&c, &url, &user(2))).await })
+    };
+    slow.wait_for(2).await;
+    // ...while the audit key rotates to k2.
+    rewrite_config(&proxy, &audit_config(&slow, &keys, &log, "k2", "refuse"));
+    let r = admin_reload(&proxy).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let late = bounded("in-flight request", in_flight).await.unwrap();
+    assert_eq!(late.status, StatusCode::OK, "{}", late.text());
+    let a = send(post_json(&c, &proxy.url("/api/users/3"), &user(3))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+
+    let lines = audit_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "one chain, no fork: {lines:#?}");
+    assert_eq!(lines[2]["kid"], "k2");
+    let out = audit_verify(&log, &proxy.config_path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. /readyz
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn readyz_reports_every_keys_self_test_and_the_last_reload() {
+    let keys = Keys::new();
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let good = users_config(&backend.url(), &keys.yaml("k2", &["k1", "k2", "k3"]));
+    let proxy = TestProxy::start(&good).await;
+
+    let check = |r: &Answer, ids: &[&str], active: &str| {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v = r.json();
+        assert_eq!(v["status"], "ready", "{v}");
+        let keys = &v["checks"]["keys"];
+        assert_eq!(keys["status"], "ok", "{v}");
+        assert_eq!(keys["active"], active);
+        let tests = keys["self_test"].as_object().expect("self_test object");
+        let mut got: Vec<&str> = tests.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, ids, "a self-test result per key id: {v}");
+        for (id, t) in tests {
+            assert_eq!(t["status"], "ok", "self-test of {id}: {v}");
+        }
+        assert_eq!(v["checks"]["config"]["status"], "ok");
+        assert_eq!(v["checks"]["config"]["routes"], 1);
+        v
+    };
+    let v = check(
+        &admin_get(&proxy, "/readyz").await,
+        &["k1", "k2", "k3"],
+        "k2",
+    );
+    assert_eq!(
+        v["checks"]["last_reload"],
+        Value::Null,
+        "no reload yet: {v}"
+    );
+
+    // A successful reload to a smaller ring.
+    let t0 = fieldseal::state::unix_now();
+    rewrite_config(
+        &proxy,
+        &users_config(&backend.url(), &keys.yaml("k3", &["k2", "k3"])),
+    );
+    assert_eq!(admin_reload(&proxy).await.status, StatusCode::OK);
+    let v = check(&admin_get(&proxy, "/readyz").await, &["k2", "k3"], "k3");
+    let last = &v["checks"]["last_reload"];
+    assert_eq!(last["ok"], true, "{v}");
+    let t = last["time"].as_u64().expect("time");
+    assert!(t >= t0 && t <= fieldseal::state::unix_now());
+    assert_eq!(
+        *last,
+        admin_get(&proxy, "/reload").await.json()["last_reload"]
+    );
+
+    // A failed one: the old ring is still tested and the failure is shown.
+    rewrite_config(&proxy, "upstreams: {}\nroutes: []\nbogus: 1\n");
+    assert_eq!(
+        admin_reload(&proxy).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let v = check(&admin_get(&proxy, "/readyz").await, &["k2", "k3"], "k3");
+    let last = &v["checks"]["last_reload"];
+    assert_eq!(last["ok"], false, "{v}");
+    assert!(last["time"].as_u64().unwrap() >= t);
+    assert!(last["message"].as_str().unwrap().contains("bogus"), "{v}");
+
+    // Liveness and method checks on the admin listener.
+    assert_eq!(admin_get(&proxy, "/healthz").await.json()["status"], "ok");
+    let r = send(admin_client().post(proxy.admin_url("/readyz"))).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = send(admin_client().get(proxy.admin_url("/nope"))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     proxy.stop().await;
 }

@@ -98,7 +98,8 @@ impl Runtime {
             _ => None,
         };
         let upstreams = config.upstreams.iter().map(UpstreamClient::new).collect();
-        let limits = RateLimits::new(&config);
+        // Buckets survive a reload: clients don't get a fresh burst from it.
+        let limits = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
         Ok(Runtime {
             config,
             tls,

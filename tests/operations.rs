@@ -1456,3 +1456,63 @@ async fn readyz_reports_every_keys_self_test_and_the_last_reload() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Reload and rate limits
+// ---------------------------------------------------------------------------
+
+/// A reload must not hand every client a fresh burst: the buckets of
+/// unchanged limits carry over. Speed-independent: whatever the machine's
+/// pace, a limiter admits at most `burst + rate × elapsed` (+1 for rounding).
+#[tokio::test]
+async fn reload_does_not_reset_rate_limits() {
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let yaml = format!(
+        "upstreams:\n  legacy: {{ url: \"{}\" }}\n\
+         rate_limit: {{ requests_per_second: 1, burst: 4 }}\n\
+         routes:\n  - name: own\n    match: {{ path_prefix: /own }}\n    upstream: legacy\n    \
+         rate_limit: {{ requests_per_second: 1, burst: 3 }}\n  \
+         - name: global\n    match: {{ path_prefix: /global }}\n    upstream: legacy\n",
+        backend.url()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let c = proxy.h1();
+    let start = Instant::now();
+    let mut admitted = HashMap::from([("/own", 0u32), ("/global", 0u32)]);
+    for round in 0..4 {
+        if round > 0 {
+            // The same file again, and once with an unrelated change.
+            if round == 2 {
+                rewrite_config(&proxy, &format!("{yaml}  - name: extra\n    match: {{ path: /extra }}\n    upstream: legacy\n"));
+            }
+            let r = admin_reload(&proxy).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+        for path in ["/own", "/global"] {
+            for _ in 0..5 {
+                let a = send(c.get(proxy.url(path))).await;
+                match a.status {
+                    StatusCode::OK => *admitted.get_mut(path).unwrap() += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    s => panic!("{s} from {path}"),
+                }
+            }
+        }
+    }
+    let refill = start.elapsed().as_secs_f64().ceil() as u32 + 1;
+    assert!(
+        admitted["/own"] <= 3 + refill,
+        "own bucket reset by reloads: {admitted:?}, {refill}"
+    );
+    assert!(
+        admitted["/global"] <= 4 + refill,
+        "global bucket reset by reloads: {admitted:?}, {refill}"
+    );
+
+    // A changed limit is a new bucket.
+    rewrite_config(&proxy, &yaml.replace("burst: 3", "burst: 2"));
+    assert_eq!(admin_reload(&proxy).await.status, StatusCode::OK);
+    let a = send(c.get(proxy.url("/own"))).await;
+    assert_eq!(a.status, StatusCode::OK, "new settings, new bucket");
+    proxy.stop().await;
+}

@@ -317,6 +317,12 @@ pub fn rewrap_document(
                 rewrap(node, rule_context(&rules[r], loc), loc)?;
                 Ok(Flow::Descend)
             })?;
+            // Envelopes outside the rules (default context) must move too:
+            // everything under the rules is under the active key by now.
+            walk_all(doc, &Loc::ROOT, &mut |node, loc| match &*node {
+                Value::String(s) if envelope_key_id(s) == Some(active) => Ok(()),
+                _ => rewrap(node, loc.context(), loc),
+            })?;
             report.paths = matched_paths(rules, &hit);
         }
         None => walk_all(doc, &Loc::ROOT, &mut |node, loc| {

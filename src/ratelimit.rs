@@ -113,15 +113,31 @@ impl Limiter {
 /// bucket (a client's total rate); a route with its own limit has its own.
 pub struct RateLimits {
     per_route: Vec<Option<Arc<Limiter>>>,
+    global: Option<(RateLimitSettings, Arc<Limiter>)>,
+    /// Each route's own limiter by route name, to carry it over a reload.
+    own: Vec<(String, RateLimitSettings, Arc<Limiter>)>,
+    max_tracked: usize,
 }
 
 impl RateLimits {
     pub fn new(config: &Config) -> RateLimits {
+        RateLimits::carry_over(config, None)
+    }
+
+    /// Like `new`, but keeps `previous`'s buckets whose settings did not
+    /// change (the global one; a route's own, by route name), so a reload
+    /// does not hand every client a fresh burst.
+    pub fn carry_over(config: &Config, previous: Option<&RateLimits>) -> RateLimits {
         let max = config.rate_limit.max_tracked_clients;
-        let global = config
-            .rate_limit
-            .default
-            .map(|s| (s, Arc::new(Limiter::new(s, max))));
+        let prev = previous.filter(|p| p.max_tracked == max);
+        let global = config.rate_limit.default.map(|s| {
+            let lim = prev
+                .and_then(|p| p.global.as_ref())
+                .filter(|(g, _)| *g == s)
+                .map_or_else(|| Arc::new(Limiter::new(s, max)), |(_, l)| Arc::clone(l));
+            (s, lim)
+        });
+        let mut own = Vec::new();
         let per_route = config
             .routes
             .routes
@@ -129,11 +145,25 @@ impl RateLimits {
             .map(|r| {
                 r.rate_limit.map(|s| match &global {
                     Some((g, lim)) if *g == s => Arc::clone(lim),
-                    _ => Arc::new(Limiter::new(s, max)),
+                    _ => {
+                        let lim = prev
+                            .and_then(|p| p.own.iter().find(|(n, ps, _)| *n == r.name && *ps == s))
+                            .map_or_else(
+                                || Arc::new(Limiter::new(s, max)),
+                                |(_, _, l)| Arc::clone(l),
+                            );
+                        own.push((r.name.clone(), s, Arc::clone(&lim)));
+                        lim
+                    }
                 })
             })
             .collect();
-        RateLimits { per_route }
+        RateLimits {
+            per_route,
+            global,
+            own,
+            max_tracked: max,
+        }
     }
 
     pub fn for_route(&self, index: usize) -> Option<&Limiter> {

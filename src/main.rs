@@ -158,6 +158,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 if load {
                     Proxy::new(cfg.clone()).map_err(|e| anyhow!("{}: {e}", config.display()))?;
                 }
+                for w in &cfg.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok: {}", config.display(), cfg.summary());
                 Ok(ExitCode::SUCCESS)
             }
@@ -355,6 +358,9 @@ async fn serve(cfg: Config) -> Result<()> {
         .await
         .context("cannot bind listeners")?;
     let summary = cfg.summary();
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "configuration");
+    }
     let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg))
         .await?
         .map_err(|e| anyhow!("{e}"))?;

@@ -144,7 +144,7 @@ impl RateLimits {
             .iter()
             .map(|r| {
                 r.rate_limit.map(|s| match &global {
-                    Some((g, lim)) if *g == s => Arc::clone(lim),
+                    Some((g, lim)) if *g == s && !r.own_rate_limit => Arc::clone(lim),
                     _ => {
                         let lim = prev
                             .and_then(|p| p.own.iter().find(|(n, ps, _)| *n == r.name && *ps == s))
@@ -223,5 +223,32 @@ mod tests {
             "tracked {} keys with a cap of {max}",
             l.tracked()
         );
+    }
+
+    #[test]
+    fn a_route_with_its_own_limit_has_its_own_bucket_even_with_equal_settings() {
+        let yaml = r#"
+listen: { address: "127.0.0.1:0", tls: { cert: c.pem, key: k.pem } }
+upstreams: { b: { url: "http://127.0.0.1:1" } }
+rate_limit: { requests_per_second: 1, burst: 1 }
+routes:
+  - { name: shared-a, match: { path_prefix: /a }, upstream: b }
+  - { name: shared-b, match: { path_prefix: /b }, upstream: b }
+  - { name: own, match: { path_prefix: /own }, upstream: b, rate_limit: { requests_per_second: 1, burst: 1 } }
+  - { name: off, match: { path_prefix: /off }, upstream: b, rate_limit: { enabled: false } }
+"#;
+        let config = Config::from_yaml(yaml, std::path::Path::new("/t.yaml")).unwrap();
+        let limits = RateLimits::new(&config);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(limits.for_route(0).unwrap().check(ip).is_ok());
+        assert!(
+            limits.for_route(1).unwrap().check(ip).is_err(),
+            "routes without a limit share the global bucket"
+        );
+        assert!(
+            limits.for_route(2).unwrap().check(ip).is_ok(),
+            "own limit, own bucket"
+        );
+        assert!(limits.for_route(3).is_none());
     }
 }

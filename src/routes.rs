@@ -34,6 +34,9 @@ pub struct Route {
     pub upstream: usize,
     /// Effective limit for the route (route override, else the global one); None: unlimited.
     pub rate_limit: Option<RateLimitSettings>,
+    /// The route has its own `rate_limit` (its own bucket), rather than
+    /// sharing the global one.
+    pub own_rate_limit: bool,
     pub headers: SecurityHeaders,
     pub max_body: u64,
     pub encrypt: Vec<FieldRule>,
@@ -217,6 +220,7 @@ mod tests {
             case_insensitive: false,
             upstream: 0,
             rate_limit: None,
+            own_rate_limit: false,
             headers: SecurityHeaders::default(),
             max_body: 1024,
             encrypt: Vec::new(),

@@ -655,11 +655,17 @@ pub fn encrypt_body(
     if fields::exceeds_depth(&doc, max_depth) {
         return Err(ProxyError::TooDeep { limit: max_depth });
     }
-    let report =
-        fields::encrypt_document(&mut doc, &route.encrypt, ring, unix_now()).map_err(|e| {
-            tracing::error!(route = %route.name, error = %e, "field encryption failed");
-            ProxyError::Internal("field encryption failed")
-        })?;
+    let report = fields::encrypt_document_with(
+        &mut doc,
+        &route.encrypt,
+        ring,
+        unix_now(),
+        &route.named_contexts,
+    )
+    .map_err(|e| {
+        tracing::error!(route = %route.name, error = %e, "field encryption failed");
+        ProxyError::Internal("field encryption failed")
+    })?;
     let out = serde_json::to_vec(&doc).map_err(|_| ProxyError::Internal("serialize"))?;
     Ok((out, report))
 }

@@ -40,6 +40,9 @@ pub struct Route {
     pub headers: SecurityHeaders,
     pub max_body: u64,
     pub encrypt: Vec<FieldRule>,
+    /// Every context named by any rule of the configuration (see
+    /// `fields::encrypt_document_with`).
+    pub named_contexts: Vec<String>,
     pub decrypt: Option<DecryptSelection>,
     pub on_decrypt_failure: OnDecryptFailure,
     pub max_age: Option<Duration>,
@@ -224,6 +227,7 @@ mod tests {
             headers: SecurityHeaders::default(),
             max_body: 1024,
             encrypt: Vec::new(),
+            named_contexts: Vec::new(),
             decrypt: None,
             on_decrypt_failure: OnDecryptFailure::Error,
             max_age: None,

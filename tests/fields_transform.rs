@@ -548,3 +548,25 @@ fn reserved_prefix_outside_the_rules_is_sealed_so_auto_decrypt_cannot_be_broken(
     expected["note"] = json!("kept");
     assert_eq!(read, expected);
 }
+
+#[test]
+fn envelopes_other_routes_sealed_under_a_named_context_are_left_alone() {
+    use fieldseal::fields::encrypt_document_with;
+    let r = ring("k1", &["k1"]);
+    let notes = r.seal_at(&json!("n"), "user_notes", NOW).expect("seal");
+    let mut doc = json!({ "email": "x@example.com", "notes": notes });
+    let report = encrypt_document_with(
+        &mut doc,
+        &[rule("$.email")],
+        &r,
+        NOW,
+        &["user_notes".to_string()],
+    )
+    .expect("encrypt");
+    assert_eq!(report.encrypted, 1, "only the email: {doc}");
+    assert_eq!(
+        doc["notes"],
+        json!(notes),
+        "the named-context envelope is untouched"
+    );
+}

@@ -705,6 +705,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             headers,
             max_body,
             encrypt,
+            named_contexts: Vec::new(),
             decrypt,
             on_decrypt_failure,
             max_age: (!max_age.is_zero()).then_some(max_age),
@@ -741,9 +742,36 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         audit,
         log,
         warnings: route_warnings(&routes),
-        routes: RouteTable { routes },
+        routes: RouteTable {
+            routes: with_named_contexts(routes),
+        },
         default_headers,
     })
+}
+
+/// Gives every route the list of contexts that any rule names.
+fn with_named_contexts(mut routes: Vec<Route>) -> Vec<Route> {
+    let mut named: Vec<String> = Vec::new();
+    for r in &routes {
+        let decrypt = match &r.decrypt {
+            Some(DecryptSelection::Paths(rules)) => rules.as_slice(),
+            _ => &[],
+        };
+        for c in r
+            .encrypt
+            .iter()
+            .chain(decrypt)
+            .filter_map(|f| f.context.as_ref())
+        {
+            if !named.contains(c) {
+                named.push(c.clone());
+            }
+        }
+    }
+    for r in &mut routes {
+        r.named_contexts = named.clone();
+    }
+    routes
 }
 
 /// An encrypting route limited to some methods lets the other methods on its

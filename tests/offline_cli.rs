@@ -1,10 +1,12 @@
 //! The offline tools of the real binary: `encrypt`, `decrypt`, `rewrap`,
 //! `keygen`, `keys [--scan]`, and `check` on bad field paths.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::run_bin;
 use fieldseal::crypto::{KeySource, KeySpec, Keyring, KeyringSpec};
 use serde_json::{json, Value};
 
@@ -74,28 +76,11 @@ impl Setup {
 
     /// Runs `fieldseal <args> --config <config>` with `stdin`.
     fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--config").arg(&self.config);
-        run_with_stdin(cmd, stdin)
+        let config = self.config.to_str().expect("utf-8 path");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config]);
+        run_bin(&all, stdin.as_bytes())
     }
-}
-
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fieldseal");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.as_bytes().to_vec();
-    // Written from a thread so a child that stops reading early can't block us.
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
-    out
 }
 
 fn stdout(o: &Output) -> String {

@@ -558,6 +558,30 @@ where
             .and_then(|r| r.path.segments.get(s.seg as usize))
     }
 
+    /// Pushes the states a child gets from the parent's states `lo..hi`: a
+    /// descendant segment stays in force, a segment that `selects` the child
+    /// moves on to its next one. Returns where the child's states start.
+    fn advance(&mut self, lo: usize, hi: usize, selects: impl Fn(&Segment) -> bool) -> usize {
+        let start = self.states.len();
+        for i in lo..hi {
+            let s = self.states[i];
+            let Some(seg) = self.segment(s) else { continue };
+            if seg.descendant {
+                self.push_unique(start, s);
+            }
+            if selects(seg) {
+                self.push_unique(
+                    start,
+                    State {
+                        rule: s.rule,
+                        seg: s.seg + 1,
+                    },
+                );
+            }
+        }
+        start
+    }
+
     fn push_unique(&mut self, from: usize, s: State) {
         if !self.states[from..].contains(&s) {
             self.states.push(s);
@@ -609,23 +633,7 @@ where
                     }
                 }
                 for (key, child) in map.iter_mut() {
-                    let start = self.states.len();
-                    for i in lo..hi {
-                        let s = self.states[i];
-                        let Some(seg) = self.segment(s) else { continue };
-                        if seg.descendant {
-                            self.push_unique(start, s);
-                        }
-                        if seg.selects_member(key) {
-                            self.push_unique(
-                                start,
-                                State {
-                                    rule: s.rule,
-                                    seg: s.seg + 1,
-                                },
-                            );
-                        }
-                    }
+                    let start = self.advance(lo, hi, |seg| seg.selects_member(key));
                     if self.states.len() > start {
                         let l = Loc {
                             parent: Some(loc),
@@ -639,23 +647,7 @@ where
             Value::Array(items) => {
                 let n = items.len();
                 for (j, child) in items.iter_mut().enumerate() {
-                    let start = self.states.len();
-                    for i in lo..hi {
-                        let s = self.states[i];
-                        let Some(seg) = self.segment(s) else { continue };
-                        if seg.descendant {
-                            self.push_unique(start, s);
-                        }
-                        if seg.selects_element(j, n) {
-                            self.push_unique(
-                                start,
-                                State {
-                                    rule: s.rule,
-                                    seg: s.seg + 1,
-                                },
-                            );
-                        }
-                    }
+                    let start = self.advance(lo, hi, |seg| seg.selects_element(j, n));
                     if self.states.len() > start {
                         let l = Loc {
                             parent: Some(loc),

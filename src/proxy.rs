@@ -192,20 +192,14 @@ fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<
     let Some(route) = ex.route.and_then(|i| rt.config.routes.routes.get(i)) else {
         return Ok(());
     };
-    let mut fields: Vec<String> = req.paths.clone();
-    fields.extend(
-        resp.paths
-            .iter()
-            .filter(|p| !req.paths.contains(p))
-            .cloned(),
-    );
-    let mut key_ids: Vec<String> = req.key_ids.clone();
-    key_ids.extend(
-        resp.key_ids
-            .iter()
-            .filter(|k| !req.key_ids.contains(k))
-            .cloned(),
-    );
+    let union = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .chain(b.iter().filter(|x| !a.contains(x)))
+            .cloned()
+            .collect()
+    };
+    let fields = union(&req.paths, &resp.paths);
+    let key_ids = union(&req.key_ids, &resp.key_ids);
     let event = AuditEvent {
         request_id: ex.request_id.clone(),
         route: route.name.clone(),

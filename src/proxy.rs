@@ -51,7 +51,7 @@ pub async fn handle(
     let start = Instant::now();
     let rt = shared.runtime.load_full();
     let mut ex = Exchange {
-        request_id: uuid::Uuid::new_v4().simple().to_string(),
+        request_id: request_id(),
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         route: None,
@@ -113,6 +113,31 @@ pub async fn handle(
     }
     finish(&shared, &rt, &ex, &response, start);
     Ok(response)
+}
+
+/// A request id unique for this process's life: a random per-process prefix
+/// and a counter. It only has to correlate log lines, so no syscall per
+/// request for fresh randomness.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without the OS RNG, the start time still separates processes.
+        if getrandom::getrandom(&mut b).is_err() {
+            b = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64))
+            .to_le_bytes();
+        }
+        u64::from_le_bytes(b)
+    });
+    format!(
+        "{prefix:016x}{:016x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The proxy's own answer for a refusal: JSON, never cached.

@@ -39,9 +39,10 @@ impl Proxy {
     /// Loads everything the config names. Slow parts (PBKDF2) happen here,
     /// once, never per request.
     pub fn new(config: Config) -> Result<Proxy, LoadError> {
-        let runtime = state::Runtime::build(config, None)?;
+        let metrics = metrics::Metrics::new();
+        let runtime = state::Runtime::build(config, None)?.with_metrics(&metrics);
         Ok(Proxy {
-            shared: Arc::new(Shared::new(runtime, metrics::Metrics::new())),
+            shared: Arc::new(Shared::new(runtime, metrics)),
         })
     }
 

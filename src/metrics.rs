@@ -59,6 +59,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// One route's metric handles, looked up once per config load so a request
+/// doesn't allocate label strings or take the family's lock for them.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub request_duration: Histogram,
+    pub fields_encrypted: Counter,
+    pub fields_decrypted: Counter,
+    pub rate_limited: Counter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RouteStatus, Counter>,
@@ -181,6 +191,26 @@ impl Metrics {
             m.audit_failures.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    pub fn route_handles(&self, route: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        RouteMetrics {
+            request_duration: self.request_duration.get_or_create(&label).clone(),
+            fields_encrypted: self.fields_encrypted.get_or_create(&label).clone(),
+            fields_decrypted: self.fields_decrypted.get_or_create(&label).clone(),
+            rate_limited: self.rate_limited.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn upstream_handle(&self, upstream: &str) -> Histogram {
+        self.upstream_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .clone()
     }
 
     /// Prometheus text exposition format.

@@ -25,7 +25,7 @@ use crate::crypto::Keyring;
 use crate::error::ProxyError;
 use crate::fields::{self, TransformReport};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::metrics::{RouteLabel, RouteReason, RouteStatus, UpstreamKind, UpstreamLabel};
+use crate::metrics::{RouteLabel, RouteReason, RouteStatus, UpstreamKind};
 use crate::routes::{canonical_path, Route};
 use crate::state::{unix_now, Runtime, Shared};
 
@@ -94,13 +94,9 @@ pub async fn handle(
                     .inc();
             }
             if let ProxyError::RateLimited { .. } = e {
-                shared
-                    .metrics
-                    .rate_limited
-                    .get_or_create(&RouteLabel {
-                        route: route.map_or("", |r| r.name.as_str()).to_string(),
-                    })
-                    .inc();
+                if let Some(m) = ex.route.and_then(|i| rt.route_metrics.get(i)) {
+                    m.rate_limited.inc();
+                }
             }
             tracing::debug!(request_id = %ex.request_id, kind = e.kind(), error = %e, "request refused");
             error_response(&e)
@@ -176,11 +172,15 @@ fn finish(
             status,
         })
         .inc();
-    m.request_duration
-        .get_or_create(&RouteLabel {
-            route: route.to_string(),
-        })
-        .observe(elapsed.as_secs_f64());
+    match ex.route.and_then(|i| rt.route_metrics.get(i)) {
+        Some(rm) => rm.request_duration.observe(elapsed.as_secs_f64()),
+        None => m
+            .request_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64()),
+    }
     if rt.config.log.access_log {
         let bytes_out = response
             .headers()
@@ -350,13 +350,9 @@ async fn pipeline(
                 })?,
             };
             let (sealed, report) = transform_request(rt, index, ring, plain).await?;
-            shared
-                .metrics
-                .fields_encrypted
-                .get_or_create(&RouteLabel {
-                    route: route.name.clone(),
-                })
-                .inc_by(report.encrypted as u64);
+            if let Some(m) = rt.route_metrics.get(index) {
+                m.fields_encrypted.inc_by(report.encrypted as u64);
+            }
             shared
                 .metrics
                 .count_encryptions(ring.active_id(), report.encrypted as u64);
@@ -447,13 +443,9 @@ async fn pipeline(
 
     let sent = Instant::now();
     let resp = client.send(up_req).await;
-    shared
-        .metrics
-        .upstream_duration
-        .get_or_create(&UpstreamLabel {
-            upstream: upstream.name.clone(),
-        })
-        .observe(sent.elapsed().as_secs_f64());
+    if let Some(h) = rt.upstream_metrics.get(route.upstream) {
+        h.observe(sent.elapsed().as_secs_f64());
+    }
     let resp = resp?;
     let (mut rparts, rbody) = resp.into_parts();
     ex.upstream_status = Some(rparts.status.as_u16());
@@ -504,11 +496,9 @@ async fn pipeline(
                 "field could not be decrypted"
             );
         }
-        m.fields_decrypted
-            .get_or_create(&RouteLabel {
-                route: route.name.clone(),
-            })
-            .inc_by(report.decrypted as u64);
+        if let Some(rm) = rt.route_metrics.get(index) {
+            rm.fields_decrypted.inc_by(report.decrypted as u64);
+        }
         let out = match out {
             Ok(out) => out,
             Err(failure) => {

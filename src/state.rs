@@ -48,6 +48,9 @@ pub struct Runtime {
     pub upstreams: Vec<UpstreamClient>,
     pub limits: RateLimits,
     pub audit: Option<Audit>,
+    /// Per route and per upstream metric handles, in config order.
+    pub route_metrics: Vec<crate::metrics::RouteMetrics>,
+    pub upstream_metrics: Vec<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Runtime {
@@ -107,7 +110,27 @@ impl Runtime {
             upstreams,
             limits,
             audit,
+            route_metrics: Vec::new(),
+            upstream_metrics: Vec::new(),
         })
+    }
+
+    /// Looks up this config's metric handles once.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Runtime {
+        self.route_metrics = self
+            .config
+            .routes
+            .routes
+            .iter()
+            .map(|r| metrics.route_handles(&r.name))
+            .collect();
+        self.upstream_metrics = self
+            .config
+            .upstreams
+            .iter()
+            .map(|u| metrics.upstream_handle(&u.name))
+            .collect();
+        self
     }
 }
 
@@ -177,7 +200,7 @@ impl Shared {
         let status = match result {
             Ok(rt) => {
                 let summary = rt.config.summary();
-                self.runtime.store(Arc::new(rt));
+                self.runtime.store(Arc::new(rt.with_metrics(&self.metrics)));
                 self.metrics
                     .reloads
                     .get_or_create(&crate::metrics::OutcomeLabel {

@@ -1,9 +1,6 @@
 //! The `fieldseal` command line. anyhow lives here only.
 #![forbid(unsafe_code)]
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,10 @@ fn envelope(c: &mut Criterion) {
         });
         let sealed = ring.seal(&value, "ssn").expect("seal");
         group.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
-            b.iter(|| ring.open(std::hint::black_box(s), "ssn", None).expect("open"))
+            b.iter(|| {
+                ring.open(std::hint::black_box(s), "ssn", None)
+                    .expect("open")
+            })
         });
     }
     group.finish();

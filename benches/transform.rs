@@ -60,20 +60,31 @@ fn floor(raw: &[u8]) -> Vec<u8> {
 fn transform(c: &mut Criterion) {
     let config = Config::from_yaml(CONFIG, std::path::Path::new("/bench.yaml")).expect("config");
     let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [9u8; 32])]).expect("ring");
-    for (name, route_name, doc) in [("2KB_4_fields", "user", user_doc()), ("64KB_200_fields", "list", list_doc())] {
+    for (name, route_name, doc) in [
+        ("2KB_4_fields", "user", user_doc()),
+        ("64KB_200_fields", "list", list_doc()),
+    ] {
         let route = config.routes.by_name(route_name).expect("route");
         let raw = serde_json::to_vec(&doc).expect("doc");
         let (sealed, report) = encrypt_body(&raw, route, &ring, 64).expect("encrypt");
-        assert!(report.encrypted == 4 || report.encrypted == 200, "{name}: {} fields", report.encrypted);
+        assert!(
+            report.encrypted == 4 || report.encrypted == 200,
+            "{name}: {} fields",
+            report.encrypted
+        );
         let sealed = bytes::Bytes::from(sealed);
 
         let mut group = c.benchmark_group(format!("transform/{name}"));
         group.throughput(Throughput::Bytes(raw.len() as u64));
-        group.bench_function("floor: serde_json parse+serialize", |b| b.iter(|| floor(std::hint::black_box(&raw))));
+        group.bench_function("floor: serde_json parse+serialize", |b| {
+            b.iter(|| floor(std::hint::black_box(&raw)))
+        });
         group.bench_function("encrypt request", |b| {
             b.iter(|| encrypt_body(std::hint::black_box(&raw), route, &ring, 64).expect("encrypt"))
         });
-        group.bench_function("floor: parse+serialize sealed", |b| b.iter(|| floor(std::hint::black_box(&sealed))));
+        group.bench_function("floor: parse+serialize sealed", |b| {
+            b.iter(|| floor(std::hint::black_box(&sealed)))
+        });
         group.bench_function("decrypt response", |b| {
             b.iter(|| {
                 let (out, _) = decrypt_body(std::hint::black_box(sealed.clone()), route, &ring);

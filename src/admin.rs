@@ -139,6 +139,10 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
         );
     }
     checks.insert("last_reload".into(), last_reload(shared));
+    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        ready = false;
+        checks.insert("shutdown".into(), json!({ "status": "draining" }));
+    }
     let status = if ready {
         StatusCode::OK
     } else {

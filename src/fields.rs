@@ -1,12 +1,21 @@
 //! Compiled JSONPath field rules applied to a `serde_json::Value`. No HTTP types.
 //!
-//! STUB: the public API below is the contract; the bodies are being written.
+//! Field rules use a subset of RFC 9535 JSONPath (see `docs/fields.md`):
+//! `$`, `.name`, `['name']` / `["name"]`, `[0]` / `[-1]`, `[*]` / `.*`,
+//! unions `['a','b']` / `[0,2]`, slices `[1:3]` / `[::2]` and descendant
+//! segments `..name` / `..[*]` / `..['x']`. Filters and functions are refused.
+//!
+//! All rules are compiled once and applied together in ONE walk over the
+//! `&mut Value`: each node carries the set of (rule, segment) states that
+//! reached it. A node matched by a rule is handled before its children, so
+//! when rules overlap the outermost match wins and nothing is sealed twice.
+//! Locations are only turned into strings when a failure is reported.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::crypto::Keyring;
+use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid JSONPath {path:?}: {message}")]
@@ -19,16 +28,59 @@ pub struct PathError {
 #[derive(Debug, Clone)]
 pub struct FieldPath {
     source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Segment {
+    descendant: bool,
+    selectors: Vec<Selector>,
+    /// Child segment made only of names: looked up directly, not by scanning.
+    names_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Selector {
+    Name(String),
+    Index(i64),
+    Wildcard,
+    Slice {
+        start: Option<i64>,
+        end: Option<i64>,
+        step: i64,
+    },
 }
 
 impl FieldPath {
     pub fn parse(s: &str) -> Result<FieldPath, PathError> {
+        let segments = Parser::new(s).query()?;
         Ok(FieldPath {
             source: s.to_string(),
+            segments,
         })
     }
+
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// Normalized paths (RFC 9535 §2.7) of the values this path selects in
+    /// `doc`, in document order without repeats. For diagnostics and tests:
+    /// it runs the same walker as the transforms, on a copy of `doc`.
+    pub fn locations(&self, doc: &Value) -> Vec<String> {
+        let rule = [FieldRule {
+            path: self.clone(),
+            context: None,
+        }];
+        let mut copy = doc.clone();
+        let mut out = Vec::new();
+        let res: Result<(), ()> = walk_rules(&mut copy, &rule, |_, _, loc| {
+            out.push(loc.normalized());
+            Ok(Flow::Descend)
+        });
+        // The callback never fails.
+        let _ = res;
+        out
     }
 }
 
@@ -80,38 +132,981 @@ pub enum FieldError {
     Decrypt(DecryptFailure),
 }
 
+/// Replaces every value the rules select (any JSON type) by its envelope.
+///
+/// A selected string that already opens under `ring` with the same context is
+/// left as it is; a mere look-alike is sealed like any other value. Where
+/// rules overlap, the outermost selected value is sealed once, as a whole.
+/// On `Err` the document is partly transformed and must be discarded.
 pub fn encrypt_document(
-    _doc: &mut Value,
-    _rules: &[FieldRule],
-    _ring: &Keyring,
-    _now: u64,
+    doc: &mut Value,
+    rules: &[FieldRule],
+    ring: &Keyring,
+    now: u64,
 ) -> Result<TransformReport, FieldError> {
-    Err(FieldError::Seal)
+    let mut report = TransformReport::default();
+    let mut hit = vec![false; rules.len()];
+    walk_rules(doc, rules, |node, r, loc| {
+        hit[r] = true;
+        let context = rule_context(&rules[r], loc);
+        if let Value::String(s) = node {
+            if looks_like_envelope(s) && ring.open_at(s, context, None, now).is_ok() {
+                return Ok(Flow::Skip);
+            }
+        }
+        let sealed = ring
+            .seal_at(node, context, now)
+            .map_err(|_| FieldError::Seal)?;
+        *node = Value::String(sealed);
+        report.encrypted += 1;
+        Ok(Flow::Skip)
+    })?;
+    if report.encrypted > 0 {
+        report.key_ids.push(ring.active_id().to_owned());
+    }
+    report.paths = matched_paths(rules, &hit);
+    Ok(report)
 }
 
+/// Opens every selected string that looks like an envelope, with the rule's
+/// context (or the location's) and `max_age`. Other values are left alone.
+/// With `OnDecryptFailure::Error` the first failure is returned as `Err` and
+/// the document, partly transformed, must be discarded.
 pub fn decrypt_document(
-    _doc: &mut Value,
-    _selection: &DecryptSelection,
-    _ring: &Keyring,
-    _on_failure: OnDecryptFailure,
-    _max_age: Option<Duration>,
-    _now: u64,
+    doc: &mut Value,
+    selection: &DecryptSelection,
+    ring: &Keyring,
+    on_failure: OnDecryptFailure,
+    max_age: Option<Duration>,
+    now: u64,
 ) -> Result<TransformReport, FieldError> {
-    Ok(TransformReport::default())
+    let mut report = TransformReport::default();
+    let mut open = |node: &mut Value, context: &str, loc: &Loc<'_>| -> Result<(), FieldError> {
+        let Value::String(s) = &*node else {
+            return Ok(());
+        };
+        if !looks_like_envelope(s) {
+            return Ok(());
+        }
+        match ring.open_at(s, context, max_age, now) {
+            Ok(opened) => {
+                note_key(&mut report.key_ids, &opened.key_id);
+                *node = opened.value;
+                report.decrypted += 1;
+            }
+            Err(e) => {
+                let failure = failure_at(loc, s, e);
+                match on_failure {
+                    OnDecryptFailure::Error => return Err(FieldError::Decrypt(failure)),
+                    OnDecryptFailure::Null => *node = Value::Null,
+                    OnDecryptFailure::Keep => {}
+                }
+                report.failures.push(failure);
+            }
+        }
+        Ok(())
+    };
+    match selection {
+        DecryptSelection::Paths(rules) => {
+            let mut hit = vec![false; rules.len()];
+            walk_rules(doc, rules, |node, r, loc| {
+                hit[r] = true;
+                open(node, rule_context(&rules[r], loc), loc)?;
+                // A decrypted object may itself hold envelopes that rules select.
+                Ok(Flow::Descend)
+            })?;
+            report.paths = matched_paths(rules, &hit);
+        }
+        DecryptSelection::Auto => {
+            walk_all(doc, &Loc::ROOT, &mut |node, loc| {
+                open(node, loc.context(), loc)
+            })?;
+        }
+    }
+    Ok(report)
 }
 
 /// Re-encrypts every envelope found anywhere in `doc` under the active key,
 /// same context and type; plaintext never leaves this function.
+///
+/// With `rules`, only the values they select are considered, with their
+/// contexts; without, every string that looks like an envelope is opened with
+/// its location's default context (so envelopes sealed under a named context
+/// need the rules). Every envelope is authenticated; those already under the
+/// active key are left unchanged, the others are re-sealed keeping their
+/// original `issued_at` so `max_age` still counts from the first sealing.
+/// `now` is only the clock used for authentication checks (no `max_age`
+/// applies here). Counts: `decrypted` = envelopes opened, `encrypted` =
+/// envelopes re-sealed, `key_ids` = key ids the envelopes were found under.
 pub fn rewrap_document(
-    _doc: &mut Value,
-    _rules: Option<&[FieldRule]>,
-    _ring: &Keyring,
-    _now: u64,
+    doc: &mut Value,
+    rules: Option<&[FieldRule]>,
+    ring: &Keyring,
+    now: u64,
 ) -> Result<TransformReport, FieldError> {
-    Err(FieldError::Seal)
+    let mut report = TransformReport::default();
+    let active = ring.active_id();
+    let mut rewrap = |node: &mut Value, context: &str, loc: &Loc<'_>| -> Result<(), FieldError> {
+        let Value::String(s) = &*node else {
+            return Ok(());
+        };
+        if !looks_like_envelope(s) {
+            return Ok(());
+        }
+        let opened = ring
+            .open_at(s, context, None, now)
+            .map_err(|e| FieldError::Decrypt(failure_at(loc, s, e)))?;
+        report.decrypted += 1;
+        note_key(&mut report.key_ids, &opened.key_id);
+        if opened.key_id != active {
+            let sealed = ring
+                .seal_at(&opened.value, context, opened.issued_at)
+                .map_err(|_| FieldError::Seal)?;
+            *node = Value::String(sealed);
+            report.encrypted += 1;
+        }
+        Ok(())
+    };
+    match rules {
+        Some(rules) => {
+            let mut hit = vec![false; rules.len()];
+            walk_rules(doc, rules, |node, r, loc| {
+                hit[r] = true;
+                rewrap(node, rule_context(&rules[r], loc), loc)?;
+                Ok(Flow::Descend)
+            })?;
+            report.paths = matched_paths(rules, &hit);
+        }
+        None => walk_all(doc, &Loc::ROOT, &mut |node, loc| {
+            rewrap(node, loc.context(), loc)
+        })?,
+    }
+    Ok(report)
 }
 
-/// True when `v` nests deeper than `limit` objects/arrays.
-pub fn exceeds_depth(_v: &Value, _limit: usize) -> bool {
+/// True when `v` nests deeper than `limit` objects/arrays (a scalar has depth
+/// 0, `[]` depth 1). Iterative, with at most `limit + 1` stack entries.
+pub fn exceeds_depth(v: &Value, limit: usize) -> bool {
+    enum Children<'a> {
+        Array(std::slice::Iter<'a, Value>),
+        Object(serde_json::map::Values<'a>),
+    }
+    fn children(v: &Value) -> Option<Children<'_>> {
+        match v {
+            Value::Array(a) => Some(Children::Array(a.iter())),
+            Value::Object(o) => Some(Children::Object(o.values())),
+            _ => None,
+        }
+    }
+    let Some(first) = children(v) else {
+        return false;
+    };
+    if limit == 0 {
+        return true;
+    }
+    let mut stack = vec![first];
+    while let Some(top) = stack.last_mut() {
+        let next = match top {
+            Children::Array(it) => it.next(),
+            Children::Object(it) => it.next(),
+        };
+        match next {
+            None => {
+                stack.pop();
+            }
+            Some(child) => {
+                if let Some(c) = children(child) {
+                    if stack.len() >= limit {
+                        return true;
+                    }
+                    stack.push(c);
+                }
+            }
+        }
+    }
     false
+}
+
+fn rule_context<'a>(rule: &'a FieldRule, loc: &Loc<'a>) -> &'a str {
+    rule.context.as_deref().unwrap_or_else(|| loc.context())
+}
+
+fn failure_at(loc: &Loc<'_>, envelope: &str, e: DecryptError) -> DecryptFailure {
+    DecryptFailure {
+        location: loc.normalized(),
+        key_id: envelope_key_id(envelope).map(str::to_owned),
+        reason: e.reason(),
+    }
+}
+
+fn note_key(ids: &mut Vec<String>, id: &str) {
+    if !ids.iter().any(|k| k == id) {
+        ids.push(id.to_owned());
+    }
+}
+
+fn matched_paths(rules: &[FieldRule], hit: &[bool]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (rule, _) in rules.iter().zip(hit).filter(|(_, h)| **h) {
+        if !out.iter().any(|p| p == rule.path.as_str()) {
+            out.push(rule.path.as_str().to_owned());
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Locations
+
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Root,
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The location of the node being visited, as a chain of stack frames: free
+/// to build, formatted only when a failure needs it.
+struct Loc<'a> {
+    parent: Option<&'a Loc<'a>>,
+    step: Step<'a>,
+}
+
+impl<'a> Loc<'a> {
+    const ROOT: Loc<'static> = Loc {
+        parent: None,
+        step: Step::Root,
+    };
+
+    /// Default context: the nearest object member name on the way to the
+    /// root, or `$` when there is none.
+    fn context(&self) -> &'a str {
+        let mut at = Some(self);
+        while let Some(l) = at {
+            if let Step::Key(k) = l.step {
+                return k;
+            }
+            at = l.parent;
+        }
+        "$"
+    }
+
+    /// RFC 9535 normalized path, e.g. `$['a'][0]`.
+    fn normalized(&self) -> String {
+        let mut steps = Vec::new();
+        let mut at = Some(self);
+        while let Some(l) = at {
+            steps.push(l.step);
+            at = l.parent;
+        }
+        let mut out = String::with_capacity(16 * steps.len());
+        for step in steps.iter().rev() {
+            match step {
+                Step::Root => out.push('$'),
+                Step::Index(i) => {
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
+                Step::Key(k) => {
+                    out.push_str("['");
+                    push_escaped_name(&mut out, k);
+                    out.push_str("']");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Escaping of member names in normalized paths (RFC 9535 §2.7).
+fn push_escaped_name(out: &mut String, name: &str) {
+    for c in name.chars() {
+        match c {
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Walkers
+
+enum Flow {
+    /// Also visit the (possibly replaced) node's children.
+    Descend,
+    /// Do not look inside this node.
+    Skip,
+}
+
+/// "Segment `seg` of rule `rule` applies to this node's children."
+/// `seg == segments.len()` means the rule selects this node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct State {
+    rule: u32,
+    seg: u32,
+}
+
+/// Visits, once each and parents first, every node any rule selects; `f`
+/// gets the lowest-numbered selecting rule.
+fn walk_rules<E, F>(doc: &mut Value, rules: &[FieldRule], f: F) -> Result<(), E>
+where
+    F: FnMut(&mut Value, usize, &Loc<'_>) -> Result<Flow, E>,
+{
+    if rules.is_empty() {
+        return Ok(());
+    }
+    // One stack of states shared by the whole walk: a node's states are a
+    // range of it, so visiting a node allocates nothing.
+    let mut states = Vec::with_capacity(4 * rules.len());
+    states.extend((0..rules.len()).map(|r| State {
+        rule: r as u32,
+        seg: 0,
+    }));
+    let mut w = RuleWalk { rules, states, f };
+    w.visit(doc, &Loc::ROOT, 0)
+}
+
+struct RuleWalk<'r, F> {
+    rules: &'r [FieldRule],
+    states: Vec<State>,
+    f: F,
+}
+
+impl<'r, E, F> RuleWalk<'r, F>
+where
+    F: FnMut(&mut Value, usize, &Loc<'_>) -> Result<Flow, E>,
+{
+    fn segment(&self, s: State) -> Option<&'r Segment> {
+        let rules: &'r [FieldRule] = self.rules;
+        rules
+            .get(s.rule as usize)
+            .and_then(|r| r.path.segments.get(s.seg as usize))
+    }
+
+    fn push_unique(&mut self, from: usize, s: State) {
+        if !self.states[from..].contains(&s) {
+            self.states.push(s);
+        }
+    }
+
+    /// `node`'s states are `states[lo..]`.
+    fn visit(&mut self, node: &mut Value, loc: &Loc<'_>, lo: usize) -> Result<(), E> {
+        let hi = self.states.len();
+        let mut selected: Option<u32> = None;
+        for s in &self.states[lo..hi] {
+            let len = self
+                .rules
+                .get(s.rule as usize)
+                .map_or(0, |r| r.path.segments.len());
+            if s.seg as usize == len {
+                selected = Some(selected.map_or(s.rule, |m| m.min(s.rule)));
+            }
+        }
+        if let Some(r) = selected {
+            if let Flow::Skip = (self.f)(node, r as usize, loc)? {
+                return Ok(());
+            }
+        }
+        match node {
+            Value::Object(map) => {
+                // Common case `$.a.b`: one state, names only, direct lookups.
+                if hi - lo == 1 {
+                    let s = self.states[lo];
+                    if let Some(seg) = self.segment(s).filter(|seg| seg.names_only) {
+                        let next = State {
+                            rule: s.rule,
+                            seg: s.seg + 1,
+                        };
+                        for sel in &seg.selectors {
+                            if let Selector::Name(name) = sel {
+                                if let Some(child) = map.get_mut(name.as_str()) {
+                                    self.states.push(next);
+                                    let l = Loc {
+                                        parent: Some(loc),
+                                        step: Step::Key(name),
+                                    };
+                                    self.visit(child, &l, hi)?;
+                                    self.states.truncate(hi);
+                                }
+                            }
+                        }
+                        return Ok(());
+                    }
+                }
+                for (key, child) in map.iter_mut() {
+                    let start = self.states.len();
+                    for i in lo..hi {
+                        let s = self.states[i];
+                        let Some(seg) = self.segment(s) else { continue };
+                        if seg.descendant {
+                            self.push_unique(start, s);
+                        }
+                        if seg.selects_member(key) {
+                            self.push_unique(
+                                start,
+                                State {
+                                    rule: s.rule,
+                                    seg: s.seg + 1,
+                                },
+                            );
+                        }
+                    }
+                    if self.states.len() > start {
+                        let l = Loc {
+                            parent: Some(loc),
+                            step: Step::Key(key),
+                        };
+                        self.visit(child, &l, start)?;
+                        self.states.truncate(start);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let n = items.len();
+                for (j, child) in items.iter_mut().enumerate() {
+                    let start = self.states.len();
+                    for i in lo..hi {
+                        let s = self.states[i];
+                        let Some(seg) = self.segment(s) else { continue };
+                        if seg.descendant {
+                            self.push_unique(start, s);
+                        }
+                        if seg.selects_element(j, n) {
+                            self.push_unique(
+                                start,
+                                State {
+                                    rule: s.rule,
+                                    seg: s.seg + 1,
+                                },
+                            );
+                        }
+                    }
+                    if self.states.len() > start {
+                        let l = Loc {
+                            parent: Some(loc),
+                            step: Step::Index(j),
+                        };
+                        self.visit(child, &l, start)?;
+                        self.states.truncate(start);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Visits every node, parents first (for `decrypt: auto` and rule-less rewrap).
+fn walk_all<E>(
+    node: &mut Value,
+    loc: &Loc<'_>,
+    f: &mut dyn FnMut(&mut Value, &Loc<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    f(node, loc)?;
+    match node {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                let l = Loc {
+                    parent: Some(loc),
+                    step: Step::Key(key),
+                };
+                walk_all(child, &l, f)?;
+            }
+        }
+        Value::Array(items) => {
+            for (j, child) in items.iter_mut().enumerate() {
+                let l = Loc {
+                    parent: Some(loc),
+                    step: Step::Index(j),
+                };
+                walk_all(child, &l, f)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Segment {
+    fn new(descendant: bool, mut selectors: Vec<Selector>) -> Segment {
+        // Selection is a set of locations, so repeated selectors add nothing.
+        let mut unique: Vec<Selector> = Vec::with_capacity(selectors.len());
+        for s in selectors.drain(..) {
+            if !unique.contains(&s) {
+                unique.push(s);
+            }
+        }
+        let names_only = !descendant && unique.iter().all(|s| matches!(s, Selector::Name(_)));
+        Segment {
+            descendant,
+            selectors: unique,
+            names_only,
+        }
+    }
+
+    fn selects_member(&self, key: &str) -> bool {
+        self.selectors.iter().any(|s| match s {
+            Selector::Name(n) => n == key,
+            Selector::Wildcard => true,
+            Selector::Index(_) | Selector::Slice { .. } => false,
+        })
+    }
+
+    fn selects_element(&self, j: usize, n: usize) -> bool {
+        self.selectors.iter().any(|s| match s {
+            Selector::Name(_) => false,
+            Selector::Wildcard => true,
+            Selector::Index(i) => normalize_index(*i, n) == Some(j),
+            Selector::Slice { start, end, step } => slice_contains(*start, *end, *step, j, n),
+        })
+    }
+}
+
+fn normalize_index(i: i64, n: usize) -> Option<usize> {
+    let n = i64::try_from(n).ok()?;
+    let k = if i < 0 { n + i } else { i };
+    if (0..n).contains(&k) {
+        usize::try_from(k).ok()
+    } else {
+        None
+    }
+}
+
+/// RFC 9535 §2.3.4.2 slice semantics, as membership of index `j`.
+fn slice_contains(start: Option<i64>, end: Option<i64>, step: i64, j: usize, n: usize) -> bool {
+    let (Ok(n), Ok(j)) = (i64::try_from(n), i64::try_from(j)) else {
+        return false;
+    };
+    let norm = |i: i64| if i >= 0 { i } else { n + i };
+    if step > 0 {
+        let lower = norm(start.unwrap_or(0)).clamp(0, n);
+        let upper = norm(end.unwrap_or(n)).clamp(0, n);
+        lower <= j && j < upper && (j - lower) % step == 0
+    } else if step < 0 {
+        let upper = start.map_or(n - 1, norm).clamp(-1, n - 1);
+        let lower = end.map_or(-1, norm).clamp(-1, n - 1);
+        lower < j && j <= upper && (upper - j) % step.unsigned_abs() as i64 == 0
+    } else {
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parser
+
+/// RFC 9535 §2.1: integers are limited to the I-JSON exact range.
+const MAX_INT: i64 = (1 << 53) - 1;
+
+struct Parser<'a> {
+    src: &'a str,
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(src: &'a str) -> Parser<'a> {
+        Parser { src, pos: 0 }
+    }
+
+    fn err<T>(&self, what: &str) -> Result<T, PathError> {
+        Err(PathError {
+            path: self.src.to_owned(),
+            message: format!("{what} (at byte {})", self.pos),
+        })
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    fn peek_char(&self) -> Option<char> {
+        self.src.get(self.pos..).and_then(|s| s.chars().next())
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn skip_blank(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn query(&mut self) -> Result<Vec<Segment>, PathError> {
+        if !self.eat(b'$') {
+            return self.err("a field path must start with '$'");
+        }
+        let mut segments = Vec::new();
+        loop {
+            self.skip_blank();
+            match self.peek() {
+                None => {
+                    if self
+                        .src
+                        .as_bytes()
+                        .last()
+                        .is_some_and(|b| b.is_ascii_whitespace())
+                    {
+                        return self.err("unexpected whitespace at the end");
+                    }
+                    return Ok(segments);
+                }
+                Some(b'[') => {
+                    let sels = self.bracketed()?;
+                    segments.push(Segment::new(false, sels));
+                }
+                Some(b'.') => {
+                    self.pos += 1;
+                    let descendant = self.eat(b'.');
+                    let sels = match self.peek() {
+                        Some(b'[') if descendant => self.bracketed()?,
+                        Some(b'*') => {
+                            self.pos += 1;
+                            vec![Selector::Wildcard]
+                        }
+                        _ => match self.shorthand_name() {
+                            Some(name) => vec![Selector::Name(name)],
+                            None if descendant => {
+                                return self.err("expected a member name, '*' or '[' after '..'")
+                            }
+                            None => return self.err("expected a member name or '*' after '.'"),
+                        },
+                    };
+                    segments.push(Segment::new(descendant, sels));
+                }
+                Some(b'?') => return self.err("filter selectors are not supported in field rules"),
+                Some(b'(') => {
+                    return self.err("function extensions are not supported in field rules")
+                }
+                Some(_) => {
+                    let c = self.peek_char().unwrap_or('?');
+                    return self.err(&format!("unexpected character {c:?}"));
+                }
+            }
+        }
+    }
+
+    /// `name-first *name-char`, or None without consuming anything.
+    fn shorthand_name(&mut self) -> Option<String> {
+        let rest = self.src.get(self.pos..)?;
+        let mut end = 0;
+        for (i, c) in rest.char_indices() {
+            let first_ok = c.is_ascii_alphabetic() || c == '_' || !c.is_ascii();
+            if first_ok || (i > 0 && c.is_ascii_digit()) {
+                end = i + c.len_utf8();
+            } else {
+                break;
+            }
+        }
+        if end == 0 {
+            return None;
+        }
+        self.pos += end;
+        Some(rest[..end].to_owned())
+    }
+
+    /// `[ selector *(, selector) ]`
+    fn bracketed(&mut self) -> Result<Vec<Selector>, PathError> {
+        self.pos += 1; // '['
+        let mut sels = Vec::new();
+        loop {
+            self.skip_blank();
+            sels.push(self.selector()?);
+            self.skip_blank();
+            if self.eat(b']') {
+                return Ok(sels);
+            }
+            if !self.eat(b',') {
+                return match self.peek() {
+                    None => self.err("missing ']'"),
+                    Some(_) => self.err("expected ',' or ']'"),
+                };
+            }
+        }
+    }
+
+    fn selector(&mut self) -> Result<Selector, PathError> {
+        match self.peek() {
+            Some(q @ (b'\'' | b'"')) => Ok(Selector::Name(self.string_literal(q)?)),
+            Some(b'*') => {
+                self.pos += 1;
+                Ok(Selector::Wildcard)
+            }
+            Some(b'?') => self.err("filter selectors are not supported in field rules"),
+            Some(b'-' | b'0'..=b'9' | b':') => self.index_or_slice(),
+            None => self.err("missing selector and ']'"),
+            Some(_) => self.err("expected a quoted name, an index, a slice or '*'"),
+        }
+    }
+
+    fn index_or_slice(&mut self) -> Result<Selector, PathError> {
+        let start = self.opt_int()?;
+        self.skip_blank();
+        if !self.eat(b':') {
+            return match start {
+                Some(i) => Ok(Selector::Index(i)),
+                None => self.err("expected an index"),
+            };
+        }
+        self.skip_blank();
+        let end = self.opt_int()?;
+        self.skip_blank();
+        let mut step = None;
+        if self.eat(b':') {
+            self.skip_blank();
+            step = self.opt_int()?;
+        }
+        Ok(Selector::Slice {
+            start,
+            end,
+            step: step.unwrap_or(1),
+        })
+    }
+
+    /// `"0" / ["-"] DIGIT1 *DIGIT`, within ±(2^53 - 1).
+    fn opt_int(&mut self) -> Result<Option<i64>, PathError> {
+        let begin = self.pos;
+        let neg = self.eat(b'-');
+        let digits_at = self.pos;
+        let mut v: i64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            if self.pos > digits_at && self.src.as_bytes().get(digits_at) == Some(&b'0') {
+                return self.err("integers must not have leading zeros");
+            }
+            v = match v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(i64::from(d - b'0')))
+            {
+                Some(v) if v <= MAX_INT => v,
+                _ => return self.err("integer out of range"),
+            };
+            self.pos += 1;
+        }
+        if self.pos == digits_at {
+            if neg {
+                return self.err("expected digits after '-'");
+            }
+            self.pos = begin;
+            return Ok(None);
+        }
+        if neg && v == 0 {
+            return self.err("'-0' is not a valid integer");
+        }
+        Ok(Some(if neg { -v } else { v }))
+    }
+
+    /// RFC 9535 string literal, quote `q`, with its escapes.
+    fn string_literal(&mut self, q: u8) -> Result<String, PathError> {
+        self.pos += 1;
+        let mut out = String::new();
+        loop {
+            let Some(c) = self.peek_char() else {
+                return self.err("unterminated string");
+            };
+            match c {
+                c if c as u32 == u32::from(q) => {
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                '\\' => {
+                    self.pos += 1;
+                    let e = self.peek();
+                    self.pos += 1;
+                    match e {
+                        Some(b'b') => out.push('\u{8}'),
+                        Some(b'f') => out.push('\u{c}'),
+                        Some(b'n') => out.push('\n'),
+                        Some(b'r') => out.push('\r'),
+                        Some(b't') => out.push('\t'),
+                        Some(b'/') => out.push('/'),
+                        Some(b'\\') => out.push('\\'),
+                        Some(b) if b == q => out.push(char::from(q)),
+                        Some(b'u') => out.push(self.unicode_escape()?),
+                        _ => {
+                            self.pos -= 1;
+                            return self.err("invalid escape in string");
+                        }
+                    }
+                }
+                c if (c as u32) < 0x20 => {
+                    return self.err("control characters in strings must be escaped")
+                }
+                c => {
+                    out.push(c);
+                    self.pos += c.len_utf8();
+                }
+            }
+        }
+    }
+
+    /// After `\u`: 4 hex digits, or a surrogate pair `XXXX\uXXXX`.
+    fn unicode_escape(&mut self) -> Result<char, PathError> {
+        let hi = self.hex4()?;
+        let code = match hi {
+            0xD800..=0xDBFF => {
+                if !(self.eat(b'\\') && self.eat(b'u')) {
+                    return self.err("high surrogate not followed by a low surrogate");
+                }
+                let lo = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return self.err("high surrogate not followed by a low surrogate");
+                }
+                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return self.err("lone low surrogate"),
+            c => c,
+        };
+        match char::from_u32(code) {
+            Some(c) => Ok(c),
+            None => self.err("invalid \\u escape"),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, PathError> {
+        let Some(digits) = self.src.get(self.pos..self.pos + 4) else {
+            return self.err("expected 4 hex digits after \\u");
+        };
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self.err("expected 4 hex digits after \\u");
+        }
+        match u32::from_str_radix(digits, 16) {
+            Ok(v) => {
+                self.pos += 4;
+                Ok(v)
+            }
+            Err(_) => self.err("expected 4 hex digits after \\u"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(s: &str) -> Vec<Segment> {
+        match FieldPath::parse(s) {
+            Ok(p) => p.segments,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn parses_subset() {
+        assert!(segs("$").is_empty());
+        assert_eq!(segs("$.a.b").len(), 2);
+        assert_eq!(segs("$['a']").len(), 1);
+        assert_eq!(
+            segs("$[\"a\\\"b\", 'c\\'d', 'e\\u00e9']")[0].selectors,
+            vec![
+                Selector::Name("a\"b".into()),
+                Selector::Name("c'd".into()),
+                Selector::Name("eé".into())
+            ]
+        );
+        assert_eq!(segs("$[-1]")[0].selectors, vec![Selector::Index(-1)]);
+        assert_eq!(
+            segs("$[::2]")[0].selectors,
+            vec![Selector::Slice {
+                start: None,
+                end: None,
+                step: 2
+            }]
+        );
+        assert!(segs("$..a")[0].descendant);
+        assert!(segs("$..[*]")[0].descendant);
+        assert!(segs("$..*")[0].descendant);
+        assert_eq!(segs("$ .a [ 0 , 1 ]").len(), 2);
+        assert_eq!(
+            segs("$['\\ud83d\\ude00']")[0].selectors,
+            vec![Selector::Name("😀".into())]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_paths() {
+        for (p, msg) in [
+            ("a", "must start with '$'"),
+            ("$[?(@.a)]", "filter selectors are not supported"),
+            ("$[?@.a]", "filter selectors are not supported"),
+            ("$.a.length()", "function extensions"),
+            ("$.", "expected a member name"),
+            ("$..", "expected a member name, '*' or '['"),
+            ("$[", "missing selector"),
+            ("$[0", "missing ']'"),
+            ("$['a]", "unterminated"),
+            ("$[01]", "leading zeros"),
+            ("$[-0]", "'-0'"),
+            ("$[9007199254740992]", "out of range"),
+            ("$['\\x']", "invalid escape"),
+            ("$[\"\\'\"]", "invalid escape"),
+            ("$['\\ud800']", "surrogate"),
+            ("$.a ", "whitespace"),
+            ("$.1a", "expected a member name"),
+            ("$a", "unexpected character"),
+        ] {
+            match FieldPath::parse(p) {
+                Ok(_) => panic!("{p} should fail"),
+                Err(e) => {
+                    assert!(e.message.contains(msg), "{p}: {}", e.message);
+                    assert_eq!(e.path, p);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn slices() {
+        let sel = |s: Option<i64>, e: Option<i64>, st: i64, n: usize| -> Vec<usize> {
+            (0..n).filter(|j| slice_contains(s, e, st, *j, n)).collect()
+        };
+        assert_eq!(sel(Some(1), Some(3), 1, 5), vec![1, 2]);
+        assert_eq!(sel(None, None, 2, 5), vec![0, 2, 4]);
+        assert_eq!(sel(None, None, -1, 3), vec![0, 1, 2]);
+        assert_eq!(sel(Some(-1), None, -2, 5), vec![0, 2, 4]);
+        assert_eq!(sel(None, None, 0, 5), Vec::<usize>::new());
+        assert_eq!(sel(Some(-2), None, 1, 5), vec![3, 4]);
+    }
+
+    #[test]
+    fn depth() {
+        let v: Value = serde_json::json!({"a": [1, {"b": []}]});
+        // object > array > object > array: depth 4
+        assert!(!exceeds_depth(&v, 4));
+        assert!(exceeds_depth(&v, 3));
+        assert!(!exceeds_depth(&serde_json::json!(1), 0));
+        assert!(exceeds_depth(&serde_json::json!([]), 0));
+        assert!(!exceeds_depth(&serde_json::json!([]), 1));
+    }
+
+    #[test]
+    fn normalized_escapes() {
+        let root = Loc::ROOT;
+        let a = Loc {
+            parent: Some(&root),
+            step: Step::Key("it's\\\u{1}\n"),
+        };
+        let b = Loc {
+            parent: Some(&a),
+            step: Step::Index(3),
+        };
+        assert_eq!(b.normalized(), "$['it\\'s\\\\\\u0001\\n'][3]");
+        assert_eq!(b.context(), "it's\\\u{1}\n");
+        assert_eq!(root.context(), "$");
+    }
 }

@@ -192,10 +192,10 @@ impl Metrics {
     }
 
     /// Counts `n` encryptions under `key_id` and warns once the key nears
-    /// the random-nonce bound.
-    pub fn count_encryptions(&self, key_id: &str, n: u64) {
+    /// the random-nonce bound. Returns true when this call crossed a threshold.
+    pub fn count_encryptions(&self, key_id: &str, n: u64) -> bool {
         if n == 0 {
-            return;
+            return false;
         }
         let before = self
             .encryptions
@@ -204,7 +204,9 @@ impl Metrics {
             })
             .inc_by(n);
         let after = before.saturating_add(n);
-        if before < NONCE_WARN_AT && after >= NONCE_WARN_AT {
+        let warned = before < NONCE_WARN_AT && after >= NONCE_WARN_AT;
+        let passed = before < NONCE_BOUND && after >= NONCE_BOUND;
+        if warned && !passed {
             tracing::warn!(
                 key_id,
                 encryptions = after,
@@ -212,7 +214,7 @@ impl Metrics {
                 "key is nearing the AES-GCM random-nonce bound: rotate to a new key"
             );
         }
-        if before < NONCE_BOUND && after >= NONCE_BOUND {
+        if passed {
             tracing::error!(
                 key_id,
                 encryptions = after,
@@ -220,5 +222,30 @@ impl Metrics {
                 "key has passed the AES-GCM random-nonce bound: rotate now"
             );
         }
+        warned || passed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_bound_warning_fires_once_at_each_threshold() {
+        let m = Metrics::new();
+        assert!(!m.count_encryptions("k1", 10));
+        assert!(!m.count_encryptions("k1", NONCE_WARN_AT - 11));
+        assert!(m.count_encryptions("k1", 1), "crossing 3/4 of 2^32 warns");
+        assert!(!m.count_encryptions("k1", 1), "warns once");
+        assert!(
+            m.count_encryptions("k1", NONCE_BOUND),
+            "passing the bound logs an error"
+        );
+        assert!(!m.count_encryptions("k2", 5), "counts are per key id");
+        let text = m.encode();
+        assert!(
+            text.contains("fieldseal_encryptions_total{key_id=\"k2\"} 5"),
+            "{text}"
+        );
     }
 }

@@ -18,8 +18,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
-use crate::body::{self, CollectError, ProxyBody};
 use crate::audit::AuditFailureMode;
+use crate::body::{self, CollectError, ProxyBody};
 use crate::config::HostHeader;
 use crate::crypto::Keyring;
 use crate::error::ProxyError;
@@ -495,7 +495,7 @@ async fn pipeline(
         weaken_etag(&mut rparts.headers);
         body::full(out)
     } else {
-        body::boxed(rbody)
+        body::boxed(body::IdleTimeout::new(rbody, client.timeout()))
     };
     Ok(Response::from_parts(rparts, body))
 }

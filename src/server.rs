@@ -63,12 +63,19 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish within the grace period.
 pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    // The redirect listener stops with the HTTPS one; the admin listener
+    // stays up while connections drain so /readyz can say "draining".
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Redirects name the port the HTTPS listener really has: the config may
+    // say port 0 when the caller binds the listener itself.
+    let https_port = listeners.https.local_addr().ok().map(|a| a.port());
     if let Some(l) = listeners.redirect {
         tasks.push(tokio::spawn(serve_redirect(
             Arc::clone(&shared),
             l,
+            https_port,
             stop_rx.clone(),
         )));
     }
@@ -76,7 +83,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         tasks.push(tokio::spawn(crate::admin::serve(
             Arc::clone(&shared),
             l,
-            stop_rx.clone(),
+            admin_stop_rx,
         )));
     }
     let pruner = {
@@ -138,6 +145,9 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         }
     }
     drop(https);
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = shared.runtime.load().config.shutdown_grace;
     tracing::info!(
         in_flight = graceful.count(),
@@ -150,6 +160,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         Err(_) => tracing::warn!("grace period over; closing remaining connections"),
     }
     pruner.abort();
+    let _ = admin_stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
     }
@@ -183,6 +194,7 @@ async fn serve_connection(
 async fn serve_redirect(
     shared: Arc<Shared>,
     listener: TcpListener,
+    https_port: Option<u16>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -194,7 +206,7 @@ async fn serve_redirect(
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req)) }
+                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req, https_port)) }
                     });
                     let mut b = hyper::server::conn::http1::Builder::new();
                     b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -208,6 +220,7 @@ async fn serve_redirect(
 fn redirect_response(
     shared: &Shared,
     req: &http::Request<hyper::body::Incoming>,
+    https_port: Option<u16>,
 ) -> http::Response<crate::body::ProxyBody> {
     let rt = shared.runtime.load();
     let host = req
@@ -224,7 +237,7 @@ fn redirect_response(
     let mut resp = match host.filter(|_| allowed) {
         None => crate::proxy::error_response(&crate::error::ProxyError::MisdirectedHost),
         Some(h) => {
-            let port = rt.config.listen.port();
+            let port = https_port.unwrap_or_else(|| rt.config.listen.port());
             let authority = if port == 443 {
                 h
             } else {

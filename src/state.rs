@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::audit::AuditFailureMode;
+use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::config::{AuditTarget, Config, ConfigError};
 use crate::crypto::{KeyError, Keyring};
 use crate::metrics::Metrics;
@@ -118,6 +118,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub config_path: PathBuf,
     pub last_reload: Mutex<Option<ReloadStatus>>,
+    /// Set once shutdown has begun: /readyz answers 503 so load balancers
+    /// stop sending new traffic while connections drain.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Serializes reloads so two never race to swap.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -136,6 +139,7 @@ impl Shared {
             metrics,
             config_path,
             last_reload: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
         }
     }

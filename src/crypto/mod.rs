@@ -1,12 +1,23 @@
 //! Field encryption core: envelope format, AEAD, key loading and the keyring.
 //! Pure: bytes and JSON values in and out, no HTTP types.
 //!
-//! STUB: the public API below is the contract; the bodies are being written.
+//! - `envelope`: the `fs1:` string format and its associated data.
+//! - `keys`: reading key material (PBKDF2 passphrases, key files) and HKDF.
+//! - `keyring`: the loaded keys, `seal` / `open`.
+//!
+//! The byte layout, derivations and test vectors are in `docs/envelope.md`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::Value;
+
+mod envelope;
+mod keyring;
+mod keys;
+
+pub use envelope::{is_valid_key_id, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX};
+pub use keyring::Keyring;
+pub use keys::{write_key_file, MIN_SALT_LEN};
 
 /// How the keyring is described once the YAML is validated (no secret in it,
 /// only where to find one).
@@ -40,10 +51,69 @@ pub enum SaltSource {
 pub const DEFAULT_PBKDF2_ITERATIONS: u32 = 600_000;
 pub const MIN_PBKDF2_ITERATIONS: u32 = 100_000;
 
+/// Why a keyring could not be built. Messages name the key id and the
+/// environment variable or file involved, never a secret or salt value.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key store not implemented")]
-    Unimplemented,
+    #[error("the keyring has no keys")]
+    NoKeys,
+    #[error("key id {id:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ -")]
+    InvalidId { id: String },
+    #[error("key id {id:?} is listed more than once")]
+    DuplicateId { id: String },
+    #[error("the active key {id:?} is not in the keyring")]
+    ActiveMissing { id: String },
+    #[error("key {id:?}: pbkdf2_iterations is {iterations}, at least {min} are required")]
+    TooFewIterations {
+        id: String,
+        iterations: u32,
+        min: u32,
+    },
+    #[error("key {id:?}: environment variable {var} is not set")]
+    EnvMissing { id: String, var: String },
+    #[error("key {id:?}: environment variable {var} is empty")]
+    EnvEmpty { id: String, var: String },
+    #[error("key {id:?}: the salt from {origin} is {len} bytes, at least {min} are required")]
+    SaltTooShort {
+        id: String,
+        /// `environment variable NAME` or `file PATH`.
+        origin: String,
+        len: usize,
+        min: usize,
+    },
+    #[error("key {id:?}: cannot read {}: {source}", path.display())]
+    Read {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "key {id:?}: key file {} has mode {mode:04o}; it must be 0600 or stricter (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    Permissions {
+        id: String,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("key {id:?}: key file {}: {problem}", path.display())]
+    KeyFile {
+        id: String,
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("{} already exists; refusing to overwrite a key file", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot write key file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the operating system random number generator failed")]
+    Rng,
+    #[error("key {id:?}: key derivation failed")]
+    Derive { id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,97 +146,39 @@ pub enum SealError {
     Serialize,
     #[error("random number generator failed")]
     Rng,
+    /// The envelope would be longer than `MAX_ENVELOPE_LEN`, so `open` would refuse it.
+    #[error("value too large to seal")]
+    TooLarge,
+    /// `seal_with_nonce` was given a key id that is not in the ring.
+    #[error("unknown key id")]
+    UnknownKey,
 }
 
+/// A successfully opened envelope. Deliberately no `Debug`: it holds plaintext.
 pub struct Opened {
     pub value: Value,
     pub key_id: String,
     pub issued_at: u64,
 }
 
-pub struct Keyring {
-    active: String,
-}
-
-impl std::fmt::Debug for Keyring {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring")
-            .field("active", &self.active)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Keyring {
-    pub fn load(_spec: &KeyringSpec) -> Result<Keyring, KeyError> {
-        Err(KeyError::Unimplemented)
-    }
-    pub fn from_raw_keys(
-        active: &str,
-        _keys: Vec<(String, [u8; 32])>,
-    ) -> Result<Keyring, KeyError> {
-        Ok(Keyring {
-            active: active.to_string(),
-        })
-    }
-    pub fn active_id(&self) -> &str {
-        &self.active
-    }
-    pub fn ids(&self) -> Vec<&str> {
-        vec![self.active.as_str()]
-    }
-    pub fn contains(&self, id: &str) -> bool {
-        id == self.active
-    }
-    pub fn seal(&self, _value: &Value, _context: &str) -> Result<String, SealError> {
-        Err(SealError::Rng)
-    }
-    pub fn seal_at(
-        &self,
-        _value: &Value,
-        _context: &str,
-        _issued_at: u64,
-    ) -> Result<String, SealError> {
-        Err(SealError::Rng)
-    }
-    pub fn open(
-        &self,
-        _envelope: &str,
-        _context: &str,
-        _max_age: Option<Duration>,
-    ) -> Result<Opened, DecryptError> {
-        Err(DecryptError::Malformed)
-    }
-    pub fn open_at(
-        &self,
-        _envelope: &str,
-        _context: &str,
-        _max_age: Option<Duration>,
-        _now: u64,
-    ) -> Result<Opened, DecryptError> {
-        Err(DecryptError::Malformed)
-    }
-    /// Encrypts and decrypts a probe under every key; (key id, Ok or reason).
-    pub fn self_test(&self) -> Vec<(String, Result<(), String>)> {
-        Vec::new()
-    }
-    /// A 32-byte sub-key of key `id` for another purpose (the audit log's HMAC).
-    pub fn derive_subkey(&self, _id: &str, _purpose: &str) -> Option<zeroize::Zeroizing<[u8; 32]>> {
-        None
-    }
-}
-
 /// Cheap syntactic check, no crypto: does the string have the envelope prefix?
+///
+/// Only the prefix is checked on purpose: `fs1:` is reserved, so a damaged or
+/// truncated envelope still counts as one and is reported as a decrypt
+/// failure instead of being passed on as if it were plain data.
 pub fn looks_like_envelope(s: &str) -> bool {
-    s.starts_with("fs1:")
+    s.starts_with(PREFIX)
 }
 
-/// The key id an envelope names, if it parses.
+/// The key id an envelope names, if the prefix and id are well formed.
 pub fn envelope_key_id(s: &str) -> Option<&str> {
-    let rest = s.strip_prefix("fs1:")?;
-    rest.split(':').next()
+    envelope::split(s).map(|(id, _)| id)
 }
 
-/// `fieldseal keygen`: 32 bytes from the OS CSPRNG, base64, mode 0600, never overwrites.
-pub fn write_key_file(_path: &std::path::Path) -> Result<(), KeyError> {
-    Err(KeyError::Unimplemented)
+/// Seconds since the Unix epoch; 0 if the clock is before 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -1,0 +1,266 @@
+//! The `fs1` envelope: byte layout, associated data and a parser that never
+//! panics. No keys here; `keyring.rs` does the AEAD.
+//!
+//! ```text
+//! envelope = "fs1:" key-id ":" base64url-nopad(payload)
+//! payload  = type (1) || issued_at (u64 BE, 8) || nonce (12) || ciphertext || tag (16)
+//! ```
+//! See `docs/envelope.md` for the full description.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::Value;
+
+use super::DecryptError;
+
+/// Text before the key id; the digit is the format version.
+pub const PREFIX: &str = "fs1:";
+/// Domain separation for the AEAD associated data of format version 1.
+pub(crate) const AAD_DOMAIN: &[u8] = b"fieldseal-envelope-v1\0";
+
+pub const NONCE_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+/// type (1) + issued_at (8) + nonce (12).
+pub(crate) const HEADER_LEN: usize = 1 + 8 + NONCE_LEN;
+pub(crate) const MIN_PAYLOAD_LEN: usize = HEADER_LEN + TAG_LEN;
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+/// Longest envelope `open` will look at (and `seal` will produce). Checked
+/// before any decoding so oversized input costs nothing.
+pub const MAX_ENVELOPE_LEN: usize = 4 * 1024 * 1024;
+
+/// JSON type of the sealed value, stored in the clear (and authenticated) so
+/// the plaintext of a string needs no JSON quoting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TypeTag {
+    String,
+    Number,
+    Bool,
+    Null,
+    Object,
+    Array,
+}
+
+impl TypeTag {
+    pub(crate) fn of(v: &Value) -> TypeTag {
+        match v {
+            Value::String(_) => TypeTag::String,
+            Value::Number(_) => TypeTag::Number,
+            Value::Bool(_) => TypeTag::Bool,
+            Value::Null => TypeTag::Null,
+            Value::Object(_) => TypeTag::Object,
+            Value::Array(_) => TypeTag::Array,
+        }
+    }
+
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            TypeTag::String => b's',
+            TypeTag::Number => b'n',
+            TypeTag::Bool => b'b',
+            TypeTag::Null => b'z',
+            TypeTag::Object => b'o',
+            TypeTag::Array => b'a',
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<TypeTag> {
+        Some(match b {
+            b's' => TypeTag::String,
+            b'n' => TypeTag::Number,
+            b'b' => TypeTag::Bool,
+            b'z' => TypeTag::Null,
+            b'o' => TypeTag::Object,
+            b'a' => TypeTag::Array,
+            _ => return None,
+        })
+    }
+
+    /// Rebuilds the value from authenticated plaintext. A plaintext that is
+    /// not exactly one JSON value of the tagged type is refused even though
+    /// it authenticated: only a holder of the key could have made it, and
+    /// returning a different type would break the "same value back" promise.
+    pub(crate) fn rebuild(self, plaintext: &[u8]) -> Result<Value, DecryptError> {
+        if self == TypeTag::String {
+            return std::str::from_utf8(plaintext)
+                .map(|s| Value::String(s.to_owned()))
+                .map_err(|_| DecryptError::Malformed);
+        }
+        let v: Value = serde_json::from_slice(plaintext).map_err(|_| DecryptError::Malformed)?;
+        if TypeTag::of(&v) == self {
+            Ok(v)
+        } else {
+            Err(DecryptError::Malformed)
+        }
+    }
+}
+
+/// `[A-Za-z0-9_-]{1,64}`: safe in the envelope (no `:`), in logs and in YAML.
+pub fn is_valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_KEY_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Syntactic split of an envelope into key id and base64 part; no decoding.
+pub(crate) fn split(s: &str) -> Option<(&str, &str)> {
+    let rest = s.strip_prefix(PREFIX)?;
+    let (id, b64) = rest.split_once(':')?;
+    if is_valid_key_id(id) {
+        Some((id, b64))
+    } else {
+        None
+    }
+}
+
+/// A decoded envelope. The payload buffer is decrypted in place later, so it
+/// is handed out by value.
+pub(crate) struct Parsed<'a> {
+    pub key_id: &'a str,
+    pub tag: TypeTag,
+    pub issued_at: u64,
+    /// Whole payload; nonce at `HEADER_LEN - NONCE_LEN..HEADER_LEN`,
+    /// ciphertext after it, AEAD tag in the last `TAG_LEN` bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Parsed<'_> {
+    pub(crate) fn nonce(&self) -> &[u8] {
+        &self.payload[HEADER_LEN - NONCE_LEN..HEADER_LEN]
+    }
+}
+
+/// Parses without any key. Every malformed input is `Malformed`; a syntactically
+/// fine but unknown type byte is also `Malformed` (it is checked again by the AEAD).
+pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
+    if s.len() > MAX_ENVELOPE_LEN {
+        return Err(DecryptError::Malformed);
+    }
+    let (key_id, b64) = split(s).ok_or(DecryptError::Malformed)?;
+    // Cheap length check before allocating: 4 base64 chars per 3 bytes, no padding.
+    if b64.len() < encoded_len(MIN_PAYLOAD_LEN) {
+        return Err(DecryptError::Malformed);
+    }
+    // The engine refuses padding and non-canonical trailing bits, so each
+    // payload has exactly one textual form.
+    let payload = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| DecryptError::Malformed)?;
+    if payload.len() < MIN_PAYLOAD_LEN {
+        return Err(DecryptError::Malformed);
+    }
+    let tag = TypeTag::from_byte(payload[0]).ok_or(DecryptError::Malformed)?;
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&payload[1..9]);
+    Ok(Parsed {
+        key_id,
+        tag,
+        issued_at: u64::from_be_bytes(ts),
+        payload,
+    })
+}
+
+/// Length of unpadded base64 for `n` bytes.
+pub(crate) fn encoded_len(n: usize) -> usize {
+    (n / 3) * 4
+        + match n % 3 {
+            0 => 0,
+            1 => 2,
+            _ => 3,
+        }
+}
+
+/// Associated data: binds version, key id, type, time and the field context,
+/// each length-prefixed where variable so no two headers share an encoding.
+pub(crate) fn aad(key_id: &str, tag: TypeTag, issued_at: u64, context: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 1 + key_id.len() + 1 + 8 + 8 + context.len());
+    a.extend_from_slice(AAD_DOMAIN);
+    // Key ids are at most 64 bytes (validated before we get here).
+    a.push(key_id.len() as u8);
+    a.extend_from_slice(key_id.as_bytes());
+    a.push(tag.byte());
+    a.extend_from_slice(&issued_at.to_be_bytes());
+    a.extend_from_slice(&(context.len() as u64).to_be_bytes());
+    a.extend_from_slice(context.as_bytes());
+    a
+}
+
+/// Writes `fs1:<id>:<base64url(payload)>`.
+pub(crate) fn encode(key_id: &str, payload: &[u8]) -> String {
+    let mut out =
+        String::with_capacity(PREFIX.len() + key_id.len() + 1 + encoded_len(payload.len()));
+    out.push_str(PREFIX);
+    out.push_str(key_id);
+    out.push(':');
+    URL_SAFE_NO_PAD.encode_string(payload, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_len_matches_engine() {
+        for n in 0..100 {
+            assert_eq!(encoded_len(n), URL_SAFE_NO_PAD.encode(vec![0u8; n]).len());
+        }
+    }
+
+    #[test]
+    fn rebuild_checks_type() {
+        assert_eq!(
+            TypeTag::Number.rebuild(b"\"x\"").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::Object.rebuild(b"[]").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(TypeTag::Null.rebuild(b"null ").ok(), Some(Value::Null));
+        assert_eq!(
+            TypeTag::Bool.rebuild(b"true1").err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::String.rebuild(&[0xff]).err(),
+            Some(DecryptError::Malformed)
+        );
+        assert_eq!(
+            TypeTag::Array.rebuild(b"").err(),
+            Some(DecryptError::Malformed)
+        );
+    }
+
+    #[test]
+    fn key_ids() {
+        assert!(is_valid_key_id("k1"));
+        assert!(is_valid_key_id("A-z_09"));
+        assert!(is_valid_key_id(&"a".repeat(64)));
+        assert!(!is_valid_key_id(&"a".repeat(65)));
+        assert!(!is_valid_key_id(""));
+        assert!(!is_valid_key_id("a:b"));
+        assert!(!is_valid_key_id("é"));
+        assert!(!is_valid_key_id("a b"));
+    }
+
+    #[test]
+    fn parse_rejects_garbage_without_panic() {
+        for s in [
+            "",
+            "fs1",
+            "fs1:",
+            "fs1::",
+            "fs1:k1",
+            "fs1:k1:",
+            "fs1:k1:AAAA",
+            "fs2:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs1:k:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs1:k1:@@@@AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The loaded keys and the AEAD operations on envelopes.
+
+use std::time::Duration;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::envelope::{self, TypeTag, HEADER_LEN, NONCE_LEN, TAG_LEN};
+use super::keys::{self, Master, FIELD_KEY_INFO, SUBKEY_INFO_PREFIX};
+use super::{DecryptError, KeyError, KeyringSpec, Opened, SealError};
+
+/// Deepest object/array nesting `seal` accepts, so that `open` (serde_json's
+/// parser stops at 128 levels) can always read back what was sealed.
+const MAX_SEAL_DEPTH: usize = 120;
+
+struct KeyEntry {
+    id: String,
+    /// Built once at load: no key derivation per request.
+    cipher: Aes256Gcm,
+    /// Kept only for `derive_subkey`.
+    master: Master,
+}
+
+/// The keys of one configuration: one active key that seals, any number of
+/// older keys that only open. Key bytes are wiped on drop (the AES key
+/// schedule via the `aes/zeroize` feature, the masters via `Zeroizing`).
+pub struct Keyring {
+    keys: Vec<KeyEntry>,
+    active: usize,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("active", &self.active_id())
+            .field("ids", &self.ids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// Reads every key of `spec` (PBKDF2 runs here, once per passphrase key).
+    pub fn load(spec: &KeyringSpec) -> Result<Keyring, KeyError> {
+        check_ids(&spec.active, spec.keys.iter().map(|k| k.id.as_str()))?;
+        let mut masters = Vec::with_capacity(spec.keys.len());
+        for k in &spec.keys {
+            let master = keys::load_master(&k.id, &k.source, spec.pbkdf2_iterations)?;
+            masters.push((k.id.clone(), master));
+        }
+        Keyring::build(&spec.active, masters)
+    }
+
+    /// A ring from raw 32-byte masters (tests, benches, tools). The same
+    /// HKDF step as `load` is applied, so envelopes are interchangeable.
+    pub fn from_raw_keys(active: &str, keys: Vec<(String, [u8; 32])>) -> Result<Keyring, KeyError> {
+        let masters: Vec<(String, Master)> = keys
+            .into_iter()
+            .map(|(id, mut raw)| {
+                let m = Zeroizing::new(raw);
+                zeroize::Zeroize::zeroize(&mut raw);
+                (id, m)
+            })
+            .collect();
+        check_ids(active, masters.iter().map(|(id, _)| id.as_str()))?;
+        Keyring::build(active, masters)
+    }
+
+    fn build(active: &str, masters: Vec<(String, Master)>) -> Result<Keyring, KeyError> {
+        warn_on_shared_material(&masters);
+        let mut keys = Vec::with_capacity(masters.len());
+        for (id, master) in masters {
+            let aes = keys::hkdf(&master, &[FIELD_KEY_INFO])
+                .ok_or_else(|| KeyError::Derive { id: id.clone() })?;
+            let cipher = Aes256Gcm::new_from_slice(aes.as_ref())
+                .map_err(|_| KeyError::Derive { id: id.clone() })?;
+            keys.push(KeyEntry { id, cipher, master });
+        }
+        let active =
+            keys.iter()
+                .position(|k| k.id == active)
+                .ok_or_else(|| KeyError::ActiveMissing {
+                    id: active.to_owned(),
+                })?;
+        Ok(Keyring { keys, active })
+    }
+
+    pub fn active_id(&self) -> &str {
+        &self.active_entry().id
+    }
+
+    pub fn ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.entry(id).is_some()
+    }
+
+    /// Seals under the active key, stamped with the current time.
+    pub fn seal(&self, value: &Value, context: &str) -> Result<String, SealError> {
+        self.seal_at(value, context, super::unix_now())
+    }
+
+    /// Seals under the active key with a fresh random nonce.
+    pub fn seal_at(
+        &self,
+        value: &Value,
+        context: &str,
+        issued_at: u64,
+    ) -> Result<String, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|_| SealError::Rng)?;
+        seal_with(self.active_entry(), value, context, issued_at, &nonce)
+    }
+
+    /// Deterministic sealing for known-answer test vectors ONLY: reusing a
+    /// nonce under one key destroys GCM's confidentiality and integrity.
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        key_id: &str,
+        value: &Value,
+        context: &str,
+        issued_at: u64,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<String, SealError> {
+        let k = self.entry(key_id).ok_or(SealError::UnknownKey)?;
+        seal_with(k, value, context, issued_at, &nonce)
+    }
+
+    pub fn open(
+        &self,
+        envelope: &str,
+        context: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Opened, DecryptError> {
+        self.open_at(envelope, context, max_age, super::unix_now())
+    }
+
+    /// Opens an envelope sealed for `context`. `max_age` of None or zero means
+    /// no limit; otherwise `issued_at + max_age < now` is `Expired`. The age is
+    /// checked only after authentication, so an edited time is `AuthFailed`.
+    pub fn open_at(
+        &self,
+        envelope: &str,
+        context: &str,
+        max_age: Option<Duration>,
+        now: u64,
+    ) -> Result<Opened, DecryptError> {
+        let p = envelope::parse(envelope)?;
+        let k = self.entry(p.key_id).ok_or(DecryptError::UnknownKey)?;
+        let (tag, issued_at) = (p.tag, p.issued_at);
+        let plaintext = decrypt(k, p, context)?;
+        if let Some(limit) = max_age.map(|d| d.as_secs()).filter(|s| *s > 0) {
+            if issued_at.saturating_add(limit) < now {
+                return Err(DecryptError::Expired);
+            }
+        }
+        let body = &plaintext[HEADER_LEN..plaintext.len() - TAG_LEN];
+        Ok(Opened {
+            value: tag.rebuild(body)?,
+            key_id: k.id.clone(),
+            issued_at,
+        })
+    }
+
+    /// Encrypts and decrypts a probe under every key; (key id, Ok or reason).
+    pub fn self_test(&self) -> Vec<(String, Result<(), String>)> {
+        let probe = serde_json::json!({"fieldseal": "self-test", "n": 1, "ok": true});
+        let now = super::unix_now();
+        self.keys
+            .iter()
+            .map(|k| (k.id.clone(), self_test_one(self, k, &probe, now)))
+            .collect()
+    }
+
+    /// A 32-byte sub-key of key `id` for another purpose (the audit log's HMAC).
+    /// HKDF-SHA256 of the key's master with info `"fieldseal v1 subkey\0" || purpose`,
+    /// so it is independent of the field encryption key.
+    pub fn derive_subkey(&self, id: &str, purpose: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let k = self.entry(id)?;
+        keys::hkdf(&k.master, &[SUBKEY_INFO_PREFIX, purpose.as_bytes()])
+    }
+
+    fn entry(&self, id: &str) -> Option<&KeyEntry> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    fn active_entry(&self) -> &KeyEntry {
+        // In range: `build` found it, and `keys` never changes afterwards.
+        &self.keys[self.active]
+    }
+}
+
+fn check_ids<'a>(active: &str, ids: impl Iterator<Item = &'a str> + Clone) -> Result<(), KeyError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for id in ids {
+        if !envelope::is_valid_key_id(id) {
+            return Err(KeyError::InvalidId { id: id.to_owned() });
+        }
+        if seen.contains(&id) {
+            return Err(KeyError::DuplicateId { id: id.to_owned() });
+        }
+        seen.push(id);
+    }
+    if seen.is_empty() {
+        return Err(KeyError::NoKeys);
+    }
+    if !seen.contains(&active) {
+        return Err(KeyError::ActiveMissing {
+            id: active.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Two ids with the same material make a rotation meaningless; say so (ids
+/// only) but do not refuse, as it is not unsafe. Compared in constant time.
+fn warn_on_shared_material(masters: &[(String, Master)]) {
+    for (i, (a, ma)) in masters.iter().enumerate() {
+        for (b, mb) in &masters[i + 1..] {
+            if bool::from(ma.as_ref().ct_eq(mb.as_ref())) {
+                tracing::warn!(key_a = %a, key_b = %b, "two key ids have the same key material");
+            }
+        }
+    }
+}
+
+fn seal_with(
+    k: &KeyEntry,
+    value: &Value,
+    context: &str,
+    issued_at: u64,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<String, SealError> {
+    let tag = TypeTag::of(value);
+    let guess = match value {
+        Value::String(s) => s.len(),
+        _ => 64,
+    };
+    // Plaintext goes straight into the payload buffer and is encrypted in place.
+    let mut buf = Zeroizing::new(Vec::with_capacity(HEADER_LEN + guess + TAG_LEN));
+    buf.push(tag.byte());
+    buf.extend_from_slice(&issued_at.to_be_bytes());
+    buf.extend_from_slice(nonce);
+    match value {
+        Value::String(s) => buf.extend_from_slice(s.as_bytes()),
+        Value::Object(_) | Value::Array(_)
+            if crate::fields::exceeds_depth(value, MAX_SEAL_DEPTH) =>
+        {
+            return Err(SealError::Serialize)
+        }
+        other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,
+    }
+    let total =
+        envelope::PREFIX.len() + k.id.len() + 1 + envelope::encoded_len(buf.len() + TAG_LEN);
+    if total > envelope::MAX_ENVELOPE_LEN {
+        return Err(SealError::TooLarge);
+    }
+    let aad = envelope::aad(&k.id, tag, issued_at, context);
+    let auth = k
+        .cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut buf[HEADER_LEN..])
+        .map_err(|_| SealError::TooLarge)?;
+    buf.extend_from_slice(&auth);
+    Ok(envelope::encode(&k.id, &buf))
+}
+
+/// Authenticates and decrypts in place; returns the payload buffer with the
+/// plaintext between `HEADER_LEN` and the (now meaningless) tag.
+fn decrypt(
+    k: &KeyEntry,
+    p: envelope::Parsed<'_>,
+    context: &str,
+) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+    let aad = envelope::aad(p.key_id, p.tag, p.issued_at, context);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(p.nonce());
+    let mut payload = Zeroizing::new(p.payload);
+    let split = payload.len() - TAG_LEN;
+    let (body, tag) = payload.split_at_mut(split);
+    let tag = *Tag::from_slice(tag);
+    k.cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad,
+            &mut body[HEADER_LEN..],
+            &tag,
+        )
+        .map_err(|_| DecryptError::AuthFailed)?;
+    Ok(payload)
+}
+
+fn self_test_one(ring: &Keyring, k: &KeyEntry, probe: &Value, now: u64) -> Result<(), String> {
+    const CONTEXT: &str = "fieldseal-self-test";
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce).map_err(|_| "random number generator failed".to_owned())?;
+    let sealed =
+        seal_with(k, probe, CONTEXT, now, &nonce).map_err(|e| format!("seal failed: {e}"))?;
+    let opened = ring
+        .open_at(&sealed, CONTEXT, None, now)
+        .map_err(|e| format!("open failed: {}", e.reason()))?;
+    if opened.key_id != k.id || &opened.value != probe {
+        return Err("round trip returned a different value".to_owned());
+    }
+    if ring
+        .open_at(&sealed, "fieldseal-self-test-other", None, now)
+        .is_ok()
+    {
+        return Err("context is not authenticated".to_owned());
+    }
+    Ok(())
+}

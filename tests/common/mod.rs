@@ -1,0 +1,644 @@
+//! Shared harness for the integration suites: a recording backend, the proxy
+//! started in-process on port-0 listeners, and real TLS clients.
+//!
+//! Every wait in here is bounded (`bounded`) so a broken proxy fails a test
+//! instead of hanging it.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fieldseal::{Config, Listeners, Proxy};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous upper bound for any single network step in a test. It only
+/// keeps a broken build from hanging; nothing asserts on speed.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, panicking with `what` if it takes longer than [`STEP`].
+pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Recording backend
+// ---------------------------------------------------------------------------
+
+/// One request as the backend received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How a backend answers.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Sleep this long (after recording the request) before answering.
+    pub delay: Option<Duration>,
+    /// Extra response headers, e.g. its own Content-Security-Policy.
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Behavior {
+    pub fn echo() -> Behavior {
+        Behavior::default()
+    }
+
+    pub fn slow(delay: Duration) -> Behavior {
+        Behavior {
+            delay: Some(delay),
+            ..Behavior::default()
+        }
+    }
+
+    pub fn with_headers(headers: Vec<(&'static str, &'static str)>) -> Behavior {
+        Behavior {
+            headers,
+            ..Behavior::default()
+        }
+    }
+}
+
+/// An HTTP/1.1 backend on 127.0.0.1:0 that records everything it is sent and
+/// answers with a JSON echo: `{"backend", "method", "path", "query", "body"}`.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str, behavior: Behavior) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let behavior = Arc::new(behavior);
+        let name_owned = name.to_string();
+        let accept = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let seen = Arc::clone(&seen);
+                    let behavior = Arc::clone(&behavior);
+                    let name = name_owned.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let seen = Arc::clone(&seen);
+                            let behavior = Arc::clone(&behavior);
+                            let name = name.clone();
+                            async move {
+                                Ok::<_, Infallible>(answer(&name, &seen, &behavior, req).await)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        Backend {
+            name: name.to_string(),
+            addr,
+            seen,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the backend has received so far.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().expect("backend lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("backend lock").len()
+    }
+
+    /// Waits (bounded) until the backend has received at least `n` requests.
+    pub async fn wait_for(&self, n: usize) {
+        bounded("backend to receive a request", async {
+            while self.count() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn answer(
+    name: &str,
+    seen: &Mutex<Vec<Recorded>>,
+    behavior: &Behavior,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let echo = serde_json::json!({
+        "backend": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "body": String::from_utf8_lossy(&body),
+    });
+    seen.lock().expect("backend lock").push(Recorded {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    });
+    if let Some(d) = behavior.delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in &behavior.headers {
+        resp.headers_mut().insert(*k, HeaderValue::from_static(v));
+    }
+    resp
+}
+
+/// An address nothing listens on: bound, then released.
+pub fn dead_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// The proxy, in-process
+// ---------------------------------------------------------------------------
+
+/// Writes a self-signed certificate for localhost and 127.0.0.1 into `dir`
+/// and returns the certificate PEM.
+pub fn write_certs(dir: &Path) -> Vec<u8> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let (cert, _key) = fieldseal::tls::write_self_signed(dir, &names, false).expect("certs");
+    std::fs::read(cert).expect("read cert")
+}
+
+pub struct TestProxy {
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub redirect: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub proxy: Proxy,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts the proxy. `rest` is the YAML after `listen:`/`admin:` (which
+    /// the harness writes, with the ports it bound). With `redirect`, a
+    /// plain-HTTP redirect listener is bound too.
+    pub async fn start_with(rest: &str, redirect: bool) -> TestProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert_pem = write_certs(dir.path());
+        let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let redirect_l = if redirect {
+            Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind redirect"),
+            )
+        } else {
+            None
+        };
+        let https_addr = https.local_addr().expect("addr");
+        let admin_addr = admin.local_addr().expect("addr");
+        let redirect_addr = redirect_l.as_ref().map(|l| l.local_addr().expect("addr"));
+        let mut yaml = format!(
+            "listen: {{ address: \"{https_addr}\", tls: {{ cert: server.crt, key: server.key }} }}\n\
+             admin: {{ address: \"{admin_addr}\" }}\n"
+        );
+        if let Some(r) = redirect_addr {
+            yaml.push_str(&format!("redirect_http: {{ address: \"{r}\" }}\n"));
+        }
+        yaml.push_str(rest);
+        let config_path = dir.path().join("fieldseal.yaml");
+        std::fs::write(&config_path, &yaml).expect("write config");
+        let config = Config::from_yaml(&yaml, &config_path)
+            .unwrap_or_else(|e| panic!("test config does not load: {e}\n{yaml}"));
+        let proxy = Proxy::new(config).expect("proxy loads");
+        let (tx, rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(proxy.clone().serve(
+            Listeners {
+                https,
+                redirect: redirect_l,
+                admin: Some(admin),
+            },
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestProxy {
+            https: https_addr,
+            admin: admin_addr,
+            redirect: redirect_addr,
+            dir,
+            config_path,
+            cert_pem,
+            proxy,
+            shutdown: Some(tx),
+            serving: Some(serving),
+        }
+    }
+
+    pub async fn start(rest: &str) -> TestProxy {
+        TestProxy::start_with(rest, false).await
+    }
+
+    /// `https://localhost:PORT{path}` (clients resolve localhost to the proxy).
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.https.port(), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    fn reqwest_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.cert_pem).expect("cert pem"))
+            .resolve("localhost", self.https)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(STEP)
+    }
+
+    /// A reqwest client that only speaks HTTP/1.1.
+    pub fn h1(&self) -> reqwest::Client {
+        self.reqwest_builder().http1_only().build().expect("client")
+    }
+
+    /// A reqwest client that only speaks HTTP/2 (ALPN h2).
+    pub fn h2(&self) -> reqwest::Client {
+        self.reqwest_builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client")
+    }
+
+    /// Both clients with the version each must produce.
+    pub fn clients(&self) -> [(reqwest::Client, Version); 2] {
+        [(self.h1(), Version::HTTP_11), (self.h2(), Version::HTTP_2)]
+    }
+
+    pub fn tls_config(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        tls_client_config(&self.cert_pem, None, alpn)
+    }
+
+    /// Sends hand-written HTTP/1.1 bytes over TLS and reads the answer to EOF
+    /// (the request should carry `Connection: close`).
+    pub async fn raw_h1(&self, request: &[u8]) -> RawResponse {
+        raw_h1_over(self.https, self.tls_config(&[b"http/1.1"]), request).await
+    }
+
+    /// One request over a fresh HTTP/2 connection (hyper client, so the URI
+    /// and :authority are sent exactly as given, no normalization).
+    pub async fn h2_raw(&self, req: Request<BoxBody<Bytes, std::io::Error>>) -> RawResponse {
+        let tls = tls_connect(self.https, self.tls_config(&[b"h2"])).await;
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "h2 negotiated"
+        );
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let resp = bounded("h2 response", sender.send_request(req))
+            .await
+            .expect("h2 request");
+        let (parts, body) = resp.into_parts();
+        let body = bounded("h2 body", body.collect())
+            .await
+            .expect("h2 body")
+            .to_bytes();
+        RawResponse {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body: body.to_vec(),
+        }
+    }
+
+    /// Stops serving and waits (bounded) for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.serving.take() {
+            bounded("proxy shutdown", h).await.expect("serve task");
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A body for `h2_raw`: the bytes, with a known length.
+pub fn full_body(b: impl Into<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body of unknown length (no Content-Length, no size hint).
+pub fn streaming_body(chunks: Vec<Bytes>) -> BoxBody<Bytes, std::io::Error> {
+    let frames = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(c))),
+    );
+    http_body_util::StreamBody::new(frames).boxed()
+}
+
+// ---------------------------------------------------------------------------
+// Raw TLS helpers
+// ---------------------------------------------------------------------------
+
+/// A rustls client config trusting `cert_pem`, with the ring provider,
+/// optionally limited to some protocol versions, offering `alpn`.
+pub fn tls_client_config(
+    cert_pem: &[u8],
+    versions: Option<&[&'static rustls::SupportedProtocolVersion]>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem) {
+        roots.add(cert.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider);
+    let builder = match versions {
+        Some(v) => builder.with_protocol_versions(v),
+        None => builder.with_safe_default_protocol_versions(),
+    }
+    .expect("versions");
+    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = bounded("tcp connect", TcpStream::connect(addr))
+        .await
+        .expect("tcp connect");
+    let name = ServerName::try_from("localhost").expect("server name");
+    bounded(
+        "tls handshake",
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("tls handshake")
+}
+
+/// A parsed HTTP response from the raw clients.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+pub async fn raw_h1_over(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    request: &[u8],
+) -> RawResponse {
+    let mut tls = tls_connect(addr, config).await;
+    bounded("write request", tls.write_all(request))
+        .await
+        .expect("write request");
+    let _ = tls.flush().await;
+    read_h1_response(&mut tls).await
+}
+
+/// Reads one HTTP/1.1 response: reads to EOF, then parses it (Content-Length
+/// or chunked body).
+pub async fn read_h1_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> RawResponse {
+    let mut buf = Vec::new();
+    // An abrupt close after a complete answer (e.g. TLS close_notify
+    // missing) is fine: we parse what arrived.
+    let _ = bounded("read response", stream.read_to_end(&mut buf)).await;
+    parse_h1_response(&buf)
+}
+
+pub fn parse_h1_response(buf: &[u8]) -> RawResponse {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no complete response head: {:?}",
+                String::from_utf8_lossy(buf)
+            )
+        });
+    let head = std::str::from_utf8(&buf[..end]).expect("ascii head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let mut parts = status_line.splitn(3, ' ');
+    let version = match parts.next() {
+        Some("HTTP/1.1") => Version::HTTP_11,
+        Some("HTTP/1.0") => Version::HTTP_10,
+        other => panic!("unexpected version {other:?}"),
+    };
+    let status: StatusCode = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (k, v) = line.split_once(':').expect("header line");
+        headers.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes()).expect("header name"),
+            HeaderValue::from_str(v.trim()).expect("header value"),
+        );
+    }
+    let rest = &buf[end + 4..];
+    let chunked = headers
+        .get(http::header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else if let Some(n) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        assert!(rest.len() >= n, "body shorter than Content-Length");
+        rest[..n].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    RawResponse {
+        status,
+        version,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_str = std::str::from_utf8(&data[..eol]).expect("chunk size");
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size hex");
+        data = &data[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Assertions shared by the suites
+// ---------------------------------------------------------------------------
+
+/// The security headers every answer carries (CSP checked separately, it
+/// varies per route).
+pub fn assert_security_headers(headers: &HeaderMap, what: &str) {
+    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    assert_eq!(
+        get("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains"),
+        "HSTS on {what}"
+    );
+    assert!(
+        get("content-security-policy").is_some(),
+        "CSP on {what}: {headers:?}"
+    );
+    assert_eq!(
+        get("x-content-type-options"),
+        Some("nosniff"),
+        "X-Content-Type-Options on {what}"
+    );
+    assert_eq!(
+        get("x-frame-options"),
+        Some("DENY"),
+        "X-Frame-Options on {what}"
+    );
+    assert_eq!(
+        get("referrer-policy"),
+        Some("no-referrer"),
+        "Referrer-Policy on {what}"
+    );
+    assert_eq!(
+        get("x-xss-protection"),
+        Some("0"),
+        "X-XSS-Protection on {what}"
+    );
+}
+
+/// The proxy's own error answers: JSON `{"error": "...", "status": N}`.
+pub fn assert_error_json(status: StatusCode, content_type: Option<&str>, body: &[u8]) {
+    assert_eq!(
+        content_type,
+        Some("application/json"),
+        "error answers are JSON"
+    );
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "error body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert_eq!(v["status"], status.as_u16(), "status field in {v}");
+    assert!(
+        v["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "error message in {v}"
+    );
+}

@@ -108,6 +108,11 @@ status_kb() { # field pids...: sum of a /proc/PID/status field, kB
 machine_busy() { # busy and total jiffies of the whole machine
     awk '/^cpu / {b = $2 + $3 + $4 + $7 + $8 + $9; t = b + $5 + $6; print b, t}' /proc/stat
 }
+child_ticks() { # CPU of this shell's reaped children (wrk, once it has exited), in ticks
+    local s
+    s=$(cat "/proc/$$/stat"); s=${s##*) }
+    echo "$s" | awk '{print $14 + $15}'
+}
 nginx_workers() { pgrep -P "$1" | tr '\n' ' '; }
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
@@ -218,13 +223,17 @@ measure() { # case url proxy-pid-function
     local c=$1 url=$2 pidsf=$3 f=$RUN/wrk-$1.txt
     log "case $c: warm-up ${WARMUP}s, then ${DURATION}s, $CONNS connections, $WRK_THREADS wrk threads: $url"
     wrk_run "$url" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RUN/wrk-$c-warmup.txt"
-    local pp b0 b1 p0 p1 m0 m1
+    local pp b0 b1 p0 p1 m0 m1 w0 w1
     pp=$($pidsf)
     # shellcheck disable=SC2086
-    p0=$(ticks $pp); b0=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m0=$(machine_busy)
+    p0=$(ticks $pp); b0=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m0=$(machine_busy); w0=$(child_ticks)
     wrk_run "$url" "$DURATION" "$CONNS" "$WRK_THREADS" "$f"
     # shellcheck disable=SC2086
-    p1=$(ticks $pp); b1=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m1=$(machine_busy)
+    p1=$(ticks $pp); b1=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m1=$(machine_busy); w1=$(child_ticks)
+    # cores used during the run by: proxy, backend, wrk, everything else on the machine
+    R[$c.split]=$(echo "$m0 $m1" | awk -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v ncpu="$NCPU" '{
+        wall = ($4 - $2) / ncpu; o = ($3 - $1) - p - b - w; if (o < 0) o = 0
+        printf "%.2f | %.2f | %.2f | %.2f", p / wall, b / wall, w / wall, o / wall}')
     local n us errs
     n=$(field requests "$f"); us=$(field duration_us "$f")
     errs=$(( $(field err_connect "$f") + $(field err_read "$f") + $(field err_write "$f") + $(field err_timeout "$f") + $(field err_status "$f") ))
@@ -389,6 +398,12 @@ row() { # case label
     row b "(b) nginx pass-through"
     row c "(c) fieldseal pass-through"
     row d "(d) fieldseal encrypt 4 + decrypt 4"
+    echo
+    echo "CPU cores used during each measured run (of $NCPU): proxy | backend | wrk | everything else on the machine (other users' builds and tests):"
+    echo
+    echo "| case | proxy | backend | wrk | others |"
+    echo "|---|---:|---:|---:|---:|"
+    for c in a b c d; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
     echo
     echo "Proxy CPU: utime+stime deltas from /proc/PID/stat over the measured run (nginx: master + workers). Peak RSS: VmHWM of a process started fresh for the case (nginx: sum over workers)."
     [ -n "${R[d.fields]:-}" ] && echo "Check of (d): fieldseal's /metrics counted ${R[d.fields]}."

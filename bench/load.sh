@@ -12,7 +12,7 @@
 # Then: idle RSS, RSS holding HOLD_CONNS keep-alive TLS connections, and p99
 # latency of (a) and (d) at a fixed rate of half of (d)'s peak (h2load --rps).
 #
-# Knobs (environment): DURATION=15 WARMUP=3 CONNS=64 WRK_THREADS=2 WORKERS=$(nproc)
+# Knobs (environment): ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 WRK_THREADS=2 WORKERS=$(nproc)
 #   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_CLIENTS=16 RATE_DURATION=15
 #   BASE_PORT=18400 FIELDSEAL=target/release/fieldseal BUILD=0 (1: cargo build --release first)
 # Output: a Markdown report on stdout and in bench/out/results-<date>.md; the
@@ -22,8 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-DURATION=${DURATION:-15}
-WARMUP=${WARMUP:-3}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-$(nproc)}
@@ -219,37 +220,65 @@ field() { # key file -> value from the BENCH line
 }
 
 declare -A R # results: R[case.key]
-measure() { # case url proxy-pid-function
-    local c=$1 url=$2 pidsf=$3 f=$RUN/wrk-$1.txt
-    log "case $c: warm-up ${WARMUP}s, then ${DURATION}s, $CONNS connections, $WRK_THREADS wrk threads: $url"
-    wrk_run "$url" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RUN/wrk-$c-warmup.txt"
-    local pp b0 b1 p0 p1 m0 m1 w0 w1
+declare -A A # accumulators over rounds: A[case.key]
+add() { A[$1]=$(( ${A[$1]:-0} + $2 )); }
+measure() { # case url proxy-pid-function round
+    local c=$1 url=$2 pidsf=$3 r=$4 f=$RUN/wrk-$1-r$4.txt
+    log "case $c, round $r/$ROUNDS: warm-up ${WARMUP}s, then ${DURATION}s, $CONNS connections, $WRK_THREADS wrk threads: $url"
+    wrk_run "$url" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RUN/wrk-$c-r$r-warmup.txt"
+    local pp q b0 b1 p0 p1 m0 m1 w0 w1 e0=0 e1=0 d0=0 d1=0
     pp=$($pidsf)
+    for q in $($pidsf hwm); do echo 5 >"/proc/$q/clear_refs" 2>/dev/null || true; done # VmHWM := VmRSS
+    if [ "$c" = d ]; then
+        e0=$(metric 'fieldseal_fields_encrypted_total{route="sealed"}'); d0=$(metric 'fieldseal_fields_decrypted_total{route="sealed"}')
+    fi
     # shellcheck disable=SC2086
     p0=$(ticks $pp); b0=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m0=$(machine_busy); w0=$(child_ticks)
     wrk_run "$url" "$DURATION" "$CONNS" "$WRK_THREADS" "$f"
     # shellcheck disable=SC2086
     p1=$(ticks $pp); b1=$(ticks "$BACKEND_PID" $(nginx_workers "$BACKEND_PID")); m1=$(machine_busy); w1=$(child_ticks)
-    # cores used during the run by: proxy, backend, wrk, everything else on the machine
-    R[$c.split]=$(echo "$m0 $m1" | awk -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v w=$((w1 - w0)) -v ncpu="$NCPU" '{
-        wall = ($4 - $2) / ncpu; o = ($3 - $1) - p - b - w; if (o < 0) o = 0
-        printf "%.2f | %.2f | %.2f | %.2f", p / wall, b / wall, w / wall, o / wall}')
-    local n us errs
+    if [ "$c" = d ]; then
+        e1=$(metric 'fieldseal_fields_encrypted_total{route="sealed"}'); d1=$(metric 'fieldseal_fields_decrypted_total{route="sealed"}')
+    fi
+    local n us errs hwm=0
+    [ -n "$pp" ] && hwm=$(status_kb VmHWM $($pidsf hwm))
     n=$(field requests "$f"); us=$(field duration_us "$f")
     errs=$(( $(field err_connect "$f") + $(field err_read "$f") + $(field err_write "$f") + $(field err_timeout "$f") + $(field err_status "$f") ))
-    R[$c.requests]=$n
-    R[$c.errors]=$errs
-    R[$c.rps]=$(awk -v n="$n" -v us="$us" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
-    R[$c.p50]=$(awk -v v="$(field p50_us "$f")" 'BEGIN {printf "%.2f", v / 1000}')
-    R[$c.p99]=$(awk -v v="$(field p99_us "$f")" 'BEGIN {printf "%.2f", v / 1000}')
-    R[$c.cpu]=$(awk -v d=$((p1 - p0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.3f", n ? d / hz / n * 10000 : 0}')
-    R[$c.bcpu]=$(awk -v d=$((b1 - b0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.3f", n ? d / hz / n * 10000 : 0}')
-    R[$c.busy]=$(echo "$m0 $m1" | awk '{printf "%.0f", ($4 - $2) ? 100 * ($3 - $1) / ($4 - $2) : 0}')
+    add "$c.n" "$n"; add "$c.us" "$us"; add "$c.errors" "$errs"
+    add "$c.proxy" $((p1 - p0)); add "$c.backend" $((b1 - b0)); add "$c.wrk" $((w1 - w0))
+    add "$c.busy" "$(echo "$m0 $m1" | awk '{print $3 - $1}')"; add "$c.total" "$(echo "$m0 $m1" | awk '{print $4 - $2}')"
+    add "$c.enc" $((e1 - e0)); add "$c.dec" $((d1 - d0))
+    [ "$hwm" -gt "${A[$c.hwm]:-0}" ] && A[$c.hwm]=$hwm
+    A[$c.p50s]="${A[$c.p50s]:-} $(field p50_us "$f")"
+    A[$c.p99s]="${A[$c.p99s]:-} $(field p99_us "$f")"
+    A[$c.rpss]="${A[$c.rpss]:-} $(awk -v n="$n" -v us="$us" 'BEGIN {printf "%.0f", n / (us / 1e6)}')"
     [ "$errs" = 0 ] || log "WARNING: case $c: $errs errors (see $f)"
-    log "case $c: ${R[$c.rps]} req/s, p50 ${R[$c.p50]} ms, p99 ${R[$c.p99]} ms, errors $errs"
+    log "case $c, round $r: $(awk -v n="$n" -v us="$us" 'BEGIN {printf "%.0f", n / (us / 1e6)}') req/s, p50 $(field p50_us "$f") us, p99 $(field p99_us "$f") us, errors $errs"
 }
+median_ms() { echo "$1" | tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {printf "%.2f", v[int((NR + 1) / 2)] / 1000}'; }
+finalize() { # case: turn the accumulators into the reported figures
+    local c=$1
+    [ -n "${A[$c.n]:-}" ] || return 0
+    local n=${A[$c.n]}
+    R[$c.requests]=$n
+    R[$c.errors]=${A[$c.errors]}
+    R[$c.rps]=$(awk -v n="$n" -v us="${A[$c.us]}" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+    R[$c.rounds]=$(echo "${A[$c.rpss]}" | sed 's/^ //; s/ /, /g')
+    R[$c.p50]=$(median_ms "${A[$c.p50s]}")
+    R[$c.p99]=$(median_ms "${A[$c.p99s]}")
+    R[$c.cpu]=$(awk -v d="${A[$c.proxy]}" -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.3f", n ? d / hz / n * 10000 : 0}')
+    R[$c.bcpu]=$(awk -v d="${A[$c.backend]}" -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.3f", n ? d / hz / n * 10000 : 0}')
+    R[$c.busy]=$(awk -v b="${A[$c.busy]}" -v t="${A[$c.total]}" 'BEGIN {printf "%.0f", t ? 100 * b / t : 0}')
+    [ "${A[$c.hwm]:-0}" -gt 0 ] && R[$c.hwm]=${A[$c.hwm]}
+    # cores used during the measured runs by: proxy, backend, wrk, everything else on the machine
+    R[$c.split]=$(awk -v p="${A[$c.proxy]}" -v b="${A[$c.backend]}" -v w="${A[$c.wrk]}" -v busy="${A[$c.busy]}" -v t="${A[$c.total]}" -v ncpu="$NCPU" 'BEGIN {
+        wall = t / ncpu; o = busy - p - b - w; if (o < 0) o = 0
+        printf "%.2f | %.2f | %.2f | %.2f", p / wall, b / wall, w / wall, o / wall}')
+    log "case $c: ${R[$c.rps]} req/s (rounds: ${R[$c.rounds]}), p50 ${R[$c.p50]} ms, p99 ${R[$c.p99]} ms, proxy CPU ${R[$c.cpu]} s/10k"
+}
+# "pids_x": processes whose CPU counts; "pids_x hwm": processes whose peak RSS counts
 pids_none() { echo; }
-pids_nginx() { echo "$NGINX_PID $(nginx_workers "$NGINX_PID")"; }
+pids_nginx() { if [ "${1:-}" = hwm ]; then nginx_workers "$NGINX_PID"; else echo "$NGINX_PID $(nginx_workers "$NGINX_PID")"; fi; }
 pids_fieldseal() { echo "$FIELDSEAL_PID"; }
 hwm_nginx() { status_kb VmHWM $(nginx_workers "$NGINX_PID"); }
 rss_nginx() { status_kb VmRSS $(nginx_workers "$NGINX_PID"); }
@@ -269,70 +298,40 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE (on a shared machine, figures are only comparable within one run)"
 start_backend
 
-# (a) backend direct
-check_post "http://127.0.0.1:$BACKEND_PORT/sealed" '"ssn"' ''
-measure a "http://127.0.0.1:$BACKEND_PORT/sealed" pids_none
-
-# (b) nginx
 start_nginx
 R[b.idle]=$(rss_nginx)
-check_post "https://127.0.0.1:$NGINX_PORT/plain" '"ssn"' ''
-measure b "https://127.0.0.1:$NGINX_PORT/plain" pids_nginx
-R[b.hwm]=$(hwm_nginx)
-stop "$NGINX_PID"
-
-# (c) fieldseal passing through
-start_fieldseal c
+start_fieldseal main
 R[c.idle]=$(status_kb VmRSS "$FIELDSEAL_PID")
+check_post "http://127.0.0.1:$BACKEND_PORT/sealed" '"ssn"' ''
+check_post "https://127.0.0.1:$NGINX_PORT/plain" '"ssn"' ''
 check_post "https://127.0.0.1:$FIELDSEAL_PORT/plain" '"ssn"' ''
-measure c "https://127.0.0.1:$FIELDSEAL_PORT/plain" pids_fieldseal
-R[c.hwm]=$(status_kb VmHWM "$FIELDSEAL_PID")
-sleep 2
-R[c.idle_after]=$(status_kb VmRSS "$FIELDSEAL_PID")
-stop "$FIELDSEAL_PID"
-
-# (d) fieldseal encrypting + decrypting
+CASES="a b c"
 if [ "$SEALED" = 1 ]; then
-    start_fieldseal d
+    # the answer to the client holds the plaintext again, no envelope left
     check_post "https://127.0.0.1:$FIELDSEAL_PORT/sealed" '"ssn":"123-45-6789"' '"fs1:'
-    e0=$(metric 'fieldseal_fields_encrypted_total{route="sealed"}')
-    d0=$(metric 'fieldseal_fields_decrypted_total{route="sealed"}')
-    measure d "https://127.0.0.1:$FIELDSEAL_PORT/sealed" pids_fieldseal
-    R[d.hwm]=$(status_kb VmHWM "$FIELDSEAL_PID")
-    e1=$(metric 'fieldseal_fields_encrypted_total{route="sealed"}')
-    d1=$(metric 'fieldseal_fields_decrypted_total{route="sealed"}')
-    nreq=$(( $(field requests "$RUN/wrk-d-warmup.txt") + ${R[d.requests]} ))
-    R[d.fields]="$((e1 - e0)) fields encrypted and $((d1 - d0)) decrypted for the $nreq requests of warm-up + measured run ($(awk -v e=$((e1 - e0)) -v d=$((d1 - d0)) -v n="$nreq" 'BEGIN {printf "%.2f and %.2f", e / n, d / n}') per request)"
-    stop "$FIELDSEAL_PID"
+    CASES="a b c d"
 fi
 
-# Memory holding HOLD_CONNS keep-alive TLS connections (fresh processes).
-HOLD_PATH=/plain
-[ "$SEALED" = 1 ] && HOLD_PATH=/sealed
-log "memory: $HOLD_CONNS keep-alive TLS connections for ${HOLD_DURATION}s, fieldseal $HOLD_PATH then nginx"
-start_fieldseal hold
-R[f.idle]=$(status_kb VmRSS "$FIELDSEAL_PID")
-BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
-    "https://127.0.0.1:$FIELDSEAL_PORT$HOLD_PATH" >"$RUN/wrk-hold-fieldseal.txt" 2>&1 &
-WRK_PID=$!
-sleep $((HOLD_DURATION / 2))
-R[f.open]=$(metric fieldseal_open_connections)
-wait "$WRK_PID" || true
-R[f.hold]=$(status_kb VmHWM "$FIELDSEAL_PID")
-R[f.hold_rps]=$(awk -v n="$(field requests "$RUN/wrk-hold-fieldseal.txt")" -v us="$(field duration_us "$RUN/wrk-hold-fieldseal.txt")" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
-R[f.hold_err]=$(( $(field err_connect "$RUN/wrk-hold-fieldseal.txt") + $(field err_status "$RUN/wrk-hold-fieldseal.txt") + $(field err_read "$RUN/wrk-hold-fieldseal.txt") + $(field err_timeout "$RUN/wrk-hold-fieldseal.txt") ))
+# The cases take turns, ROUNDS times, so that bursts of other load on a shared
+# machine fall on all of them alike.
+for round in $(seq "$ROUNDS"); do
+    for c in $CASES; do
+        case $c in
+            a) measure a "http://127.0.0.1:$BACKEND_PORT/sealed" pids_none "$round" ;;
+            b) measure b "https://127.0.0.1:$NGINX_PORT/plain" pids_nginx "$round" ;;
+            c) measure c "https://127.0.0.1:$FIELDSEAL_PORT/plain" pids_fieldseal "$round" ;;
+            d) measure d "https://127.0.0.1:$FIELDSEAL_PORT/sealed" pids_fieldseal "$round" ;;
+        esac
+    done
+done
+for c in $CASES; do finalize "$c"; done
+if [ "$SEALED" = 1 ]; then
+    R[d.fields]="${A[d.enc]} fields encrypted and ${A[d.dec]} decrypted for the ${R[d.requests]} measured requests ($(awk -v e="${A[d.enc]}" -v d="${A[d.dec]}" -v n="${R[d.requests]}" 'BEGIN {printf "%.2f and %.2f", e / n, d / n}') per request)"
+fi
 sleep 2
-R[f.after]=$(status_kb VmRSS "$FIELDSEAL_PID")
-stop "$FIELDSEAL_PID"
-
-start_nginx
-BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
-    "https://127.0.0.1:$NGINX_PORT/plain" >"$RUN/wrk-hold-nginx.txt" 2>&1 || true
-R[n.hold]=$(hwm_nginx)
-R[n.hold_rps]=$(awk -v n="$(field requests "$RUN/wrk-hold-nginx.txt")" -v us="$(field duration_us "$RUN/wrk-hold-nginx.txt")" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
-stop "$NGINX_PID"
-
-# p99 at a fixed rate: half of (d)'s peak (or (c)'s without crypto), for (a) and (d).
+R[c.idle_after]=$(status_kb VmRSS "$FIELDSEAL_PID")
+# p99 at a fixed rate: half of (d)'s peak (or (c)'s without crypto), for every case,
+# against the processes warmed up by the rounds above.
 RATE_CASE=d
 [ "$SEALED" = 1 ] || RATE_CASE=c
 RATE=$(( ${R[$RATE_CASE.rps]} / 2 ))
@@ -363,12 +362,38 @@ rate_run() { # tag url
     log "fixed rate $1: ${R[$1.rate]:-?} req/s achieved, p50 ${R[$1.p50]:-?} ms, p99 ${R[$1.p99]:-?} ms"
 }
 rate_run ra "http://127.0.0.1:$BACKEND_PORT/sealed"
-start_fieldseal rate
-RATE_PATH=/sealed
-[ "$SEALED" = 1 ] || RATE_PATH=/plain
-wrk_run "https://127.0.0.1:$FIELDSEAL_PORT$RATE_PATH" 2 "$RATE_CLIENTS" 1 "$RUN/wrk-rate-warmup.txt"
-rate_run rd "https://127.0.0.1:$FIELDSEAL_PORT$RATE_PATH"
+rate_run rb "https://127.0.0.1:$NGINX_PORT/plain"
+rate_run rc "https://127.0.0.1:$FIELDSEAL_PORT/plain"
+[ "$SEALED" = 1 ] && rate_run rd "https://127.0.0.1:$FIELDSEAL_PORT/sealed"
 stop "$FIELDSEAL_PID"
+stop "$NGINX_PID"
+
+# Memory holding HOLD_CONNS keep-alive TLS connections (fresh processes).
+HOLD_PATH=/plain
+[ "$SEALED" = 1 ] && HOLD_PATH=/sealed
+log "memory: $HOLD_CONNS keep-alive TLS connections for ${HOLD_DURATION}s, fieldseal $HOLD_PATH then nginx"
+start_fieldseal hold
+R[f.idle]=$(status_kb VmRSS "$FIELDSEAL_PID")
+BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
+    "https://127.0.0.1:$FIELDSEAL_PORT$HOLD_PATH" >"$RUN/wrk-hold-fieldseal.txt" 2>&1 &
+WRK_PID=$!
+sleep $(( HOLD_DURATION > 3 ? HOLD_DURATION - 2 : 1 ))
+R[f.open]=$(metric fieldseal_open_connections)
+wait "$WRK_PID" || true
+R[f.hold]=$(status_kb VmHWM "$FIELDSEAL_PID")
+R[f.hold_rps]=$(awk -v n="$(field requests "$RUN/wrk-hold-fieldseal.txt")" -v us="$(field duration_us "$RUN/wrk-hold-fieldseal.txt")" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+R[f.hold_err]=$(( $(field err_connect "$RUN/wrk-hold-fieldseal.txt") + $(field err_status "$RUN/wrk-hold-fieldseal.txt") + $(field err_read "$RUN/wrk-hold-fieldseal.txt") + $(field err_timeout "$RUN/wrk-hold-fieldseal.txt") ))
+sleep 2
+R[f.after]=$(status_kb VmRSS "$FIELDSEAL_PID")
+stop "$FIELDSEAL_PID"
+
+start_nginx
+BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
+    "https://127.0.0.1:$NGINX_PORT/plain" >"$RUN/wrk-hold-nginx.txt" 2>&1 || true
+R[n.hold]=$(hwm_nginx)
+R[n.hold_rps]=$(awk -v n="$(field requests "$RUN/wrk-hold-nginx.txt")" -v us="$(field duration_us "$RUN/wrk-hold-nginx.txt")" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+stop "$NGINX_PID"
+
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 cleanup
 
@@ -377,11 +402,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "n/a"; else prin
 verdict() { if awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN {exit !(op == "ge" ? v >= t : v <= t)}'; then echo "**met**"; else echo "**missed**"; fi; }
 row() { # case label
     local c=$1
-    if [ -z "${R[$c.rps]:-}" ]; then echo "| $2 | skipped (no crypto module) | | | | | | |"; return; fi
+    if [ -z "${R[$c.rps]:-}" ]; then echo "| $2 | skipped (no crypto module) | | | | | | | | |"; return; fi
     local cpu=${R[$c.cpu]} hwm=n/a
     [ -n "${R[$c.hwm]:-}" ] && hwm=$(mb "${R[$c.hwm]}")
     [ "$c" = a ] && cpu=n/a
-    echo "| $2 | ${R[$c.rps]} | ${R[$c.p50]} | ${R[$c.p99]} | $cpu | $hwm | ${R[$c.bcpu]} | ${R[$c.busy]}% | ${R[$c.errors]} |"
+    echo "| $2 | ${R[$c.rps]} | ${R[$c.rounds]} | ${R[$c.p50]} | ${R[$c.p99]} | $cpu | $hwm | ${R[$c.bcpu]} | ${R[$c.busy]}% | ${R[$c.errors]} |"
 }
 {
     echo "# fieldseal vs nginx load benchmark, $(date '+%Y-%m-%d %H:%M %Z')"
@@ -389,11 +414,11 @@ row() { # case label
     echo "- Machine: $NCPU CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- Load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- fieldseal $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') ($WORKERS tokio worker threads), $(nginx -v 2>&1 | sed 's/.*: //') ($WORKERS workers) as proxy, same nginx ($BACKEND_WORKERS worker) as backend, $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), h2load $(h2load --version | awk '{print $2}')"
-    echo "- Load: wrk, $WRK_THREADS threads, $CONNS keep-alive connections, ${WARMUP}s warm-up + ${DURATION}s measured per case; POST of the same $(wc -c <"$BODY")-byte JSON; backend answers $(wc -c <"$RUN/response.json") bytes of JSON with 4 envelopes"
+    echo "- Load: wrk, $WRK_THREADS threads, $CONNS keep-alive connections; the cases take turns, $ROUNDS rounds of ${WARMUP}s warm-up + ${DURATION}s measured each; POST of the same $(wc -c <"$BODY")-byte JSON; backend answers $(wc -c <"$RUN/response.json") bytes of JSON with 4 envelopes"
     echo "- (a) is plain HTTP to the backend (no proxy, no TLS); (b), (c), (d) are HTTPS (TLS 1.3, HTTP/1.1 keep-alive)"
     echo
-    echo "| case | req/s | p50 ms | p99 ms | proxy CPU s / 10k req | proxy peak RSS MB | backend CPU s / 10k req | machine CPU busy | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| case | req/s | req/s per round | p50 ms | p99 ms | proxy CPU s / 10k req | proxy peak RSS MB | backend CPU s / 10k req | machine CPU busy | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     row a "(a) backend direct, HTTP"
     row b "(b) nginx pass-through"
     row c "(c) fieldseal pass-through"
@@ -405,7 +430,7 @@ row() { # case label
     echo "|---|---:|---:|---:|---:|"
     for c in a b c d; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
     echo
-    echo "Proxy CPU: utime+stime deltas from /proc/PID/stat over the measured run (nginx: master + workers). Peak RSS: VmHWM of a process started fresh for the case (nginx: sum over workers)."
+    echo "req/s: all measured requests / all measured time. p50, p99: wrk's, median over the rounds. Proxy CPU: utime+stime deltas from /proc/PID/stat over the measured runs (nginx: master + workers). Peak RSS: VmHWM, reset before each measured run (clear_refs 5), largest over the rounds (nginx: sum over workers). (c) and (d) are two routes of one fieldseal process."
     [ -n "${R[d.fields]:-}" ] && echo "Check of (d): fieldseal's /metrics counted ${R[d.fields]}."
     echo
     echo "## Ratios fieldseal / nginx"
@@ -422,21 +447,26 @@ row() { # case label
     echo "| | fieldseal | nginx (workers) |"
     echo "|---|---:|---:|"
     echo "| idle RSS, fresh process | $(mb "${R[c.idle]}") MB | $(mb "${R[b.idle]}") MB |"
-    echo "| RSS idle again after case (c) | $(mb "${R[c.idle_after]}") MB | |"
+    echo "| RSS idle again after the load runs | $(mb "${R[c.idle_after]}") MB | |"
     echo "| peak RSS, $HOLD_CONNS keep-alive TLS connections under load (${HOLD_DURATION}s) | $(mb "${R[f.hold]}") MB ($HOLD_PATH, ${R[f.hold_rps]} req/s, open_connections gauge ${R[f.open]}, errors ${R[f.hold_err]}) | $(mb "${R[n.hold]}") MB (${R[n.hold_rps]} req/s) |"
     echo "| RSS 2 s after those connections closed | $(mb "${R[f.after]}") MB | |"
     echo
     echo "## Latency at a fixed rate: $RATE req/s = half of ($RATE_CASE)'s peak"
     echo
-    echo "h2load --h1, $RATE_CLIENTS keep-alive connections x $PER_CLIENT req/s, ${RATE_DURATION}s after 2s warm-up (latencies from its per-request log)."
+    echo "h2load --h1, $RATE_CLIENTS keep-alive connections x $PER_CLIENT req/s, ${RATE_DURATION}s after 2s warm-up, each case in turn against the same processes as above (latencies from h2load's per-request log, nearest rank)."
     echo
     echo "| | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-200 |"
     echo "|---|---:|---:|---:|---:|---:|"
-    echo "| (a) backend direct, HTTP | ${R[ra.rate]:-} | ${R[ra.p50]:-} | ${R[ra.p99]:-} | ${R[ra.p999]:-} | ${R[ra.bad]:-} |"
-    echo "| ($RATE_CASE) fieldseal $RATE_PATH, HTTPS | ${R[rd.rate]:-} | ${R[rd.p50]:-} | ${R[rd.p99]:-} | ${R[rd.p999]:-} | ${R[rd.bad]:-} |"
-    ADDED=$(awk -v a="${R[rd.p99]:-0}" -v b="${R[ra.p99]:-0}" 'BEGIN {printf "%.3f", a - b}')
+    rrow() { [ -n "${R[$1.n]:-}" ] && echo "| $2 | ${R[$1.rate]} | ${R[$1.p50]} | ${R[$1.p99]} | ${R[$1.p999]} | ${R[$1.bad]} |"; }
+    rrow ra "(a) backend direct, HTTP"
+    rrow rb "(b) nginx pass-through, HTTPS"
+    rrow rc "(c) fieldseal pass-through, HTTPS"
+    rrow rd "(d) fieldseal encrypt + decrypt, HTTPS"
+    RT=r$RATE_CASE
+    ADDED=$(awk -v a="${R[$RT.p99]:-0}" -v b="${R[ra.p99]:-0}" 'BEGIN {printf "%.3f", a - b}')
+    ADDED_NGINX=$(awk -v a="${R[rb.p99]:-0}" -v b="${R[ra.p99]:-0}" 'BEGIN {printf "%.3f", a - b}')
     echo
-    echo "p99 added by fieldseal over direct: **$ADDED ms**"
+    echo "p99 added over direct at this rate: fieldseal ($RATE_CASE) **$ADDED ms**; nginx (b), for comparison, $ADDED_NGINX ms."
     echo
     echo "## Targets"
     echo

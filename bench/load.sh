@@ -13,7 +13,7 @@
 # latency of (a) and (d) at a fixed rate of half of (d)'s peak (h2load --rps).
 #
 # Knobs (environment): ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 WRK_THREADS=2 WORKERS=$(nproc)
-#   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_CLIENTS=16 RATE_DURATION=15
+#   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_CLIENTS=16 RATE_ROUNDS=3 RATE_DURATION=5
 #   BASE_PORT=18400 FIELDSEAL=target/release/fieldseal BUILD=0 (1: cargo build --release first)
 # Output: a Markdown report on stdout and in bench/out/results-<date>.md; the
 # run's configs, certificates and logs in bench/out/run-<date>/.
@@ -32,7 +32,8 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 HOLD_CONNS=${HOLD_CONNS:-1000}
 HOLD_DURATION=${HOLD_DURATION:-10}
 RATE_CLIENTS=${RATE_CLIENTS:-16}
-RATE_DURATION=${RATE_DURATION:-15}
+RATE_ROUNDS=${RATE_ROUNDS:-3}
+RATE_DURATION=${RATE_DURATION:-5}
 BASE_PORT=${BASE_PORT:-18400}
 FIELDSEAL=${FIELDSEAL:-$ROOT/target/release/fieldseal}
 BUILD=${BUILD:-0}
@@ -339,32 +340,43 @@ PER_CLIENT=$(awk -v r="$RATE" -v c="$RATE_CLIENTS" 'BEGIN {printf "%.2f", r / c}
 pct() { # sorted-file count percentile -> ms (nearest rank)
     awk -v n="$2" -v p="$3" 'BEGIN {r = n * p / 100; i = int(r); if (i < r) i++; if (i < 1) i = 1} NR == i {printf "%.3f", $1 / 1000; exit}' "$1"
 }
-rate_run() { # tag url
-    local f=$RUN/h2load-$1.log
-    log "fixed rate $1: $RATE req/s ($RATE_CLIENTS clients x $PER_CLIENT) for ${RATE_DURATION}s + 2s warm-up: $2"
+rate_run() { # tag url round: one h2load run, its per-request log appended to the case's pool
+    local f=$RUN/h2load-$1-r$3.log
     h2load --h1 -t 1 -c "$RATE_CLIENTS" --rps "$PER_CLIENT" -D "$RATE_DURATION" --warm-up-time 2 \
-        -H 'content-type: application/json' -d "$BODY" --log-file "$f" "$2" >"$RUN/h2load-$1.txt" 2>&1 \
-        || die "h2load failed: $(tail -3 "$RUN/h2load-$1.txt")"
+        -H 'content-type: application/json' -d "$BODY" --log-file "$f" "$2" >"$RUN/h2load-$1-r$3.txt" 2>&1 \
+        || die "h2load failed: $(tail -3 "$RUN/h2load-$1-r$3.txt")"
     # columns: start (us since epoch), status, us to end of response; only the
     # measured duration is logged (h2load leaves the warm-up out)
-    awk '{print $3, $2}' "$f" >"$f.kept"
-    local n bad
-    n=$(wc -l <"$f.kept")
-    [ "$n" -gt 0 ] || die "h2load logged no requests (see $RUN/h2load-$1.txt)"
-    bad=$(awk '$2 != 200' "$f.kept" | wc -l)
-    cut -d' ' -f1 "$f.kept" | sort -n >"$f.sorted"
+    cat "$f" >>"$RUN/h2load-$1.pool"
+    log "fixed rate $1, round $3: $(wc -l <"$f") requests, p99 $(cut -f3 "$f" | sort -n | pct /dev/stdin "$(wc -l <"$f")" 99) ms"
+}
+rate_summary() { # tag
+    local f=$RUN/h2load-$1.pool n
+    n=$(wc -l <"$f")
+    [ "$n" -gt 0 ] || die "h2load logged no requests for $1"
+    cut -f3 "$f" | sort -n >"$f.sorted"
     R[$1.n]=$n
-    R[$1.bad]=$bad
-    R[$1.rate]=$(awk -v n="$n" -v d="$RATE_DURATION" 'BEGIN {printf "%.0f", n / d}')
+    R[$1.bad]=$(awk -F'\t' '$2 != 200' "$f" | wc -l)
+    R[$1.rate]=$(awk -v n="$n" -v d=$((RATE_DURATION * RATE_ROUNDS)) 'BEGIN {printf "%.0f", n / d}')
     R[$1.p50]=$(pct "$f.sorted" "$n" 50)
     R[$1.p99]=$(pct "$f.sorted" "$n" 99)
     R[$1.p999]=$(pct "$f.sorted" "$n" 99.9)
-    log "fixed rate $1: ${R[$1.rate]:-?} req/s achieved, p50 ${R[$1.p50]:-?} ms, p99 ${R[$1.p99]:-?} ms"
+    log "fixed rate $1: ${R[$1.rate]} req/s achieved, p50 ${R[$1.p50]} ms, p99 ${R[$1.p99]} ms"
 }
-rate_run ra "http://127.0.0.1:$BACKEND_PORT/sealed"
-rate_run rb "https://127.0.0.1:$NGINX_PORT/plain"
-rate_run rc "https://127.0.0.1:$FIELDSEAL_PORT/plain"
-[ "$SEALED" = 1 ] && rate_run rd "https://127.0.0.1:$FIELDSEAL_PORT/sealed"
+log "fixed rate: $RATE req/s ($RATE_CLIENTS clients x $PER_CLIENT), $RATE_ROUNDS rounds of ${RATE_DURATION}s (+2s warm-up) per case, cases in turn"
+RATE_TAGS="ra rb rc"
+[ "$SEALED" = 1 ] && RATE_TAGS="ra rb rc rd"
+for round in $(seq "$RATE_ROUNDS"); do
+    for t in $RATE_TAGS; do
+        case $t in
+            ra) rate_run ra "http://127.0.0.1:$BACKEND_PORT/sealed" "$round" ;;
+            rb) rate_run rb "https://127.0.0.1:$NGINX_PORT/plain" "$round" ;;
+            rc) rate_run rc "https://127.0.0.1:$FIELDSEAL_PORT/plain" "$round" ;;
+            rd) rate_run rd "https://127.0.0.1:$FIELDSEAL_PORT/sealed" "$round" ;;
+        esac
+    done
+done
+for t in $RATE_TAGS; do rate_summary "$t"; done
 stop "$FIELDSEAL_PID"
 stop "$NGINX_PID"
 
@@ -453,7 +465,7 @@ row() { # case label
     echo
     echo "## Latency at a fixed rate: $RATE req/s = half of ($RATE_CASE)'s peak"
     echo
-    echo "h2load --h1, $RATE_CLIENTS keep-alive connections x $PER_CLIENT req/s, ${RATE_DURATION}s after 2s warm-up, each case in turn against the same processes as above (latencies from h2load's per-request log, nearest rank)."
+    echo "h2load --h1, $RATE_CLIENTS keep-alive connections x $PER_CLIENT req/s; the cases take turns, $RATE_ROUNDS rounds of 2s warm-up + ${RATE_DURATION}s each, against the same processes as above. Percentiles (nearest rank) over all the case's requests, from h2load's per-request log."
     echo
     echo "| | achieved req/s | p50 ms | p99 ms | p99.9 ms | non-200 |"
     echo "|---|---:|---:|---:|---:|---:|"

@@ -77,6 +77,12 @@ stop() { # pid: stop one process we started and forget it
     PIDS=("${keep[@]+"${keep[@]}"}")
 }
 
+forget() { # pid: a process that has ended by itself
+    local q keep=()
+    for q in "${PIDS[@]}"; do [ "$q" = "$1" ] || keep+=("$q"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
 wait_http() { # url [curl args]: until it answers at all, 15 s at most
     local url=$1; shift
     local i
@@ -389,9 +395,11 @@ R[f.idle]=$(status_kb VmRSS "$FIELDSEAL_PID")
 BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
     "https://127.0.0.1:$FIELDSEAL_PORT$HOLD_PATH" >"$RUN/wrk-hold-fieldseal.txt" 2>&1 &
 WRK_PID=$!
+PIDS+=("$WRK_PID")
 sleep $(( HOLD_DURATION > 3 ? HOLD_DURATION - 2 : 1 ))
 R[f.open]=$(metric fieldseal_open_connections)
 wait "$WRK_PID" || true
+forget "$WRK_PID"
 R[f.hold]=$(status_kb VmHWM "$FIELDSEAL_PID")
 R[f.hold_rps]=$(awk -v n="$(field requests "$RUN/wrk-hold-fieldseal.txt")" -v us="$(field duration_us "$RUN/wrk-hold-fieldseal.txt")" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
 R[f.hold_err]=$(( $(field err_connect "$RUN/wrk-hold-fieldseal.txt") + $(field err_status "$RUN/wrk-hold-fieldseal.txt") + $(field err_read "$RUN/wrk-hold-fieldseal.txt") + $(field err_timeout "$RUN/wrk-hold-fieldseal.txt") ))

@@ -9,8 +9,10 @@
 #   b  nginx, TLS, passing through
 #   c  fieldseal, TLS, passing through            (route "plain")
 #   d  fieldseal, TLS, encrypting 4 request fields and decrypting 4 response fields (route "sealed")
-# Then: idle RSS, RSS holding HOLD_CONNS keep-alive TLS connections, and p99
-# latency of (a) and (d) at a fixed rate of half of (d)'s peak (h2load --rps).
+# The cases take turns for ROUNDS rounds (noise on a shared machine hits all alike).
+# Then: p50/p99 of every case at a fixed rate of half of (d)'s peak (h2load
+# --rps; the target compares (d) with (a)), idle RSS, and RSS holding
+# HOLD_CONNS keep-alive TLS connections (fresh processes).
 #
 # Knobs (environment): ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 WRK_THREADS=2 WORKERS=$(nproc)
 #   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_CLIENTS=16 RATE_ROUNDS=3 RATE_DURATION=5

@@ -96,4 +96,82 @@ fn transform(c: &mut Criterion) {
 }
 
 criterion_group!(benches, transform);
-criterion_main!(benches);
+
+/// Selection and in-place replacement alone, for the crate choice in the
+/// README: our compiled walker, serde_json_path (compiled path, located
+/// nodes turned into JSON pointers), jsonpath-rust (no mutable references:
+/// query the paths, then look each one up again by path).
+fn select_and_replace(c: &mut Criterion) {
+    use fieldseal::fields::{for_each_match, FieldPath, FieldRule};
+    use jsonpath_rust::query::queryable::Queryable;
+    use jsonpath_rust::JsonPath as _;
+
+    let paths = [
+        "$.ssn",
+        "$.card.number",
+        "$.contacts[*].phone",
+        "$..card.number",
+    ];
+    let doc = user_doc();
+    let rules: Vec<FieldRule> = paths
+        .iter()
+        .map(|p| FieldRule {
+            path: FieldPath::parse(p).expect("path"),
+            context: None,
+        })
+        .collect();
+    let compiled: Vec<serde_json_path::JsonPath> = paths
+        .iter()
+        .map(|p| serde_json_path::JsonPath::parse(p).expect("path"))
+        .collect();
+    let marker = Value::String("sealed".into());
+
+    let mut group = c.benchmark_group("select_and_replace/2KB_4_paths");
+    group.bench_function("fieldseal walker", |b| {
+        b.iter_batched_ref(
+            || doc.clone(),
+            |d| for_each_match(d, &rules, |v, _| *v = marker.clone()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("serde_json_path + pointer_mut", |b| {
+        b.iter_batched_ref(
+            || doc.clone(),
+            |d| {
+                for p in &compiled {
+                    let pointers: Vec<String> = p
+                        .query_located(d)
+                        .locations()
+                        .map(|l| l.to_json_pointer())
+                        .collect();
+                    for ptr in pointers {
+                        if let Some(v) = d.pointer_mut(&ptr) {
+                            *v = marker.clone();
+                        }
+                    }
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("jsonpath-rust + reference_mut", |b| {
+        b.iter_batched_ref(
+            || doc.clone(),
+            |d| {
+                for p in paths {
+                    let found = d.query_only_path(p).unwrap_or_default();
+                    for path in found {
+                        if let Some(v) = d.reference_mut(path) {
+                            *v = marker.clone();
+                        }
+                    }
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(selection, select_and_replace);
+criterion_main!(benches, selection);

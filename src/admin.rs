@@ -2,11 +2,8 @@
 //! `/metrics`, and `POST /reload`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -14,25 +11,12 @@ use tokio::sync::watch;
 use crate::body::{self, ProxyBody};
 use crate::state::Shared;
 
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
-                    });
-                    let mut b = hyper::server::conn::http1::Builder::new();
-                    b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-                    let _ = b.serve_connection(TokioIo::new(tcp), service).await;
-                });
-            }
-        }
-    }
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::server::serve_http1(listener, stop, move |req| {
+        let shared = Arc::clone(&shared);
+        async move { route(&shared, req).await }
+    })
+    .await;
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {

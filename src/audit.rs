@@ -22,7 +22,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hmac::{Hmac, Mac};
@@ -193,7 +193,8 @@ struct State {
 pub struct AuditLog {
     key: AuditKey,
     sink: AuditSink,
-    state: Mutex<State>,
+    /// Shared with `rekeyed` handles: one writer, one chain.
+    state: Arc<Mutex<State>>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -243,13 +244,25 @@ impl AuditLog {
         Ok(AuditLog {
             key,
             sink,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 writer,
                 seq,
                 mac,
                 poisoned: false,
-            }),
+            })),
         })
+    }
+
+    /// Another handle on the same sink and chain whose lines are MACed under
+    /// `key` (audit key rotation on reload). Lines appended through either
+    /// handle continue one chain, so a request still in flight on the old
+    /// handle cannot fork it, and a stdout chain does not restart at seq 1.
+    pub fn rekeyed(&self, key: AuditKey) -> AuditLog {
+        AuditLog {
+            key,
+            sink: self.sink.clone(),
+            state: Arc::clone(&self.state),
+        }
     }
 
     /// Stamps time, seq, prev, kid, mac; writes one line with a single write

@@ -84,6 +84,19 @@ impl FieldPath {
     }
 }
 
+/// Calls `f` once on every value any of `rules` selects (parents first, the
+/// first selecting rule's index passed along), without looking inside a
+/// value `f` was called on. The transforms are built on the same walk; this
+/// is the bare selection, for benchmarks and tools.
+pub fn for_each_match(doc: &mut Value, rules: &[FieldRule], mut f: impl FnMut(&mut Value, usize)) {
+    let res: Result<(), ()> = walk_rules(doc, rules, |v, rule, _| {
+        f(v, rule);
+        Ok(Flow::Skip)
+    });
+    // The callback never fails.
+    let _ = res;
+}
+
 #[derive(Debug, Clone)]
 pub struct FieldRule {
     pub path: FieldPath,
@@ -144,10 +157,27 @@ pub fn encrypt_document(
     ring: &Keyring,
     now: u64,
 ) -> Result<TransformReport, FieldError> {
+    encrypt_document_with(doc, rules, ring, now, &[])
+}
+
+/// `encrypt_document`, where `named_contexts` are the contexts that rules of
+/// the whole configuration name: an envelope outside `rules` that opens under
+/// one of them is genuine (sealed by another route) and left alone.
+pub fn encrypt_document_with(
+    doc: &mut Value,
+    rules: &[FieldRule],
+    ring: &Keyring,
+    now: u64,
+    named_contexts: &[String],
+) -> Result<TransformReport, FieldError> {
     let mut report = TransformReport::default();
     let mut hit = vec![false; rules.len()];
+    // Addresses of the selected nodes (compared, never dereferenced): the
+    // second pass must not touch them. Replacing a value keeps its address.
+    let mut selected: Vec<*const Value> = Vec::new();
     walk_rules(doc, rules, |node, r, loc| {
         hit[r] = true;
+        selected.push(&*node as *const Value);
         let context = rule_context(&rules[r], loc);
         if let Value::String(s) = node {
             if looks_like_envelope(s) && ring.open_at(s, context, None, now).is_ok() {
@@ -160,6 +190,35 @@ pub fn encrypt_document(
         *node = Value::String(sealed);
         report.encrypted += 1;
         Ok(Flow::Skip)
+    })?;
+    // The `fs1:` prefix is reserved. A client string elsewhere that uses it
+    // without being a genuine envelope for its place is sealed too, so stored
+    // data holds only real envelopes: it can't be made to fail decryption
+    // (a 502 for every reader on `decrypt: auto` routes) and reads back as
+    // the string the client sent.
+    walk_all(doc, &Loc::ROOT, &mut |node,
+                                    loc|
+     -> Result<(), FieldError> {
+        let Value::String(s) = &*node else {
+            return Ok(());
+        };
+        if !looks_like_envelope(s) || selected.contains(&(&*node as *const Value)) {
+            return Ok(());
+        }
+        let context = loc.context();
+        let genuine = ring.open_at(s, context, None, now).is_ok()
+            || named_contexts
+                .iter()
+                .any(|c| ring.open_at(s, c, None, now).is_ok());
+        if genuine {
+            return Ok(());
+        }
+        let sealed = ring
+            .seal_at(node, context, now)
+            .map_err(|_| FieldError::Seal)?;
+        *node = Value::String(sealed);
+        report.encrypted += 1;
+        Ok(())
     })?;
     if report.encrypted > 0 {
         report.key_ids.push(ring.active_id().to_owned());
@@ -274,6 +333,12 @@ pub fn rewrap_document(
                 hit[r] = true;
                 rewrap(node, rule_context(&rules[r], loc), loc)?;
                 Ok(Flow::Descend)
+            })?;
+            // Envelopes outside the rules (default context) must move too:
+            // everything under the rules is under the active key by now.
+            walk_all(doc, &Loc::ROOT, &mut |node, loc| match &*node {
+                Value::String(s) if envelope_key_id(s) == Some(active) => Ok(()),
+                _ => rewrap(node, loc.context(), loc),
             })?;
             report.paths = matched_paths(rules, &hit);
         }
@@ -493,6 +558,30 @@ where
             .and_then(|r| r.path.segments.get(s.seg as usize))
     }
 
+    /// Pushes the states a child gets from the parent's states `lo..hi`: a
+    /// descendant segment stays in force, a segment that `selects` the child
+    /// moves on to its next one. Returns where the child's states start.
+    fn advance(&mut self, lo: usize, hi: usize, selects: impl Fn(&Segment) -> bool) -> usize {
+        let start = self.states.len();
+        for i in lo..hi {
+            let s = self.states[i];
+            let Some(seg) = self.segment(s) else { continue };
+            if seg.descendant {
+                self.push_unique(start, s);
+            }
+            if selects(seg) {
+                self.push_unique(
+                    start,
+                    State {
+                        rule: s.rule,
+                        seg: s.seg + 1,
+                    },
+                );
+            }
+        }
+        start
+    }
+
     fn push_unique(&mut self, from: usize, s: State) {
         if !self.states[from..].contains(&s) {
             self.states.push(s);
@@ -544,23 +633,7 @@ where
                     }
                 }
                 for (key, child) in map.iter_mut() {
-                    let start = self.states.len();
-                    for i in lo..hi {
-                        let s = self.states[i];
-                        let Some(seg) = self.segment(s) else { continue };
-                        if seg.descendant {
-                            self.push_unique(start, s);
-                        }
-                        if seg.selects_member(key) {
-                            self.push_unique(
-                                start,
-                                State {
-                                    rule: s.rule,
-                                    seg: s.seg + 1,
-                                },
-                            );
-                        }
-                    }
+                    let start = self.advance(lo, hi, |seg| seg.selects_member(key));
                     if self.states.len() > start {
                         let l = Loc {
                             parent: Some(loc),
@@ -574,23 +647,7 @@ where
             Value::Array(items) => {
                 let n = items.len();
                 for (j, child) in items.iter_mut().enumerate() {
-                    let start = self.states.len();
-                    for i in lo..hi {
-                        let s = self.states[i];
-                        let Some(seg) = self.segment(s) else { continue };
-                        if seg.descendant {
-                            self.push_unique(start, s);
-                        }
-                        if seg.selects_element(j, n) {
-                            self.push_unique(
-                                start,
-                                State {
-                                    rule: s.rule,
-                                    seg: s.seg + 1,
-                                },
-                            );
-                        }
-                    }
+                    let start = self.advance(lo, hi, |seg| seg.selects_element(j, n));
                     if self.states.len() > start {
                         let l = Loc {
                             parent: Some(loc),

@@ -1,6 +1,9 @@
 //! The `fieldseal` command line. anyhow lives here only.
 #![forbid(unsafe_code)]
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -158,6 +161,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 if load {
                     Proxy::new(cfg.clone()).map_err(|e| anyhow!("{}: {e}", config.display()))?;
                 }
+                for w in &cfg.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok: {}", config.display(), cfg.summary());
                 Ok(ExitCode::SUCCESS)
             }
@@ -194,32 +200,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encrypt { config, route } => offline_cmd(&config, Some(&route), |cfg, ring, r| {
-            let r = r.ok_or_else(|| anyhow!("--route is required"))?;
-            let route = cfg
-                .routes
-                .by_name(r)
-                .ok_or_else(|| anyhow!("no route named {r:?}"))?;
-            Ok(offline::transform_stream(
-                Mode::Encrypt(route),
-                ring,
-                std::io::stdin().lock(),
-                std::io::stdout().lock(),
-            )?)
-        }),
-        Command::Decrypt { config, route } => offline_cmd(&config, Some(&route), |cfg, ring, r| {
-            let r = r.ok_or_else(|| anyhow!("--route is required"))?;
-            let route = cfg
-                .routes
-                .by_name(r)
-                .ok_or_else(|| anyhow!("no route named {r:?}"))?;
-            Ok(offline::transform_stream(
-                Mode::Decrypt(route),
-                ring,
-                std::io::stdin().lock(),
-                std::io::stdout().lock(),
-            )?)
-        }),
+        Command::Encrypt { config, route } => route_transform(&config, &route, true),
+        Command::Decrypt { config, route } => route_transform(&config, &route, false),
         Command::Rewrap { config, route } => {
             offline_cmd(&config, route.as_deref(), |cfg, ring, r| {
                 let rules = match r {
@@ -308,6 +290,27 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     }
 }
 
+/// `encrypt` / `decrypt`: one route's rules over stdin to stdout.
+fn route_transform(config: &Path, route: &str, encrypt: bool) -> Result<ExitCode> {
+    offline_cmd(config, Some(route), |cfg, ring, _| {
+        let r = cfg
+            .routes
+            .by_name(route)
+            .ok_or_else(|| anyhow!("no route named {route:?}"))?;
+        let mode = if encrypt {
+            Mode::Encrypt(r)
+        } else {
+            Mode::Decrypt(r)
+        };
+        Ok(offline::transform_stream(
+            mode,
+            ring,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        )?)
+    })
+}
+
 fn offline_cmd(
     config: &Path,
     route: Option<&str>,
@@ -358,6 +361,9 @@ async fn serve(cfg: Config) -> Result<()> {
         .await
         .context("cannot bind listeners")?;
     let summary = cfg.summary();
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "configuration");
+    }
     let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg))
         .await?
         .map_err(|e| anyhow!("{e}"))?;

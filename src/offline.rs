@@ -66,7 +66,13 @@ pub fn transform_stream(
         })?;
         let now = unix_now();
         let report = match &mode {
-            Mode::Encrypt(route) => fields::encrypt_document(&mut doc, &route.encrypt, ring, now),
+            Mode::Encrypt(route) => fields::encrypt_document_with(
+                &mut doc,
+                &route.encrypt,
+                ring,
+                now,
+                &route.named_contexts,
+            ),
             Mode::Decrypt(route) => match &route.decrypt {
                 Some(sel) => fields::decrypt_document(
                     &mut doc,

@@ -51,7 +51,7 @@ pub async fn handle(
     let start = Instant::now();
     let rt = shared.runtime.load_full();
     let mut ex = Exchange {
-        request_id: uuid::Uuid::new_v4().simple().to_string(),
+        request_id: request_id(),
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         route: None,
@@ -113,6 +113,31 @@ pub async fn handle(
     }
     finish(&shared, &rt, &ex, &response, start);
     Ok(response)
+}
+
+/// A request id unique for this process's life: a random per-process prefix
+/// and a counter. It only has to correlate log lines, so no syscall per
+/// request for fresh randomness.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without the OS RNG, the start time still separates processes.
+        if getrandom::getrandom(&mut b).is_err() {
+            b = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64))
+            .to_le_bytes();
+        }
+        u64::from_le_bytes(b)
+    });
+    format!(
+        "{prefix:016x}{:016x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The proxy's own answer for a refusal: JSON, never cached.
@@ -192,20 +217,14 @@ fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<
     let Some(route) = ex.route.and_then(|i| rt.config.routes.routes.get(i)) else {
         return Ok(());
     };
-    let mut fields: Vec<String> = req.paths.clone();
-    fields.extend(
-        resp.paths
-            .iter()
-            .filter(|p| !req.paths.contains(p))
-            .cloned(),
-    );
-    let mut key_ids: Vec<String> = req.key_ids.clone();
-    key_ids.extend(
-        resp.key_ids
-            .iter()
-            .filter(|k| !req.key_ids.contains(k))
-            .cloned(),
-    );
+    let union = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .chain(b.iter().filter(|x| !a.contains(x)))
+            .cloned()
+            .collect()
+    };
+    let fields = union(&req.paths, &resp.paths);
+    let key_ids = union(&req.key_ids, &resp.key_ids);
     let event = AuditEvent {
         request_id: ex.request_id.clone(),
         route: route.name.clone(),
@@ -294,6 +313,17 @@ async fn pipeline(
             parts.headers.remove(header::CONTENT_ENCODING);
             body::empty()
         } else {
+            // Two Content-Types could let the backend read the body as
+            // something other than the JSON we sealed.
+            if parts
+                .headers
+                .get_all(header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+            {
+                return Err(ProxyError::BadRequest("more than one Content-Type"));
+            }
             if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
                 return Err(ProxyError::UnsupportedMediaType);
             }
@@ -644,11 +674,17 @@ pub fn encrypt_body(
     if fields::exceeds_depth(&doc, max_depth) {
         return Err(ProxyError::TooDeep { limit: max_depth });
     }
-    let report =
-        fields::encrypt_document(&mut doc, &route.encrypt, ring, unix_now()).map_err(|e| {
-            tracing::error!(route = %route.name, error = %e, "field encryption failed");
-            ProxyError::Internal("field encryption failed")
-        })?;
+    let report = fields::encrypt_document_with(
+        &mut doc,
+        &route.encrypt,
+        ring,
+        unix_now(),
+        &route.named_contexts,
+    )
+    .map_err(|e| {
+        tracing::error!(route = %route.name, error = %e, "field encryption failed");
+        ProxyError::Internal("field encryption failed")
+    })?;
     let out = serde_json::to_vec(&doc).map_err(|_| ProxyError::Internal("serialize"))?;
     Ok((out, report))
 }

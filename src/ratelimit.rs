@@ -113,27 +113,57 @@ impl Limiter {
 /// bucket (a client's total rate); a route with its own limit has its own.
 pub struct RateLimits {
     per_route: Vec<Option<Arc<Limiter>>>,
+    global: Option<(RateLimitSettings, Arc<Limiter>)>,
+    /// Each route's own limiter by route name, to carry it over a reload.
+    own: Vec<(String, RateLimitSettings, Arc<Limiter>)>,
+    max_tracked: usize,
 }
 
 impl RateLimits {
     pub fn new(config: &Config) -> RateLimits {
+        RateLimits::carry_over(config, None)
+    }
+
+    /// Like `new`, but keeps `previous`'s buckets whose settings did not
+    /// change (the global one; a route's own, by route name), so a reload
+    /// does not hand every client a fresh burst.
+    pub fn carry_over(config: &Config, previous: Option<&RateLimits>) -> RateLimits {
         let max = config.rate_limit.max_tracked_clients;
-        let global = config
-            .rate_limit
-            .default
-            .map(|s| (s, Arc::new(Limiter::new(s, max))));
+        let prev = previous.filter(|p| p.max_tracked == max);
+        let global = config.rate_limit.default.map(|s| {
+            let lim = prev
+                .and_then(|p| p.global.as_ref())
+                .filter(|(g, _)| *g == s)
+                .map_or_else(|| Arc::new(Limiter::new(s, max)), |(_, l)| Arc::clone(l));
+            (s, lim)
+        });
+        let mut own = Vec::new();
         let per_route = config
             .routes
             .routes
             .iter()
             .map(|r| {
                 r.rate_limit.map(|s| match &global {
-                    Some((g, lim)) if *g == s => Arc::clone(lim),
-                    _ => Arc::new(Limiter::new(s, max)),
+                    Some((g, lim)) if *g == s && !r.own_rate_limit => Arc::clone(lim),
+                    _ => {
+                        let lim = prev
+                            .and_then(|p| p.own.iter().find(|(n, ps, _)| *n == r.name && *ps == s))
+                            .map_or_else(
+                                || Arc::new(Limiter::new(s, max)),
+                                |(_, _, l)| Arc::clone(l),
+                            );
+                        own.push((r.name.clone(), s, Arc::clone(&lim)));
+                        lim
+                    }
                 })
             })
             .collect();
-        RateLimits { per_route }
+        RateLimits {
+            per_route,
+            global,
+            own,
+            max_tracked: max,
+        }
     }
 
     pub fn for_route(&self, index: usize) -> Option<&Limiter> {
@@ -193,5 +223,32 @@ mod tests {
             "tracked {} keys with a cap of {max}",
             l.tracked()
         );
+    }
+
+    #[test]
+    fn a_route_with_its_own_limit_has_its_own_bucket_even_with_equal_settings() {
+        let yaml = r#"
+listen: { address: "127.0.0.1:0", tls: { cert: c.pem, key: k.pem } }
+upstreams: { b: { url: "http://127.0.0.1:1" } }
+rate_limit: { requests_per_second: 1, burst: 1 }
+routes:
+  - { name: shared-a, match: { path_prefix: /a }, upstream: b }
+  - { name: shared-b, match: { path_prefix: /b }, upstream: b }
+  - { name: own, match: { path_prefix: /own }, upstream: b, rate_limit: { requests_per_second: 1, burst: 1 } }
+  - { name: off, match: { path_prefix: /off }, upstream: b, rate_limit: { enabled: false } }
+"#;
+        let config = Config::from_yaml(yaml, std::path::Path::new("/t.yaml")).unwrap();
+        let limits = RateLimits::new(&config);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(limits.for_route(0).unwrap().check(ip).is_ok());
+        assert!(
+            limits.for_route(1).unwrap().check(ip).is_err(),
+            "routes without a limit share the global bucket"
+        );
+        assert!(
+            limits.for_route(2).unwrap().check(ip).is_ok(),
+            "own limit, own bucket"
+        );
+        assert!(limits.for_route(3).is_none());
     }
 }

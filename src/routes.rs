@@ -34,9 +34,15 @@ pub struct Route {
     pub upstream: usize,
     /// Effective limit for the route (route override, else the global one); None: unlimited.
     pub rate_limit: Option<RateLimitSettings>,
+    /// The route has its own `rate_limit` (its own bucket), rather than
+    /// sharing the global one.
+    pub own_rate_limit: bool,
     pub headers: SecurityHeaders,
     pub max_body: u64,
     pub encrypt: Vec<FieldRule>,
+    /// Every context named by any rule of the configuration (see
+    /// `fields::encrypt_document_with`).
+    pub named_contexts: Vec<String>,
     pub decrypt: Option<DecryptSelection>,
     pub on_decrypt_failure: OnDecryptFailure,
     pub max_age: Option<Duration>,
@@ -163,10 +169,12 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
     let trailing = decoded.len() > 1 && decoded.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
-        // `.;x` and `..;x` are dot segments to a servlet container.
+        // `.;x` and `..;x` are dot segments to a servlet container, and a
+        // segment of only `;params` is an empty one (`/api/;x/users` is
+        // `/api//users`, i.e. `/api/users`): dropped like `//`.
         let bare = seg.split(';').next().unwrap_or("");
         match bare {
-            "" if seg.is_empty() => {}
+            "" => {}
             "." => {}
             ".." => {
                 if segments.pop().is_none() {
@@ -215,9 +223,11 @@ mod tests {
             case_insensitive: false,
             upstream: 0,
             rate_limit: None,
+            own_rate_limit: false,
             headers: SecurityHeaders::default(),
             max_body: 1024,
             encrypt: Vec::new(),
+            named_contexts: Vec::new(),
             decrypt: None,
             on_decrypt_failure: OnDecryptFailure::Error,
             max_age: None,
@@ -278,6 +288,10 @@ mod tests {
             Ok(("/api;jsessionid=1/users;x".into(), "/api/users".into()))
         );
         assert_eq!(canon("/api/x/..;/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/;/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/;x=1/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/;x/api/users"), Ok(same("/api/users")));
+        assert_eq!(canon("/api/users/;x"), Ok(same("/api/users")));
         assert!(canon("/api%2fusers").is_err());
         assert!(canon("/api%5cusers").is_err());
         assert!(canon("/api\\users").is_err());

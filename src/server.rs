@@ -190,23 +190,26 @@ async fn serve_connection(
     }
 }
 
-/// Plain HTTP: every request gets a 301 to the same path over HTTPS.
-async fn serve_redirect(
-    shared: Arc<Shared>,
+/// Serves plain HTTP/1.1 on `listener` until `stop` changes: the redirect
+/// and admin listeners, which answer small requests themselves.
+pub(crate) async fn serve_http1<F, Fut>(
     listener: TcpListener,
-    https_port: Option<u16>,
     mut stop: watch::Receiver<bool>,
-) {
+    handler: F,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<crate::body::ProxyBody>> + Send + 'static,
+{
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
-                let shared = Arc::clone(&shared);
+                let handler = handler.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(redirect_response(&shared, &req, https_port)) }
+                    let service = service_fn(move |req| {
+                        let fut = handler(req);
+                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
                     });
                     let mut b = hyper::server::conn::http1::Builder::new();
                     b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -215,6 +218,20 @@ async fn serve_redirect(
             }
         }
     }
+}
+
+/// Plain HTTP: every request gets a 301 to the same path over HTTPS.
+async fn serve_redirect(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    https_port: Option<u16>,
+    stop: watch::Receiver<bool>,
+) {
+    serve_http1(listener, stop, move |req| {
+        let resp = redirect_response(&shared, &req, https_port);
+        async move { resp }
+    })
+    .await;
 }
 
 fn redirect_response(

@@ -62,23 +62,28 @@ impl Runtime {
         };
         let audit = match (&config.audit, &keyring) {
             (Some(a), Some(ring)) => {
-                let reuse = previous
+                // Same sink: keep its one writer and chain (a second handle
+                // opened on it would fork the chain with requests in flight).
+                let same_sink = previous
                     .and_then(|p| p.audit.as_ref())
-                    .filter(|p| p.target == a.target && p.key_id == a.key_id);
-                let log = match reuse {
-                    Some(p) => Arc::clone(&p.log),
+                    .filter(|p| p.target == a.target);
+                let key = || {
+                    ring.derive_subkey(&a.key_id, AUDIT_KEY_PURPOSE)
+                        .map(|k| AuditKey::new(a.key_id.clone(), k))
+                        .ok_or_else(|| {
+                            LoadError::Audit(format!("key {:?} is not in the ring", a.key_id))
+                        })
+                };
+                let log = match same_sink {
+                    Some(p) if p.key_id == a.key_id => Arc::clone(&p.log),
+                    Some(p) => Arc::new(p.log.rekeyed(key()?)),
                     None => {
-                        let key = ring
-                            .derive_subkey(&a.key_id, AUDIT_KEY_PURPOSE)
-                            .ok_or_else(|| {
-                                LoadError::Audit(format!("key {:?} is not in the ring", a.key_id))
-                            })?;
                         let sink = match &a.target {
                             AuditTarget::Stdout => AuditSink::Stdout,
                             AuditTarget::File(p) => AuditSink::File(p.clone()),
                         };
                         Arc::new(
-                            AuditLog::open(sink, AuditKey::new(a.key_id.clone(), key))
+                            AuditLog::open(sink, key()?)
                                 .map_err(|e| LoadError::Audit(e.to_string()))?,
                         )
                     }
@@ -93,7 +98,8 @@ impl Runtime {
             _ => None,
         };
         let upstreams = config.upstreams.iter().map(UpstreamClient::new).collect();
-        let limits = RateLimits::new(&config);
+        // Buckets survive a reload: clients don't get a fresh burst from it.
+        let limits = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
         Ok(Runtime {
             config,
             tls,

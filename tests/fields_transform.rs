@@ -504,3 +504,69 @@ fn depth_limit() {
     assert!(!exceeds_depth(&wide, 5));
     assert!(exceeds_depth(&wide, 4));
 }
+
+#[test]
+fn reserved_prefix_outside_the_rules_is_sealed_so_auto_decrypt_cannot_be_broken() {
+    let r = ring("k1", &["k1"]);
+    let genuine_elsewhere = r.seal_at(&json!("kept"), "note", NOW).expect("seal");
+    let original = json!({
+        "ssn": "123-45-6789",
+        "nickname": "fs1:x",
+        "nested": { "n": "fs1:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" },
+        "note": genuine_elsewhere,
+        "plain": "hello"
+    });
+    let mut doc = original.clone();
+    let report = encrypt_document(&mut doc, &[rule("$.ssn")], &r, NOW).expect("encrypt");
+    // ssn by the rule, nickname and nested.n because they squat the prefix.
+    assert_eq!(report.encrypted, 3, "{doc}");
+    assert_eq!(
+        doc["note"], original["note"],
+        "a genuine envelope for its place is left alone"
+    );
+    assert_eq!(doc["plain"], "hello");
+    for p in ["/ssn", "/nickname", "/nested/n"] {
+        let s = doc.pointer(p).and_then(Value::as_str).expect("string");
+        assert!(
+            r.open_at(s, p.rsplit('/').next().unwrap_or(""), None, NOW)
+                .is_ok(),
+            "{p} is a genuine envelope"
+        );
+    }
+    // Every reader of a `decrypt: auto` route gets exactly what was sent.
+    let mut read = doc.clone();
+    decrypt_document(
+        &mut read,
+        &DecryptSelection::Auto,
+        &r,
+        OnDecryptFailure::Error,
+        None,
+        NOW,
+    )
+    .expect("auto decrypt does not fail on client-planted look-alikes");
+    let mut expected = original.clone();
+    expected["note"] = json!("kept");
+    assert_eq!(read, expected);
+}
+
+#[test]
+fn envelopes_other_routes_sealed_under_a_named_context_are_left_alone() {
+    use fieldseal::fields::encrypt_document_with;
+    let r = ring("k1", &["k1"]);
+    let notes = r.seal_at(&json!("n"), "user_notes", NOW).expect("seal");
+    let mut doc = json!({ "email": "x@example.com", "notes": notes });
+    let report = encrypt_document_with(
+        &mut doc,
+        &[rule("$.email")],
+        &r,
+        NOW,
+        &["user_notes".to_string()],
+    )
+    .expect("encrypt");
+    assert_eq!(report.encrypted, 1, "only the email: {doc}");
+    assert_eq!(
+        doc["notes"],
+        json!(notes),
+        "the named-context envelope is untouched"
+    );
+}

@@ -260,3 +260,79 @@ routes:
     let _ = tx.send(());
     bounded("shutdown", serving).await.expect("serve");
 }
+
+/// Several certificates on one listener, chosen by SNI: exact names, a
+/// wildcard, and the default pair for any other name.
+#[tokio::test]
+async fn sni_selects_the_certificate_by_name() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (default_dir, sni_dir) = (dir.path().join("default"), dir.path().join("sni"));
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (dc, dk) = fieldseal::tls::write_self_signed(&default_dir, &names(&["localhost"]), false)
+        .expect("default pair");
+    let (sc, sk) =
+        fieldseal::tls::write_self_signed(&sni_dir, &names(&["api.test", "*.wild.test"]), false)
+            .expect("sni pair");
+    let settings = fieldseal::config::TlsSettings {
+        cert: dc.clone(),
+        key: dk,
+        sni: vec![fieldseal::config::SniCert {
+            names: names(&["api.test", "*.wild.test"]),
+            cert: sc.clone(),
+            key: sk,
+        }],
+        handshake_timeout: std::time::Duration::from_secs(5),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        fieldseal::tls::server_config(&settings).expect("server config"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+
+    let der = |p: &std::path::Path| CertificateDer::from_pem_file(p).expect("cert pem");
+    let (default_der, sni_der) = (der(&dc), der(&sc));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(default_der.clone()).expect("root");
+    roots.add(sni_der.clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    for (name, want) in [
+        ("api.test", &sni_der),
+        ("x.wild.test", &sni_der),
+        ("localhost", &default_der),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let server_name = ServerName::try_from(name.to_string()).expect("name");
+        let tls = bounded("handshake", connector.connect(server_name, tcp))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: handshake failed: {e}"));
+        let got = tls.get_ref().1.peer_certificates().expect("peer certs");
+        assert_eq!(&got[0], want, "{name} got the wrong certificate");
+    }
+    server.abort();
+}

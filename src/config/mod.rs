@@ -141,6 +141,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Headers for answers that match no route.
     pub default_headers: SecurityHeaders,
+    /// Legal but probably unintended settings, for `check` and the start log.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -696,9 +698,14 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             case_insensitive: m.case_insensitive.unwrap_or(false),
             upstream,
             rate_limit,
+            own_rate_limit: r
+                .rate_limit
+                .as_ref()
+                .is_some_and(|rl| rl.enabled != Some(false)),
             headers,
             max_body,
             encrypt,
+            named_contexts: Vec::new(),
             decrypt,
             on_decrypt_failure,
             max_age: (!max_age.is_zero()).then_some(max_age),
@@ -734,9 +741,76 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         keys,
         audit,
         log,
-        routes: RouteTable { routes },
+        warnings: route_warnings(&routes),
+        routes: RouteTable {
+            routes: with_named_contexts(routes),
+        },
         default_headers,
     })
+}
+
+/// Gives every route the list of contexts that any rule names.
+fn with_named_contexts(mut routes: Vec<Route>) -> Vec<Route> {
+    let mut named: Vec<String> = Vec::new();
+    for r in &routes {
+        let decrypt = match &r.decrypt {
+            Some(DecryptSelection::Paths(rules)) => rules.as_slice(),
+            _ => &[],
+        };
+        for c in r
+            .encrypt
+            .iter()
+            .chain(decrypt)
+            .filter_map(|f| f.context.as_ref())
+        {
+            if !named.contains(c) {
+                named.push(c.clone());
+            }
+        }
+    }
+    for r in &mut routes {
+        r.named_contexts = named.clone();
+    }
+    routes
+}
+
+/// An encrypting route limited to some methods lets the other methods on its
+/// paths fall through to a later route, which forwards them in plaintext.
+fn route_warnings(routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(methods) = &r.methods else { continue };
+        if !r.transforms_request() {
+            continue;
+        }
+        for later in &routes[i + 1..] {
+            let host_overlaps = later.host.is_none() || later.host == r.host;
+            let other_methods = later
+                .methods
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| !methods.contains(m)));
+            let covers = match (&later.path, &r.path) {
+                (PathMatch::Any, _) => true,
+                (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => {
+                    let p = p.trim_end_matches('/');
+                    q.starts_with(p) && (q.len() == p.len() || q[p.len()..].starts_with('/'))
+                }
+                (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
+                _ => false,
+            };
+            if host_overlaps && other_methods && covers && !later.transforms_request() {
+                let listed: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                out.push(format!(
+                    "route {:?} encrypts only {} requests; other methods on its paths fall through to route {:?}, which forwards their bodies unencrypted",
+                    r.name,
+                    listed.join("/"),
+                    later.name
+                ));
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn check_route_path(key: &str, p: &str) -> Result<String, Invalid> {

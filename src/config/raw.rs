@@ -232,7 +232,10 @@ pub struct RawRoute {
     pub encrypt: Vec<RawFieldRule>,
     #[serde(default)]
     pub decrypt: Option<RawDecrypt>,
-    #[serde(default)]
+    /// `error`, `null` or `keep`. Written unquoted, `null` (or `~`) is YAML's
+    /// null value, not a string: it must still mean the `null` mode, never
+    /// fall back to the default.
+    #[serde(default, deserialize_with = "null_is_a_mode")]
     pub on_decrypt_failure: Option<String>,
     #[serde(default)]
     pub max_age: Option<String>,
@@ -275,4 +278,14 @@ pub struct RawFieldRuleDetailed {
 pub enum RawDecrypt {
     Keyword(String),
     Rules(Vec<RawFieldRule>),
+}
+
+/// Only called when the key is present: an explicit YAML null there is the
+/// `null` mode (`on_decrypt_failure: null`), not "unset".
+fn null_is_a_mode<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(Some(v.unwrap_or_else(|| "null".to_string())))
 }

@@ -117,3 +117,48 @@ fn encrypt_rules_need_keys() {
     let e = load(&text).unwrap_err();
     assert!(e.message.contains("keys"), "{e}");
 }
+
+#[test]
+fn on_decrypt_failure_null_unquoted_is_the_null_mode() {
+    use crate::fields::OnDecryptFailure;
+    let keys = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
+    let mode = |line: &str| {
+        let text = format!("{MINIMAL}    decrypt: auto\n{line}{keys}");
+        load(&text).unwrap().routes.routes[0].on_decrypt_failure
+    };
+    assert_eq!(mode(""), OnDecryptFailure::Error);
+    assert_eq!(
+        mode("    on_decrypt_failure: error\n"),
+        OnDecryptFailure::Error
+    );
+    assert_eq!(
+        mode("    on_decrypt_failure: null\n"),
+        OnDecryptFailure::Null
+    );
+    assert_eq!(mode("    on_decrypt_failure: ~\n"), OnDecryptFailure::Null);
+    assert_eq!(
+        mode("    on_decrypt_failure: \"null\"\n"),
+        OnDecryptFailure::Null
+    );
+    assert_eq!(
+        mode("    on_decrypt_failure: keep\n"),
+        OnDecryptFailure::Keep
+    );
+}
+
+#[test]
+fn encrypting_route_with_methods_before_a_catch_all_warns() {
+    let keys = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
+    let text = format!(
+        "{MINIMAL}    encrypt: [\"$.ssn\"]\n  - name: rest\n    match: {{ path_prefix: / }}\n    upstream: legacy\n{keys}"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("\"users\"") && c.warnings[0].contains("\"rest\""),
+        "{:?}",
+        c.warnings
+    );
+    let without_methods = text.replace(", methods: [GET, POST]", "");
+    assert!(load(&without_methods).unwrap().warnings.is_empty());
+}

@@ -1,5 +1,6 @@
 //! The loaded keys and the AEAD operations on envelopes.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
@@ -111,8 +112,7 @@ impl Keyring {
         context: &str,
         issued_at: u64,
     ) -> Result<String, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce).map_err(|_| SealError::Rng)?;
+        let nonce = fresh_nonce().ok_or(SealError::Rng)?;
         seal_with(self.active_entry(), value, context, issued_at, &nonce)
     }
 
@@ -229,6 +229,40 @@ fn warn_on_shared_material(masters: &[(String, Master)]) {
     }
 }
 
+/// Nonces fetched from the OS CSPRNG per call of `getrandom`.
+const NONCE_BATCH: usize = 32;
+
+struct NoncePool {
+    buf: [u8; NONCE_LEN * NONCE_BATCH],
+    used: usize,
+}
+
+thread_local! {
+    static NONCES: RefCell<NoncePool> = const {
+        RefCell::new(NoncePool { buf: [0; NONCE_LEN * NONCE_BATCH], used: NONCE_BATCH })
+    };
+}
+
+/// A fresh 96-bit nonce from the OS CSPRNG. One syscall fills a thread's
+/// pool of 32; each nonce is handed out exactly once. (A syscall per value
+/// cost more than the AES-GCM work itself on short fields.)
+fn fresh_nonce() -> Option<[u8; NONCE_LEN]> {
+    NONCES.with(|pool| {
+        let mut pool = pool.try_borrow_mut().ok()?;
+        if pool.used == NONCE_BATCH {
+            getrandom::getrandom(&mut pool.buf).ok()?;
+            pool.used = 0;
+        }
+        let start = pool.used * NONCE_LEN;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&pool.buf[start..start + NONCE_LEN]);
+        // Never hand the same bytes out twice, even if a refill failed later.
+        pool.buf[start..start + NONCE_LEN].fill(0);
+        pool.used += 1;
+        Some(nonce)
+    })
+}
+
 fn seal_with(
     k: &KeyEntry,
     value: &Value,
@@ -296,8 +330,7 @@ fn decrypt(
 
 fn self_test_one(ring: &Keyring, k: &KeyEntry, probe: &Value, now: u64) -> Result<(), String> {
     const CONTEXT: &str = "fieldseal-self-test";
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).map_err(|_| "random number generator failed".to_owned())?;
+    let nonce = fresh_nonce().ok_or_else(|| "random number generator failed".to_owned())?;
     let sealed =
         seal_with(k, probe, CONTEXT, now, &nonce).map_err(|e| format!("seal failed: {e}"))?;
     let opened = ring

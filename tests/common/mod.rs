@@ -642,3 +642,329 @@ pub fn assert_error_json(status: StatusCode, content_type: Option<&str>, body: &
         "error message in {v}"
     );
 }
+
+// ===========================================================================
+// Field-encryption suites (encryption_e2e.rs, offline_cli.rs): a scripted
+// backend that records the raw bytes it reads and answers with bodies the
+// test chooses (e.g. the envelopes it stored, to simulate a read-back).
+// Append-only section.
+// ===========================================================================
+
+/// What a [`ScriptedBackend`] answers: status, headers and exact body bytes.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// `200 application/json` with `body`.
+    pub fn json(body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+        }
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// What a scripted backend answers when the test set nothing for a path.
+pub fn default_reply() -> Reply {
+    Reply::json(r#"{"stored":true}"#)
+}
+
+/// The raw bytes read from each connection, one shared buffer per connection.
+type RawLogs = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
+/// Counts and records the bytes read from one TCP connection.
+struct TapIo {
+    inner: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for TapIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &res {
+            let new = buf.filled()[before..].to_vec();
+            self.log.lock().expect("tap lock").extend_from_slice(&new);
+        }
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for TapIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/1.1 backend on 127.0.0.1:0 that records every request (parsed,
+/// and every raw byte read from every connection) and answers with the
+/// [`Reply`] set for the request's path, else with the default reply.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    raw: RawLogs,
+    replies: Arc<Mutex<std::collections::HashMap<String, Reply>>>,
+    default: Arc<Mutex<Reply>>,
+    accept: JoinHandle<()>,
+}
+
+impl ScriptedBackend {
+    pub async fn start() -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let raw: RawLogs = Arc::default();
+        let replies: Arc<Mutex<std::collections::HashMap<String, Reply>>> = Arc::default();
+        let default = Arc::new(Mutex::new(default_reply()));
+        let accept = {
+            let (seen, raw, replies, default) = (
+                Arc::clone(&seen),
+                Arc::clone(&raw),
+                Arc::clone(&replies),
+                Arc::clone(&default),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let log: Arc<Mutex<Vec<u8>>> = Arc::default();
+                    raw.lock().expect("raw lock").push(Arc::clone(&log));
+                    let (seen, replies, default) = (
+                        Arc::clone(&seen),
+                        Arc::clone(&replies),
+                        Arc::clone(&default),
+                    );
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let (seen, replies, default) = (
+                                Arc::clone(&seen),
+                                Arc::clone(&replies),
+                                Arc::clone(&default),
+                            );
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
+                                let reply = replies
+                                    .lock()
+                                    .expect("replies lock")
+                                    .get(parts.uri.path())
+                                    .cloned()
+                                    .unwrap_or_else(|| {
+                                        default.lock().expect("default lock").clone()
+                                    });
+                                seen.lock().expect("backend lock").push(Recorded {
+                                    method: parts.method,
+                                    uri: parts.uri,
+                                    version: parts.version,
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                let mut resp = Response::new(Full::new(reply.body));
+                                *resp.status_mut() = reply.status;
+                                for (k, v) in &reply.headers {
+                                    resp.headers_mut().append(
+                                        http::HeaderName::from_bytes(k.as_bytes())
+                                            .expect("reply header name"),
+                                        HeaderValue::from_str(v).expect("reply header value"),
+                                    );
+                                }
+                                Ok::<_, Infallible>(resp)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(TapIo { inner: tcp, log }), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        ScriptedBackend {
+            addr,
+            seen,
+            raw,
+            replies,
+            default,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answer requests for exactly `path` with `reply` from now on.
+    pub fn set_reply(&self, path: &str, reply: Reply) {
+        self.replies
+            .lock()
+            .expect("replies lock")
+            .insert(path.to_string(), reply);
+    }
+
+    /// Answer requests for paths without their own reply with `reply`.
+    pub fn set_default_reply(&self, reply: Reply) {
+        *self.default.lock().expect("default lock") = reply;
+    }
+
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().expect("backend lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("backend lock").len()
+    }
+
+    /// Every byte read so far, one buffer per connection.
+    pub fn raw_bytes(&self) -> Vec<Vec<u8>> {
+        self.raw
+            .lock()
+            .expect("raw lock")
+            .iter()
+            .map(|l| l.lock().expect("tap lock").clone())
+            .collect()
+    }
+
+    /// True when `needle` occurs in the raw bytes of any connection.
+    pub fn raw_contains(&self, needle: &[u8]) -> bool {
+        !needle.is_empty()
+            && self
+                .raw_bytes()
+                .iter()
+                .any(|b| b.windows(needle.len()).any(|w| w == needle))
+    }
+}
+
+impl Drop for ScriptedBackend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The value of a counter line `name{labels} N` in an OpenMetrics text,
+/// where every `label="value"` pair of `labels` must appear (any order).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let rest = rest.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        let all = labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if all {
+            value.split_whitespace().next()?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// `GET` on the admin listener (plain HTTP/1.1), body as text.
+pub async fn admin_get(proxy: &TestProxy, path: &str) -> (StatusCode, String) {
+    admin_request(proxy, "GET", path).await
+}
+
+/// One request to the admin listener over a fresh plain-HTTP/1.1 connection.
+pub async fn admin_request(proxy: &TestProxy, method: &str, path: &str) -> (StatusCode, String) {
+    let mut tcp = bounded("admin connect", TcpStream::connect(proxy.admin))
+        .await
+        .expect("admin connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    bounded("admin write", tcp.write_all(req.as_bytes()))
+        .await
+        .expect("admin write");
+    let r = read_h1_response(&mut tcp).await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// Runs `fieldseal args...` with `stdin`, killing it if it outlives [`STEP`].
+pub fn run_bin(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fieldseal"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fieldseal");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // The child may exit early on an error and close its end: ignore EPIPE.
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + STEP;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fieldseal {args:?} did not finish within {STEP:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    std::process::Output {
+        status,
+        stdout: out_t.join().expect("stdout reader"),
+        stderr: err_t.join().expect("stderr reader"),
+    }
+}

@@ -436,6 +436,8 @@ row() { # case label
     echo "- Machine: $NCPU CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- Load average before / after: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- fieldseal $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') ($WORKERS tokio worker threads), $(nginx -v 2>&1 | sed 's/.*: //') ($WORKERS workers) as proxy, same nginx ($BACKEND_WORKERS worker) as backend, $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), h2load $(h2load --version | awk '{print $2}')"
+    MIENV=$(env | grep -E '^MIMALLOC_' | tr '\n' ' ' || true)
+    [ -n "$MIENV" ] && echo "- fieldseal started with: $MIENV"
     echo "- Load: wrk, $WRK_THREADS threads, $CONNS keep-alive connections; the cases take turns, $ROUNDS rounds of ${WARMUP}s warm-up + ${DURATION}s measured each; POST of the same $(wc -c <"$BODY")-byte JSON; backend answers $(wc -c <"$RUN/response.json") bytes of JSON with 4 envelopes"
     echo "- (a) is plain HTTP to the backend (no proxy, no TLS); (b), (c), (d) are HTTPS (TLS 1.3, HTTP/1.1 keep-alive)"
     echo

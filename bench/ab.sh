@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A/B two fieldseal binaries on one route under the benchmark's load, taking
+# turns for ROUNDS rounds (so other load on the machine hits both alike).
+#
+#   bench/ab.sh BINARY_A BINARY_B [sealed|plain]
+#
+# Needs a run directory from bench/load.sh (newest bench/out/run-*/, or RUN=...).
+# Prints req/s and proxy CPU seconds per 10k requests for each binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+A=$1 B=$2 ROUTE=${3:-sealed}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} WARMUP=${WARMUP:-2} CONNS=${CONNS:-64}
+RUN=${RUN:-$(ls -d "$ROOT"/bench/out/run-* 2>/dev/null | tail -1)}
+[ -f "$RUN/fieldseal.yaml" ] || { echo "run bench/load.sh first" >&2; exit 1; }
+HZ=$(getconf CLK_TCK)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+port() { perl -ne "print \$1 if /$1.*127\\.0\\.0\\.1:(\\d+)/" "$2" | head -c 5; }
+FPORT=$(port 'listen:' "$RUN/fieldseal.yaml")
+BPORT=$(port 'url:' "$RUN/fieldseal.yaml")
+up() { local i; for i in $(seq 150); do curl -sk -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
+ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; echo "$s" | awk '{print $12 + $13}'; }
+field() { grep '^BENCH ' "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+
+nginx -e "$RUN/nginx-backend.startup.log" -p "$RUN" -c "$RUN/nginx-backend.conf" &
+PIDS+=($!)
+up "http://127.0.0.1:$BPORT/"
+declare -A N US T
+for r in $(seq "$ROUNDS"); do
+    for x in A B; do
+        bin=$A; [ "$x" = B ] && bin=$B
+        TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$bin" run --config "$RUN/fieldseal.yaml" >"$RUN/fieldseal-ab-$x.log" 2>&1 &
+        pid=$!
+        up "https://127.0.0.1:$FPORT/plain"
+        BENCH_BODY=$ROOT/bench/request.json wrk -t2 -c"$CONNS" -d"$WARMUP"s -s "$ROOT/bench/wrk-post.lua" "https://127.0.0.1:$FPORT/$ROUTE" >/dev/null 2>&1
+        t0=$(ticks "$pid")
+        BENCH_BODY=$ROOT/bench/request.json wrk -t2 -c"$CONNS" -d"$DURATION"s -s "$ROOT/bench/wrk-post.lua" "https://127.0.0.1:$FPORT/$ROUTE" >"$RUN/wrk-ab-$x-$r.txt" 2>&1
+        t1=$(ticks "$pid")
+        kill -TERM "$pid"; wait "$pid" || true
+        n=$(field requests "$RUN/wrk-ab-$x-$r.txt"); us=$(field duration_us "$RUN/wrk-ab-$x-$r.txt")
+        N[$x]=$(( ${N[$x]:-0} + n )); US[$x]=$(( ${US[$x]:-0} + us )); T[$x]=$(( ${T[$x]:-0} + t1 - t0 ))
+        echo "round $r $x: $(awk -v n="$n" -v us="$us" 'BEGIN {printf "%.0f", n / (us / 1e6)}') req/s, $(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%.3f", d / hz / n * 10000}') CPU s / 10k req"
+    done
+done
+for x in A B; do
+    bin=$A; [ "$x" = B ] && bin=$B
+    echo "$x ($bin) /$ROUTE: $(awk -v n="${N[$x]}" -v us="${US[$x]}" 'BEGIN {printf "%.0f", n / (us / 1e6)}') req/s, $(awk -v d="${T[$x]}" -v hz="$HZ" -v n="${N[$x]}" 'BEGIN {printf "%.3f", d / hz / n * 10000}') CPU s / 10k req"
+done

@@ -306,6 +306,17 @@ impl<'a, 'r> Walker<'a, 'r> {
         let from = self.pos;
         let mut escaped = false;
         loop {
+            // Plain bytes in bulk (UTF-8 was checked for the whole input).
+            let plain = self
+                .b
+                .get(self.pos..)
+                .unwrap_or(&[])
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            match plain {
+                Some(n) => self.pos += n,
+                None => return Err(StreamError::InvalidJson),
+            }
             match self.peek() {
                 None => return Err(StreamError::InvalidJson),
                 Some(b'"') => {

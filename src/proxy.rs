@@ -603,8 +603,9 @@ fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyErr
     )))
 }
 
-/// Parse, check depth, encrypt, serialize. Large bodies go to the blocking
-/// pool so a 1 MiB document doesn't stall other connections on this worker.
+/// Validate, check depth and seal in one streaming pass (`jsonstream`).
+/// Large bodies go to the blocking pool so a 1 MiB document doesn't stall
+/// other connections on this worker.
 async fn transform_request(
     rt: &Arc<Runtime>,
     route: usize,

@@ -240,14 +240,58 @@ pub fn decrypt_document(
     now: u64,
 ) -> Result<TransformReport, FieldError> {
     let mut report = TransformReport::default();
-    let mut open = |node: &mut Value, context: &str, loc: &Loc<'_>| -> Result<(), FieldError> {
+    let opener = Opener {
+        ring,
+        on_failure,
+        max_age,
+        now,
+    };
+    match selection {
+        DecryptSelection::Paths(rules) => {
+            let mut hit = vec![false; rules.len()];
+            walk_rules(doc, rules, |node, r, loc| {
+                hit[r] = true;
+                opener.open(node, rule_context(&rules[r], loc), loc, &mut report)?;
+                // A decrypted object may itself hold envelopes that rules select.
+                Ok(Flow::Descend)
+            })?;
+            report.paths = matched_paths(rules, &hit);
+        }
+        DecryptSelection::Auto => {
+            walk_all(doc, &Loc::ROOT, &mut |node, loc| {
+                opener.open(node, loc.context(), loc, &mut report)
+            })?;
+        }
+    }
+    Ok(report)
+}
+
+/// How selected envelopes are opened (shared by the tree and the streaming
+/// transform).
+#[derive(Clone, Copy)]
+pub(crate) struct Opener<'k> {
+    pub(crate) ring: &'k Keyring,
+    pub(crate) on_failure: OnDecryptFailure,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) now: u64,
+}
+
+impl Opener<'_> {
+    /// Opens `node` if it is a string that looks like an envelope.
+    fn open(
+        &self,
+        node: &mut Value,
+        context: &str,
+        loc: &Loc<'_>,
+        report: &mut TransformReport,
+    ) -> Result<(), FieldError> {
         let Value::String(s) = &*node else {
             return Ok(());
         };
         if !looks_like_envelope(s) {
             return Ok(());
         }
-        match ring.open_at(s, context, max_age, now) {
+        match self.ring.open_at(s, context, self.max_age, self.now) {
             Ok(opened) => {
                 note_key(&mut report.key_ids, &opened.key_id);
                 *node = opened.value;
@@ -255,7 +299,7 @@ pub fn decrypt_document(
             }
             Err(e) => {
                 let failure = failure_at(loc, s, e);
-                match on_failure {
+                match self.on_failure {
                     OnDecryptFailure::Error => return Err(FieldError::Decrypt(failure)),
                     OnDecryptFailure::Null => *node = Value::Null,
                     OnDecryptFailure::Keep => {}
@@ -264,25 +308,68 @@ pub fn decrypt_document(
             }
         }
         Ok(())
-    };
-    match selection {
-        DecryptSelection::Paths(rules) => {
-            let mut hit = vec![false; rules.len()];
-            walk_rules(doc, rules, |node, r, loc| {
-                hit[r] = true;
-                open(node, rule_context(&rules[r], loc), loc)?;
-                // A decrypted object may itself hold envelopes that rules select.
-                Ok(Flow::Descend)
-            })?;
-            report.paths = matched_paths(rules, &hit);
-        }
-        DecryptSelection::Auto => {
-            walk_all(doc, &Loc::ROOT, &mut |node, loc| {
-                open(node, loc.context(), loc)
-            })?;
+    }
+
+    /// Continues a decrypt walk inside `node`, a value just opened at
+    /// location `steps` whose rule states were `states` (ignored for `Auto`):
+    /// the envelopes it holds are opened as `decrypt_document` would.
+    pub(crate) fn open_within(
+        &self,
+        node: &mut Value,
+        selection: &DecryptSelection,
+        states: &[State],
+        steps: &[Step<'_>],
+        report: &mut TransformReport,
+        hit: &mut [bool],
+    ) -> Result<(), FieldError> {
+        with_loc(steps, &Loc::ROOT, &mut |loc| match selection {
+            DecryptSelection::Paths(rules) => {
+                let mut w = RuleWalk {
+                    rules,
+                    states: states.to_vec(),
+                    f: |node: &mut Value, r: usize, loc: &Loc<'_>| {
+                        if let Some(h) = hit.get_mut(r) {
+                            *h = true;
+                        }
+                        self.open(node, rule_context(&rules[r], loc), loc, report)?;
+                        Ok(Flow::Descend)
+                    },
+                };
+                w.visit(node, loc, 0)
+            }
+            DecryptSelection::Auto => walk_all(node, loc, &mut |node, loc| {
+                self.open(node, loc.context(), loc, report)
+            }),
+        })
+    }
+}
+
+/// Runs `f` with the `Loc` of `steps` (below `parent`).
+fn with_loc<R>(steps: &[Step<'_>], parent: &Loc<'_>, f: &mut dyn FnMut(&Loc<'_>) -> R) -> R {
+    match steps.split_first() {
+        None => f(parent),
+        Some((step, rest)) => {
+            let l = Loc {
+                parent: Some(parent),
+                step: *step,
+            };
+            with_loc(rest, &l, f)
         }
     }
-    Ok(report)
+}
+
+/// Normalized path (RFC 9535 §2.7) of the location `steps` below the root.
+pub(crate) fn normalized_path(steps: &[Step<'_>]) -> String {
+    with_loc(steps, &Loc::ROOT, &mut |l| l.normalized())
+}
+
+/// The failure report for `envelope` at `steps`.
+pub(crate) fn failure_for(steps: &[Step<'_>], envelope: &str, e: DecryptError) -> DecryptFailure {
+    DecryptFailure {
+        location: normalized_path(steps),
+        key_id: envelope_key_id(envelope).map(str::to_owned),
+        reason: e.reason(),
+    }
 }
 
 /// Re-encrypts every envelope found anywhere in `doc` under the active key,
@@ -404,13 +491,13 @@ fn failure_at(loc: &Loc<'_>, envelope: &str, e: DecryptError) -> DecryptFailure 
     }
 }
 
-fn note_key(ids: &mut Vec<String>, id: &str) {
+pub(crate) fn note_key(ids: &mut Vec<String>, id: &str) {
     if !ids.iter().any(|k| k == id) {
         ids.push(id.to_owned());
     }
 }
 
-fn matched_paths(rules: &[FieldRule], hit: &[bool]) -> Vec<String> {
+pub(crate) fn matched_paths(rules: &[FieldRule], hit: &[bool]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (rule, _) in rules.iter().zip(hit).filter(|(_, h)| **h) {
         if !out.iter().any(|p| p == rule.path.as_str()) {
@@ -424,7 +511,7 @@ fn matched_paths(rules: &[FieldRule], hit: &[bool]) -> Vec<String> {
 // Locations
 
 #[derive(Clone, Copy)]
-enum Step<'a> {
+pub(crate) enum Step<'a> {
     Root,
     Key(&'a str),
     Index(usize),
@@ -516,7 +603,7 @@ enum Flow {
 /// "Segment `seg` of rule `rule` applies to this node's children."
 /// `seg == segments.len()` means the rule selects this node.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct State {
+pub(crate) struct State {
     rule: u32,
     seg: u32,
 }
@@ -558,51 +645,15 @@ where
             .and_then(|r| r.path.segments.get(s.seg as usize))
     }
 
-    /// Pushes the states a child gets from the parent's states `lo..hi`: a
-    /// descendant segment stays in force, a segment that `selects` the child
-    /// moves on to its next one. Returns where the child's states start.
     fn advance(&mut self, lo: usize, hi: usize, selects: impl Fn(&Segment) -> bool) -> usize {
-        let start = self.states.len();
-        for i in lo..hi {
-            let s = self.states[i];
-            let Some(seg) = self.segment(s) else { continue };
-            if seg.descendant {
-                self.push_unique(start, s);
-            }
-            if selects(seg) {
-                self.push_unique(
-                    start,
-                    State {
-                        rule: s.rule,
-                        seg: s.seg + 1,
-                    },
-                );
-            }
-        }
-        start
-    }
-
-    fn push_unique(&mut self, from: usize, s: State) {
-        if !self.states[from..].contains(&s) {
-            self.states.push(s);
-        }
+        advance_states(self.rules, &mut self.states, lo, hi, selects)
     }
 
     /// `node`'s states are `states[lo..]`.
     fn visit(&mut self, node: &mut Value, loc: &Loc<'_>, lo: usize) -> Result<(), E> {
         let hi = self.states.len();
-        let mut selected: Option<u32> = None;
-        for s in &self.states[lo..hi] {
-            let len = self
-                .rules
-                .get(s.rule as usize)
-                .map_or(0, |r| r.path.segments.len());
-            if s.seg as usize == len {
-                selected = Some(selected.map_or(s.rule, |m| m.min(s.rule)));
-            }
-        }
-        if let Some(r) = selected {
-            if let Flow::Skip = (self.f)(node, r as usize, loc)? {
+        if let Some(r) = selected_rule(self.rules, &self.states[lo..hi]) {
+            if let Flow::Skip = (self.f)(node, r, loc)? {
                 return Ok(());
             }
         }
@@ -661,6 +712,135 @@ where
             _ => {}
         }
         Ok(())
+    }
+}
+
+fn segment_of(rules: &[FieldRule], s: State) -> Option<&Segment> {
+    rules
+        .get(s.rule as usize)
+        .and_then(|r| r.path.segments.get(s.seg as usize))
+}
+
+/// Pushes the states a child gets from the parent's states `lo..hi`: a
+/// descendant segment stays in force, a segment that `selects` the child
+/// moves on to its next one. Returns where the child's states start.
+fn advance_states(
+    rules: &[FieldRule],
+    states: &mut Vec<State>,
+    lo: usize,
+    hi: usize,
+    selects: impl Fn(&Segment) -> bool,
+) -> usize {
+    let start = states.len();
+    let push_unique = |states: &mut Vec<State>, s: State| {
+        if !states[start..].contains(&s) {
+            states.push(s);
+        }
+    };
+    for i in lo..hi {
+        let s = states[i];
+        let Some(seg) = segment_of(rules, s) else {
+            continue;
+        };
+        if seg.descendant {
+            push_unique(states, s);
+        }
+        if selects(seg) {
+            push_unique(
+                states,
+                State {
+                    rule: s.rule,
+                    seg: s.seg + 1,
+                },
+            );
+        }
+    }
+    start
+}
+
+/// The lowest-numbered rule that selects the node whose states are `states`.
+fn selected_rule(rules: &[FieldRule], states: &[State]) -> Option<usize> {
+    let mut selected: Option<u32> = None;
+    for s in states {
+        let len = rules
+            .get(s.rule as usize)
+            .map_or(0, |r| r.path.segments.len());
+        if s.seg as usize == len {
+            selected = Some(selected.map_or(s.rule, |m| m.min(s.rule)));
+        }
+    }
+    selected.map(|r| r as usize)
+}
+
+/// The rule state machine of `walk_rules`, driven from outside (by the
+/// streaming transform): a stack of states where each node's states are a
+/// range `lo..hi`, exactly as in `RuleWalk`.
+pub(crate) struct RuleStates<'r> {
+    rules: &'r [FieldRule],
+    states: Vec<State>,
+}
+
+/// Array length to pass when no live state needs the real one.
+pub(crate) const UNKNOWN_LEN: usize = 1 << 60;
+
+impl<'r> RuleStates<'r> {
+    /// The root's states (`0..len()`).
+    pub(crate) fn new(rules: &'r [FieldRule]) -> RuleStates<'r> {
+        let mut states = Vec::with_capacity(4 * rules.len());
+        states.extend((0..rules.len()).map(|r| State {
+            rule: r as u32,
+            seg: 0,
+        }));
+        RuleStates { rules, states }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub(crate) fn truncate(&mut self, n: usize) {
+        self.states.truncate(n);
+    }
+
+    pub(crate) fn states(&self, lo: usize, hi: usize) -> &[State] {
+        self.states.get(lo..hi).unwrap_or(&[])
+    }
+
+    /// The lowest-numbered rule selecting the node with states `lo..hi`.
+    pub(crate) fn selected(&self, lo: usize, hi: usize) -> Option<usize> {
+        selected_rule(self.rules, self.states(lo, hi))
+    }
+
+    /// States of member `key` of the object with states `lo..hi`, pushed;
+    /// returns where they start.
+    pub(crate) fn advance_member(&mut self, lo: usize, hi: usize, key: &str) -> usize {
+        advance_states(self.rules, &mut self.states, lo, hi, |seg| {
+            seg.selects_member(key)
+        })
+    }
+
+    /// States of element `j` of an array of `n` elements (`UNKNOWN_LEN`
+    /// when `needs_len` is false) with states `lo..hi`.
+    pub(crate) fn advance_element(&mut self, lo: usize, hi: usize, j: usize, n: usize) -> usize {
+        advance_states(self.rules, &mut self.states, lo, hi, |seg| {
+            seg.selects_element(j, n)
+        })
+    }
+
+    /// Does selecting among the elements of an array with states `lo..hi`
+    /// depend on its length (negative indices, slice bounds or steps)?
+    pub(crate) fn needs_len(&self, lo: usize, hi: usize) -> bool {
+        self.states(lo, hi).iter().any(|s| {
+            segment_of(self.rules, *s).is_some_and(|seg| {
+                seg.selectors.iter().any(|sel| match sel {
+                    Selector::Index(i) => *i < 0,
+                    Selector::Slice { start, end, step } => {
+                        *step < 0 || start.is_some_and(|v| v < 0) || end.is_some_and(|v| v < 0)
+                    }
+                    Selector::Name(_) | Selector::Wildcard => false,
+                })
+            })
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod fields;
 pub mod headers;
+pub mod jsonstream;
 pub mod metrics;
 pub mod offline;
 pub mod proxy;

@@ -25,6 +25,7 @@ use crate::crypto::Keyring;
 use crate::error::ProxyError;
 use crate::fields::{self, TransformReport};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::jsonstream::StreamError;
 use crate::metrics::{RouteLabel, RouteReason, RouteStatus, UpstreamKind};
 use crate::routes::{canonical_path, Route};
 use crate::state::{unix_now, Runtime, Shared};
@@ -617,8 +618,9 @@ fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyErr
     )))
 }
 
-/// Parse, check depth, encrypt, serialize. Large bodies go to the blocking
-/// pool so a 1 MiB document doesn't stall other connections on this worker.
+/// Validate, check depth and seal in one streaming pass (`jsonstream`).
+/// Large bodies go to the blocking pool so a 1 MiB document doesn't stall
+/// other connections on this worker.
 async fn transform_request(
     rt: &Arc<Runtime>,
     route: usize,
@@ -659,24 +661,24 @@ pub fn encrypt_body(
     ring: &Keyring,
     max_depth: usize,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(raw).map_err(|_| ProxyError::InvalidJson)?;
-    if fields::exceeds_depth(&doc, max_depth) {
-        return Err(ProxyError::TooDeep { limit: max_depth });
-    }
-    let report = fields::encrypt_document_with(
-        &mut doc,
+    // One streaming pass over the bytes (see `jsonstream`): strict JSON
+    // validation, depth limit, sealing; unselected bytes copied verbatim.
+    crate::jsonstream::encrypt_json(
+        raw,
         &route.encrypt,
         ring,
         unix_now(),
         &route.named_contexts,
+        max_depth,
     )
-    .map_err(|e| {
-        tracing::error!(route = %route.name, error = %e, "field encryption failed");
-        ProxyError::Internal("field encryption failed")
-    })?;
-    let out = serde_json::to_vec(&doc).map_err(|_| ProxyError::Internal("serialize"))?;
-    Ok((out, report))
+    .map_err(|e| match e {
+        StreamError::InvalidJson => ProxyError::InvalidJson,
+        StreamError::TooDeep { limit } => ProxyError::TooDeep { limit },
+        StreamError::Seal | StreamError::Decrypt(_) => {
+            tracing::error!(route = %route.name, error = %e, "field encryption failed");
+            ProxyError::Internal("field encryption failed")
+        }
+    })
 }
 
 type DecryptOutcome = (Result<Vec<u8>, fields::DecryptFailure>, TransformReport);
@@ -711,28 +713,23 @@ pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome
     let Some(selection) = &route.decrypt else {
         return (Ok(raw.to_vec()), TransformReport::default());
     };
-    let mut doc: serde_json::Value = match serde_json::from_slice(&raw) {
-        Ok(v) => v,
-        Err(_) => {
-            // Not JSON after all (e.g. a truncated error page): it holds no
-            // field we could find, so it goes out as the upstream sent it.
-            tracing::debug!(route = %route.name, "JSON response did not parse; passed through");
-            return (Ok(raw.to_vec()), TransformReport::default());
-        }
-    };
-    match fields::decrypt_document(
-        &mut doc,
+    match crate::jsonstream::decrypt_json(
+        &raw,
         selection,
         ring,
         route.on_decrypt_failure,
         route.max_age,
         unix_now(),
+        crate::jsonstream::SERDE_MAX_DEPTH,
     ) {
-        Ok(report) => match serde_json::to_vec(&doc) {
-            Ok(out) => (Ok(out), report),
-            Err(_) => (Ok(raw.to_vec()), report),
-        },
-        Err(fields::FieldError::Decrypt(f)) => {
+        Ok((out, report)) => (Ok(out), report),
+        Err(StreamError::InvalidJson | StreamError::TooDeep { .. }) => {
+            // Not JSON after all (e.g. a truncated error page): it holds no
+            // field we could find, so it goes out as the upstream sent it.
+            tracing::debug!(route = %route.name, "JSON response did not parse; passed through");
+            (Ok(raw.to_vec()), TransformReport::default())
+        }
+        Err(StreamError::Decrypt(f)) => {
             let report = TransformReport {
                 failures: vec![f.clone()],
                 ..TransformReport::default()

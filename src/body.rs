@@ -35,20 +35,27 @@ where
 pin_project_lite::pin_project! {
     /// A body that fails when no frame arrives for `idle`: a streamed
     /// upstream answer that stalls is cut off instead of hanging the client.
+    ///
+    /// The timer is lazy: a frame only moves `deadline`; the sleep is armed
+    /// when the body is first pending and re-armed only when it fires early,
+    /// so a busy stream doesn't touch the timer wheel once per frame.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
         sleep: tokio::time::Sleep,
+        deadline: tokio::time::Instant,
         idle: Duration,
     }
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
+        let deadline = tokio::time::Instant::now() + idle;
         IdleTimeout {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: tokio::time::sleep_until(deadline),
+            deadline,
             idle,
         }
     }
@@ -73,13 +80,19 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                *this.deadline = tokio::time::Instant::now() + *this.idle;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle)))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Fired: a stall only if no frame moved the deadline since.
+                if tokio::time::Instant::now() >= *this.deadline {
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle))));
+                }
+                let deadline = *this.deadline;
+                this.sleep.as_mut().reset(deadline);
             },
         }
     }
@@ -265,5 +278,40 @@ mod tests {
                 .len(),
             100
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_cuts_a_stalled_body_but_not_a_slow_steady_one() {
+        use http_body_util::StreamBody;
+        // A frame every 600 ms with a 1 s idle limit: never idle long enough.
+        let steady = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let body = IdleTimeout::new(StreamBody::new(steady), Duration::from_secs(1));
+        let got = body
+            .collect()
+            .await
+            .expect("steady body completes")
+            .to_bytes();
+        assert_eq!(&got[..], b"xxxxx");
+        // One frame, then silence: cut off after the idle limit.
+        let stalled = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 1 {
+                std::future::pending::<()>().await;
+            }
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let body = IdleTimeout::new(StreamBody::new(stalled), Duration::from_secs(1));
+        assert!(body.collect().await.is_err(), "stalled body must fail");
     }
 }

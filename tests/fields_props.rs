@@ -3,6 +3,8 @@
 //!   used only here) selects, for random documents and paths of our subset;
 //! - encrypt then decrypt gives back the document, nothing sealed twice.
 
+mod jsonpath_gen;
+
 use std::collections::BTreeSet;
 
 use fieldseal::crypto::{looks_like_envelope, Keyring};
@@ -34,53 +36,8 @@ fn doc() -> impl Strategy<Value = Value> {
     })
 }
 
-fn escape(name: &str, quote: char) -> String {
-    let mut out = String::new();
-    for c in name.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn selector() -> impl Strategy<Value = String> {
-    let opt = |r: std::ops::Range<i64>| prop::option::of(r);
-    prop_oneof![
-        select(KEYS).prop_map(|k| format!("'{}'", escape(k, '\''))),
-        select(KEYS).prop_map(|k| format!("\"{}\"", escape(k, '"'))),
-        (-5i64..6).prop_map(|i| i.to_string()),
-        Just("*".to_string()),
-        (opt(-6..7), opt(-6..7), opt(-3..4)).prop_map(|(s, e, st)| {
-            let f = |x: Option<i64>| x.map(|v| v.to_string()).unwrap_or_default();
-            match st {
-                Some(st) => format!("{}:{}:{}", f(s), f(e), st),
-                None => format!("{}:{}", f(s), f(e)),
-            }
-        }),
-    ]
-}
-
-fn segment() -> impl Strategy<Value = String> {
-    prop_oneof![
-        select(SHORT_KEYS).prop_map(|k| format!(".{k}")),
-        Just(".*".to_string()),
-        select(SHORT_KEYS).prop_map(|k| format!("..{k}")),
-        Just("..*".to_string()),
-        prop::collection::vec(selector(), 1..4).prop_map(|s| format!("[{}]", s.join(","))),
-        prop::collection::vec(selector(), 1..3).prop_map(|s| format!("..[ {} ]", s.join(" , "))),
-    ]
-}
-
 fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(segment(), 0..4).prop_map(|s| format!("${}", s.concat()))
+    jsonpath_gen::path(KEYS, SHORT_KEYS)
 }
 
 /// RFC 9535 §2.7 normalized path from the oracle's elements. (The oracle's

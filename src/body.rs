@@ -216,23 +216,50 @@ pub fn decode(data: &[u8], coding: Coding, limit: u64) -> Result<Bytes, CollectE
 
 /// `application/json`, `application/*+json`, any parameters, any case.
 /// A charset other than UTF-8 is not JSON we can read.
+///
+/// Parsed strictly to RFC 9110's grammar (`type/subtype *( OWS ";" OWS
+/// name=value )`): PHP, Rack and Rails cut a media type at `,`, `;` or a
+/// space, so `application/x-www-form-urlencoded, a+json` would be JSON to a
+/// lax check and a form to them, and a JSON string could smuggle form fields.
 pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
     let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
+    let ows = |c: char| c == ' ' || c == '\t';
     let mut parts = ct.split(';');
-    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = parts.next().unwrap_or("").trim_matches(ows);
     let Some((ty, sub)) = mime.split_once('/') else {
         return false;
     };
-    let json = ty == "application" && (sub == "json" || sub.ends_with("+json"));
+    if !is_token(ty) || !is_token(sub) {
+        return false;
+    }
+    let sub = sub.to_ascii_lowercase();
+    let json = ty.eq_ignore_ascii_case("application") && (sub == "json" || sub.ends_with("+json"));
     json && parts.all(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        !k.trim().eq_ignore_ascii_case("charset") || {
-            let v = v.trim().trim_matches('"');
-            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
-        }
+        let Some((k, v)) = p.trim_matches(ows).split_once('=') else {
+            return false;
+        };
+        let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+        let value = if quoted { &v[1..v.len() - 1] } else { v };
+        let well_formed = is_token(k)
+            && if quoted {
+                !value.contains(['"', '\\', ','])
+            } else {
+                is_token(v)
+            };
+        well_formed
+            && (!k.eq_ignore_ascii_case("charset")
+                || value.eq_ignore_ascii_case("utf-8")
+                || value.eq_ignore_ascii_case("utf8"))
     })
+}
+
+/// RFC 9110 `token`: one or more tchar.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -250,6 +277,15 @@ mod tests {
         assert!(!j("text/plain"));
         assert!(!j("application/jsonx"));
         assert!(!j("application/json; charset=latin1"));
+        // What PHP, Rack and Rails would read as a form must not pass as JSON.
+        assert!(!j("application/x-www-form-urlencoded, application/a+json"));
+        assert!(!j("application/x-www-form-urlencoded a+json"));
+        assert!(!j("application/json, text/plain"));
+        assert!(!j("application/json;"));
+        assert!(!j("application/json; charset"));
+        assert!(!j("application/ json"));
+        assert!(j("application/json ; charset=\"utf-8\""));
+        assert!(j("application/json;charset=utf-8;v=1"));
         assert!(!is_json(None));
     }
 

@@ -35,8 +35,6 @@ pub struct FieldPath {
 struct Segment {
     descendant: bool,
     selectors: Vec<Selector>,
-    /// Child segment made only of names: looked up directly, not by scanning.
-    names_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -638,13 +636,6 @@ impl<'r, E, F> RuleWalk<'r, F>
 where
     F: FnMut(&mut Value, usize, &Loc<'_>) -> Result<Flow, E>,
 {
-    fn segment(&self, s: State) -> Option<&'r Segment> {
-        let rules: &'r [FieldRule] = self.rules;
-        rules
-            .get(s.rule as usize)
-            .and_then(|r| r.path.segments.get(s.seg as usize))
-    }
-
     fn advance(&mut self, lo: usize, hi: usize, selects: impl Fn(&Segment) -> bool) -> usize {
         advance_states(self.rules, &mut self.states, lo, hi, selects)
     }
@@ -659,30 +650,6 @@ where
         }
         match node {
             Value::Object(map) => {
-                // Common case `$.a.b`: one state, names only, direct lookups.
-                if hi - lo == 1 {
-                    let s = self.states[lo];
-                    if let Some(seg) = self.segment(s).filter(|seg| seg.names_only) {
-                        let next = State {
-                            rule: s.rule,
-                            seg: s.seg + 1,
-                        };
-                        for sel in &seg.selectors {
-                            if let Selector::Name(name) = sel {
-                                if let Some(child) = map.get_mut(name.as_str()) {
-                                    self.states.push(next);
-                                    let l = Loc {
-                                        parent: Some(loc),
-                                        step: Step::Key(name),
-                                    };
-                                    self.visit(child, &l, hi)?;
-                                    self.states.truncate(hi);
-                                }
-                            }
-                        }
-                        return Ok(());
-                    }
-                }
                 for (key, child) in map.iter_mut() {
                     let start = self.advance(lo, hi, |seg| seg.selects_member(key));
                     if self.states.len() > start {
@@ -875,6 +842,34 @@ fn walk_all<E>(
     Ok(())
 }
 
+/// Member names match without regard to case. Backends written with Go's
+/// encoding/json, Json.NET or ASP.NET bind `"SSN"`, `"Ssn"` (and Go even
+/// `"ſſn"`) to an `ssn` field, so a rule for `ssn` must seal every casing:
+/// sealing too much is safe, too little stores plaintext. Simple case
+/// folding, with the two characters Go folds onto ASCII letters.
+pub(crate) fn names_match(rule: &str, key: &str) -> bool {
+    if rule == key {
+        return true;
+    }
+    if rule.is_ascii() && key.is_ascii() {
+        return rule.eq_ignore_ascii_case(key);
+    }
+    fn fold(c: char) -> char {
+        match c {
+            '\u{17F}' => 's',  // LATIN SMALL LETTER LONG S
+            '\u{212A}' => 'k', // KELVIN SIGN
+            c => {
+                let mut lower = c.to_lowercase();
+                match (lower.next(), lower.next()) {
+                    (Some(l), None) => l,
+                    _ => c,
+                }
+            }
+        }
+    }
+    rule.chars().map(fold).eq(key.chars().map(fold))
+}
+
 impl Segment {
     fn new(descendant: bool, mut selectors: Vec<Selector>) -> Segment {
         // Selection is a set of locations, so repeated selectors add nothing.
@@ -884,17 +879,15 @@ impl Segment {
                 unique.push(s);
             }
         }
-        let names_only = !descendant && unique.iter().all(|s| matches!(s, Selector::Name(_)));
         Segment {
             descendant,
             selectors: unique,
-            names_only,
         }
     }
 
     fn selects_member(&self, key: &str) -> bool {
         self.selectors.iter().any(|s| match s {
-            Selector::Name(n) => n == key,
+            Selector::Name(n) => names_match(n, key),
             Selector::Wildcard => true,
             Selector::Index(_) | Selector::Slice { .. } => false,
         })

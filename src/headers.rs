@@ -99,6 +99,24 @@ pub fn remove_hop_by_hop(map: &mut HeaderMap) {
     }
 }
 
+/// Headers some backends (IIS URL Rewrite, Symfony, Zend, Rails, Spring's
+/// HiddenHttpMethodFilter...) obey to change the path or method they route
+/// on. A request matched as `POST /static/x` must not be routed upstream as
+/// `/api/users`, so they never reach the backend.
+static ROUTING_OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+pub fn remove_routing_overrides(map: &mut HeaderMap) {
+    for name in &ROUTING_OVERRIDES {
+        map.remove(name);
+    }
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

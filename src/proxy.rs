@@ -403,6 +403,7 @@ async fn pipeline(
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     let mut headers = std::mem::take(&mut parts.headers);
     headers::remove_hop_by_hop(&mut headers);
+    headers::remove_routing_overrides(&mut headers);
     headers.remove(header::EXPECT);
     headers::set_forwarded(
         &mut headers,

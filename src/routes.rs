@@ -79,16 +79,33 @@ impl Route {
                 return false;
             }
         }
+        // Rails (`(.:format)`) and older Spring MVC route `/api/users.json`
+        // to `/api/users`, and many frameworks ignore a trailing slash: both
+        // spellings belong to the route, or they would fall through to a
+        // later route in plaintext.
+        let format_suffix = |rest: &str| {
+            rest.strip_prefix('.')
+                .is_some_and(|ext| !ext.contains(['/', '.']))
+        };
         match &self.path {
             PathMatch::Any => true,
-            PathMatch::Exact(p) => eq(p, path, self.case_insensitive),
+            PathMatch::Exact(p) => {
+                let p = p.trim_end_matches('/');
+                if path.len() < p.len() || !path.is_char_boundary(p.len()) {
+                    return false;
+                }
+                let (head, rest) = path.split_at(p.len());
+                eq(p, head, self.case_insensitive)
+                    && (rest.is_empty() || rest == "/" || format_suffix(rest))
+            }
             PathMatch::Prefix(p) => {
                 let p = p.trim_end_matches('/');
                 if path.len() < p.len() || !path.is_char_boundary(p.len()) {
                     return false;
                 }
                 let (head, rest) = path.split_at(p.len());
-                eq(p, head, self.case_insensitive) && (rest.is_empty() || rest.starts_with('/'))
+                eq(p, head, self.case_insensitive)
+                    && (rest.is_empty() || rest.starts_with('/') || format_suffix(rest))
             }
         }
     }
@@ -241,6 +258,12 @@ mod tests {
         assert!(r.matches(None, "/api/users/", &Method::GET));
         assert!(r.matches(None, "/api/users/7", &Method::GET));
         assert!(!r.matches(None, "/api/usersX", &Method::GET));
+        assert!(
+            r.matches(None, "/api/users.json", &Method::POST),
+            "format suffix"
+        );
+        assert!(r.matches(None, "/api/users.", &Method::POST));
+        assert!(!r.matches(None, "/api/users.json/x", &Method::POST));
         assert!(!r.matches(None, "/api/user", &Method::GET));
         assert!(!r.matches(None, "/API/users", &Method::GET));
         let root = route(PathMatch::Prefix("/".into()));
@@ -265,6 +288,15 @@ mod tests {
         assert!(!r.matches(None, "/x", &Method::POST));
         assert!(!r.matches(Some("a.example"), "/x", &Method::GET));
         assert!(!r.matches(Some("a.example"), "/x/y", &Method::POST));
+        assert!(
+            r.matches(Some("a.example"), "/x/", &Method::POST),
+            "trailing slash"
+        );
+        assert!(
+            r.matches(Some("a.example"), "/x.json", &Method::POST),
+            "format suffix"
+        );
+        assert!(!r.matches(Some("a.example"), "/xy", &Method::POST));
     }
 
     fn canon(p: &str) -> Result<(String, String), &'static str> {

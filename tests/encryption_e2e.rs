@@ -1169,3 +1169,80 @@ async fn numbers_keep_their_digits_through_forwarding_and_round_trip() {
         "read-back"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Review findings: how backends read names, media types and paths
+// ---------------------------------------------------------------------------
+
+/// Each of these was a way to get plaintext stored with a catch-all route
+/// behind the encrypting one: a member name in another case (Go, .NET bind
+/// it to `ssn`), a format suffix (Rails, older Spring route `/api/users.json`
+/// to `/api/users`), and an `X-Original-URL` that IIS-style backends route on.
+#[tokio::test]
+async fn backend_readings_of_names_paths_and_override_headers_cannot_store_plaintext() {
+    let f = Closed::start().await;
+    let (c, v) = (f.proxy.h1(), Version::HTTP_11);
+    for (i, (path, body)) in [
+        ("/api/users", r#"{"SSN":"SECRET-0"}"#),
+        ("/api/users", "{\"\\u017f\\u017fn\":\"SECRET-1\"}"),
+        ("/api/users.json", r#"{"ssn":"SECRET-2"}"#),
+        ("/api/users/", r#"{"Ssn":"SECRET-3"}"#),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = post_json(&c, v, &f.proxy.url(path), body).await;
+        assert_eq!(r.status, StatusCode::OK, "{path} {body}");
+        let secret = format!("SECRET-{i}");
+        assert!(
+            !f.backend.raw_contains(secret.as_bytes()),
+            "{path} {body}: plaintext stored"
+        );
+    }
+    let before = f.backend.count();
+    let r = send(
+        c.post(f.proxy.url("/static/x"))
+            .header("content-type", "application/json")
+            .header("x-original-url", "/api/users")
+            .header("x-http-method-override", "PUT")
+            .body(r#"{"note":"plain route"}"#),
+        v,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rec = f.backend.seen().pop().expect("forwarded");
+    assert_eq!(f.backend.count(), before + 1);
+    assert!(
+        rec.header("x-original-url").is_none(),
+        "routing override forwarded"
+    );
+    assert!(
+        rec.header("x-http-method-override").is_none(),
+        "method override forwarded"
+    );
+}
+
+/// PHP, Rack and Rails cut a media type at `,`, `;` or a space: a header a
+/// lax check takes for JSON is a form to them, and a JSON string can then
+/// carry form fields. Such bodies are refused on encrypting routes.
+#[tokio::test]
+async fn media_types_a_backend_could_read_as_a_form_are_refused() {
+    let f = Closed::start().await;
+    let (c, v) = (f.proxy.h1(), Version::HTTP_11);
+    let body = r#"{"x":"&ssn=123-45-6789&y="}"#;
+    for ct in [
+        "application/x-www-form-urlencoded, application/a+json",
+        "application/x-www-form-urlencoded a+json",
+        "application/json, text/plain",
+    ] {
+        let r = send(
+            c.post(f.proxy.url("/api/users"))
+                .header("content-type", ct)
+                .body(body),
+            v,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+    }
+    assert_eq!(f.backend.count(), 0, "nothing reached the backend");
+}

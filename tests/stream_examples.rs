@@ -356,3 +356,37 @@ fn depth_limit_matches_serde_json() {
         }
     }
 }
+
+/// Go's encoding/json, Json.NET and ASP.NET bind any casing of a member name
+/// (Go even `ſ` for `s` and the Kelvin sign for `k`) to the same field, so a
+/// rule for `ssn` seals every casing, on the proxy path and the tree path.
+#[test]
+fn member_names_match_in_any_case() {
+    let input =
+        r#"{"SSN":"1","Ssn":"2","\u017f\u017fn":"3","ssn":"4","ssnx":"5","card":{"NUMBER":"6"}}"#;
+    let (out, n) = enc(input, &["$.ssn", "$.card.number"]);
+    assert_eq!(n, 5, "{out}");
+    let v = parse(&out);
+    for k in ["SSN", "Ssn", "ſſn", "ssn"] {
+        assert!(
+            looks_like_envelope(v[k].as_str().expect("string")),
+            "{k}: {out}"
+        );
+    }
+    assert_eq!(v["ssnx"], "5");
+    assert!(looks_like_envelope(
+        v["card"]["NUMBER"].as_str().expect("string")
+    ));
+    // Each value's context is its member name as sent: auto-decrypt restores all.
+    assert_eq!(dec_auto(&out), parse(input));
+    // The tree transform (offline tools) selects the same.
+    let mut doc = parse(input);
+    let report = fieldseal::fields::encrypt_document(
+        &mut doc,
+        &rules(&["$.ssn", "$.card.number"]),
+        &ring(),
+        1,
+    )
+    .expect("tree encrypt");
+    assert_eq!(report.encrypted, 5);
+}

@@ -32,12 +32,15 @@ use crate::state::{unix_now, Runtime, Shared};
 
 /// What the access log, metrics and audit need to know about one request.
 struct Exchange {
-    request_id: String,
+    /// Built once and shared (refcounted) by the upstream request, the
+    /// response and the logs.
+    request_id: HeaderValue,
     method: Method,
+    /// Only kept when the access log is on.
     path: String,
     route: Option<usize>,
     client: IpAddr,
-    user_agent: Option<String>,
+    user_agent: Option<HeaderValue>,
     upstream_status: Option<u16>,
     bytes_in: u64,
     request_report: TransformReport,
@@ -54,14 +57,14 @@ pub async fn handle(
     let mut ex = Exchange {
         request_id: request_id(),
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        path: if rt.config.log.access_log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
         route: None,
         client: peer.ip(),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
         upstream_status: None,
         bytes_in: 0,
         request_report: TransformReport::default(),
@@ -99,15 +102,15 @@ pub async fn handle(
                     m.rate_limited.inc();
                 }
             }
-            tracing::debug!(request_id = %ex.request_id, kind = e.kind(), error = %e, "request refused");
+            tracing::debug!(request_id = ex.id(), kind = e.kind(), error = %e, "request refused");
             error_response(&e)
         }
     };
     let security = route.map_or(&rt.config.default_headers, |r| &r.headers);
     security.apply(response.headers_mut());
-    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
     finish(&shared, &rt, &ex, &response, start);
     Ok(response)
 }
@@ -115,7 +118,7 @@ pub async fn handle(
 /// A request id unique for this process's life: a random per-process prefix
 /// and a counter. It only has to correlate log lines, so no syscall per
 /// request for fresh randomness.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
@@ -131,10 +134,18 @@ fn request_id() -> String {
         }
         u64::from_le_bytes(b)
     });
-    format!(
+    let id = format!(
         "{prefix:016x}{:016x}",
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    );
+    // Hex digits only: always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+impl Exchange {
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// The proxy's own answer for a refusal: JSON, never cached.
@@ -190,7 +201,7 @@ fn finish(
             .and_then(|v| v.parse::<u64>().ok());
         tracing::info!(
             target: "fieldseal::access",
-            request_id = %ex.request_id,
+            request_id = ex.id(),
             method = %ex.method,
             path = %ex.path,
             route,
@@ -227,10 +238,14 @@ fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<
     let fields = union(&req.paths, &resp.paths);
     let key_ids = union(&req.key_ids, &resp.key_ids);
     let event = AuditEvent {
-        request_id: ex.request_id.clone(),
+        request_id: ex.id().to_string(),
         route: route.name.clone(),
         client: ex.client.to_string(),
-        user_agent: ex.user_agent.clone(),
+        user_agent: ex
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
         method: ex.method.to_string(),
         fields,
         key_ids,
@@ -242,7 +257,7 @@ fn audit(shared: &Shared, rt: &Runtime, ex: &Exchange, outcome: &str) -> Result<
         Ok(()) => Ok(()),
         Err(e) => {
             shared.metrics.audit_failures.inc();
-            tracing::error!(request_id = %ex.request_id, error = %e, "audit log write failed");
+            tracing::error!(request_id = ex.id(), error = %e, "audit log write failed");
             match audit.on_failure {
                 AuditFailureMode::Refuse => Err(ProxyError::AuditUnavailable),
                 AuditFailureMode::Serve => Ok(()),
@@ -427,9 +442,7 @@ async fn pipeline(
             headers.insert(header::HOST, v.clone());
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&ex.request_id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
-    }
+    headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
     if route.transforms_response() {
         // Ask for an answer we can read; a compressed one is still decoded below.
         headers.insert(
@@ -490,7 +503,7 @@ async fn pipeline(
                 })
                 .inc();
             tracing::warn!(
-                request_id = %ex.request_id,
+                request_id = ex.id(),
                 route = %route.name,
                 field = %f.location,
                 key_id = f.key_id.as_deref().unwrap_or("-"),

@@ -365,7 +365,11 @@ async fn pipeline(
                     _ => ProxyError::BadRequest("request body could not be decompressed"),
                 })?,
             };
-            let (sealed, report) = transform_request(rt, index, ring, plain).await?;
+            let depth = config.limits.max_json_depth;
+            let (sealed, report) = offload(rt, plain.len(), move |rt| {
+                encrypt_body(&plain, route_at(rt, index)?, keyring(rt)?, depth)
+            })
+            .await?;
             if let Some(m) = rt.route_metrics.get(index) {
                 m.fields_encrypted.inc_by(report.encrypted as u64);
             }
@@ -472,7 +476,6 @@ async fn pipeline(
         && may_have_body(&parts.method, rparts.status)
         && body::is_json(rparts.headers.get(header::CONTENT_TYPE))
     {
-        let ring = keyring(rt)?;
         let raw = body::collect_limited(rbody, config.limits.max_response_body, client.timeout())
             .await
             .map_err(|e| match e {
@@ -493,7 +496,10 @@ async fn pipeline(
                 _ => ProxyError::UpstreamBody,
             })?,
         };
-        let (out, report) = transform_response(rt, index, ring, plain).await;
+        let (out, report) = offload(rt, plain.len(), move |rt| {
+            Ok(decrypt_body(plain, route_at(rt, index)?, keyring(rt)?))
+        })
+        .await?;
         let m = &shared.metrics;
         for f in &report.failures {
             m.decrypt_failures
@@ -632,41 +638,29 @@ fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyErr
     )))
 }
 
-/// Validate, check depth and seal in one streaming pass (`jsonstream`).
-/// Large bodies go to the blocking pool so a 1 MiB document doesn't stall
-/// other connections on this worker.
-async fn transform_request(
-    rt: &Arc<Runtime>,
-    route: usize,
-    ring: &Keyring,
-    raw: Bytes,
-) -> Result<(Vec<u8>, TransformReport), ProxyError> {
-    let depth = rt.config.limits.max_json_depth;
-    if raw.len() > rt.config.limits.offload_threshold {
-        let rt = Arc::clone(rt);
-        return tokio::task::spawn_blocking(move || {
-            let route = rt
-                .config
-                .routes
-                .routes
-                .get(route)
-                .ok_or(ProxyError::Internal("route"))?;
-            let ring = rt
-                .keyring
-                .as_deref()
-                .ok_or(ProxyError::Internal("keyring"))?;
-            encrypt_body(&raw, route, ring, depth)
-        })
-        .await
-        .map_err(|_| ProxyError::Internal("transform task failed"))?;
+/// Runs a body transform inline, or on the blocking pool when the body is
+/// larger than `limits.offload_threshold`, so a 1 MiB document doesn't
+/// stall the other connections of this worker thread.
+async fn offload<T, F>(rt: &Arc<Runtime>, len: usize, f: F) -> Result<T, ProxyError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Runtime) -> Result<T, ProxyError> + Send + 'static,
+{
+    if len <= rt.config.limits.offload_threshold {
+        return f(rt);
     }
-    let route = rt
-        .config
+    let rt = Arc::clone(rt);
+    tokio::task::spawn_blocking(move || f(&rt))
+        .await
+        .map_err(|_| ProxyError::Internal("transform task failed"))?
+}
+
+fn route_at(rt: &Runtime, index: usize) -> Result<&Route, ProxyError> {
+    rt.config
         .routes
         .routes
-        .get(route)
-        .ok_or(ProxyError::Internal("route"))?;
-    encrypt_body(&raw, route, ring, depth)
+        .get(index)
+        .ok_or(ProxyError::Internal("route"))
 }
 
 pub fn encrypt_body(
@@ -696,32 +690,6 @@ pub fn encrypt_body(
 }
 
 type DecryptOutcome = (Result<Vec<u8>, fields::DecryptFailure>, TransformReport);
-
-async fn transform_response(
-    rt: &Arc<Runtime>,
-    route: usize,
-    ring: &Keyring,
-    raw: Bytes,
-) -> DecryptOutcome {
-    if raw.len() > rt.config.limits.offload_threshold {
-        let rt2 = Arc::clone(rt);
-        let raw2 = raw.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let route = rt2.config.routes.routes.get(route)?;
-            let ring = rt2.keyring.as_deref()?;
-            Some(decrypt_body(raw2, route, ring))
-        })
-        .await;
-        if let Ok(Some(out)) = joined {
-            return out;
-        }
-        return (Ok(raw.to_vec()), TransformReport::default());
-    }
-    match rt.config.routes.routes.get(route) {
-        Some(r) => decrypt_body(raw, r, ring),
-        None => (Ok(raw.to_vec()), TransformReport::default()),
-    }
-}
 
 pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome {
     let Some(selection) = &route.decrypt else {

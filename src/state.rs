@@ -28,6 +28,8 @@ pub enum LoadError {
     Audit(String),
     #[error("{0} cannot change on reload; restart to apply it")]
     NeedsRestart(&'static str),
+    #[error("the reload task failed before finishing")]
+    ReloadTask,
 }
 
 /// HKDF purpose of the audit log's HMAC sub-key.
@@ -194,7 +196,7 @@ impl Shared {
             Runtime::build(config, Some(&current))
         })
         .await
-        .unwrap_or_else(|_| Err(LoadError::Audit("reload task failed".into())));
+        .unwrap_or(Err(LoadError::ReloadTask));
         let now = unix_now();
         self.metrics.last_reload_timestamp.set(now as f64);
         let status = match result {

@@ -79,35 +79,28 @@ impl Route {
                 return false;
             }
         }
+        let (p, exact) = match &self.path {
+            PathMatch::Any => return true,
+            PathMatch::Exact(p) => (p.trim_end_matches('/'), true),
+            PathMatch::Prefix(p) => (p.trim_end_matches('/'), false),
+        };
+        if path.len() < p.len() || !path.is_char_boundary(p.len()) {
+            return false;
+        }
+        let (head, rest) = path.split_at(p.len());
         // Rails (`(.:format)`) and older Spring MVC route `/api/users.json`
         // to `/api/users`, and many frameworks ignore a trailing slash: both
         // spellings belong to the route, or they would fall through to a
         // later route in plaintext.
-        let format_suffix = |rest: &str| {
-            rest.strip_prefix('.')
-                .is_some_and(|ext| !ext.contains(['/', '.']))
+        let format_suffix = rest
+            .strip_prefix('.')
+            .is_some_and(|ext| !ext.contains(['/', '.']));
+        let rest_ok = if exact {
+            rest.is_empty() || rest == "/" || format_suffix
+        } else {
+            rest.is_empty() || rest.starts_with('/') || format_suffix
         };
-        match &self.path {
-            PathMatch::Any => true,
-            PathMatch::Exact(p) => {
-                let p = p.trim_end_matches('/');
-                if path.len() < p.len() || !path.is_char_boundary(p.len()) {
-                    return false;
-                }
-                let (head, rest) = path.split_at(p.len());
-                eq(p, head, self.case_insensitive)
-                    && (rest.is_empty() || rest == "/" || format_suffix(rest))
-            }
-            PathMatch::Prefix(p) => {
-                let p = p.trim_end_matches('/');
-                if path.len() < p.len() || !path.is_char_boundary(p.len()) {
-                    return false;
-                }
-                let (head, rest) = path.split_at(p.len());
-                eq(p, head, self.case_insensitive)
-                    && (rest.is_empty() || rest.starts_with('/') || format_suffix(rest))
-            }
-        }
+        eq(p, head, self.case_insensitive) && rest_ok
     }
 }
 

@@ -751,14 +751,8 @@ async fn plain_http_redirects_to_https_same_path() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let yaml = format!(
         r#"allowed_hosts: [localhost, 127.0.0.1]
-upstreams:
-  legacy: {{ url: "{}" }}
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        backend.url()
+{routes}"#,
+        routes = catch_all(&backend.url())
     );
     let proxy = TestProxy::start_with(&yaml, true).await;
     let redirect = proxy.redirect.expect("redirect listener");
@@ -809,14 +803,8 @@ async fn redirect_uses_the_bound_https_port() {
     let yaml = format!(
         r#"listen: {{ address: "127.0.0.1:0", tls: {{ cert: server.crt, key: server.key }} }}
 redirect_http: {{ address: "127.0.0.1:0" }}
-upstreams:
-  legacy: {{ url: "{}" }}
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        backend.url()
+{routes}"#,
+        routes = catch_all(&backend.url())
     );
     let path = dir.path().join("fieldseal.yaml");
     let config = fieldseal::Config::from_yaml(&yaml, &path).expect("config");
@@ -918,14 +906,8 @@ async fn trusted_peer_forwarded_for_chain_is_extended() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let yaml = format!(
         r#"trusted_proxies: [127.0.0.0/8]
-upstreams:
-  legacy: {{ url: "{}" }}
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        backend.url()
+{routes}"#,
+        routes = catch_all(&backend.url())
     );
     let proxy = TestProxy::start(&yaml).await;
     for (c, v) in proxy.clients() {
@@ -955,16 +937,7 @@ async fn hop_by_hop_headers_from_the_upstream_are_stripped() {
         ]),
     )
     .await;
-    let yaml = format!(
-        r#"upstreams:
-  legacy: {{ url: "{}" }}
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        backend.url()
-    );
+    let yaml = catch_all(&backend.url());
     let proxy = TestProxy::start(&yaml).await;
     let req = format!(
         "GET /x HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",

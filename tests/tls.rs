@@ -218,16 +218,7 @@ async fn certificate_is_valid_for_ip_address_too() {
 #[tokio::test]
 async fn silent_tcp_client_is_dropped_after_handshake_timeout() {
     let backend = Backend::start("a", Behavior::echo()).await;
-    let yaml = format!(
-        r#"upstreams:
-  legacy: {{ url: "{}" }}
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        backend.url()
-    );
+    let yaml = catch_all(&backend.url());
     // The harness writes `listen`; a handshake timeout needs the tls block,
     // so build this one by hand.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -228,6 +228,19 @@ pub fn dead_address() -> SocketAddr {
 
 /// Writes a self-signed certificate for localhost and 127.0.0.1 into `dir`
 /// and returns the certificate PEM.
+/// One upstream `legacy` at `url` and one route `all` that takes every path.
+pub fn catch_all(url: &str) -> String {
+    format!(
+        r#"upstreams:
+  legacy: {{ url: "{url}" }}
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: legacy
+"#
+    )
+}
+
 pub fn write_certs(dir: &Path) -> Vec<u8> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let (cert, _key) = fieldseal::tls::write_self_signed(dir, &names, false).expect("certs");

@@ -7,6 +7,35 @@ use http::StatusCode;
 
 use crate::fields::DecryptFailure;
 
+/// Every code [`ProxyError::reason`] returns, in declaration order. The
+/// unit tests below hold the two together; README.md documents each.
+pub const REASON_CODES: &[&str] = &[
+    "no_route",
+    "misdirected_host",
+    "bad_path",
+    "bad_request",
+    "body_too_large",
+    "headers_too_large",
+    "unsupported_media_type",
+    "unsupported_encoding",
+    "invalid_json",
+    "json_too_deep",
+    "rate_limited",
+    "client_body_broken",
+    "client_body_timeout",
+    "upstream_connect_failed",
+    "upstream_connect_refused",
+    "upstream_connect_timeout",
+    "upstream_timeout",
+    "upstream_protocol_error",
+    "upstream_closed",
+    "upstream_body_broken",
+    "upstream_body_too_large",
+    "decrypt_failed",
+    "audit_unavailable",
+    "internal",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     // --- caused by the client's request ---
@@ -40,10 +69,16 @@ pub enum ProxyError {
     // --- caused by the upstream ---
     #[error("upstream unreachable")]
     UpstreamConnect,
+    #[error("upstream unreachable")]
+    UpstreamConnectRefused,
+    #[error("upstream unreachable")]
+    UpstreamConnectTimeout,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     #[error("upstream failed")]
     UpstreamProtocol,
+    #[error("upstream failed")]
+    UpstreamClosed,
     #[error("upstream answer could not be read")]
     UpstreamBody,
     #[error("upstream answer exceeds the limit of {limit} bytes")]
@@ -72,9 +107,13 @@ impl ProxyError {
             UnsupportedMediaType | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            UpstreamConnect | UpstreamProtocol | UpstreamBody | UpstreamTooLarge { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamConnect
+            | UpstreamConnectRefused
+            | UpstreamConnectTimeout
+            | UpstreamProtocol
+            | UpstreamClosed
+            | UpstreamBody
+            | UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
             Decrypt(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,7 +121,8 @@ impl ProxyError {
         }
     }
 
-    /// Short stable label for logs and metrics.
+    /// Coarse label of `fieldseal_upstream_errors_total{kind}` (kept stable
+    /// for dashboards; the access log's [`reason`](Self::reason) is finer).
     pub fn kind(&self) -> &'static str {
         use ProxyError::*;
         match self {
@@ -99,9 +139,9 @@ impl ProxyError {
             RateLimited { .. } => "rate_limited",
             ClientBody => "client_body",
             ClientTimeout => "client_timeout",
-            UpstreamConnect => "connect",
+            UpstreamConnect | UpstreamConnectRefused | UpstreamConnectTimeout => "connect",
             UpstreamTimeout => "timeout",
-            UpstreamProtocol => "protocol",
+            UpstreamProtocol | UpstreamClosed => "protocol",
             UpstreamBody => "body",
             UpstreamTooLarge { .. } => "too_large",
             Decrypt(_) => "decrypt",
@@ -110,13 +150,57 @@ impl ProxyError {
         }
     }
 
+    /// The access log's `reason`: one stable code per variant, listed in
+    /// [`REASON_CODES`] and documented in README.md ("Reason codes").
+    pub fn reason(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            NoRoute => "no_route",
+            MisdirectedHost => "misdirected_host",
+            BadPath(_) => "bad_path",
+            BadRequest(_) => "bad_request",
+            BodyTooLarge { .. } => "body_too_large",
+            HeadersTooLarge => "headers_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            UnsupportedEncoding(_) => "unsupported_encoding",
+            InvalidJson => "invalid_json",
+            TooDeep { .. } => "json_too_deep",
+            RateLimited { .. } => "rate_limited",
+            ClientBody => "client_body_broken",
+            ClientTimeout => "client_body_timeout",
+            UpstreamConnect => "upstream_connect_failed",
+            UpstreamConnectRefused => "upstream_connect_refused",
+            UpstreamConnectTimeout => "upstream_connect_timeout",
+            UpstreamTimeout => "upstream_timeout",
+            UpstreamProtocol => "upstream_protocol_error",
+            UpstreamClosed => "upstream_closed",
+            UpstreamBody => "upstream_body_broken",
+            UpstreamTooLarge { .. } => "upstream_body_too_large",
+            Decrypt(_) => "decrypt_failed",
+            AuditUnavailable => "audit_unavailable",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// A fixed explanation to log beside the reason, when the variant has
+    /// one. Never anything the client sent.
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::BadPath(d) | ProxyError::BadRequest(d) | ProxyError::Internal(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// True when the upstream, not the client or the proxy, is at fault.
     pub fn is_upstream(&self) -> bool {
         matches!(
             self,
             ProxyError::UpstreamConnect
+                | ProxyError::UpstreamConnectRefused
+                | ProxyError::UpstreamConnectTimeout
                 | ProxyError::UpstreamTimeout
                 | ProxyError::UpstreamProtocol
+                | ProxyError::UpstreamClosed
                 | ProxyError::UpstreamBody
                 | ProxyError::UpstreamTooLarge { .. }
         )
@@ -131,5 +215,113 @@ impl ProxyError {
             body["retry_after"] = serde_json::json!(retry_after_secs);
         }
         body.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One value of every variant. The exhaustive match makes a new variant
+    /// a compile error here until it is added, so it cannot go without a
+    /// reason code.
+    fn one_of_each() -> Vec<ProxyError> {
+        use ProxyError::*;
+        let all = vec![
+            NoRoute,
+            MisdirectedHost,
+            BadPath("p"),
+            BadRequest("r"),
+            BodyTooLarge { limit: 1 },
+            HeadersTooLarge,
+            UnsupportedMediaType,
+            UnsupportedEncoding("x".into()),
+            InvalidJson,
+            TooDeep { limit: 1 },
+            RateLimited {
+                retry_after_secs: 1,
+            },
+            ClientBody,
+            ClientTimeout,
+            UpstreamConnect,
+            UpstreamConnectRefused,
+            UpstreamConnectTimeout,
+            UpstreamTimeout,
+            UpstreamProtocol,
+            UpstreamClosed,
+            UpstreamBody,
+            UpstreamTooLarge { limit: 1 },
+            Decrypt(DecryptFailure {
+                location: "$".into(),
+                key_id: None,
+                reason: "auth_failed",
+            }),
+            AuditUnavailable,
+            Internal("i"),
+        ];
+        for e in &all {
+            match e {
+                NoRoute
+                | MisdirectedHost
+                | BadPath(_)
+                | BadRequest(_)
+                | BodyTooLarge { .. }
+                | HeadersTooLarge
+                | UnsupportedMediaType
+                | UnsupportedEncoding(_)
+                | InvalidJson
+                | TooDeep { .. }
+                | RateLimited { .. }
+                | ClientBody
+                | ClientTimeout
+                | UpstreamConnect
+                | UpstreamConnectRefused
+                | UpstreamConnectTimeout
+                | UpstreamTimeout
+                | UpstreamProtocol
+                | UpstreamClosed
+                | UpstreamBody
+                | UpstreamTooLarge { .. }
+                | Decrypt(_)
+                | AuditUnavailable
+                | Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_variant_has_its_own_listed_reason_code() {
+        let reasons: Vec<&str> = one_of_each().iter().map(ProxyError::reason).collect();
+        assert_eq!(
+            reasons, REASON_CODES,
+            "REASON_CODES lists reason() in order"
+        );
+        let mut unique = reasons.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), reasons.len(), "one code per variant");
+        for r in reasons {
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}: codes are snake_case"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_failures_are_upstream_and_answer_502_or_504() {
+        for e in one_of_each() {
+            let upstream = e.reason().starts_with("upstream_");
+            assert_eq!(e.is_upstream(), upstream, "{}", e.reason());
+            if upstream {
+                assert!(
+                    matches!(e.status().as_u16(), 502 | 504),
+                    "{}: {}",
+                    e.reason(),
+                    e.status()
+                );
+            }
+        }
     }
 }

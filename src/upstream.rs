@@ -46,16 +46,42 @@ impl UpstreamClient {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
-                let timed_out = std::error::Error::source(&e)
-                    .map(|s| s.to_string().contains("timed out"))
-                    .unwrap_or(false);
-                tracing::debug!(error = %e, timed_out, "upstream connect failed");
-                Err(ProxyError::UpstreamConnect)
+                let err = match io_error_kind(&e) {
+                    Some(std::io::ErrorKind::ConnectionRefused) => {
+                        ProxyError::UpstreamConnectRefused
+                    }
+                    Some(std::io::ErrorKind::TimedOut) => ProxyError::UpstreamConnectTimeout,
+                    _ => ProxyError::UpstreamConnect,
+                };
+                tracing::debug!(error = %e, reason = err.reason(), "upstream connect failed");
+                Err(err)
             }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream request failed");
-                Err(ProxyError::UpstreamProtocol)
+                // The upstream closed the connection before a whole answer
+                // head arrived (often a keep-alive race, or a crash).
+                let closed = source_chain(&e)
+                    .filter_map(|s| s.downcast_ref::<hyper::Error>())
+                    .any(|h| h.is_incomplete_message() || h.is_canceled());
+                tracing::debug!(error = %e, closed, "upstream request failed");
+                Err(if closed {
+                    ProxyError::UpstreamClosed
+                } else {
+                    ProxyError::UpstreamProtocol
+                })
             }
         }
     }
+}
+
+fn source_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The kind of the I/O error under a connect failure, if there is one.
+fn io_error_kind(e: &hyper_util::client::legacy::Error) -> Option<std::io::ErrorKind> {
+    source_chain(e)
+        .find_map(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }

@@ -42,6 +42,10 @@ struct Exchange {
     client: IpAddr,
     user_agent: Option<HeaderValue>,
     upstream_status: Option<u16>,
+    /// From sending the request upstream to its answer's head (or failure).
+    upstream_elapsed: Option<std::time::Duration>,
+    /// Why the proxy answered with its own error instead of the upstream's answer.
+    refusal: Option<(&'static str, Option<&'static str>)>,
     bytes_in: u64,
     request_report: TransformReport,
     response_report: TransformReport,
@@ -55,7 +59,7 @@ pub async fn handle(
     let start = Instant::now();
     let rt = shared.runtime.load_full();
     let mut ex = Exchange {
-        request_id: request_id(),
+        request_id: accepted_request_id(&rt, &req, peer).unwrap_or_else(request_id),
         method: req.method().clone(),
         path: if rt.config.log.access_log {
             req.uri().path().to_string()
@@ -66,6 +70,8 @@ pub async fn handle(
         client: peer.ip(),
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
         upstream_status: None,
+        upstream_elapsed: None,
+        refusal: None,
         bytes_in: 0,
         request_report: TransformReport::default(),
         response_report: TransformReport::default(),
@@ -102,7 +108,7 @@ pub async fn handle(
                     m.rate_limited.inc();
                 }
             }
-            tracing::debug!(request_id = ex.id(), kind = e.kind(), error = %e, "request refused");
+            ex.refusal = Some((e.reason(), e.detail()));
             error_response(&e)
         }
     };
@@ -113,6 +119,36 @@ pub async fn handle(
         .insert(X_REQUEST_ID.clone(), ex.request_id.clone());
     finish(&shared, &rt, &ex, &response, start);
     Ok(response)
+}
+
+/// The client's `X-Request-Id`, when `log.trust_request_id` lets this peer
+/// set it and it is well-formed (see [`is_well_formed_request_id`]), so a
+/// trace started in front of the proxy goes on through it.
+fn accepted_request_id<B>(rt: &Runtime, req: &Request<B>, peer: SocketAddr) -> Option<HeaderValue> {
+    use crate::config::TrustRequestId;
+    let trusted = match rt.config.log.trust_request_id {
+        TrustRequestId::Never => false,
+        TrustRequestId::Always => true,
+        TrustRequestId::TrustedProxies => rt.config.is_trusted_proxy(peer.ip()),
+    };
+    if !trusted {
+        return None;
+    }
+    let mut values = req.headers().get_all(&X_REQUEST_ID).iter();
+    let v = values.next()?;
+    // Two ids: neither can be the trace's.
+    if values.next().is_some() || !is_well_formed_request_id(v.as_bytes()) {
+        return None;
+    }
+    Some(v.clone())
+}
+
+/// 1 to 128 bytes of `A-Z a-z 0-9 - _ . :` (UUIDs, ULIDs, W3C and hex
+/// trace ids): nothing that could break a log line or a header.
+pub fn is_well_formed_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// A request id unique for this process's life: a random per-process prefix
@@ -199,6 +235,11 @@ fn finish(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let upstream = ex
+            .route
+            .and_then(|i| rt.config.routes.routes.get(i))
+            .and_then(|r| rt.config.upstreams.get(r.upstream));
+        let (reason, detail) = ex.refusal.map_or((None, None), |(r, d)| (Some(r), d));
         tracing::info!(
             target: "fieldseal::access",
             request_id = ex.id(),
@@ -206,15 +247,30 @@ fn finish(
             path = %ex.path,
             route,
             status,
+            reason,
+            detail,
+            upstream = upstream.map(|u| u.name.as_str()),
+            // Only when the request went (or tried to go) there.
+            upstream_addr = upstream
+                .filter(|_| ex.upstream_elapsed.is_some())
+                .map(|u| u.authority.as_str()),
             upstream_status = ex.upstream_status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = ex.upstream_elapsed.map(millis),
+            latency_ms = millis(elapsed),
             bytes_in = ex.bytes_in,
             bytes_out,
             client = %ex.client,
             fields_encrypted = ex.request_report.encrypted,
             fields_decrypted = ex.response_report.decrypted,
+            fields_failed = ex.response_report.failures.len(),
         );
     }
+}
+
+/// Milliseconds rounded to the microsecond: a number with at most 3
+/// decimals, the same precision on every line.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// One audit event per request that encrypted or decrypted fields.
@@ -462,6 +518,7 @@ async fn pipeline(
 
     let sent = Instant::now();
     let resp = client.send(up_req).await;
+    ex.upstream_elapsed = Some(sent.elapsed());
     if let Some(h) = rt.upstream_metrics.get(route.upstream) {
         h.observe(sent.elapsed().as_secs_f64());
     }

@@ -114,6 +114,22 @@ pub struct LogSettings {
     pub level: String,
     pub json: bool,
     pub access_log: bool,
+    pub trust_request_id: TrustRequestId,
+}
+
+/// Whose `X-Request-Id` the proxy keeps (`log.trust_request_id`) instead of
+/// making its own: a well-formed id from such a peer joins our log lines to
+/// the trace it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustRequestId {
+    /// Only from peers in `trusted_proxies` (the default).
+    #[default]
+    TrustedProxies,
+    /// Never: every request gets an id of ours.
+    Never,
+    /// From any client (only when every client is a proxy of yours).
+    Always,
 }
 
 #[derive(Debug, Clone)]
@@ -558,6 +574,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             }
         },
         access_log: raw.log.access_log.unwrap_or(true),
+        trust_request_id: raw.log.trust_request_id.unwrap_or_default(),
     };
     if !["trace", "debug", "info", "warn", "error"].contains(&log.level.as_str()) {
         return Err(invalid(

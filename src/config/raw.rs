@@ -213,6 +213,8 @@ pub struct RawLog {
     pub format: Option<String>,
     #[serde(default)]
     pub access_log: Option<bool>,
+    #[serde(default)]
+    pub trust_request_id: Option<super::TrustRequestId>,
 }
 
 #[derive(Debug, Deserialize)]

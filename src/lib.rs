@@ -12,6 +12,7 @@ pub mod error;
 pub mod fields;
 pub mod headers;
 pub mod jsonstream;
+pub mod logging;
 pub mod metrics;
 pub mod offline;
 pub mod proxy;

@@ -123,19 +123,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str, json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("FIELDSEAL_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,rustls=warn"))
-        });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+fn init_logging(level: &str, json: bool) -> Result<()> {
+    fieldseal::logging::init(level, json).map_err(|e| anyhow!(e))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -149,7 +138,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
-            init_logging(&cfg.log.level, cfg.log.json);
+            init_logging(&cfg.log.level, cfg.log.json)?;
             runtime()?.block_on(serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -170,7 +159,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         },
         Command::Demo { listen, dir } => {
-            init_logging("info", false);
+            init_logging("info", false)?;
             runtime()?.block_on(demo(listen, dir))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -357,6 +357,7 @@ async fn pipeline(
         .find(|(_, r)| r.matches(host_name, &canon.match_path, &parts.method))
         .ok_or(ProxyError::NoRoute)?;
     ex.route = Some(index);
+    tracing::debug!(request_id = ex.id(), route = %route.name, "route matched");
 
     // 3. Rate limit, per client.
     let peer_trusted = config.is_trusted_proxy(peer.ip());
@@ -432,6 +433,12 @@ async fn pipeline(
             shared
                 .metrics
                 .count_encryptions(ring.active_id(), report.encrypted as u64);
+            tracing::debug!(
+                request_id = ex.id(),
+                fields = report.encrypted,
+                key_id = ring.active_id(),
+                "request fields sealed"
+            );
             ex.request_report = report;
             parts.headers.remove(header::CONTENT_ENCODING);
             parts
@@ -584,6 +591,12 @@ async fn pipeline(
                 return Err(ProxyError::Decrypt(failure));
             }
         };
+        tracing::debug!(
+            request_id = ex.id(),
+            fields = report.decrypted,
+            failed = report.failures.len(),
+            "response fields opened"
+        );
         ex.response_report = report;
         rparts.headers.remove(header::CONTENT_ENCODING);
         rparts.headers.remove("content-md5");

@@ -1,25 +1,110 @@
-//! The admin listener, apart from traffic: `/healthz`, `/readyz`,
-//! `/metrics`, and `POST /reload`.
+//! The admin listener, apart from traffic.
+//!
+//! Open, for probes and scrapers: `GET /healthz`, `/readyz`, `/metrics`.
+//! Protected, because they show the configuration or change state:
+//! `GET /routes`, `/keys`, `/info`, `GET` and `POST /reload`. With
+//! `admin.token_file` they need `Authorization: Bearer <token>`; without
+//! one they are served only when the admin listener is bound to a loopback
+//! address (so only local processes reach them), and refused otherwise.
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, ProxyBody};
+use crate::crypto::KeySource;
+use crate::fields::{DecryptSelection, FieldRule, OnDecryptFailure};
+use crate::routes::PathMatch;
 use crate::state::Shared;
 
+/// Paths that need the token (or a loopback listener when there is none).
+const PROTECTED: &[&str] = &["/reload", "/routes", "/keys", "/info"];
+const OPEN: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// Shortest token accepted: a guessable token would make the check moot.
+pub const MIN_TOKEN_LEN: usize = 16;
+const MAX_TOKEN_FILE_LEN: u64 = 4096;
+
+/// The admin bearer token, kept only as its SHA-256 digest: a presented
+/// token is hashed and the digests compared in constant time, so neither
+/// the token's bytes nor its length show in the timing.
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// Reads `admin.token_file`: a regular file, mode 0600 or stricter (like
+    /// key files), holding one token of at least [`MIN_TOKEN_LEN`] visible
+    /// ASCII characters; surrounding whitespace is ignored. Errors name the
+    /// file, never its content.
+    pub fn load(path: &Path) -> Result<AdminToken, String> {
+        let at = path.display();
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {at}: {e}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot read {at}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{at} is not a regular file"));
+        }
+        if let Some(mode) = crate::crypto::looser_than_0600(&meta) {
+            return Err(format!(
+                "{at} has mode {mode:04o}; it must be 0600 or stricter (chmod 600 {at})"
+            ));
+        }
+        let mut raw = zeroize::Zeroizing::new(Vec::new());
+        file.take(MAX_TOKEN_FILE_LEN + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("cannot read {at}: {e}"))?;
+        if raw.len() as u64 > MAX_TOKEN_FILE_LEN {
+            return Err(format!("{at} is too large to hold a token"));
+        }
+        let token = raw.trim_ascii();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "{at} holds a token shorter than {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        if !token.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{at}: the token must be one word of visible ASCII characters"
+            ));
+        }
+        Ok(AdminToken {
+            digest: Sha256::digest(token).into(),
+        })
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented).into();
+        bool::from(d.ct_eq(&self.digest))
+    }
+}
+
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    // What is bound decides, not what the config says (tests and `demo`
+    // bind their own listener).
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     crate::server::serve_http1(listener, stop, move |req| {
         let shared = Arc::clone(&shared);
-        async move { route(&shared, req).await }
+        async move { route(&shared, loopback, req).await }
     })
     .await;
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
     let mut r = Response::new(body::full(value.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -31,8 +116,21 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Proxy
     r
 }
 
-async fn route<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody> {
-    match (req.method(), req.uri().path()) {
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    json_response(
+        status,
+        json!({ "error": message, "status": status.as_u16() }),
+    )
+}
+
+async fn route<B>(shared: &Shared, loopback: bool, req: Request<B>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if PROTECTED.contains(&path) {
+        if let Some(refused) = refusal(shared, loopback, &req) {
+            return refused;
+        }
+    }
+    match (req.method(), path) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readyz(shared),
         (&Method::GET, "/metrics") => {
@@ -59,24 +157,193 @@ async fn route<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody> {
             StatusCode::OK,
             json!({ "last_reload": last_reload(shared) }),
         ),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({ "error": "method not allowed", "status": 405 }),
-        ),
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            json!({ "error": "not found", "status": 404 }),
-        ),
+        (&Method::GET, "/routes") => json_response(StatusCode::OK, routes(shared)),
+        (&Method::GET, "/keys") => json_response(StatusCode::OK, keys(shared)),
+        (&Method::GET, "/info") => json_response(StatusCode::OK, info(shared, loopback)),
+        (_, p) if OPEN.contains(&p) || PROTECTED.contains(&p) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-fn last_reload(shared: &Shared) -> serde_json::Value {
+/// The answer refusing a protected path, if it is refused. With a token:
+/// the request must carry it. Without: only a loopback listener serves it.
+fn refusal<B>(shared: &Shared, loopback: bool, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let rt = shared.runtime.load();
+    match &rt.admin_token {
+        Some(token) => {
+            let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+            let presented = match (values.next(), values.next()) {
+                (Some(v), None) => bearer(v.as_bytes()),
+                _ => None,
+            };
+            if presented.is_some_and(|t| token.matches(t)) {
+                return None;
+            }
+            tracing::warn!(
+                path = req.uri().path(),
+                "admin request refused: missing or wrong bearer token"
+            );
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this admin endpoint needs Authorization: Bearer <admin token>",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fieldseal admin\""),
+            );
+            Some(r)
+        }
+        None if loopback => None,
+        None => Some(error(
+            StatusCode::FORBIDDEN,
+            "this admin endpoint is served without a token only on a loopback listener: set admin.token_file",
+        )),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme in any case).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = v.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let t = rest.trim_ascii();
+    (!t.is_empty()).then_some(t)
+}
+
+fn last_reload(shared: &Shared) -> Value {
     shared
         .last_reload
         .lock()
         .ok()
         .and_then(|l| l.clone())
-        .map_or(serde_json::Value::Null, |s| json!(s))
+        .map_or(Value::Null, |s| json!(s))
+}
+
+fn rules(rules: &[FieldRule]) -> Value {
+    rules
+        .iter()
+        .map(|r| json!({ "path": r.path.as_str(), "context": r.context }))
+        .collect()
+}
+
+/// The compiled routes in match order, as requests see them.
+fn routes(shared: &Shared) -> Value {
+    let rt = shared.runtime.load();
+    let config = &rt.config;
+    let list: Vec<Value> = config
+        .routes
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (kind, path) = match &r.path {
+                PathMatch::Exact(p) => ("path", Some(p.as_str())),
+                PathMatch::Prefix(p) => ("path_prefix", Some(p.as_str())),
+                PathMatch::Any => ("any", None),
+            };
+            let upstream = config.upstream(r.upstream).map(|u| {
+                json!({ "name": u.name, "address": u.authority.as_str(), "base_path": u.base_path })
+            });
+            let decrypt = match &r.decrypt {
+                None => Value::Null,
+                Some(DecryptSelection::Auto) => json!("auto"),
+                Some(DecryptSelection::Paths(p)) => rules(p),
+            };
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.as_str().to_string(),
+                        json!(h.value.to_str().unwrap_or("")),
+                    )
+                })
+                .collect();
+            json!({
+                "index": i,
+                "name": r.name,
+                "match": {
+                    "host": r.host,
+                    "kind": kind,
+                    "path": path,
+                    "methods": r.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
+                    "case_insensitive": r.case_insensitive,
+                },
+                "upstream": upstream,
+                "rate_limit": r.rate_limit.map(|l| json!({
+                    "requests_per_second": l.requests_per_second.get(),
+                    "burst": l.burst.get(),
+                    "bucket": if r.own_rate_limit { "route" } else { "global" },
+                })),
+                "max_body": r.max_body,
+                "encrypt": rules(&r.encrypt),
+                "decrypt": decrypt,
+                "on_decrypt_failure": match r.on_decrypt_failure {
+                    OnDecryptFailure::Error => "error",
+                    OnDecryptFailure::Null => "null",
+                    OnDecryptFailure::Keep => "keep",
+                },
+                "max_age_secs": r.max_age.map(|d| d.as_secs()),
+                "headers": headers,
+                // Filled by the route shadowing analysis once it is in this
+                // build: the later routes this one takes requests from.
+                "shadows": Value::Null,
+            })
+        })
+        .collect();
+    json!({ "routes": list, "warnings": config.warnings })
+}
+
+/// The keyring as loaded: ids, which is active, where each comes from and
+/// its fingerprint (never a key).
+fn keys(shared: &Shared) -> Value {
+    let rt = shared.runtime.load();
+    let (Some(spec), Some(ring)) = (&rt.config.keys, &rt.keyring) else {
+        return json!({ "keys": [], "active": null });
+    };
+    let list: Vec<Value> = spec
+        .keys
+        .iter()
+        .map(|k| {
+            let source = match &k.source {
+                KeySource::File(p) => json!({ "kind": "file", "path": p.display().to_string() }),
+                KeySource::Passphrase { env, .. } => {
+                    json!({ "kind": "passphrase", "env": env })
+                }
+            };
+            json!({
+                "id": k.id,
+                "active": k.id == ring.active_id(),
+                "source": source,
+                "fingerprint": ring.fingerprint(&k.id),
+            })
+        })
+        .collect();
+    json!({
+        "active": ring.active_id(),
+        "keys": list,
+        "audit_key": rt.audit.as_ref().map(|a| a.key_id.as_str()),
+    })
+}
+
+fn info(shared: &Shared, loopback: bool) -> Value {
+    let rt = shared.runtime.load();
+    json!({
+        "version": crate::build_info::VERSION,
+        "git_commit": crate::build_info::GIT_COMMIT,
+        "rustc": crate::build_info::RUSTC,
+        "started_at": shared.started_at,
+        "config": shared.config_path.display().to_string(),
+        "summary": rt.config.summary(),
+        "last_reload": last_reload(shared),
+        "admin": {
+            "auth": if rt.admin_token.is_some() { "token" } else if loopback { "loopback" } else { "none" },
+        },
+    })
 }
 
 /// Ready when the config is loaded and every key in the ring encrypts and
@@ -100,7 +367,7 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
             let results = ring.self_test();
             let all_ok = !results.is_empty() && results.iter().all(|(_, r)| r.is_ok());
             ready &= all_ok;
-            let per_key: serde_json::Map<String, serde_json::Value> = results
+            let per_key: serde_json::Map<String, Value> = results
                 .into_iter()
                 .map(|(id, r)| {
                     let v = match r {
@@ -136,4 +403,49 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
         status,
         json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_trimmed() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"BEARER abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+    }
+
+    #[test]
+    fn token_files_are_checked_like_key_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let good = write("good", "  s3cr3t-t0ken-of-32-characters!!\n", 0o600);
+        let t = AdminToken::load(&good).unwrap();
+        assert!(t.matches(b"s3cr3t-t0ken-of-32-characters!!"));
+        assert!(!t.matches(b"s3cr3t-t0ken-of-32-characters!"));
+        assert!(!t.matches(b""));
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+
+        let open = write("open", "s3cr3t-t0ken-of-32-characters!!", 0o644);
+        let e = AdminToken::load(&open).unwrap_err();
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let short = write("short", "tooshort", 0o600);
+        assert!(AdminToken::load(&short).unwrap_err().contains("shorter"));
+        let spaced = write("spaced", "two words of token text", 0o400);
+        assert!(AdminToken::load(&spaced).unwrap_err().contains("one word"));
+        assert!(AdminToken::load(&dir.path().join("absent")).is_err());
+        assert!(AdminToken::load(dir.path()).is_err());
+    }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod build_info;
 pub mod config;
 pub mod crypto;
 pub mod demo;

@@ -347,13 +347,15 @@ async fn serve(cfg: Config) -> Result<()> {
         .await
         .context("cannot bind listeners")?;
     let summary = cfg.summary();
+    let admin = cfg.admin;
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "configuration");
     }
     let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg))
         .await?
         .map_err(|e| anyhow!("{e}"))?;
-    tracing::info!(%summary, "fieldseal serving");
+    let admin = admin.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(%summary, %admin, "fieldseal serving");
     spawn_reload_on_hup(proxy.clone());
     proxy.serve(listeners, shutdown_signal()).await;
     tracing::info!("stopped");

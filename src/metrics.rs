@@ -3,10 +3,11 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +55,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+    rustc: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~13 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -96,7 +104,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("fieldseal");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("fieldseal");
         let m = Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -115,6 +124,19 @@ impl Metrics {
             audit_failures: Counter::default(),
             registry: Registry::default(),
         };
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: crate::build_info::VERSION,
+                commit: crate::build_info::GIT_COMMIT,
+                rustc: crate::build_info::RUSTC,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say what is running",
+            build,
+        );
         registry.register(
             "requests",
             "Requests answered, by route and status",
@@ -177,12 +199,12 @@ impl Metrics {
         );
         registry.register(
             "last_reload_timestamp_seconds",
-            "Unix time of the last reload attempt",
+            "Unix time of the last configuration load: the start, or the last reload attempt",
             m.last_reload_timestamp.clone(),
         );
         registry.register(
             "last_reload_success",
-            "1 if the last reload succeeded",
+            "1 if the last configuration load (the start, or the last reload) succeeded",
             m.last_reload_success.clone(),
         );
         registry.register(
@@ -190,7 +212,11 @@ impl Metrics {
             "Audit events that could not be written",
             m.audit_failures.clone(),
         );
-        Metrics { registry, ..m }
+        root.register_collector(Box::new(ProcessCollector));
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     pub fn route_handles(&self, route: &str) -> RouteMetrics {
@@ -256,6 +282,124 @@ impl Metrics {
     }
 }
 
+/// The standard `process_*` metrics, read from `/proc` on every scrape
+/// (Linux; elsewhere they are left out).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges: [(&str, &str, Option<f64>); 6] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                p.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                p.start_time,
+            ),
+            ("process_threads", "Number of OS threads", p.threads),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Linux's USER_HZ, the unit of the times in `/proc/<pid>/stat`: fixed at
+/// 100 by the kernel ABI (what Prometheus' own process collector assumes).
+const USER_HZ: f64 = 100.0;
+
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: Option<f64>,
+    virtual_bytes: Option<f64>,
+    open_fds: Option<f64>,
+    max_fds: Option<f64>,
+    start_time: Option<f64>,
+    threads: Option<f64>,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64);
+        let mut p = ProcessStats::parse(&stat, &status, &limits, &boot)?;
+        p.open_fds = fds;
+        Some(p)
+    }
+
+    /// From the texts of `/proc/self/stat`, `/proc/self/status`,
+    /// `/proc/self/limits` and `/proc/stat`.
+    fn parse(stat: &str, status: &str, limits: &str, boot: &str) -> Option<ProcessStats> {
+        // The command name is in parentheses and may hold spaces or `)`.
+        let after = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // `f[0]` is field 3 (state) of proc(5).
+        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = (field(14)? + field(15)?) / USER_HZ;
+        let kib = |key: &str| {
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.trim();
+                v.strip_suffix("kB").unwrap_or(v).trim().parse::<f64>().ok()
+            })
+        };
+        let btime = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok());
+        let max_fds = limits.lines().find_map(|l| {
+            let rest = l.strip_prefix("Max open files")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        });
+        Some(ProcessStats {
+            cpu_seconds,
+            resident_bytes: kib("VmRSS:").map(|k| k * 1024.0),
+            virtual_bytes: field(23),
+            open_fds: None,
+            max_fds,
+            start_time: btime.zip(field(22)).map(|(b, t)| b + t / USER_HZ),
+            threads: kib("Threads:"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +421,43 @@ mod tests {
             text.contains("fieldseal_encryptions_total{key_id=\"k2\"} 5"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn proc_texts_parse_into_process_metrics() {
+        let stat = "4242 (fs (worker) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
+                    250 125 0 0 20 0 9 0 123456 987654321 2000 18446744073709551615";
+        let status = "Name:\tfieldseal\nThreads:\t9\nVmRSS:\t   8192 kB\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 5\n";
+        let p = ProcessStats::parse(stat, status, limits, boot).expect("parses");
+        assert_eq!(p.cpu_seconds, 3.75);
+        assert_eq!(p.resident_bytes, Some(8192.0 * 1024.0));
+        assert_eq!(p.virtual_bytes, Some(987654321.0));
+        assert_eq!(p.max_fds, Some(1024.0));
+        assert_eq!(p.start_time, Some(1700000000.0 + 1234.56));
+        assert_eq!(p.threads, Some(9.0));
+        assert!(ProcessStats::parse("garbage", "", "", "").is_none());
+    }
+
+    #[test]
+    fn scrape_has_process_and_build_info_metrics() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+            "fieldseal_build_info{",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        assert!(!text.contains("fieldseal_process_"), "{text}");
     }
 }

@@ -26,6 +26,8 @@ pub enum LoadError {
     Keys(#[from] KeyError),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("admin.token_file: {0}")]
+    AdminToken(String),
     #[error("{0} cannot change on reload; restart to apply it")]
     NeedsRestart(&'static str),
     #[error("the reload task failed before finishing")]
@@ -50,6 +52,8 @@ pub struct Runtime {
     pub upstreams: Vec<UpstreamClient>,
     pub limits: RateLimits,
     pub audit: Option<Audit>,
+    /// `admin.token_file`, read at each load so a reload rotates it.
+    pub admin_token: Option<crate::admin::AdminToken>,
     /// Per route and per upstream metric handles, in config order.
     pub route_metrics: Vec<crate::metrics::RouteMetrics>,
     pub upstream_metrics: Vec<prometheus_client::metrics::histogram::Histogram>,
@@ -102,6 +106,12 @@ impl Runtime {
             }
             _ => None,
         };
+        let admin_token = config
+            .admin_token_file
+            .as_deref()
+            .map(crate::admin::AdminToken::load)
+            .transpose()
+            .map_err(LoadError::AdminToken)?;
         let upstreams = config.upstreams.iter().map(UpstreamClient::new).collect();
         // Buckets survive a reload: clients don't get a fresh burst from it.
         let limits = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
@@ -112,6 +122,7 @@ impl Runtime {
             upstreams,
             limits,
             audit,
+            admin_token,
             route_metrics: Vec::new(),
             upstream_metrics: Vec::new(),
         })
@@ -148,6 +159,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
     pub config_path: PathBuf,
+    /// Unix seconds when this proxy was built (its first config load).
+    pub started_at: u64,
     pub last_reload: Mutex<Option<ReloadStatus>>,
     /// Set once shutdown has begun: /readyz answers 503 so load balancers
     /// stop sending new traffic while connections drain.
@@ -165,10 +178,16 @@ pub fn unix_now() -> u64 {
 impl Shared {
     pub fn new(runtime: Runtime, metrics: Metrics) -> Shared {
         let config_path = runtime.config.source.clone();
+        let started_at = unix_now();
+        // The boot load is a successful load: a dashboard alerting on
+        // `fieldseal_last_reload_success == 0` must not fire for a fresh start.
+        metrics.last_reload_success.set(1);
+        metrics.last_reload_timestamp.set(started_at as f64);
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             config_path,
+            started_at,
             last_reload: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),

@@ -142,3 +142,34 @@ fn subkey_vector() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn fingerprint_vectors() {
+    // docs/envelope.md, computed independently (Python hmac/hashlib).
+    let ring = Keyring::from_raw_keys(
+        "k1",
+        vec![("k1".into(), seq(0)), ("k2-2024_b".into(), rev())],
+    )
+    .expect("ring");
+    assert_eq!(
+        ring.fingerprint("k1").as_deref(),
+        Some("91cdeebcd9e68d88f6193ebb9075f065")
+    );
+    assert_eq!(
+        ring.fingerprint("k2-2024_b").as_deref(),
+        Some("e119ad090596c4e200dc860f4be073db")
+    );
+    assert!(ring.fingerprint("nope").is_none());
+    // The id is not part of it: the same material under another name has
+    // the same fingerprint, which is what lets replicas compare rings.
+    let renamed = Keyring::from_raw_keys("x", vec![("x".into(), seq(0))]).expect("ring");
+    assert_eq!(renamed.fingerprint("x"), ring.fingerprint("k1"));
+    // It is not any key or sub-key the ring uses.
+    let fp = ring.fingerprint("k1").unwrap();
+    let audit = hex(ring
+        .derive_subkey("k1", "fieldseal audit log v1")
+        .unwrap()
+        .as_ref());
+    assert!(!audit.starts_with(&fp));
+    assert!(!"d99be21e3a861f7e7720b22b532d199a8be70c3d6e5906ddf6d72f761a91c349".starts_with(&fp));
+}

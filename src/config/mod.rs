@@ -144,7 +144,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tls: TlsSettings,
     pub redirect_http: Option<SocketAddr>,
+    /// None: `admin: off`, no admin listener.
     pub admin: Option<SocketAddr>,
+    /// `admin.token_file`: the bearer token for introspection and reload.
+    pub admin_token_file: Option<PathBuf>,
     pub allowed_hosts: Option<Vec<String>>,
     pub trusted_proxies: Vec<IpNet>,
     pub upstreams: Vec<Upstream>,
@@ -329,9 +332,36 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         .as_ref()
         .map(|r| address("redirect_http.address", &r.address))
         .transpose()?;
-    let admin = match &raw.admin {
-        Some(a) => Some(address("admin.address", &a.address)?),
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+    let default_admin = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let (admin, admin_token_file) = match &raw.admin {
+        None => (Some(default_admin), None),
+        Some(raw::RawAdmin::Switch(false)) => (None, None),
+        Some(raw::RawAdmin::Keyword(k)) if k == "off" => (None, None),
+        Some(raw::RawAdmin::Switch(true)) | Some(raw::RawAdmin::Keyword(_)) => {
+            return Err(invalid(
+                "admin",
+                "expected `off` (no admin listener) or { address: \"127.0.0.1:9901\", token_file: ... }",
+                Some("admin"),
+            ))
+        }
+        Some(raw::RawAdmin::Settings(a)) => {
+            let addr = match &a.address {
+                Some(s) => address("admin.address", s)?,
+                None => default_admin,
+            };
+            let token = match a.token_file.as_deref() {
+                Some("") => {
+                    return Err(invalid(
+                        "admin.token_file",
+                        "is empty: give the path of a file holding the token",
+                        Some("token_file"),
+                    ))
+                }
+                Some(p) => Some(resolve(base, p)),
+                None => None,
+            };
+            (Some(addr), token)
+        }
     };
     let allowed_hosts = raw.allowed_hosts.as_ref().map(|hs| {
         hs.iter()
@@ -742,6 +772,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         tls,
         redirect_http,
         admin,
+        admin_token_file,
         allowed_hosts,
         trusted_proxies,
         upstreams,

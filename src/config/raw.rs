@@ -12,7 +12,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub redirect_http: Option<RawAddress>,
     #[serde(default)]
-    pub admin: Option<RawAddress>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
     #[serde(default)]
@@ -66,6 +66,49 @@ pub struct RawSniCert {
 #[serde(deny_unknown_fields)]
 pub struct RawAddress {
     pub address: String,
+}
+
+/// `admin:` is `off` / `false` (no admin listener) or its settings.
+#[derive(Debug)]
+pub enum RawAdmin {
+    Switch(bool),
+    Keyword(String),
+    Settings(RawAdminSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminSettings {
+    #[serde(default)]
+    pub address: Option<String>,
+    /// A file holding the bearer token that protects introspection and reload.
+    #[serde(default)]
+    pub token_file: Option<String>,
+}
+
+// By hand rather than `untagged`, so a typo inside the mapping is reported
+// with its own message and position.
+impl<'de> Deserialize<'de> for RawAdmin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAdmin;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`off`, or a mapping with `address` and `token_file`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawAdmin, E> {
+                Ok(RawAdmin::Switch(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAdmin, E> {
+                Ok(RawAdmin::Keyword(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawAdmin, A::Error> {
+                RawAdminSettings::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawAdmin::Settings)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,10 @@ use super::envelope::{self, TypeTag, HEADER_LEN, NONCE_LEN, TAG_LEN};
 use super::keys::{self, Master, FIELD_KEY_INFO, SUBKEY_INFO_PREFIX};
 use super::{DecryptError, KeyError, KeyringSpec, Opened, SealError};
 
+/// `derive_subkey` purpose and HMAC message of `Keyring::fingerprint`.
+const FINGERPRINT_PURPOSE: &str = "key fingerprint";
+const FINGERPRINT_LABEL: &[u8] = b"fieldseal key fingerprint v1";
+
 /// Deepest object/array nesting `seal` accepts, so that `open` (serde_json's
 /// parser stops at 128 levels) can always read back what was sealed.
 const MAX_SEAL_DEPTH: usize = 120;
@@ -183,6 +187,19 @@ impl Keyring {
     pub fn derive_subkey(&self, id: &str, purpose: &str) -> Option<Zeroizing<[u8; 32]>> {
         let k = self.entry(id)?;
         keys::hkdf(&k.master, &[SUBKEY_INFO_PREFIX, purpose.as_bytes()])
+    }
+
+    /// A public fingerprint of key `id`, to compare rings across replicas
+    /// without showing a key: the first 16 bytes, in hex, of
+    /// HMAC-SHA256(sub-key "key fingerprint", "fieldseal key fingerprint v1").
+    /// Learning a key from it is as hard as inverting HMAC and HKDF.
+    pub fn fingerprint(&self, id: &str) -> Option<String> {
+        use hmac::Mac;
+        let sub = self.derive_subkey(id, FINGERPRINT_PURPOSE)?;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(sub.as_ref()).ok()?;
+        mac.update(FINGERPRINT_LABEL);
+        let digest = mac.finalize().into_bytes();
+        Some(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     fn entry(&self, id: &str) -> Option<&KeyEntry> {

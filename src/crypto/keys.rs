@@ -152,23 +152,30 @@ fn key_file_master(id: &str, path: &Path) -> Result<Master, KeyError> {
 }
 
 /// Owner read/write at most: any group, other, execute or special bit is refused.
-#[cfg(unix)]
 fn check_mode(id: &str, path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & !0o600 != 0 {
-        return Err(KeyError::Permissions {
+    match looser_than_0600(meta) {
+        Some(mode) => Err(KeyError::Permissions {
             id: id.to_owned(),
             path: path.to_owned(),
             mode,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The file's mode when it allows more than owner read/write (any group,
+/// other, execute or special bit); None when it is 0600 or stricter. For
+/// every file that holds a secret: key files, the admin token.
+#[cfg(unix)]
+pub(crate) fn looser_than_0600(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    (mode & !0o600 != 0).then_some(mode)
 }
 
 #[cfg(not(unix))]
-fn check_mode(_id: &str, _path: &Path, _meta: &std::fs::Metadata) -> Result<(), KeyError> {
-    Ok(())
+pub(crate) fn looser_than_0600(_meta: &std::fs::Metadata) -> Option<u32> {
+    None
 }
 
 /// HKDF-SHA256 (no salt) of `master` with the given info parts concatenated.

@@ -264,10 +264,25 @@ impl TestProxy {
     /// the harness writes, with the ports it bound). With `redirect`, a
     /// plain-HTTP redirect listener is bound too.
     pub async fn start_with(rest: &str, redirect: bool) -> TestProxy {
+        TestProxy::start_full(rest, redirect, "127.0.0.1:0", "").await
+    }
+
+    /// Like `start`, with the admin listener bound to `admin_bind` and
+    /// `admin_extra` (e.g. `, token_file: admin.token`) in its settings.
+    pub async fn start_admin(rest: &str, admin_bind: &str, admin_extra: &str) -> TestProxy {
+        TestProxy::start_full(rest, false, admin_bind, admin_extra).await
+    }
+
+    async fn start_full(
+        rest: &str,
+        redirect: bool,
+        admin_bind: &str,
+        admin_extra: &str,
+    ) -> TestProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert_pem = write_certs(dir.path());
         let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = TcpListener::bind(admin_bind).await.expect("bind admin");
         let redirect_l = if redirect {
             Some(
                 TcpListener::bind("127.0.0.1:0")
@@ -282,7 +297,7 @@ impl TestProxy {
         let redirect_addr = redirect_l.as_ref().map(|l| l.local_addr().expect("addr"));
         let mut yaml = format!(
             "listen: {{ address: \"{https_addr}\", tls: {{ cert: server.crt, key: server.key }} }}\n\
-             admin: {{ address: \"{admin_addr}\" }}\n"
+             admin: {{ address: \"{admin_addr}\"{admin_extra} }}\n"
         );
         if let Some(r) = redirect_addr {
             yaml.push_str(&format!("redirect_http: {{ address: \"{r}\" }}\n"));

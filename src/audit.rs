@@ -17,7 +17,7 @@
 //! re-serializes: it MACs the bytes it read, so JSON key-order or number
 //! formatting quirks cannot matter. See `docs/audit.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
@@ -544,6 +544,13 @@ pub enum TamperKind {
     UnknownKey,
     /// Not an audit line (bad JSON, missing members, partial write).
     Malformed,
+    /// The log ends before the expected head (`verify_with`'s `expect`):
+    /// lines were removed from its end.
+    Truncated,
+    /// The line at the expected head's seq verifies but has another MAC:
+    /// the log was rewritten up to there by someone holding the key, or it
+    /// is another log.
+    Rewritten,
 }
 
 impl fmt::Display for TamperKind {
@@ -555,6 +562,8 @@ impl fmt::Display for TamperKind {
             TamperKind::Reordered => "reordered",
             TamperKind::UnknownKey => "unknown key",
             TamperKind::Malformed => "malformed",
+            TamperKind::Truncated => "truncated",
+            TamperKind::Rewritten => "rewritten",
         })
     }
 }
@@ -570,6 +579,56 @@ pub enum VerifyError {
         kind: TamperKind,
         detail: String,
     },
+    /// No line under `kid` verifies with the key given for it, from `line`
+    /// on: the key is not the one the log was written with (or every one of
+    /// its lines was altered, which the verifier cannot tell apart). Not a
+    /// verdict on the log: verify again with the right key.
+    #[error("audit log line {line}: key mismatch for kid {kid:?}: {detail}")]
+    KeyMismatch {
+        line: u64,
+        kid: String,
+        detail: String,
+    },
+    /// The options themselves are inconsistent (e.g. `expect` before `from`).
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Where verification starts and what it must reach.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// The log continues the chain after this head (its first line must be
+    /// `seq + 1` with `prev` = `mac`); None: the log starts a chain.
+    pub from: Option<&'a ChainHead>,
+    /// A head recorded earlier (e.g. shipped off-host): the log must reach
+    /// its seq with its MAC, which exposes a truncated or rewritten log.
+    pub expect: Option<&'a ChainHead>,
+}
+
+impl std::str::FromStr for ChainHead {
+    type Err = String;
+    /// `SEQ:MAC`, as `fieldseal audit verify` prints a head.
+    fn from_str(s: &str) -> Result<ChainHead, String> {
+        let (seq, mac) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected SEQ:MAC"))?;
+        let seq = seq
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?}: SEQ is not a number"))?;
+        if hex_decode(mac.as_bytes()).is_none() {
+            return Err(format!("{s:?}: MAC is not 64 lowercase hex digits"));
+        }
+        Ok(ChainHead {
+            seq,
+            mac: mac.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for ChainHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.mac)
+    }
 }
 
 /// Verifies a whole log that starts a chain (first line seq 1, prev all
@@ -589,18 +648,52 @@ pub fn verify_from<R: BufRead>(
     after: Option<&ChainHead>,
     key_for: impl Fn(&str) -> Option<Zeroizing<[u8; 32]>>,
 ) -> Result<VerifyReport, VerifyError> {
-    let (start_seq, start_mac) = match after {
+    verify_with(
+        reader,
+        VerifyOptions {
+            from: after,
+            expect: None,
+        },
+        key_for,
+    )
+}
+
+/// [`verify`] with a starting head and an expected head (see
+/// [`VerifyOptions`]).
+pub fn verify_with<R: BufRead>(
+    reader: R,
+    opts: VerifyOptions<'_>,
+    key_for: impl Fn(&str) -> Option<Zeroizing<[u8; 32]>>,
+) -> Result<VerifyReport, VerifyError> {
+    let (start_seq, start_mac) = match opts.from {
         None => (0, GENESIS),
         Some(h) => {
             let mac = hex_decode(h.mac.as_bytes()).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "chain head MAC is not 64 lowercase hex digits",
-                )
+                VerifyError::Options("chain head MAC is not 64 lowercase hex digits".into())
             })?;
             (h.seq, mac)
         }
     };
+    if let Some(e) = opts.expect {
+        if hex_decode(e.mac.as_bytes()).is_none() {
+            return Err(VerifyError::Options(
+                "expected head MAC is not 64 lowercase hex digits".into(),
+            ));
+        }
+        if e.seq < start_seq {
+            return Err(VerifyError::Options(format!(
+                "the expected head (seq {}) is before the start of this log (seq {})",
+                e.seq,
+                start_seq + 1
+            )));
+        }
+        if e.seq == start_seq && e.mac != hex_encode(&start_mac) {
+            return Err(VerifyError::Options(format!(
+                "the expected head and the starting head disagree on seq {}",
+                e.seq
+            )));
+        }
+    }
     let mut v = Verifier {
         lines: Lines { reader, n: 0 },
         keys: Keys {
@@ -611,6 +704,9 @@ pub fn verify_from<R: BufRead>(
     let mut expected_seq = start_seq.saturating_add(1);
     let mut expected_prev = start_mac;
     let mut last = None;
+    // Key ids with at least one line that verified: a bad MAC under such a
+    // kid is tampering, not a wrong key.
+    let mut confirmed: HashSet<String> = HashSet::new();
     while let Some(raw) = v.lines.next_line()? {
         let n = v.lines.n;
         let tampered = |kind, detail| VerifyError::Tampered {
@@ -632,12 +728,28 @@ pub fn verify_from<R: BufRead>(
             }
         };
         if !own_ok {
+            if !confirmed.contains(&line.kid) {
+                return Err(v.unconfirmed_bad_mac(&line, n, expected_seq, &expected_prev)?);
+            }
             let (kind, detail) = v.classify_bad_mac(&line, expected_seq, &expected_prev)?;
             return Err(tampered(kind, detail));
         }
+        confirmed.insert(line.kid.clone());
         if line.seq != expected_seq || line.prev != expected_prev {
             let (kind, detail) = v.classify_chain_break(&line, expected_seq, &expected_prev)?;
             return Err(tampered(kind, detail));
+        }
+        if let Some(e) = opts.expect {
+            if e.seq == line.seq && e.mac != hex_encode(&line.mac) {
+                return Err(tampered(
+                    TamperKind::Rewritten,
+                    format!(
+                        "the line with seq {} verifies but its MAC is not the expected head's: \
+                         the log was rewritten up to here by someone holding the audit key, or it is another log",
+                        line.seq
+                    ),
+                ));
+            }
         }
         expected_seq = line.seq.saturating_add(1);
         expected_prev = line.mac;
@@ -645,6 +757,21 @@ pub fn verify_from<R: BufRead>(
             seq: line.seq,
             mac: hex_encode(&line.mac),
         });
+    }
+    if let Some(e) = opts.expect {
+        let reached = last.as_ref().map_or(start_seq, |h| h.seq);
+        if reached < e.seq {
+            return Err(VerifyError::Tampered {
+                line: v.lines.n + 1,
+                kind: TamperKind::Truncated,
+                detail: format!(
+                    "the log ends at seq {reached}, before the expected head at seq {}: \
+                     {} line(s) are missing from its end",
+                    e.seq,
+                    e.seq - reached
+                ),
+            });
+        }
     }
     Ok(VerifyReport {
         lines: v.lines.n,
@@ -729,6 +856,89 @@ struct Verifier<R, F> {
 }
 
 impl<R: BufRead, F: Fn(&str) -> Option<Zeroizing<[u8; 32]>>> Verifier<R, F> {
+    /// A bad MAC under a kid none of whose lines has verified yet: a wrong
+    /// key fails every line of its kid, an edit fails only the lines it
+    /// touched. So read on: if a later line under the same kid verifies,
+    /// the key is right and this line was tampered with (classified as
+    /// `classify_bad_mac` would); if none does, report a key mismatch, and
+    /// whether the lines' `seq`/`prev` still chain (which needs no key).
+    fn unconfirmed_bad_mac(
+        &mut self,
+        line: &Parsed,
+        n: u64,
+        expected_seq: u64,
+        expected_prev: &[u8; MAC_LEN],
+    ) -> io::Result<VerifyError> {
+        let mut next_is_expected = None;
+        let mut key_verifies = false;
+        let mut lines_of_kid = 1u64;
+        let mut in_place = line.seq == expected_seq && line.prev == *expected_prev;
+        let mut break_at = (!in_place).then_some(n);
+        let (mut prev_seq, mut prev_mac) = (line.seq, line.mac);
+        while let Some(raw) = self.lines.next_line()? {
+            if next_is_expected.is_none() {
+                next_is_expected = Some(self.keys.is_authentic_at(
+                    &raw,
+                    expected_seq,
+                    expected_prev,
+                )?);
+            }
+            let Ok(other) = parse_raw(&raw) else {
+                break_at.get_or_insert(self.lines.n);
+                break;
+            };
+            if other.kid == line.kid {
+                lines_of_kid += 1;
+                if self.keys.check(&other)? == Some(true) {
+                    key_verifies = true;
+                    break;
+                }
+            }
+            if other.seq != prev_seq.saturating_add(1) || other.prev != prev_mac {
+                in_place = false;
+                break_at.get_or_insert(self.lines.n);
+            }
+            (prev_seq, prev_mac) = (other.seq, other.mac);
+        }
+        if key_verifies {
+            let (kind, detail) = if next_is_expected == Some(true) {
+                (
+                    TamperKind::Inserted,
+                    format!(
+                        "MAC does not verify and the next line continues the chain (seq {expected_seq}): a forged line"
+                    ),
+                )
+            } else {
+                (
+                    TamperKind::Edited,
+                    format!("MAC does not verify (line claims seq {})", line.seq),
+                )
+            };
+            return Ok(VerifyError::Tampered {
+                line: n,
+                kind,
+                detail,
+            });
+        }
+        let structure = match break_at {
+            None if in_place => "their seq and prev fields still chain from the last verified line \
+                 to the end, as a log written under another key would"
+                .to_string(),
+            _ => format!(
+                "their seq/prev fields also stop chaining at line {}, so lines may also have been removed, moved or edited",
+                break_at.unwrap_or(n)
+            ),
+        };
+        Ok(VerifyError::KeyMismatch {
+            line: n,
+            kid: line.kid.clone(),
+            detail: format!(
+                "none of the {lines_of_kid} line(s) under this kid from here on verifies with the key configured for it: \
+                 the key is not the one the log was written with, or all of those lines were altered; {structure}"
+            ),
+        })
+    }
+
     /// The line's own MAC fails. If the next line is the one expected here,
     /// this line was slipped in (a forgery); otherwise it was edited in place.
     fn classify_bad_mac(

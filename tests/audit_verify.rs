@@ -5,8 +5,8 @@ use std::io::Cursor;
 use std::path::Path;
 
 use fieldseal::audit::{
-    verify, verify_from, AuditEvent, AuditKey, AuditLog, AuditSink, ChainHead, TamperKind,
-    VerifyError, VerifyReport,
+    verify, verify_from, verify_with, AuditEvent, AuditKey, AuditLog, AuditSink, ChainHead,
+    TamperKind, VerifyError, VerifyOptions, VerifyReport,
 };
 use zeroize::Zeroizing;
 
@@ -330,17 +330,159 @@ fn rotated_key_chain_verifies_with_both_keys() {
     }
 }
 
+/// A changed key is not tampering: when no line under a kid verifies, the
+/// verifier says the key does not match and whether the chain's own fields
+/// still link up, instead of calling line 1 edited.
 #[test]
-fn wrong_key_reads_as_edited() {
+fn wrong_key_reads_as_a_key_mismatch_not_as_tampering() {
     let l = lines();
     let text = l.join("\n") + "\n";
     let wrong = |_: &str| Some(key_bytes("k9"));
     match verify(Cursor::new(text), wrong) {
-        Err(VerifyError::Tampered { line, kind, .. }) => {
-            assert_eq!((line, kind), (1, TamperKind::Edited))
+        Err(VerifyError::KeyMismatch { line, kid, detail }) => {
+            assert_eq!((line, kid.as_str()), (1, "k1"));
+            assert!(detail.contains(&format!("{N} line(s)")), "{detail}");
+            assert!(detail.contains("still chain"), "{detail}");
         }
         other => panic!("{other:?}"),
     }
+    // With a line removed as well, it says the chain is broken there too.
+    let mut gap = lines();
+    gap.remove(3);
+    let text = gap.join("\n") + "\n";
+    match verify(Cursor::new(text), wrong) {
+        Err(VerifyError::KeyMismatch {
+            line: 1, detail, ..
+        }) => {
+            assert!(detail.contains("stop chaining at line 4"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_changed_key_after_a_rotation_is_a_key_mismatch_where_its_lines_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, "k1", 3);
+    write_log(&path, "k2", 3);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let k2_changed = |kid: &str| match kid {
+        "k1" => Some(key_bytes("k1")),
+        _ => Some(key_bytes("k7")),
+    };
+    match verify(Cursor::new(text), k2_changed) {
+        Err(VerifyError::KeyMismatch { line, kid, .. }) => {
+            assert_eq!((line, kid.as_str()), (4, "k2"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_edit_is_still_an_edit_when_it_hits_the_first_line_of_a_key() {
+    // The key is right (the other lines verify), so a bad first line is
+    // tampering, whichever line of the kid comes first.
+    for k in [1, 2] {
+        let mut l = lines();
+        l[k - 1] = l[k - 1].replace("\"POST\"", "\"GET\"");
+        assert_tampered(&l, k as u64, TamperKind::Edited);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, "k1", 3);
+    write_log(&path, "k2", 3);
+    let mut l: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    l[3] = l[3].replace("\"POST\"", "\"GET\"");
+    assert_tampered(&l, 4, TamperKind::Edited);
+}
+
+#[test]
+fn an_expected_head_exposes_a_truncated_or_rewritten_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let head = write_log(&path, "k1", N);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let expect = |text: &str, head: &ChainHead| {
+        verify_with(
+            Cursor::new(text.to_string()),
+            VerifyOptions {
+                from: None,
+                expect: Some(head),
+            },
+            keys,
+        )
+    };
+    // The whole log reaches the head; so does a longer one.
+    assert_eq!(expect(&text, &head).unwrap().last, Some(head.clone()));
+    let mid = run(&lines_from(&text)[..3]).unwrap().last.unwrap();
+    assert_eq!(expect(&text, &mid).unwrap().lines, N as u64);
+
+    // The last two lines cut off: a valid chain, but short of the head.
+    let l = lines_from(&text);
+    let cut = l[..N - 2].join("\n") + "\n";
+    match expect(&cut, &head) {
+        Err(VerifyError::Tampered { line, kind, detail }) => {
+            assert_eq!((line, kind), (N as u64 - 1, TamperKind::Truncated));
+            assert!(detail.contains("2 line(s)"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An empty file where the head was.
+    match expect("", &head) {
+        Err(VerifyError::Tampered { kind, .. }) => assert_eq!(kind, TamperKind::Truncated),
+        other => panic!("{other:?}"),
+    }
+    // Rewritten from scratch with the key: every line verifies, but the
+    // line at the head's seq is not the one recorded.
+    let other = lines_with("forged");
+    let forged = other.join("\n") + "\n";
+    assert!(
+        run(&other).is_ok(),
+        "a consistent rewrite verifies on its own"
+    );
+    match expect(&forged, &head) {
+        Err(VerifyError::Tampered { line, kind, .. }) => {
+            assert_eq!((line, kind), (N as u64, TamperKind::Rewritten))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn heads_print_and_parse_as_seq_colon_mac() {
+    let head = ChainHead {
+        seq: 42,
+        mac: "ab".repeat(32),
+    };
+    let text = head.to_string();
+    assert_eq!(text, format!("42:{}", "ab".repeat(32)));
+    assert_eq!(text.parse::<ChainHead>().unwrap(), head);
+    for bad in ["42", "x:ab", "42:AB", &format!("42:{}", "ab".repeat(31))] {
+        assert!(bad.parse::<ChainHead>().is_err(), "{bad}");
+    }
+    // An expected head before the start is a usage error, not a verdict.
+    let l = lines();
+    let from = run(&l[..3]).unwrap().last.unwrap();
+    let early = run(&l[..1]).unwrap().last.unwrap();
+    let rest = l[3..].join("\n") + "\n";
+    let r = verify_with(
+        Cursor::new(rest),
+        VerifyOptions {
+            from: Some(&from),
+            expect: Some(&early),
+        },
+        keys,
+    );
+    assert!(matches!(r, Err(VerifyError::Options(_))), "{r:?}");
+}
+
+fn lines_from(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
 }
 
 #[test]

@@ -67,28 +67,38 @@ enum Command {
         out: PathBuf,
     },
     /// Encrypt a route's `encrypt` fields in JSON/NDJSON from stdin (backfill, exports)
+    #[command(after_help = OFFLINE_EXIT_CODES)]
     Encrypt {
         #[arg(long, short)]
         config: PathBuf,
         #[arg(long, short)]
         route: String,
+        #[command(flatten)]
+        failures: FailureArgs,
     },
     /// Decrypt a route's `decrypt` fields in JSON/NDJSON from stdin
+    #[command(after_help = OFFLINE_EXIT_CODES)]
     Decrypt {
         #[arg(long, short)]
         config: PathBuf,
         #[arg(long, short)]
         route: String,
+        #[command(flatten)]
+        failures: FailureArgs,
     },
-    /// Re-encrypt every envelope in NDJSON from stdin under the active key; never writes plaintext
+    /// Re-encrypt every envelope in JSON/NDJSON from stdin under the active key; never writes plaintext
+    #[command(after_help = OFFLINE_EXIT_CODES)]
     Rewrap {
         #[arg(long, short)]
         config: PathBuf,
         /// Use this route's rules (needed for fields with a named context)
         #[arg(long, short)]
         route: Option<String>,
+        #[command(flatten)]
+        failures: FailureArgs,
     },
-    /// List key ids and the active one; with --scan, count envelopes per key id in NDJSON from stdin
+    /// List key ids, sources and fingerprints; with --scan, count envelopes per key id in JSON/NDJSON from stdin
+    #[command(after_help = OFFLINE_EXIT_CODES)]
     Keys {
         #[arg(long, short)]
         config: PathBuf,
@@ -102,13 +112,42 @@ enum Command {
     },
 }
 
+/// What the offline tools do with a document they cannot transform.
+#[derive(clap::Args)]
+struct FailureArgs {
+    /// Go on after a document that fails: leave it out of the output, list
+    /// it in --failures, and exit 1 at the end
+    #[arg(long, requires = "failures")]
+    keep_going: bool,
+    /// With --keep-going: write one JSON line per failed document here
+    /// (document number, input lines, error; never a value)
+    #[arg(long, value_name = "FILE", requires = "keep_going")]
+    failures: Option<PathBuf>,
+}
+
+const OFFLINE_EXIT_CODES: &str = "Exit codes: 0 every document done; 1 some documents failed \
+(or could not be read); 2 usage error; 3 configuration, keys or input/output error.";
+
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify an audit log's hash chain; exit 1 naming the first bad line
+    /// Verify an audit log's hash chain; print its last (seq, MAC) head
+    #[command(
+        after_help = "Exit codes: 0 intact; 1 tampered or truncated (the first bad line is named); \
+2 usage error; 3 configuration, keys or input error; 4 key mismatch (no line verifies under \
+the configured key: nothing could be checked)."
+    )]
     Verify {
         file: PathBuf,
         #[arg(long, short)]
         config: PathBuf,
+        /// The log continues the chain after this head (SEQ:MAC, as printed
+        /// by an earlier verify of the previous file)
+        #[arg(long, value_name = "SEQ:MAC")]
+        from: Option<fieldseal::audit::ChainHead>,
+        /// A head recorded earlier: the log must still reach it with the
+        /// same MAC (detects a truncated or rewritten log)
+        #[arg(long, value_name = "SEQ:MAC")]
+        expect: Option<fieldseal::audit::ChainHead>,
     },
 }
 
@@ -186,132 +225,336 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Encrypt { config, route } => route_transform(&config, &route, true),
-        Command::Decrypt { config, route } => route_transform(&config, &route, false),
-        Command::Rewrap { config, route } => {
-            offline_cmd(&config, route.as_deref(), |cfg, ring, r| {
-                let rules = match r {
-                    Some(r) => Some(
-                        cfg.routes
-                            .by_name(r)
-                            .ok_or_else(|| anyhow!("no route named {r:?}"))?,
-                    ),
-                    None => None,
-                };
-                let rules = rules.map(|r| r.decrypt_or_encrypt_rules());
-                Ok(offline::transform_stream(
-                    Mode::Rewrap(rules.as_deref()),
-                    ring,
-                    std::io::stdin().lock(),
-                    std::io::stdout().lock(),
-                )?)
-            })
-        }
-        Command::Keys { config, scan } => {
-            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
-            let spec = cfg
-                .keys
-                .as_ref()
-                .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
-            let mut out = std::io::stdout().lock();
-            for k in &spec.keys {
-                let active = if k.id == spec.active {
-                    "  (active)"
-                } else {
-                    ""
-                };
-                writeln!(out, "{}{}", k.id, active)?;
-            }
-            if scan {
-                let (counts, unreadable) =
-                    offline::key_census(BufReader::new(std::io::stdin().lock()))?;
-                writeln!(out, "\nenvelopes per key id:")?;
-                for k in &spec.keys {
-                    writeln!(
-                        out,
-                        "  {}: {}",
-                        k.id,
-                        counts.get(&k.id).copied().unwrap_or(0)
-                    )?;
-                }
-                for (id, n) in counts
-                    .iter()
-                    .filter(|(id, _)| !spec.keys.iter().any(|k| &k.id == *id))
-                {
-                    writeln!(out, "  {id}: {n}  (NOT IN RING: these cannot be decrypted)")?;
-                }
-                if unreadable > 0 {
-                    writeln!(out, "  ({unreadable} lines were not JSON)")?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Encrypt {
+            config,
+            route,
+            failures,
+        } => Ok(offline_exit(transform_cmd(
+            &config,
+            Transform::Encrypt(route),
+            failures,
+        ))),
+        Command::Decrypt {
+            config,
+            route,
+            failures,
+        } => Ok(offline_exit(transform_cmd(
+            &config,
+            Transform::Decrypt(route),
+            failures,
+        ))),
+        Command::Rewrap {
+            config,
+            route,
+            failures,
+        } => Ok(offline_exit(transform_cmd(
+            &config,
+            Transform::Rewrap(route),
+            failures,
+        ))),
+        Command::Keys { config, scan } => Ok(offline_exit(keys_cmd(&config, scan))),
         Command::Audit {
-            command: AuditCommand::Verify { file, config },
-        } => {
-            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
-            let spec = cfg
-                .keys
-                .as_ref()
-                .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
-            let ring = Keyring::load(spec).map_err(|e| anyhow!("{e}"))?;
-            let f = std::fs::File::open(&file).with_context(|| format!("{}", file.display()))?;
-            match fieldseal::audit::verify(BufReader::new(f), |kid| {
-                ring.derive_subkey(kid, fieldseal::state::AUDIT_KEY_PURPOSE)
-            }) {
-                Ok(report) => {
-                    println!(
-                        "{}: ok: {} lines, chain intact",
-                        file.display(),
-                        report.lines
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+            command:
+                AuditCommand::Verify {
+                    file,
+                    config,
+                    from,
+                    expect,
+                },
+        } => Ok(offline_exit(audit_verify_cmd(
+            &file,
+            &config,
+            from.as_ref(),
+            expect.as_ref(),
+        ))),
     }
 }
 
-/// `encrypt` / `decrypt`: one route's rules over stdin to stdout.
-fn route_transform(config: &Path, route: &str, encrypt: bool) -> Result<ExitCode> {
-    offline_cmd(config, Some(route), |cfg, ring, _| {
-        let r = cfg
-            .routes
-            .by_name(route)
-            .ok_or_else(|| anyhow!("no route named {route:?}"))?;
-        let mode = if encrypt {
-            Mode::Encrypt(r)
-        } else {
-            Mode::Decrypt(r)
-        };
-        Ok(offline::transform_stream(
-            mode,
-            ring,
-            std::io::stdin().lock(),
-            std::io::stdout().lock(),
-        )?)
+// ---------------------------------------------------------------------------
+// Offline tools: exit codes are documented in README ("Exit codes").
+// ---------------------------------------------------------------------------
+
+/// Some documents failed, a scan could not read everything, or an audit log
+/// was tampered with.
+const EXIT_DATA: u8 = 1;
+/// The configuration, the keys or the input/output (nothing was judged).
+const EXIT_SETUP: u8 = 3;
+/// `audit verify`: no line verifies under the configured key.
+const EXIT_KEY_MISMATCH: u8 = 4;
+
+/// Setup errors of an offline tool exit 3, apart from data failures (1)
+/// and usage errors (2, from clap).
+fn offline_exit(r: Result<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("fieldseal: {e:#}");
+        ExitCode::from(EXIT_SETUP)
     })
 }
 
-fn offline_cmd(
-    config: &Path,
-    route: Option<&str>,
-    f: impl FnOnce(&Config, &Keyring, Option<&str>) -> Result<offline::Stats>,
-) -> Result<ExitCode> {
-    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
-    init_logging("warn", false);
+enum Transform {
+    Encrypt(String),
+    Decrypt(String),
+    Rewrap(Option<String>),
+}
+
+fn load_ring(cfg: &Config, config: &Path) -> Result<Keyring> {
     let spec = cfg
         .keys
         .as_ref()
         .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
-    let ring = Keyring::load(spec).map_err(|e| anyhow!("{e}"))?;
-    let stats = f(&cfg, &ring, route)?;
-    eprintln!("{} documents, {} fields", stats.documents, stats.fields);
+    Keyring::load(spec).map_err(|e| anyhow!("{e}"))
+}
+
+/// The size of stdin when it is a regular file (`< dump.ndjson`), for the
+/// progress display's percentage and ETA.
+fn stdin_size() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    meta.is_file().then_some(meta.len())
+}
+
+/// `encrypt`, `decrypt`, `rewrap`: stdin to stdout, summary on stderr.
+fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Result<ExitCode> {
+    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    init_logging("warn", false)?;
+    let ring = load_ring(&cfg, config)?;
+    let route = |name: &str| {
+        cfg.routes
+            .by_name(name)
+            .ok_or_else(|| anyhow!("no route named {name:?}"))
+    };
+    let rewrap_rules;
+    let mode = match &what {
+        Transform::Encrypt(r) => Mode::Encrypt(route(r)?),
+        Transform::Decrypt(r) => Mode::Decrypt(route(r)?),
+        Transform::Rewrap(r) => {
+            rewrap_rules = r
+                .as_deref()
+                .map(|r| route(r).map(|r| r.decrypt_or_encrypt_rules()))
+                .transpose()?;
+            Mode::Rewrap(rewrap_rules.as_deref())
+        }
+    };
+    let mut failures_file = match &failures.failures {
+        Some(p) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            Some(std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p)
+                    .with_context(|| format!("--failures {}", p.display()))?,
+            ))
+        }
+        None => None,
+    };
+    let verb = mode.verb();
+    let stdin = std::io::stdin();
+    let stats = offline::transform_stream(
+        &mode,
+        &ring,
+        std::io::BufReader::with_capacity(1 << 16, stdin.lock()),
+        std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        offline::RunOptions {
+            keep_going: failures.keep_going,
+            failures: failures_file.as_mut().map(|w| w as &mut dyn Write),
+            progress: offline::Progress::on_stderr(verb, stdin_size()),
+        },
+    )?;
+    eprintln!("{}", offline::summary(&mode, &ring, &stats));
+    if let Some(f) = &stats.stopped {
+        eprintln!(
+            "fieldseal {verb}: stopped at {f}; the {} documents before it were written, nothing after it",
+            stats.written
+        );
+        return Ok(ExitCode::from(EXIT_DATA));
+    }
+    if stats.failed > 0 {
+        let at = failures
+            .failures
+            .as_ref()
+            .map_or(String::new(), |p| format!(": see {}", p.display()));
+        eprintln!(
+            "fieldseal {verb}: {} documents failed and are not in the output{at}",
+            stats.failed
+        );
+        if matches!(what, Transform::Rewrap(_)) {
+            eprintln!(
+                "fieldseal rewrap: keep every old key until those documents are re-encrypted too"
+            );
+        }
+        return Ok(ExitCode::from(EXIT_DATA));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keys`: the ring with sources and fingerprints. `keys --scan`: the
+/// census of envelopes per key id in stdin (needs the config, not the keys).
+fn keys_cmd(config: &Path, scan: bool) -> Result<ExitCode> {
+    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    let spec = cfg
+        .keys
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
+    let mut out = std::io::stdout().lock();
+    if !scan {
+        let ring = load_ring(&cfg, config)?;
+        let width = spec.keys.iter().map(|k| k.id.len()).max().unwrap_or(0);
+        for k in &spec.keys {
+            let source = match &k.source {
+                fieldseal::crypto::KeySource::File(_) => "file",
+                fieldseal::crypto::KeySource::Passphrase { .. } => "passphrase",
+            };
+            let active = if k.id == spec.active {
+                "  (active)"
+            } else {
+                ""
+            };
+            let fp = ring.fingerprint(&k.id).unwrap_or_default();
+            writeln!(
+                out,
+                "{:<width$}  {source:<10}  fingerprint {fp}{active}",
+                k.id
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for k in &spec.keys {
+        let active = if k.id == spec.active {
+            "  (active)"
+        } else {
+            ""
+        };
+        writeln!(out, "{}{}", k.id, active)?;
+    }
+    let census = offline::key_census(
+        std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock()),
+        offline::Progress::on_stderr("scan", stdin_size()),
+    )?;
+    // With unreadable input every count is only a lower bound, and says so.
+    let count = |n: u64| {
+        if census.complete() {
+            n.to_string()
+        } else {
+            format!("at least {n}")
+        }
+    };
+    writeln!(out, "\nenvelopes per key id:")?;
+    let in_ring = |id: &str| spec.keys.iter().any(|k| k.id == id);
+    let mut ids: Vec<&str> = spec.keys.iter().map(|k| k.id.as_str()).collect();
+    for id in census.envelopes.keys().chain(census.embedded.keys()) {
+        if !ids.contains(&id.as_str()) {
+            ids.push(id);
+        }
+    }
+    for id in ids {
+        let whole = census.envelopes.get(id).copied().unwrap_or(0);
+        let inside = census.embedded.get(id).copied().unwrap_or(0);
+        let mut notes = Vec::new();
+        if inside > 0 {
+            notes.push(format!(
+                "{inside} of them inside longer strings or member names, which rewrap does not re-encrypt"
+            ));
+        }
+        if !in_ring(id) {
+            notes.push("NOT IN RING: these cannot be decrypted".to_string());
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", notes.join("; "))
+        };
+        writeln!(out, "  {id}: {}{notes}", count(whole + inside))?;
+    }
+    if census.malformed > 0 {
+        writeln!(
+            out,
+            "  strings that start with fs1: but name no valid key id: {}",
+            count(census.malformed)
+        )?;
+    }
+    writeln!(
+        out,
+        "scanned {} documents ({} lines)",
+        census.documents, census.lines
+    )?;
+    if census.complete() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines: Vec<String> = census
+        .unreadable
+        .iter()
+        .take(10)
+        .map(|f| f.line.to_string())
+        .collect();
+    let more = if census.unreadable.len() > 10 {
+        ", ..."
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "INCOMPLETE: {} of {} documents could not be read (line {}{more}); the counts above are \
+         lower bounds: do not retire a key on them",
+        census.unreadable.len(),
+        census.documents,
+        lines.join(", ")
+    )?;
+    for f in census.unreadable.iter().take(10) {
+        eprintln!("fieldseal keys --scan: {f}");
+    }
+    Ok(ExitCode::from(EXIT_DATA))
+}
+
+/// `audit verify`: the chain from genesis (or `from`), up to `expect` if given.
+fn audit_verify_cmd(
+    file: &Path,
+    config: &Path,
+    from: Option<&fieldseal::audit::ChainHead>,
+    expect: Option<&fieldseal::audit::ChainHead>,
+) -> Result<ExitCode> {
+    use fieldseal::audit::{VerifyError, VerifyOptions};
+    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    let ring = load_ring(&cfg, config)?;
+    let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+    let result =
+        fieldseal::audit::verify_with(BufReader::new(f), VerifyOptions { from, expect }, |kid| {
+            ring.derive_subkey(kid, fieldseal::state::AUDIT_KEY_PURPOSE)
+        });
+    match result {
+        Ok(report) => {
+            let span = match (&report.last, from) {
+                (Some(last), _) => format!(
+                    ", chain intact from seq {} to seq {}",
+                    from.map_or(1, |h| h.seq + 1),
+                    last.seq
+                ),
+                (None, _) => String::new(),
+            };
+            println!("{}: ok: {} lines{span}", file.display(), report.lines);
+            match report.last.as_ref().or(from) {
+                Some(head) => println!("head: {head}"),
+                None => println!("head: none (empty log)"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Io(e)) => Err(anyhow!("{}: {e}", file.display())),
+        Err(e @ VerifyError::Options(_)) => {
+            eprintln!("fieldseal audit verify: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e @ VerifyError::KeyMismatch { .. }) => {
+            eprintln!("{}: {e}", file.display());
+            Ok(ExitCode::from(EXIT_KEY_MISMATCH))
+        }
+        Err(e @ VerifyError::Tampered { .. }) => {
+            eprintln!("{}: {e}", file.display());
+            Ok(ExitCode::from(EXIT_DATA))
+        }
+    }
 }
 
 async fn shutdown_signal() {

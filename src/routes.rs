@@ -8,6 +8,9 @@ use http::Method;
 use crate::fields::{DecryptSelection, FieldRule, OnDecryptFailure};
 use crate::headers::SecurityHeaders;
 
+pub mod shadow;
+pub use shadow::{shadows, Shadow};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     /// The whole path, exactly.

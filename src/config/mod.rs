@@ -1,7 +1,11 @@
 //! Configuration: the YAML is parsed into `raw` structs (unknown keys refused),
 //! then validated and compiled once into `Config`. Requests never re-parse.
 
+mod addresses;
+mod locate;
+pub mod preflight;
 pub mod raw;
+mod shadowing;
 mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,6 +25,7 @@ use crate::headers::{
     SecurityHeader, SecurityHeaders, UpstreamPolicy, DEFAULT_HEADERS, HEADER_NAMES,
 };
 use crate::routes::{PathMatch, RateLimitSettings, Route, RouteTable};
+use locate::Needle;
 
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
 
@@ -120,7 +125,7 @@ pub struct LogSettings {
 /// Whose `X-Request-Id` the proxy keeps (`log.trust_request_id`) instead of
 /// making its own: a well-formed id from such a peer joins our log lines to
 /// the trace it belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TrustRequestId {
     /// Only from peers in `trusted_proxies` (the default).
@@ -189,17 +194,7 @@ impl Config {
             }
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        compile(raw, &base, path).map_err(|(key, message, needle)| {
-            let (line, column) = needle
-                .and_then(|n| locate(text, &n))
-                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            ConfigError {
-                file,
-                line,
-                column,
-                message: format!("{key}: {message}"),
-            }
-        })
+        compile(raw, &base, path).map_err(|e| e.located(&file, text))
     }
 
     pub fn upstream(&self, idx: usize) -> Option<&Upstream> {
@@ -236,6 +231,15 @@ impl Config {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of the config file, generated from the
+/// raw structs the loader parses (`fieldseal config-schema`). It describes
+/// the shape; values (durations, JSONPaths, addresses) are checked by `check`.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    // Serializing a schema (a JSON value) cannot fail.
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 /// serde_yaml_ng appends " at line L column C"; we print the location first.
 fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -244,27 +248,44 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Finds where a value is written, for a validation error's line and column.
-fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
-    if needle.is_empty() {
-        return None;
-    }
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with('#') {
-            continue;
-        }
-        if let Some(col) = line.find(needle) {
-            return Some((i + 1, col + 1));
-        }
-    }
-    None
+/// A validation failure: the key path, the problem, and what to look for in
+/// the text to give its line and column.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    message: String,
+    at: Option<Needle>,
 }
 
-/// A validation failure: (key path, message, text to locate in the file).
-type Invalid = (String, String, Option<String>);
+impl Invalid {
+    fn located(self, file: &str, text: &str) -> ConfigError {
+        let (line, column) = self
+            .at
+            .and_then(|n| locate::locate(text, &n))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message: format!("{}: {}", self.key, self.message),
+        }
+    }
+}
 
 fn invalid(key: impl Into<String>, message: impl Into<String>, needle: Option<&str>) -> Invalid {
-    (key.into(), message.into(), needle.map(str::to_string))
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+        at: needle.map(|n| Needle::Text(n.to_string())),
+    }
+}
+
+fn invalid_at(key: impl Into<String>, message: impl Into<String>, at: Needle) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+        at: Some(at),
+    }
 }
 
 fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, Invalid> {
@@ -282,8 +303,13 @@ fn size(key: &str, v: &Option<String>, default: u64) -> Result<u64, Invalid> {
 }
 
 fn address(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| invalid(key, format!("{s:?} is not an ip:port address"), Some(s)))
+    s.parse::<SocketAddr>().map_err(|_| {
+        invalid_at(
+            key,
+            format!("{s:?} is not an ip:port address"),
+            Needle::value("address", s),
+        )
+    })
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -765,6 +791,11 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             Some("routes"),
         ));
     }
+    let mut warnings = route_warnings(&routes);
+    warnings.extend(shadowing::check(&routes, &raw.routes, &upstreams)?);
+    let admin_written =
+        matches!(&raw.admin, Some(raw::RawAdmin::Settings(a)) if a.address.is_some());
+    check_listeners(listen, redirect_http, admin, admin_written, &upstreams)?;
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -789,7 +820,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         keys,
         audit,
         log,
-        warnings: route_warnings(&routes),
+        warnings,
         routes: RouteTable {
             routes: with_named_contexts(routes),
         },
@@ -859,6 +890,44 @@ fn route_warnings(routes: &[Route]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Listeners that are upstreams, or share a socket, are refused at load.
+fn check_listeners(
+    listen: SocketAddr,
+    redirect_http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    admin_written: bool,
+    upstreams: &[Upstream],
+) -> Result<(), Invalid> {
+    let mut listeners = vec![addresses::Listener {
+        key: "listen.address",
+        address: listen,
+        written: true,
+    }];
+    listeners.extend(redirect_http.map(|address| addresses::Listener {
+        key: "redirect_http.address",
+        address,
+        written: true,
+    }));
+    listeners.extend(admin.map(|address| addresses::Listener {
+        key: "admin.address",
+        address,
+        written: admin_written,
+    }));
+    match addresses::clash(&listeners, upstreams) {
+        None => Ok(()),
+        Some(c) if c.written => Err(invalid_at(
+            c.listener,
+            c.message,
+            Needle::value("address", &c.address.to_string()),
+        )),
+        Some(c) => Err(invalid(
+            c.listener,
+            format!("{} (the default admin address)", c.message),
+            None,
+        )),
+    }
 }
 
 fn check_route_path(key: &str, p: &str) -> Result<String, Invalid> {

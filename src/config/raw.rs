@@ -3,68 +3,99 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+// Doc comments on these structs are the descriptions of the JSON Schema
+// (`fieldseal config-schema`) that editors show: write them for users.
+
+/// fieldseal configuration. Durations are written `500ms`, `30s`, `2m`;
+/// sizes `4096`, `512KiB`, `1MiB`. Relative paths are resolved against the
+/// config file's folder. Secrets never go in this file.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "fieldseal configuration")]
 pub struct RawConfig {
+    /// The HTTPS listener.
     pub listen: RawListen,
+    /// Optional plain-HTTP listener that only answers 301 to https.
     #[serde(default)]
     pub redirect_http: Option<RawAddress>,
+    /// The admin listener: /healthz, /readyz, /metrics, POST /reload. Default 127.0.0.1:9901.
     #[serde(default)]
     pub admin: Option<RawAdmin>,
+    /// Host / :authority values (port ignored) that are served; others get 421. Default: any.
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
+    /// Peers (IPs or CIDR networks) whose X-Forwarded-For is believed. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The backends, by name; routes refer to them.
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Security headers on every answer; routes can override them.
     #[serde(default)]
     pub headers: RawHeaders,
+    /// Per-client rate limit shared by routes without their own.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// Size and time limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// The keyring: where keys come from (never the keys themselves).
     #[serde(default)]
     pub keys: Option<RawKeys>,
+    /// Tamper-evident audit log of requests that encrypted or decrypted fields.
     #[serde(default)]
     pub audit: Option<RawAudit>,
+    /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Routes, matched in this order; the first match wins.
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
+    /// `ip:port`, e.g. `0.0.0.0:8443`. Changing it needs a restart.
     pub address: String,
+    /// Certificates; reloaded on SIGHUP.
     pub tls: RawTls,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// PEM certificate chain, leaf first.
     pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
     /// Extra certificates chosen by SNI; `cert`/`key` above is the default.
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
+    /// A client that doesn't finish the handshake in time is dropped. Default 10s.
     #[serde(default)]
     pub handshake_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSniCert {
+    /// Server names served with this pair; `*.example.com` for a wildcard.
     pub names: Vec<String>,
+    /// PEM certificate chain, leaf first.
     pub cert: String,
+    /// PEM private key.
     pub key: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAddress {
+    /// `ip:port`, e.g. `127.0.0.1:9901`.
     pub address: String,
 }
 
@@ -76,14 +107,33 @@ pub enum RawAdmin {
     Settings(RawAdminSettings),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdminSettings {
+    /// `ip:port`. Default 127.0.0.1:9901; 0.0.0.0:9901 in a container.
     #[serde(default)]
     pub address: Option<String>,
     /// A file holding the bearer token that protects introspection and reload.
     #[serde(default)]
     pub token_file: Option<String>,
+}
+
+/// The schema of what the hand-written `Deserialize` below accepts.
+impl JsonSchema for RawAdmin {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RawAdmin".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let settings = g.subschema_for::<RawAdminSettings>();
+        schemars::json_schema!({
+            "description": "The admin listener's settings, or `off` / `false` for none.",
+            "anyOf": [
+                { "enum": ["off", false] },
+                settings
+            ]
+        })
+    }
 }
 
 // By hand rather than `untagged`, so a typo inside the mapping is reported
@@ -111,27 +161,32 @@ impl<'de> Deserialize<'de> for RawAdmin {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// `http://host:port`, optionally with a path prefixed to every request.
     pub url: String,
+    /// Connect failure or timeout: 502. Default 2s.
     #[serde(default)]
     pub connect_timeout: Option<String>,
+    /// No answer in time: 504. Default 30s.
     #[serde(default)]
     pub timeout: Option<String>,
     /// `preserve` (default): forward the client's Host; `upstream`: the URL's authority;
     /// anything else: that literal host.
     #[serde(default)]
     pub host: Option<String>,
+    /// Idle pooled connections are closed after this. Default 60s.
     #[serde(default)]
     pub pool_idle_timeout: Option<String>,
+    /// Default 256.
     #[serde(default)]
     pub pool_max_idle_per_host: Option<usize>,
 }
 
-/// A header either as a plain value (overwrites the upstream's), `false`
-/// (not set), or `{ value, upstream: keep|overwrite }`.
-#[derive(Debug, Deserialize, Clone)]
+/// A header value (overwrites the upstream's), `false` (not sent), or
+/// `{ value, upstream: keep|overwrite }`.
+#[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum RawHeaderValue {
     Off(bool),
@@ -139,40 +194,51 @@ pub enum RawHeaderValue {
     Detailed(RawHeaderDetailed),
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderDetailed {
     pub value: String,
+    /// `overwrite` (default) the upstream's header, or `keep` it when it sent one.
     #[serde(default)]
     pub upstream: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaders {
+    /// Strict-Transport-Security.
     #[serde(default)]
     pub hsts: Option<RawHeaderValue>,
+    /// Content-Security-Policy.
     #[serde(default)]
     pub csp: Option<RawHeaderValue>,
+    /// X-Content-Type-Options (default nosniff).
     #[serde(default)]
     pub x_content_type_options: Option<RawHeaderValue>,
+    /// X-Frame-Options (default DENY).
     #[serde(default)]
     pub x_frame_options: Option<RawHeaderValue>,
+    /// Referrer-Policy (default no-referrer).
     #[serde(default)]
     pub referrer_policy: Option<RawHeaderValue>,
+    /// X-XSS-Protection (default "0").
     #[serde(default)]
     pub x_xss_protection: Option<RawHeaderValue>,
+    /// Permissions-Policy (not sent unless set).
     #[serde(default)]
     pub permissions_policy: Option<RawHeaderValue>,
+    /// Cross-Origin-Opener-Policy (not sent unless set).
     #[serde(default)]
     pub cross_origin_opener_policy: Option<RawHeaderValue>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    /// Sustained rate per client address (IPv6 grouped by /64).
     #[serde(default)]
     pub requests_per_second: Option<u32>,
+    /// Requests allowed at once. Default: requests_per_second.
     #[serde(default)]
     pub burst: Option<u32>,
     /// Per-route only: `false` turns the limit off for the route.
@@ -183,58 +249,76 @@ pub struct RawRateLimit {
     pub max_tracked_clients: Option<usize>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// Request bodies; larger: 413, nothing forwarded. Default 1MiB.
     #[serde(default)]
     pub max_body: Option<String>,
+    /// Upstream answers buffered for decryption; larger: 502. Default 16MiB.
     #[serde(default)]
     pub max_response_body: Option<String>,
+    /// Slow client headers are cut off. Default 10s.
     #[serde(default)]
     pub header_read_timeout: Option<String>,
+    /// A buffered request body must arrive within this: 408. Default 30s.
     #[serde(default)]
     pub body_read_timeout: Option<String>,
+    /// Request header section; larger: 431. Default 32KiB.
     #[serde(default)]
     pub max_header_bytes: Option<String>,
+    /// Deeper JSON on a transforming route: 400. Default 64, at most 128.
     #[serde(default)]
     pub max_json_depth: Option<usize>,
+    /// Bodies above this are transformed on the blocking pool. Default 64KiB.
     #[serde(default)]
     pub offload_threshold: Option<String>,
+    /// Past this, new connections are closed at accept. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
+    /// How long requests in flight may finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default)]
     pub grace_period: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeys {
+    /// The id of the ring key that encrypts; the others only decrypt.
     pub active: String,
+    /// Every key that may have sealed stored data.
     pub ring: Vec<RawKey>,
+    /// PBKDF2-HMAC-SHA256 rounds for passphrase keys. Default 600000, at least 100000.
     #[serde(default)]
     pub pbkdf2_iterations: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One key: a key `file`, or a passphrase from `passphrase_env` with a salt.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
+    /// 1-64 characters of A-Z a-z 0-9 - _; written into every envelope.
     pub id: String,
+    /// Environment variable holding the passphrase.
     #[serde(default)]
     pub passphrase_env: Option<String>,
+    /// Environment variable holding the salt (at least 16 bytes).
     #[serde(default)]
     pub salt_env: Option<String>,
+    /// File holding the salt (at least 16 bytes).
     #[serde(default)]
     pub salt_file: Option<String>,
+    /// Key file from `fieldseal keygen`: 32 random bytes in base64, mode 0600.
     #[serde(default)]
     pub file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// `stdout` or a file path.
@@ -247,78 +331,103 @@ pub struct RawAudit {
     pub on_failure: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
+    /// trace, debug, info (default), warn or error.
     #[serde(default)]
     pub level: Option<String>,
+    /// json (default) or text; logs go to stderr.
     #[serde(default)]
     pub format: Option<String>,
+    /// One line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
     #[serde(default)]
     pub trust_request_id: Option<super::TrustRequestId>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// Unique; used in logs, metrics and by the offline tools.
     pub name: String,
+    /// Which requests the route takes.
     #[serde(rename = "match")]
     pub matcher: RawMatch,
+    /// Name of an entry of `upstreams`.
     pub upstream: String,
+    /// The route's own per-client limit, or `{ enabled: false }`.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// Overrides of the global security headers.
     #[serde(default)]
     pub headers: Option<RawHeaders>,
+    /// Overrides limits.max_body.
     #[serde(default)]
     pub max_body: Option<String>,
+    /// JSONPaths of request fields sealed before the backend sees them.
     #[serde(default)]
     pub encrypt: Vec<RawFieldRule>,
+    /// JSONPaths of envelopes opened in answers, or `auto` for every envelope.
     #[serde(default)]
     pub decrypt: Option<RawDecrypt>,
-    /// `error`, `null` or `keep`. Written unquoted, `null` (or `~`) is YAML's
-    /// null value, not a string: it must still mean the `null` mode, never
-    /// fall back to the default.
+    /// A value that can't be decrypted: `error` (502, default), `null` or `keep`.
+    // Written unquoted, `null` (or `~`) is YAML's null value, not a string:
+    // it must still mean the `null` mode, never fall back to the default.
     #[serde(default, deserialize_with = "null_is_a_mode")]
     pub on_decrypt_failure: Option<String>,
+    /// Refuse envelopes older than this on decrypt (0: no limit).
     #[serde(default)]
     pub max_age: Option<String>,
+    /// Names of later encrypting or decrypting routes whose requests this
+    /// route is meant to take. An earlier route that takes such requests
+    /// refuses the config unless it lists the later route here; then it is
+    /// a warning.
+    #[serde(default)]
+    pub shadows_ok: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
+    /// Host / :authority (port ignored). Default: any host.
     #[serde(default)]
     pub host: Option<String>,
+    /// An exact path (also with a trailing slash or a format suffix).
     #[serde(default)]
     pub path: Option<String>,
+    /// A path prefix on segment boundaries: /api/users matches /api/users/7, not /api/usersX.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Default: any method. On an encrypting route, other methods fall through to later routes.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// For backends that ignore path case.
     #[serde(default)]
     pub case_insensitive: Option<bool>,
 }
 
 /// `"$.ssn"` or `{ path: "$.ssn", context: ssn }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawFieldRule {
     Path(String),
     Detailed(RawFieldRuleDetailed),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFieldRuleDetailed {
+    /// A JSONPath, e.g. `$.ssn`.
     pub path: String,
+    /// A named context the value is bound to (decrypt rules must name it too).
     #[serde(default)]
     pub context: Option<String>,
 }
 
 /// `auto`, or a list of rules.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawDecrypt {
     Keyword(String),

@@ -162,3 +162,198 @@ fn encrypting_route_with_methods_before_a_catch_all_warns() {
     let without_methods = text.replace(", methods: [GET, POST]", "");
     assert!(load(&without_methods).unwrap().warnings.is_empty());
 }
+
+const KEYS: &str = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
+
+/// `/api` (no rules) before `/api/patients` (encrypt rules): the issue's case.
+fn shadowed(first_extra: &str) -> String {
+    format!(
+        "listen: {{ address: \"127.0.0.1:8443\", tls: {{ cert: c.crt, key: c.key }} }}
+upstreams:
+  legacy: {{ url: \"http://127.0.0.1:8080\" }}
+{KEYS}routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+    upstream: legacy
+{first_extra}  - name: patients
+    match: {{ path_prefix: /api/patients }}
+    upstream: legacy
+    encrypt: [\"$.ssn\"]
+    decrypt: [\"$.ssn\"]
+"
+    )
+}
+
+#[test]
+fn an_encrypting_route_shadowed_by_an_earlier_route_is_refused_where_it_is_written() {
+    let text = shadowed("");
+    let e = load(&text).unwrap_err();
+    let m = &e.message;
+    assert!(
+        m.starts_with("routes[0] (api): shadows routes[1] (patients)"),
+        "{e}"
+    );
+    assert!(m.contains("every request"), "{e}");
+    assert!(m.contains("POST /api/patients"), "{e}");
+    assert!(m.contains("($.ssn)") && m.contains("plaintext"), "{e}");
+    assert!(m.contains("shadows_ok: [patients]"), "{e}");
+    // Located at the earlier route's name, where the fix goes.
+    let line = text.lines().position(|l| l.contains("name: api")).unwrap() + 1;
+    assert_eq!(e.line, Some(line), "{e}");
+}
+
+#[test]
+fn an_acknowledged_shadow_loads_and_stays_a_warning() {
+    let c = load(&shadowed("    shadows_ok: [patients]\n")).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert!(
+        w.contains("routes[0] (api) shadows routes[1] (patients)"),
+        "{w}"
+    );
+    assert!(w.contains("acknowledged"), "{w}");
+    assert!(w.contains("$.ssn"), "{w}");
+}
+
+#[test]
+fn shadows_ok_must_name_a_route_and_a_stale_one_warns() {
+    let e = load(&shadowed("    shadows_ok: [patient]\n")).unwrap_err();
+    assert!(e.message.contains("routes[0] (api).shadows_ok"), "{e}");
+    assert!(
+        e.message.contains("\"patient\" is not the name of a route"),
+        "{e}"
+    );
+    assert!(e.line.is_some(), "{e}");
+
+    // The more specific route first: nothing is shadowed, the ack is stale.
+    let text = format!(
+        "{}    shadows_ok: [api]\n",
+        shadowed("").replace("/api/patients", "/other")
+    );
+    let c = load(&text).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.contains("does not shadow")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn partial_shadows_by_method_host_or_spelling_are_refused() {
+    // Only GET: the answers of GET lose their decrypt rules.
+    let e = load(&shadowed("").replace(
+        "match: { path_prefix: /api }",
+        "match: { path_prefix: /api, methods: [GET] }",
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("the GET requests that route"), "{e}");
+    assert!(e.message.contains("decrypt rules"), "{e}");
+
+    // A host-bound earlier route takes the requests on its host.
+    let e = load(&shadowed("").replace(
+        "match: { path_prefix: /api }",
+        "match: { path_prefix: /api, host: a.example }",
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("host a.example"), "{e}");
+
+    // An exact path that is a spelling the later route owns.
+    let e = load(&shadowed("").replace(
+        "match: { path_prefix: /api }",
+        "match: { path: /api/patients.json }",
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("/api/patients.json"), "{e}");
+
+    // A case-insensitive earlier route takes every case.
+    let e = load(&shadowed("").replace(
+        "match: { path_prefix: /api }",
+        "match: { path_prefix: /API, case_insensitive: true }",
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("every request"), "{e}");
+
+    // No overlap: different hosts, different methods.
+    let ok = shadowed("")
+        .replace(
+            "match: { path_prefix: /api }",
+            "match: { path_prefix: /api, methods: [GET] }",
+        )
+        .replace(
+            "match: { path_prefix: /api/patients }",
+            "match: { path_prefix: /api/patients, methods: [POST] }",
+        );
+    let c = load(&ok).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn a_decrypting_route_shadowed_by_one_with_other_rules_is_refused() {
+    let text = shadowed("    decrypt: [\"$.card\"]\n").replace("    encrypt: [\"$.ssn\"]\n", "");
+    let e = load(&text).unwrap_err();
+    assert!(e.message.contains("decrypt rules"), "{e}");
+    assert!(!e.message.contains("plaintext"), "{e}");
+}
+
+#[test]
+fn every_unacknowledged_shadow_is_counted() {
+    let text = format!(
+        "{}  - name: records\n    match: {{ path_prefix: /api/records }}\n    upstream: legacy\n    encrypt: [\"$.dob\"]\n",
+        shadowed("")
+    );
+    let e = load(&text).unwrap_err();
+    assert!(
+        e.message
+            .contains("1 more unacknowledged shadow: routes[0] (api) shadows routes[2] (records)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_route_without_rules_that_never_matches_warns() {
+    let text = format!(
+        "{MINIMAL}  - name: dead\n    match: {{ path_prefix: /api/users/admin, methods: [GET] }}\n    upstream: legacy\n"
+    );
+    let c = load(&text).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("routes[1] (dead) never matches")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn a_listener_that_is_also_an_upstream_is_refused() {
+    // The example config's old redirect_http: 0.0.0.0:8080 and the upstream
+    // on 127.0.0.1:8080, so a request redirected to itself.
+    let text = format!("{MINIMAL}redirect_http: {{ address: \"0.0.0.0:8080\" }}\n");
+    let e = load(&text).unwrap_err();
+    assert!(
+        e.message.starts_with("redirect_http.address: 0.0.0.0:8080"),
+        "{e}"
+    );
+    assert!(e.message.contains("upstream \"legacy\""), "{e}");
+    assert_eq!(e.line, Some(text.lines().count()), "{e}");
+
+    let e = load(&MINIMAL.replace("127.0.0.1:8080", "localhost:8443")).unwrap_err();
+    assert!(e.message.starts_with("listen.address"), "{e}");
+    // The admin default (127.0.0.1:9901) is not written: no line, but said.
+    let e = load(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:9901")).unwrap_err();
+    assert!(e.message.starts_with("admin.address"), "{e}");
+    assert!(e.message.contains("default"), "{e}");
+    assert_eq!(e.line, None);
+    // Two listeners on one socket.
+    let e = load(&format!(
+        "{MINIMAL}admin: {{ address: \"0.0.0.0:8443\" }}\n"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("cannot bind"), "{e}");
+    // A name is not resolved, and another port is fine.
+    load(&MINIMAL.replace("127.0.0.1:8080", "legacy.internal:8443")).unwrap();
+    load(&format!(
+        "{MINIMAL}redirect_http: {{ address: \"0.0.0.0:8081\" }}\n"
+    ))
+    .unwrap();
+}

@@ -51,6 +51,14 @@ fn passphrase_master(
             min: MIN_PBKDF2_ITERATIONS,
         });
     }
+    let pass = read_passphrase(id, var)?;
+    let salt = read_salt(id, salt)?;
+    let mut master = Zeroizing::new([0u8; 32]);
+    pbkdf2::pbkdf2_hmac::<Sha256>(&pass, &salt, iterations, master.as_mut());
+    Ok(master)
+}
+
+fn read_passphrase(id: &str, var: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let pass = Zeroizing::new(
         std::env::var_os(var)
             .ok_or_else(|| KeyError::EnvMissing {
@@ -65,10 +73,20 @@ fn passphrase_master(
             var: var.to_owned(),
         });
     }
-    let salt = read_salt(id, salt)?;
-    let mut master = Zeroizing::new([0u8; 32]);
-    pbkdf2::pbkdf2_hmac::<Sha256>(&pass, &salt, iterations, master.as_mut());
-    Ok(master)
+    Ok(pass)
+}
+
+/// Checks a key source the way `load_master` reads it, without the PBKDF2
+/// stretch (for `fieldseal check`): the passphrase variable is set and not
+/// empty, the salt long enough, a key file owner-only and 32 bytes.
+pub fn check_source(id: &str, source: &KeySource) -> Result<(), KeyError> {
+    match source {
+        KeySource::File(path) => key_file_master(id, path).map(drop),
+        KeySource::Passphrase { env, salt } => {
+            read_passphrase(id, env)?;
+            read_salt(id, salt).map(drop)
+        }
+    }
 }
 
 /// The salt is used as the bytes given, minus surrounding ASCII whitespace

@@ -18,7 +18,7 @@ mod keys;
 pub use envelope::{is_valid_key_id, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX};
 pub use keyring::Keyring;
 pub(crate) use keys::looser_than_0600;
-pub use keys::{write_key_file, MIN_SALT_LEN};
+pub use keys::{check_source, write_key_file, MIN_SALT_LEN};
 
 /// How the keyring is described once the YAML is validated (no secret in it,
 /// only where to find one).

@@ -125,25 +125,178 @@ routes:
     )
 }
 
-/// Creates a private working folder with the certificate, key and config.
-pub fn prepare(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// The demo's working folder. Without `--dir`, a new private folder under
+/// the system's temporary directory; with it, a folder that is new or empty,
+/// since everything the demo writes is removed when it stops, and only that:
+/// files it did not write and folders it did not create are left alone.
+#[derive(Debug)]
+pub struct DemoDir {
+    path: PathBuf,
+    /// Folders the demo created, outermost first.
+    created: Vec<PathBuf>,
+    /// Files the demo wrote.
+    files: Vec<PathBuf>,
+}
+
+/// Names of the files `DemoDir::write` creates.
+pub const DEMO_FILES: [&str; 4] = ["server.crt", "server.key", "demo.key", "fieldseal.yaml"];
+
+impl DemoDir {
+    /// Takes `dir` (or a fresh temporary folder) for the demo, or refuses a
+    /// folder that holds anything or is not a folder.
+    pub fn claim(dir: Option<&Path>) -> Result<DemoDir, String> {
+        let Some(dir) = dir else {
+            return Self::temporary();
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => Err(format!("--dir {}: is not a folder", dir.display())),
+            Ok(_) => {
+                let entries = std::fs::read_dir(dir)
+                    .map_err(|e| format!("--dir {}: {e}", dir.display()))?
+                    .count();
+                if entries > 0 {
+                    return Err(format!(
+                        "--dir {}: the folder is not empty ({entries} {}). The demo writes its certificate, keys and config into a folder of its own and deletes them when it stops: give a new or empty folder, or leave out --dir for a private temporary one",
+                        dir.display(),
+                        if entries == 1 { "entry" } else { "entries" }
+                    ));
+                }
+                Ok(DemoDir {
+                    path: dir.to_path_buf(),
+                    created: Vec::new(),
+                    files: Vec::new(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut missing = Vec::new();
+                let mut cur = Some(dir);
+                while let Some(p) = cur.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+                    missing.push(p.to_path_buf());
+                    cur = p.parent();
+                }
+                let mut d = DemoDir {
+                    path: dir.to_path_buf(),
+                    created: Vec::new(),
+                    files: Vec::new(),
+                };
+                for p in missing.into_iter().rev() {
+                    private_dir(&p).map_err(|e| format!("--dir {}: {e}", p.display()))?;
+                    d.created.push(p);
+                }
+                Ok(d)
+            }
+            Err(e) => Err(format!("--dir {}: {e}", dir.display())),
+        }
+    }
+
+    fn temporary() -> Result<DemoDir, String> {
+        let tmp = std::env::temp_dir();
+        for attempt in 0..16u32 {
+            let p = tmp.join(format!("fieldseal-demo-{}-{attempt}", std::process::id()));
+            match private_dir(&p) {
+                Ok(()) => {
+                    return Ok(DemoDir {
+                        path: p.clone(),
+                        created: vec![p],
+                        files: Vec::new(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
+        Err(format!(
+            "{}: cannot create a private folder for the demo",
+            tmp.display()
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the certificate, key and config; never overwrites a file.
+    pub fn write(&mut self, listen: SocketAddr, backend: SocketAddr) -> Result<PathBuf, String> {
+        let pair = crate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+            .map_err(|e| e.to_string())?;
+        self.create("server.key", pair.key_pem.as_bytes(), 0o600)?;
+        self.create("server.crt", pair.cert_pem.as_bytes(), 0o644)?;
+        let key = self.path.join("demo.key");
+        crate::crypto::write_key_file(&key).map_err(|e| e.to_string())?;
+        self.files.push(key);
+        self.create(
+            "fieldseal.yaml",
+            demo_config(listen, backend).as_bytes(),
+            0o600,
+        )
+    }
+
+    fn create(&mut self, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, String> {
+        use std::io::Write;
+        let path = self.path.join(name);
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(mode);
+        }
+        let _ = mode;
+        let mut f = o
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.files.push(path.clone());
+        f.write_all(bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Removes what the demo wrote, then the folders it created if nothing
+    /// else is in them. Ok(notes) about folders left in place; Err if a file
+    /// the demo wrote could not be removed.
+    pub fn remove(&mut self) -> Result<Vec<String>, String> {
+        let mut failed = Vec::new();
+        for f in self.files.drain(..) {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => failed.push(format!("{}: {e}", f.display())),
+            }
+        }
+        let mut notes = Vec::new();
+        for d in self.created.drain(..).rev() {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    notes.push(format!(
+                        "left {} in place: it holds files the demo did not write ({e})",
+                        d.display()
+                    ));
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(notes)
+        } else {
+            Err(format!("could not remove {}", failed.join(", ")))
+        }
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = self.remove();
+    }
+}
+
+/// A folder only its owner can enter (it will hold private keys).
+fn private_dir(p: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
     }
-    for f in ["server.crt", "server.key", "demo.key", "fieldseal.yaml"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    crate::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()], true)
-        .map_err(|e| e.to_string())?;
-    crate::crypto::write_key_file(&dir.join("demo.key")).map_err(|e| e.to_string())?;
-    let path = dir.join("fieldseal.yaml");
-    std::fs::write(&path, demo_config(listen, backend))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+    b.create(p)
 }
 
 pub fn instructions(

@@ -12,6 +12,8 @@ pub mod demo;
 pub mod error;
 pub mod fields;
 pub mod headers;
+pub mod healthcheck;
+pub mod init;
 pub mod jsonstream;
 pub mod logging;
 pub mod metrics;

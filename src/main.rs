@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use fieldseal::config::Config;
 use fieldseal::crypto::Keyring;
@@ -31,21 +31,68 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file like `nginx -t`: exit 0 with a summary, or 1 naming file, line and column
+    /// Validate a config file like `nginx -t`: parse it, open every file and variable it names, and exit 0 with a summary, or 1 with each problem as file:line:column: key: problem
     Check {
         #[arg(long, short)]
         config: PathBuf,
-        /// Also load certificates and keys (needs the key env vars and files)
-        #[arg(long)]
+        /// Only parse and validate the file: do not open the certificates, keys, audit file and environment variables it names
+        #[arg(long, conflicts_with = "load")]
+        no_load: bool,
+        /// Open the files and variables (the default; kept for older scripts)
+        #[arg(long, hide = true)]
         load: bool,
     },
     /// Start the proxy on https://127.0.0.1:8443 in front of a built-in JSON service, with generated keys
     Demo {
+        /// The HTTPS address (127.0.0.1:0 picks a free port)
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
-        /// Where the generated certificate, key and config go
+        /// A new or empty folder for the generated certificate, key and config (default: a private temporary folder); what the demo wrote is removed when it stops
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Write a commented starter config, a development certificate and a key into a folder; never overwrites
+    Init {
+        /// Where to write fieldseal.yaml, certs/ and keys/ (created if missing)
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The HTTPS listener address in the config
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// The admin listener address in the config (0.0.0.0:9901 in a container)
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// The service fieldseal protects
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        upstream: String,
+    },
+    /// Print the JSON Schema of the config file (for editors and linters)
+    ConfigSchema,
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder
+    Man {
+        /// Write fieldseal.1 and fieldseal-COMMAND.1 here instead of printing fieldseal.1
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Probe the admin listener's /healthz (or /readyz): exit 0 when it answers 200, 1 otherwise (for container health checks)
+    Healthcheck {
+        /// Take the admin address from this config (0.0.0.0 and :: are probed on loopback)
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address to probe (default: the config's, else 127.0.0.1:9901)
+        #[arg(long, conflicts_with = "config")]
+        address: Option<SocketAddr>,
+        /// Probe /readyz (ready to serve traffic) instead of /healthz (alive)
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long
+        #[arg(long, default_value = "3s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Write a development certificate and key (server.crt, server.key)
     Cert {
@@ -177,31 +224,49 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            let preflight = fieldseal::config::preflight::check(&cfg);
+            if !preflight.errors.is_empty() {
+                return Err(anyhow!("{}", lines(&preflight.errors)));
+            }
             init_logging(&cfg.log.level, cfg.log.json)?;
+            for w in &preflight.warnings {
+                tracing::warn!(warning = %w, "host");
+            }
             runtime()?.block_on(serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, load } => match Config::load(&config) {
-            Ok(cfg) => {
-                if load {
-                    Proxy::new(cfg.clone()).map_err(|e| anyhow!("{}: {e}", config.display()))?;
-                }
-                for w in &cfg.warnings {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
-                println!("{}: ok: {}", config.display(), cfg.summary());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::Check {
+            config,
+            no_load,
+            load: _,
+        } => Ok(check(&config, !no_load)),
         Command::Demo { listen, dir } => {
+            // Refuse a folder that holds anything before binding or writing.
+            let dir = fieldseal::demo::DemoDir::claim(dir.as_deref()).map_err(|e| anyhow!(e))?;
             init_logging("info", false)?;
             runtime()?.block_on(demo(listen, dir))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init {
+            dir,
+            listen,
+            admin,
+            upstream,
+        } => init(&dir, listen, admin, &upstream),
+        Command::ConfigSchema => print_out(format!("{}\n", fieldseal::config::schema_json())),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fieldseal", &mut script);
+            print_out(script)
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Healthcheck {
+            config,
+            address,
+            ready,
+            timeout,
+        } => healthcheck(config.as_deref(), address, ready, timeout),
         Command::Cert {
             self_signed: _,
             out,
@@ -557,25 +622,34 @@ fn audit_verify_cmd(
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled, so a signal sent as soon as the demo
+/// says it is ready (or `run` logs that it serves) is not a default-action
+/// kill that skips the drain and the demo's cleanup.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
 fn spawn_reload_on_hup(proxy: Proxy) {
     use tokio::signal::unix::{signal, SignalKind};
+    // Installed now, not in the task: SIGHUP's default action ends the process.
+    let hup = signal(SignalKind::hangup());
     tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -586,9 +660,7 @@ fn spawn_reload_on_hup(proxy: Proxy) {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
-    let listeners = Listeners::bind(&cfg)
-        .await
-        .context("cannot bind listeners")?;
+    let listeners = Listeners::bind(&cfg).await?;
     let summary = cfg.summary();
     let admin = cfg.admin;
     for w in &cfg.warnings {
@@ -605,10 +677,7 @@ async fn serve(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<()> {
-    let dir = dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("fieldseal-demo-{}", std::process::id()))
-    });
+async fn demo(listen: SocketAddr, mut dir: fieldseal::demo::DemoDir) -> Result<()> {
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = backend.local_addr()?;
     tokio::spawn(fieldseal::demo::start_backend(backend));
@@ -616,14 +685,15 @@ async fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (try --listen 127.0.0.1:0)"))?;
     let listen = https.local_addr()?;
-    let path = fieldseal::demo::prepare(&dir, listen, backend_addr).map_err(|e| anyhow!(e))?;
+    let path = dir.write(listen, backend_addr).map_err(|e| anyhow!(e))?;
     let cfg = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = admin.local_addr()?;
     let proxy = Proxy::new(cfg).map_err(|e| anyhow!("{e}"))?;
+    let shutdown = shutdown_signal();
     println!(
         "{}",
-        fieldseal::demo::instructions(listen, backend_addr, Some(admin_addr), &dir)
+        fieldseal::demo::instructions(listen, backend_addr, Some(admin_addr), dir.path())
     );
     let _ = std::io::stdout().flush();
     spawn_reload_on_hup(proxy.clone());
@@ -634,12 +704,132 @@ async fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<()> {
                 redirect: None,
                 admin: Some(admin),
             },
-            shutdown_signal(),
+            shutdown,
         )
         .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if dir.exists() {
-        bail!("could not remove {}", dir.display());
+    for note in dir.remove().map_err(|e| anyhow!(e))? {
+        eprintln!("fieldseal demo: {note}");
     }
     Ok(())
+}
+
+/// Problems one per line, as `check` prints them.
+fn lines(errors: &[fieldseal::config::ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `fieldseal check`: exit 0 with warnings and a summary, or 1 with every
+/// problem found.
+fn check(path: &Path, open_files: bool) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = if open_files {
+        fieldseal::config::preflight::check(&cfg)
+    } else {
+        fieldseal::config::preflight::Report::default()
+    };
+    for w in cfg.warnings.iter().chain(&report.warnings) {
+        eprintln!("{}: warning: {w}", path.display());
+    }
+    if !report.errors.is_empty() {
+        eprintln!("{}", lines(&report.errors));
+        return ExitCode::FAILURE;
+    }
+    let skipped = if open_files {
+        ""
+    } else {
+        " (--no-load: certificates, keys, the audit file and environment variables not checked)"
+    };
+    println!("{}: ok: {}{skipped}", path.display(), cfg.summary());
+    ExitCode::SUCCESS
+}
+
+/// `fieldseal init`: the starter files, then what to do next.
+fn init(dir: &Path, listen: SocketAddr, admin: SocketAddr, upstream: &str) -> Result<ExitCode> {
+    let opts = fieldseal::init::Options {
+        listen,
+        admin,
+        upstream: upstream.to_string(),
+    };
+    let written = fieldseal::init::write(dir, &opts).map_err(|e| anyhow!(e))?;
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    let config = dir.join(fieldseal::init::CONFIG_FILE);
+    println!(
+        "\nnext:\n  fieldseal check --config {0}\n  fieldseal run --config {0}\n\n\
+         certs/ holds a self-signed development certificate: replace it for production.\n\
+         keys/k1.key is a real key: back it up; what it seals cannot be opened without it.",
+        config.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Generated output to stdout; a reader that stops early (`| head`) is not
+/// an error.
+fn print_out(bytes: impl AsRef<[u8]>) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes.as_ref()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `fieldseal man`: the top page on stdout, or every page into a folder.
+fn man(out_dir: Option<&Path>) -> Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match out_dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            return print_out(page);
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir).with_context(|| format!("{}", dir.display()))?;
+            println!("wrote man pages into {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match fieldseal::config::parse_duration(s)? {
+        d if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
+    }
+}
+
+/// `fieldseal healthcheck`: one GET on the admin listener.
+fn healthcheck(
+    config: Option<&Path>,
+    address: Option<SocketAddr>,
+    ready: bool,
+    timeout: std::time::Duration,
+) -> Result<ExitCode> {
+    let address = match (address, config) {
+        (Some(a), _) => a,
+        (None, Some(c)) => fieldseal::healthcheck::admin_address(c).map_err(|e| anyhow!(e))?,
+        (None, None) => fieldseal::healthcheck::DEFAULT_ADMIN,
+    };
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match fieldseal::healthcheck::probe(address, path, timeout) {
+        Ok(()) => {
+            println!("{address}{path}: ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("fieldseal healthcheck: {address}{path}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -24,14 +24,14 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(config: &crate::config::Config) -> std::io::Result<Listeners> {
-        let https = TcpListener::bind(config.listen).await?;
+    pub async fn bind(config: &crate::config::Config) -> Result<Listeners, BindError> {
+        let https = bind("listen.address", config.listen).await?;
         let redirect = match config.redirect_http {
-            Some(a) => Some(TcpListener::bind(a).await?),
+            Some(a) => Some(bind("redirect_http.address", a).await?),
             None => None,
         };
         let admin = match config.admin {
-            Some(a) => Some(TcpListener::bind(a).await?),
+            Some(a) => Some(bind("admin.address", a).await?),
             None => None,
         };
         Ok(Listeners {
@@ -39,6 +39,37 @@ impl Listeners {
             redirect,
             admin,
         })
+    }
+}
+
+/// A listener that could not bind, named by its config key.
+#[derive(Debug, thiserror::Error)]
+#[error("{listener} {address}: {}", describe_bind_error(.source))]
+pub struct BindError {
+    pub listener: &'static str,
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            listener,
+            address,
+            source,
+        })
+}
+
+fn describe_bind_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => "address in use (another process listens there)".into(),
+        ErrorKind::AddrNotAvailable => "no interface of this host has this address".into(),
+        ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".into()
+        }
+        _ => e.to_string(),
     }
 }
 

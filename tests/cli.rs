@@ -98,6 +98,8 @@ fn check_accepts_a_valid_config_with_a_one_line_summary() {
     );
     let path = dir.path().join("fieldseal.yaml");
     std::fs::write(&path, &text).expect("write");
+    // `check` opens the files the config names, like `nginx -t`.
+    write_certs(dir.path());
     let out = check(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(

@@ -905,3 +905,244 @@ fn dockerfile_runs_non_root_and_bakes_in_no_secrets() {
     let unlocked = file.replace("--release --locked", "--release");
     assert!(check_dockerfile(&unlocked, &ignore).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// The container image as docs/deploy.md runs it. No Docker engine in CI:
+// deploy/docker-smoke.sh proves it live; these check the same facts on the
+// files.
+// ---------------------------------------------------------------------------
+
+/// The docker setup's files, as text.
+struct DockerSetup {
+    dockerfile: String,
+    config: String,
+    docs: String,
+    smoke: String,
+}
+
+fn docker_setup() -> DockerSetup {
+    let d = deploy_dir();
+    DockerSetup {
+        dockerfile: read(&d.join("Dockerfile")),
+        config: read(&d.join("docker/config.yaml")),
+        docs: read(&d.join("../docs/deploy.md")),
+        smoke: read(&d.join("docker-smoke.sh")),
+    }
+}
+
+/// The `docker run` command of the docs, continuation lines joined, as words.
+fn docs_docker_run(docs: &str) -> Result<Vec<String>, String> {
+    let mut joined = String::new();
+    let mut cmd = None;
+    for line in docs.lines() {
+        let t = line.trim();
+        if cmd.is_none() && !t.starts_with("docker run") {
+            continue;
+        }
+        let (body, more) = match t.strip_suffix('\\') {
+            Some(b) => (b, true),
+            None => (t, false),
+        };
+        joined.push_str(body);
+        joined.push(' ');
+        cmd = Some(());
+        if !more {
+            break;
+        }
+    }
+    if cmd.is_none() {
+        return Err("docs/deploy.md has no `docker run` command".into());
+    }
+    Ok(joined
+        .split_whitespace()
+        .map(|w| w.trim_matches('"').to_string())
+        .collect())
+}
+
+/// The value after `flag` (`-p X`, `--stop-timeout N`), every occurrence.
+fn flag_values<'a>(words: &'a [String], flag: &str) -> Vec<&'a str> {
+    words
+        .windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+fn check_docker_setup(s: &DockerSetup) -> Result<(), String> {
+    let ins = docker_instructions(&s.dockerfile);
+    // HEALTHCHECK: the binary probing the config the CMD runs.
+    let health = ins
+        .iter()
+        .find(|(op, _)| op == "HEALTHCHECK")
+        .map(|(_, a)| a.as_str())
+        .ok_or("no HEALTHCHECK")?;
+    let (opts, cmd) = health.split_once("CMD ").ok_or("HEALTHCHECK without CMD")?;
+    if cmd.trim()
+        != "[\"fieldseal\", \"healthcheck\", \"--config\", \"/etc/fieldseal/config.yaml\"]"
+    {
+        return Err(format!(
+            "HEALTHCHECK CMD {cmd:?} must be fieldseal healthcheck on the CMD's config"
+        ));
+    }
+    if !opts.contains("--start-period=") || !opts.contains("--timeout=") {
+        return Err(format!(
+            "HEALTHCHECK needs a start period and a timeout: {opts:?}"
+        ));
+    }
+
+    // The config for the image: reachable listeners on exposed ports.
+    let path = std::path::Path::new("/etc/fieldseal/config.yaml");
+    let cfg = fieldseal::config::Config::from_yaml(&s.config, path).map_err(|e| e.to_string())?;
+    let exposed: Vec<u16> = ins
+        .iter()
+        .filter(|(op, _)| op == "EXPOSE")
+        .flat_map(|(_, a)| a.split_whitespace().filter_map(|p| p.parse().ok()))
+        .collect();
+    let admin = cfg
+        .admin
+        .ok_or("the image's config has no admin listener")?;
+    for (key, addr) in [("listen.address", cfg.listen), ("admin.address", admin)] {
+        if !addr.ip().is_unspecified() {
+            return Err(format!(
+                "{key} {addr}: inside a container only a wildcard address is reachable from outside"
+            ));
+        }
+        if !exposed.contains(&addr.port()) {
+            return Err(format!("{key} port {} is not EXPOSEd", addr.port()));
+        }
+    }
+    let secrets = std::path::Path::new("/run/secrets/fieldseal");
+    let mut files = vec![cfg.tls.cert.clone(), cfg.tls.key.clone()];
+    for k in &cfg.keys.as_ref().ok_or("no keys")?.keys {
+        if let fieldseal::crypto::KeySource::File(p) = &k.source {
+            files.push(p.clone());
+        }
+    }
+    if let Some(f) = files.iter().find(|f| !f.starts_with(secrets)) {
+        return Err(format!(
+            "{} is not under the secrets mount {}",
+            f.display(),
+            secrets.display()
+        ));
+    }
+
+    // The docs' docker run.
+    let run = docs_docker_run(&s.docs)?;
+    let published = flag_values(&run, "-p");
+    let admin_port = admin.port().to_string();
+    let admin_pub: Vec<&&str> = published
+        .iter()
+        .filter(|p| p.rsplit(':').next() == Some(admin_port.as_str()))
+        .collect();
+    if admin_pub.is_empty() || admin_pub.iter().any(|p| !p.starts_with("127.0.0.1:")) {
+        return Err(format!(
+            "the admin port must be published on the host's loopback only, got {admin_pub:?}"
+        ));
+    }
+    let mounts = flag_values(&run, "-v");
+    if !mounts
+        .iter()
+        .any(|m| m.ends_with("deploy/docker/config.yaml:/etc/fieldseal/config.yaml:ro"))
+    {
+        return Err(format!(
+            "docs mount no deploy/docker/config.yaml at the CMD's path: {mounts:?}"
+        ));
+    }
+    if !mounts
+        .iter()
+        .any(|m| m.ends_with(":/run/secrets/fieldseal:ro"))
+    {
+        return Err(format!("docs mount no read-only secrets: {mounts:?}"));
+    }
+    let stop: u64 = flag_values(&run, "--stop-timeout")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .ok_or("docker run needs --stop-timeout (Docker kills after 10 s by default)")?;
+    if Duration::from_secs(stop) <= cfg.shutdown_grace {
+        return Err(format!(
+            "--stop-timeout {stop} does not outlast shutdown.grace_period {:?}",
+            cfg.shutdown_grace
+        ));
+    }
+
+    // The smoke script runs the same things.
+    for want in [
+        "deploy/Dockerfile",
+        "deploy/docker/config.yaml",
+        "/run/secrets/fieldseal",
+        ".State.Health.Status",
+        "/healthz",
+        "/readyz",
+        "docker stop",
+        "--stop-timeout",
+    ] {
+        if !s.smoke.contains(want) {
+            return Err(format!("docker-smoke.sh does not use {want:?}"));
+        }
+    }
+    if !s.smoke.starts_with("#!/usr/bin/env bash\n") || !s.smoke.contains("set -euo pipefail") {
+        return Err("docker-smoke.sh must be a strict bash script".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn the_container_is_healthy_and_reachable_as_documented() {
+    let s = docker_setup();
+    check_docker_setup(&s).unwrap();
+
+    let bad = |edit: &dyn Fn(&mut DockerSetup)| {
+        let mut copy = docker_setup();
+        edit(&mut copy);
+        check_docker_setup(&copy).is_err()
+    };
+    assert!(bad(
+        &|s| s.config = s.config.replace("\"0.0.0.0:9901\"", "\"127.0.0.1:9901\"")
+    ));
+    assert!(bad(
+        &|s| s.config = s.config.replace("\"0.0.0.0:8443\"", "\"0.0.0.0:8444\"")
+    ));
+    assert!(bad(&|s| s.config = s
+        .config
+        .replace("/run/secrets/fieldseal/k2.key", "/etc/k2.key")));
+    assert!(bad(
+        &|s| s.dockerfile = s.dockerfile.replace("HEALTHCHECK", "# HEALTHCHECK")
+    ));
+    assert!(bad(
+        &|s| s.dockerfile = s.dockerfile.replace("\"healthcheck\"", "\"run\"")
+    ));
+    assert!(bad(
+        &|s| s.docs = s.docs.replace("-p 127.0.0.1:9901:9901", "-p 9901:9901")
+    ));
+    assert!(bad(
+        &|s| s.docs = s.docs.replace("--stop-timeout 30", "--stop-timeout 15")
+    ));
+    assert!(bad(&|s| s.docs = s.docs.replace("--stop-timeout 30", "")));
+    assert!(bad(&|s| s.smoke = s.smoke.replace("/readyz", "/ready")));
+}
+
+#[test]
+fn the_health_check_probes_the_admin_listener_of_the_image_config() {
+    let path = deploy_dir().join("docker/config.yaml");
+    let addr = fieldseal::healthcheck::admin_address(&path).unwrap();
+    assert_eq!(addr, "127.0.0.1:9901".parse().unwrap());
+}
+
+#[cfg(unix)]
+#[test]
+fn the_docker_smoke_script_is_executable_bash() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = deploy_dir().join("docker-smoke.sh");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert!(mode & 0o111 != 0, "mode {mode:o}");
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

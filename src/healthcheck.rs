@@ -17,13 +17,22 @@ pub fn admin_address(config: &Path) -> Result<SocketAddr, String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
         .map_err(|e| format!("{}: not YAML: {e}", config.display()))?;
-    let Some(admin) = doc.get("admin") else {
-        return Ok(DEFAULT_ADMIN);
+    let admin = match doc.get("admin") {
+        None | Some(serde_yaml_ng::Value::Null) => return Ok(DEFAULT_ADMIN),
+        Some(a) if a.is_mapping() => a,
+        Some(_) => {
+            return Err(format!(
+            "{}: admin is not an address mapping (is the admin listener off?): nothing to probe",
+            config.display()
+        ))
+        }
     };
-    let written = admin
-        .get("address")
-        .and_then(serde_yaml_ng::Value::as_str)
-        .ok_or_else(|| format!("{}: admin.address is not a string", config.display()))?;
+    let written = match admin.get("address") {
+        None => return Ok(DEFAULT_ADMIN),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| format!("{}: admin.address is not a string", config.display()))?,
+    };
     let addr: SocketAddr = written.parse().map_err(|_| {
         format!(
             "{}: admin.address {written:?} is not an ip:port address",
@@ -91,5 +100,46 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), Stri
         "200" => Ok(()),
         "" => Err("no HTTP answer".into()),
         s => Err(format!("answered {s}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr_of(yaml: &str) -> Result<SocketAddr, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "fieldseal-healthcheck-{}-{}",
+            std::process::id(),
+            yaml.len()
+        ));
+        std::fs::write(&dir, yaml).map_err(|e| e.to_string())?;
+        let r = admin_address(&dir);
+        let _ = std::fs::remove_file(&dir);
+        r
+    }
+
+    #[test]
+    fn the_admin_address_is_read_from_the_config_alone() {
+        assert_eq!(addr_of("listen: {}\n"), Ok(DEFAULT_ADMIN));
+        assert_eq!(
+            addr_of("admin: { address: \"0.0.0.0:9902\" }\n"),
+            Ok("127.0.0.1:9902".parse().unwrap())
+        );
+        assert_eq!(
+            addr_of("admin: { address: \"[::]:9903\" }\n"),
+            Ok("[::1]:9903".parse().unwrap())
+        );
+        assert_eq!(
+            addr_of("admin: { address: \"10.0.0.7:9901\" }\n"),
+            Ok("10.0.0.7:9901".parse().unwrap())
+        );
+        // The rest of the file may be mid-edit: only admin.address matters.
+        assert_eq!(
+            addr_of("admin: { address: \"127.0.0.1:9904\" }\nroutes: [ { nme: x } ]\n"),
+            Ok("127.0.0.1:9904".parse().unwrap())
+        );
+        assert!(addr_of("admin: off\n").unwrap_err().contains("off"));
+        assert!(addr_of("admin: { address: nine }\n").is_err());
     }
 }

@@ -233,12 +233,26 @@ fn rules(rules: &[FieldRule]) -> Value {
 fn routes(shared: &Shared) -> Value {
     let rt = shared.runtime.load();
     let config = &rt.config;
+    let found = crate::routes::shadows(&config.routes.routes);
     let list: Vec<Value> = config
         .routes
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            let shadows: Vec<Value> = found
+                .iter()
+                .filter(|s| s.earlier == i)
+                .map(|s| {
+                    let later = &config.routes.routes[s.later];
+                    json!({
+                        "route": later.name,
+                        "index": s.later,
+                        "every_request": s.overlap.is_total(),
+                        "example": s.overlap.example.to_string(),
+                    })
+                })
+                .collect();
             let (kind, path) = match &r.path {
                 PathMatch::Exact(p) => ("path", Some(p.as_str())),
                 PathMatch::Prefix(p) => ("path_prefix", Some(p.as_str())),
@@ -289,9 +303,10 @@ fn routes(shared: &Shared) -> Value {
                 },
                 "max_age_secs": r.max_age.map(|d| d.as_secs()),
                 "headers": headers,
-                // Filled by the route shadowing analysis once it is in this
-                // build: the later routes this one takes requests from.
-                "shadows": Value::Null,
+                // The later routes this one takes requests from
+                // (`routes::shadow`); the config's warnings say which are
+                // acknowledged by `shadows_ok`.
+                "shadows": shadows,
             })
         })
         .collect();

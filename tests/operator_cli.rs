@@ -289,12 +289,22 @@ fn broken_files_config(dir: &Path) -> (PathBuf, String) {
     .expect("key");
     #[cfg(unix)]
     set_mode(&dir.join("k2.key"), 0o644);
+    std::fs::write(
+        dir.join("admin.token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("token");
+    #[cfg(unix)]
+    set_mode(&dir.join("admin.token"), 0o644);
     let text = format!(
         r#"listen:
   address: "127.0.0.1:8443"
   tls:
     cert: certs/missing.crt
     key: certs/missing.key
+admin:
+  address: "127.0.0.1:9901"
+  token_file: admin.token
 upstreams:
   legacy: {{ url: "http://127.0.0.1:8080" }}
 keys:
@@ -353,6 +363,11 @@ fn check_opens_every_file_and_variable_and_names_key_and_line() {
             "mode 0644",
         ),
         (line_of(&text, "sink:"), "audit.sink:", "no-such-folder"),
+        (
+            line_of(&text, "token_file:"),
+            "admin.token_file:",
+            "mode 0644",
+        ),
     ];
     for (line, key, problem) in expect {
         let found = stderr.lines().any(|l| {
@@ -363,6 +378,7 @@ fn check_opens_every_file_and_variable_and_names_key_and_line() {
     // The key file's bytes and the passphrase variable's name are fine to
     // print; no key material is.
     assert!(!stderr.contains("AAAAAAAA"), "{stderr}");
+    assert!(!stderr.contains("0123456789abcdef"), "{stderr}");
 
     // Fixed one by one, the errors go away until check says ok.
     write_certs(&t.path().join("certs"));
@@ -373,6 +389,8 @@ fn check_opens_every_file_and_variable_and_names_key_and_line() {
     std::fs::write(&path, &fixed).expect("config");
     #[cfg(unix)]
     set_mode(&t.path().join("k2.key"), 0o600);
+    #[cfg(unix)]
+    set_mode(&t.path().join("admin.token"), 0o600);
     let mut c = bin(&["check", "--config"]);
     c.arg(&path)
         .env(
@@ -391,7 +409,10 @@ fn check_opens_every_file_and_variable_and_names_key_and_line() {
         !t.path().join("audit.log").exists(),
         "check creates no audit file"
     );
-    assert_eq!(entries(t.path()), vec!["certs", "fieldseal.yaml", "k2.key"]);
+    assert_eq!(
+        entries(t.path()),
+        vec!["admin.token", "certs", "fieldseal.yaml", "k2.key"]
+    );
 }
 
 #[test]
@@ -555,6 +576,52 @@ async fn an_acknowledged_shadow_runs_and_stays_a_warning_in_check_and_the_start_
     assert_eq!(out.status.code(), Some(0), "{}", utf8(&out.stderr));
     run.signal("-TERM");
     assert_eq!(run.wait(), Some(0));
+}
+
+/// The admin listener's /routes lists, for each route, the later routes it
+/// takes requests from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_show_which_later_routes_each_route_shadows() {
+    let backend = Backend::start("records", Behavior::echo()).await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("k1.key");
+    fieldseal::crypto::write_key_file(&key).expect("key");
+    let rest = format!(
+        r#"upstreams:
+  records: {{ url: "{url}" }}
+keys:
+  active: k1
+  ring:
+    - {{ id: k1, file: "{key}" }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api, methods: [GET] }}
+    upstream: records
+    shadows_ok: [patients]
+  - name: patients
+    match: {{ path_prefix: /api/patients }}
+    upstream: records
+    encrypt: ["$.ssn"]
+"#,
+        url = backend.url(),
+        key = key.display()
+    );
+    let proxy = TestProxy::start(&rest).await;
+    let (status, body) = admin_get(&proxy, "/routes").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let shadows = &v["routes"][0]["shadows"];
+    assert_eq!(shadows[0]["route"], "patients", "{v}");
+    assert_eq!(shadows[0]["every_request"], false, "GET only: {v}");
+    assert_eq!(shadows[0]["example"], "GET /api/patients", "{v}");
+    assert_eq!(v["routes"][1]["shadows"], serde_json::json!([]), "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("acknowledged")),
+        "{v}"
+    );
+    proxy.stop().await;
 }
 
 async fn wait_healthy(admin: SocketAddr, child: &mut Child, log: &Path) {

@@ -36,6 +36,7 @@ pub fn check_text(cfg: &Config, text: &str) -> Report {
     };
     p.tls();
     p.keys();
+    p.admin_token();
     p.audit();
     p.addresses();
     p.report
@@ -181,6 +182,18 @@ impl Preflight<'_> {
                 ),
             };
             self.error(format!("{prefix}.{field}"), e.to_string(), &at);
+        }
+    }
+
+    /// The admin bearer token file, read as the proxy reads it (its content
+    /// is never shown).
+    fn admin_token(&mut self) {
+        let Some(path) = &self.cfg.admin_token_file else {
+            return;
+        };
+        if let Err(e) = crate::admin::AdminToken::load(path) {
+            let at = self.written("token_file", path, None);
+            self.error("admin.token_file".to_string(), e, &at);
         }
     }
 

@@ -1,25 +1,34 @@
 //! Per-client rate limits with governor.
 //!
 //! Clients are keyed by address, IPv6 grouped by /64 (one subscriber usually
-//! owns a whole /64). Memory stays bounded: idle keys are pruned, and once
-//! `max_tracked_clients` keys are live, requests from the flood share one
-//! overflow bucket instead of growing the map.
+//! owns a whole /64). Memory stays bounded: idle keys are pruned, and at most
+//! `max_tracked_clients` keys are held exactly. A tracked client is always
+//! judged by its own bucket. Past the cap, a new client is judged by a
+//! fixed-size count-min sketch of buckets: each address is hashed to one
+//! cell per row and limited by the least used of its cells, and every
+//! admission raises all of them. Collisions only make it stricter, so an
+//! address in the sketch is never let through more than its own quota;
+//! memory does not grow with the number of addresses.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::config::Config;
 use crate::routes::RateLimitSettings;
 
-/// How often (in requests) the map size is looked at; `len()` visits every shard.
-const SIZE_CHECK_EVERY: u64 = 64;
 const PRUNE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+const SHARDS: usize = 16;
+const SKETCH_ROWS: usize = 4;
 
 pub fn client_key(ip: IpAddr) -> IpAddr {
     match crate::config::canonical_ip(ip) {
@@ -28,13 +37,165 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-pub struct Limiter {
-    keyed: DefaultKeyedRateLimiter<IpAddr>,
-    overflow: DefaultDirectRateLimiter,
-    clock: DefaultClock,
-    max_tracked: usize,
-    calls: AtomicU64,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain numbers behind: still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Governor's GCRA state (the theoretical arrival time of each key), kept
+/// exactly for up to `max` keys and in a sketch for the rest.
+pub struct ClientStore {
+    shards: Vec<Mutex<HashMap<IpAddr, u64>>>,
+    hasher: RandomState,
+    len: AtomicUsize,
+    max: usize,
+    /// Set when a key had to go to the sketch; prompts a prune.
     full: AtomicBool,
+    sketch: Mutex<Vec<u64>>,
+    sketch_width: usize,
+}
+
+impl ClientStore {
+    fn new(max: usize) -> ClientStore {
+        // About one cell per four tracked clients in each row, within bounds:
+        // 4 rows of 1,024 to 65,536 cells, 32 KiB to 2 MiB.
+        let sketch_width = (max / 4).clamp(1024, 1 << 16).next_power_of_two();
+        ClientStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            len: AtomicUsize::new(0),
+            max,
+            full: AtomicBool::new(false),
+            sketch: Mutex::new(vec![0; SKETCH_ROWS * sketch_width]),
+            sketch_width,
+        }
+    }
+
+    /// The sketch cells of `key`, one per row. The hash is keyed per process
+    /// (SipHash with a random key), so addresses can't be picked to collide.
+    fn cells(&self, key: &IpAddr) -> [usize; SKETCH_ROWS] {
+        let h = self.hasher.hash_one(key);
+        let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
+        let mut out = [0; SKETCH_ROWS];
+        for (row, cell) in out.iter_mut().enumerate() {
+            let col =
+                (h1.wrapping_add((row as u64).wrapping_mul(h2)) as usize) & (self.sketch_width - 1);
+            *cell = row * self.sketch_width + col;
+        }
+        out
+    }
+
+    fn sketch_measure<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let cells = self.cells(key);
+        let mut sketch = lock(&self.sketch);
+        let estimate = cells.iter().map(|&c| sketch[c]).min().unwrap_or(0);
+        // A cell at 0 (never used) reads as a fresh bucket, like `None`.
+        let (t, next) = f(Some(Nanos::from(estimate)))?;
+        let next = u64::from(next);
+        for &c in &cells {
+            sketch[c] = sketch[c].max(next);
+        }
+        Ok(t)
+    }
+}
+
+/// The store as governor holds it, shared with the `Limiter` that looks at
+/// its size.
+pub struct SharedStore(Arc<ClientStore>);
+
+impl StateStore for SharedStore {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<IpAddr> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+impl ClientStore {
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut map = lock(shard);
+        if let Some(tat) = map.get_mut(key) {
+            let (t, next) = f(Some(Nanos::from(*tat)))?;
+            *tat = next.into();
+            return Ok(t);
+        }
+        let room = self
+            .len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l < self.max).then_some(l + 1)
+            })
+            .is_ok();
+        if room {
+            return match f(None) {
+                Ok((t, next)) => {
+                    map.insert(*key, next.into());
+                    Ok(t)
+                }
+                Err(e) => {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    Err(e)
+                }
+            };
+        }
+        drop(map);
+        self.full.store(true, Ordering::Relaxed);
+        self.sketch_measure(key, f)
+    }
+
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = u64::from(drop_below);
+        for shard in &self.shards {
+            let mut map = lock(shard);
+            let before = map.len();
+            map.retain(|_, tat| *tat > drop_below);
+            self.len.fetch_sub(before - map.len(), Ordering::AcqRel);
+        }
+        self.full.store(false, Ordering::Relaxed);
+    }
+
+    fn shrink_to_fit(&self) {
+        for shard in &self.shards {
+            lock(shard).shrink_to_fit();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
+pub struct Limiter {
+    keyed: RateLimiter<IpAddr, SharedStore, DefaultClock>,
+    store: Arc<ClientStore>,
+    clock: DefaultClock,
     started: Instant,
     last_prune_ms: AtomicU64,
 }
@@ -45,19 +206,16 @@ fn quota(s: RateLimitSettings) -> Quota {
 
 impl Limiter {
     pub fn new(settings: RateLimitSettings, max_tracked: usize) -> Limiter {
-        // The overflow bucket stands for many clients at once: give it the
-        // capacity of a few of them rather than one.
-        let scale =
-            |n: NonZeroU32| n.saturating_mul(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
-        let overflow_quota = Quota::per_second(scale(settings.requests_per_second))
-            .allow_burst(scale(settings.burst));
+        let clock = DefaultClock::default();
+        let store = Arc::new(ClientStore::new(max_tracked));
         Limiter {
-            keyed: RateLimiter::keyed(quota(settings)),
-            overflow: RateLimiter::direct(overflow_quota),
-            clock: DefaultClock::default(),
-            max_tracked,
-            calls: AtomicU64::new(0),
-            full: AtomicBool::new(false),
+            keyed: RateLimiter::new(
+                quota(settings),
+                SharedStore(Arc::clone(&store)),
+                clock.clone(),
+            ),
+            store,
+            clock,
             started: Instant::now(),
             last_prune_ms: AtomicU64::new(0),
         }
@@ -66,22 +224,15 @@ impl Limiter {
     /// Ok, or the time until the client may try again.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let key = client_key(client);
-        if self.calls.fetch_add(1, Ordering::Relaxed) % SIZE_CHECK_EVERY == 0 {
-            let full = self.keyed.len() >= self.max_tracked && {
-                self.prune_throttled();
-                self.keyed.len() >= self.max_tracked
-            };
-            self.full.store(full, Ordering::Relaxed);
-        }
-        if self.full.load(Ordering::Relaxed) {
-            return self
-                .overflow
-                .check()
-                .map_err(|nu| nu.wait_time_from(self.clock.now()));
-        }
-        self.keyed
+        let result = self
+            .keyed
             .check_key(&key)
-            .map_err(|nu| nu.wait_time_from(self.clock.now()))
+            .map_err(|nu| nu.wait_time_from(self.clock.now()));
+        if self.store.full.load(Ordering::Relaxed) {
+            // Make room for new clients among keys that are fresh again.
+            self.prune_throttled();
+        }
+        result
     }
 
     fn prune_throttled(&self) {
@@ -180,6 +331,7 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     fn settings(rps: u32, burst: u32) -> RateLimitSettings {
         RateLimitSettings {
@@ -217,12 +369,64 @@ mod tests {
             let ip = IpAddr::V4((0x0a00_0000 + i).into());
             let _ = l.check(ip);
         }
-        // Checked every SIZE_CHECK_EVERY calls, so at most that many past the cap.
         assert!(
-            l.tracked() <= max + SIZE_CHECK_EVERY as usize,
+            l.tracked() <= max,
             "tracked {} keys with a cap of {max}",
             l.tracked()
         );
+    }
+
+    #[test]
+    fn past_the_cap_every_new_client_still_gets_only_its_own_share() {
+        // Once the map is full, ten requests from each new address: each gets
+        // at most its burst of 3 (its own share), however many came before.
+        // (The old overflow bucket let the first ones take 16 bursts' worth,
+        // then refused everyone, tracked clients included.)
+        let l = Limiter::new(settings(1, 3), 100);
+        for i in 0u32..100 {
+            assert!(l.check(IpAddr::V4((0x0a00_0000 + i).into())).is_ok());
+        }
+        assert_eq!(l.tracked(), 100);
+        let started = Instant::now();
+        let admitted = |ip: IpAddr| (0..10).filter(|_| l.check(ip).is_ok()).count();
+        // Refill while the test ran is the only way to get more than 3.
+        let share = || 3 + started.elapsed().as_secs() as usize + 1;
+        // A few hundred new clients in a sketch of 4 x 1,024 cells: a client
+        // is only refused outright when all four of its cells are taken.
+        let mut starved = 0;
+        for i in 0u32..200 {
+            let n = admitted(IpAddr::V4((0x0b00_0000 + i).into()));
+            assert!(n <= share(), "new client admitted {n} times");
+            if n == 0 {
+                starved += 1;
+            }
+        }
+        assert!(starved <= 5, "{starved} of 200 new clients got nothing");
+        // A flood far larger than the sketch makes it stricter, never looser.
+        for i in 0u32..5_000 {
+            let n = admitted(IpAddr::V4((0x0c00_0000 + i).into()));
+            assert!(n <= share(), "flooding client admitted {n} times");
+        }
+        assert!(l.tracked() <= 100);
+    }
+
+    #[test]
+    fn a_tracked_client_keeps_its_own_bucket_while_the_map_is_full() {
+        let l = Limiter::new(settings(1, 2), 50);
+        let mine: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(l.check(mine).is_ok(), "first of a burst of 2");
+        for i in 0u32..49 {
+            let _ = l.check(IpAddr::V4((0x0a00_0000 + i).into()));
+        }
+        // A flood of new addresses exhausting whatever they share...
+        for i in 0u32..5_000 {
+            let ip = IpAddr::V4((0x0c00_0000 + i).into());
+            for _ in 0..5 {
+                let _ = l.check(ip);
+            }
+        }
+        // ...leaves the tracked client's own token where it was.
+        assert!(l.check(mine).is_ok(), "tracked client lost its own token");
     }
 
     #[test]

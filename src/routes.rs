@@ -77,6 +77,11 @@ impl Route {
                 return false;
             }
         }
+        self.matches_path_and_method(path, method)
+    }
+
+    /// Everything but the host.
+    pub fn matches_path_and_method(&self, path: &str, method: &Method) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == method) {
                 return false;
@@ -92,12 +97,14 @@ impl Route {
         }
         let (head, rest) = path.split_at(p.len());
         // Rails (`(.:format)`) and older Spring MVC route `/api/users.json`
-        // to `/api/users`, and many frameworks ignore a trailing slash: both
-        // spellings belong to the route, or they would fall through to a
-        // later route in plaintext.
-        let format_suffix = rest
-            .strip_prefix('.')
-            .is_some_and(|ext| !ext.contains(['/', '.']));
+        // to `/api/users`, Spring's suffix matching even `/api/users.json.gz`,
+        // and many frameworks ignore a trailing slash: every dotted suffix on
+        // the route's last segment belongs to the route, or it would fall
+        // through to a later route in plaintext.
+        let format_suffix = rest.strip_prefix('.').is_some_and(|ext| {
+            let ext = ext.strip_suffix('/').unwrap_or(ext);
+            !ext.contains('/')
+        });
         let rest_ok = if exact {
             rest.is_empty() || rest == "/" || format_suffix
         } else {
@@ -142,17 +149,24 @@ pub struct CanonicalPath {
 }
 
 /// Canonicalizes a request path, or refuses it. Refused: anything a backend
-/// could read as a different path than we matched — encoded `/`, `\` or
-/// control characters, backslashes, bad escapes, `..` above the root.
+/// could read as a different path than we matched — encoded `/`, `\`, `%` or
+/// control characters, backslashes, bad escapes, escapes that are not UTF-8,
+/// fullwidth forms of ASCII, whitespace at either end of a segment, `..`
+/// above the root.
 pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
     if !raw.starts_with('/') {
         return Err("path must start with /");
     }
     let bytes = raw.as_bytes();
     let mut decoded = String::with_capacity(raw.len());
+    // Escaped bytes above 0x7f, checked as UTF-8 once their run ends.
+    let mut utf8_run: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if b != b'%' && !utf8_run.is_empty() {
+            check_utf8_run(&mut utf8_run)?;
+        }
         match b {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent-escape")?;
@@ -160,11 +174,21 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
                     .zip(hex_val(hex[1]))
                     .map(|(h, l)| h * 16 + l)
                     .ok_or("invalid percent-escape")?;
+                if v < 0x80 && !utf8_run.is_empty() {
+                    check_utf8_run(&mut utf8_run)?;
+                }
                 if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
                     decoded.push(char::from(v));
                 } else if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
                     return Err("encoded slash, backslash or control character");
+                } else if v == b'%' {
+                    // A backend or framework that decodes twice would read
+                    // `%2575` as `u`: a second spelling of every path.
+                    return Err("encoded percent sign");
                 } else {
+                    if v >= 0x80 {
+                        utf8_run.push(v);
+                    }
                     decoded.push('%');
                     decoded.push(char::from(HEX[usize::from(v >> 4)]));
                     decoded.push(char::from(HEX[usize::from(v & 15)]));
@@ -179,6 +203,9 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
             }
         }
     }
+    if !utf8_run.is_empty() {
+        check_utf8_run(&mut utf8_run)?;
+    }
     let trailing = decoded.len() > 1 && decoded.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -186,6 +213,9 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
         // segment of only `;params` is an empty one (`/api/;x/users` is
         // `/api//users`, i.e. `/api/users`): dropped like `//`.
         let bare = seg.split(';').next().unwrap_or("");
+        if trims_to_other_name(seg) {
+            return Err("whitespace at the start or end of a path segment");
+        }
         match bare {
             "" => {}
             "." => {}
@@ -210,6 +240,58 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
         match_path.push('/');
     }
     Ok(CanonicalPath { path, match_path })
+}
+
+/// A run of escaped non-ASCII bytes must be UTF-8 (an overlong `%C0%AE` is a
+/// `.` to some old decoders) and hold no fullwidth form of an ASCII
+/// character (`%EF%BC%8F`, `／`, is `/` after NFKC or Windows best-fit
+/// mapping).
+fn check_utf8_run(run: &mut Vec<u8>) -> Result<(), &'static str> {
+    let ok = std::str::from_utf8(run).map_err(|_| "escaped bytes are not UTF-8")?;
+    if ok.chars().any(|c| ('\u{FF01}'..='\u{FF5E}').contains(&c)) {
+        return Err("fullwidth form of an ASCII character in path");
+    }
+    run.clear();
+    Ok(())
+}
+
+/// True when a backend that trims names would read another one: a piece of
+/// the segment (escapes decoded) between its edges, dots and `;` starts or
+/// ends with whitespace. IIS trims `users%20` and Windows trailing dots and
+/// spaces, .NET trims names, Spring's suffix matching strips `.json` before
+/// binding what is left.
+fn trims_to_other_name(segment: &str) -> bool {
+    if !segment.contains('%') {
+        return false;
+    }
+    let text = percent_decode_lossy(segment);
+    let ws = |c: char| c.is_whitespace() || matches!(c, '\u{200B}' | '\u{FEFF}' | '\u{180E}');
+    text.split(['.', ';'])
+        .any(|piece| piece.starts_with(ws) || piece.ends_with(ws))
+}
+
+/// `%XX` decoded (the path was validated before); other bytes as they are.
+fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex_val),
+            b.get(i + 2).copied().and_then(hex_val),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -328,5 +410,71 @@ mod tests {
         assert!(canon("/%4").is_err());
         assert!(canon("/..").is_err());
         assert!(canon("api").is_err());
+    }
+
+    #[test]
+    fn spellings_a_backend_decodes_twice_trims_or_folds_are_refused() {
+        // Encoded percent: `%2575` is `u` to a backend that decodes twice.
+        for p in ["/api/%2575sers", "/api/users%25", "/%25", "/api%252Fusers"] {
+            assert!(canon(p).is_err(), "{p}");
+        }
+        // Whitespace at an edge of a segment, a dot-separated piece or a
+        // `;param`, in every Unicode spelling.
+        for p in [
+            "/api/users%20",
+            "/api/users%20/7",
+            "/api/%20users",
+            "/api/users%C2%A0",
+            "/api/users%E3%80%80",
+            "/api/users%E2%80%8B",
+            "/api/users%EF%BB%BF",
+            "/api/users%20.",
+            "/api/users.%20",
+            "/api/users%20.json",
+            "/api/users%20;x",
+            "/api/users;x%20",
+        ] {
+            assert!(canon(p).is_err(), "{p}");
+        }
+        // Escapes that are not UTF-8 (overlong `.`, lone bytes, surrogates)
+        // and fullwidth forms of ASCII.
+        for p in [
+            "/api/users%C0%AE",
+            "/api/users%C0",
+            "/api/%ED%A0%80",
+            "/api/%EF%BD%95sers",
+            "/api%EF%BC%8Fusers",
+        ] {
+            assert!(canon(p).is_err(), "{p}");
+        }
+        // Inner spaces and real non-ASCII names are fine.
+        assert_eq!(
+            canon("/files/my%20doc"),
+            Ok(("/files/my%20doc".into(), "/files/my%20doc".into()))
+        );
+        assert_eq!(
+            canon("/caf%C3%A9/x"),
+            Ok(("/caf%C3%A9/x".into(), "/caf%C3%A9/x".into()))
+        );
+    }
+
+    #[test]
+    fn every_dotted_suffix_of_the_last_segment_belongs_to_the_route() {
+        for r in [
+            route(PathMatch::Prefix("/api/users".into())),
+            route(PathMatch::Exact("/api/users".into())),
+        ] {
+            for p in [
+                "/api/users.json.gz",
+                "/api/users.tar.gz",
+                "/api/users..",
+                "/api/users.json/",
+                "/api/users.a.b.c",
+            ] {
+                assert!(r.matches(None, p, &Method::POST), "{:?} {p}", r.path);
+            }
+            assert!(!r.matches(None, "/api/users.json/x", &Method::POST));
+            assert!(!r.matches(None, "/api/usersjson", &Method::POST));
+        }
     }
 }

@@ -14,6 +14,7 @@ pub const REASON_CODES: &[&str] = &[
     "misdirected_host",
     "bad_path",
     "bad_request",
+    "host_required",
     "body_too_large",
     "headers_too_large",
     "unsupported_media_type",
@@ -47,6 +48,10 @@ pub enum ProxyError {
     BadPath(&'static str),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// HTTP/1.1 without Host (RFC 9112 §3.2), or a host-less request whose
+    /// path a host-bound route could take.
+    #[error("a Host header is required")]
+    HostRequired,
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request headers are too large")]
@@ -99,9 +104,12 @@ impl ProxyError {
         match self {
             NoRoute => StatusCode::NOT_FOUND,
             MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
-            BadPath(_) | BadRequest(_) | InvalidJson | TooDeep { .. } | ClientBody => {
-                StatusCode::BAD_REQUEST
-            }
+            BadPath(_)
+            | BadRequest(_)
+            | HostRequired
+            | InvalidJson
+            | TooDeep { .. }
+            | ClientBody => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedMediaType | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -130,6 +138,7 @@ impl ProxyError {
             MisdirectedHost => "misdirected_host",
             BadPath(_) => "bad_path",
             BadRequest(_) => "bad_request",
+            HostRequired => "host_required",
             BodyTooLarge { .. } => "body_too_large",
             HeadersTooLarge => "headers_too_large",
             UnsupportedMediaType => "unsupported_media_type",
@@ -159,6 +168,7 @@ impl ProxyError {
             MisdirectedHost => "misdirected_host",
             BadPath(_) => "bad_path",
             BadRequest(_) => "bad_request",
+            HostRequired => "host_required",
             BodyTooLarge { .. } => "body_too_large",
             HeadersTooLarge => "headers_too_large",
             UnsupportedMediaType => "unsupported_media_type",
@@ -232,6 +242,7 @@ mod tests {
             MisdirectedHost,
             BadPath("p"),
             BadRequest("r"),
+            HostRequired,
             BodyTooLarge { limit: 1 },
             HeadersTooLarge,
             UnsupportedMediaType,
@@ -265,6 +276,7 @@ mod tests {
                 | MisdirectedHost
                 | BadPath(_)
                 | BadRequest(_)
+                | HostRequired
                 | BodyTooLarge { .. }
                 | HeadersTooLarge
                 | UnsupportedMediaType

@@ -336,6 +336,10 @@ async fn pipeline(
     if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+        return Err(ProxyError::HostRequired);
+    }
     let host = request_host(&parts)?;
     if let Some(allowed) = &config.allowed_hosts {
         let ok = host
@@ -349,13 +353,12 @@ async fn pipeline(
 
     // 2. Route.
     let host_name = host.as_ref().map(|(h, _)| h.as_str());
-    let (index, route) = config
+    let index = config
         .routes
-        .routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matches(host_name, &canon.match_path, &parts.method))
+        .select(host_name, &canon.match_path, &parts.method)
+        .map_err(|_| ProxyError::HostRequired)?
         .ok_or(ProxyError::NoRoute)?;
+    let route = route_at(rt, index)?;
     ex.route = Some(index);
     tracing::debug!(request_id = ex.id(), route = %route.name, "route matched");
 

@@ -127,9 +127,40 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
+/// A request without a host reached a route bound to a host: we can't tell
+/// whether it was meant for that route, so it is refused, never passed on to
+/// a later route (the backend may well take it as the bound host's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRequired;
+
 impl RouteTable {
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(host, path, method))
+    }
+
+    /// The index of the route a request goes to. A request with no host
+    /// (HTTP/1.0 without Host, HTTP/2 without :authority) goes to the first
+    /// route it matches as long as no host-bound route before it matches its
+    /// path and method; if one does, the answer is `HostRequired`. So it is
+    /// never given a route it would not have had with the bound host.
+    pub fn select(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Result<Option<usize>, HostRequired> {
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.matches_path_and_method(path, method) {
+                continue;
+            }
+            match (&r.host, host) {
+                (None, _) => return Ok(Some(i)),
+                (Some(want), Some(h)) if want == h => return Ok(Some(i)),
+                (Some(_), Some(_)) => {}
+                (Some(_), None) => return Err(HostRequired),
+            }
+        }
+        Ok(None)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Route> {
@@ -476,5 +507,32 @@ mod tests {
             assert!(!r.matches(None, "/api/users.json/x", &Method::POST));
             assert!(!r.matches(None, "/api/usersjson", &Method::POST));
         }
+    }
+
+    #[test]
+    fn a_host_less_request_stops_at_a_host_bound_route_it_would_match() {
+        let mut bound = route(PathMatch::Prefix("/api/users".into()));
+        bound.host = Some("api.example".into());
+        let catch_all = route(PathMatch::Prefix("/".into()));
+        let table = RouteTable {
+            routes: vec![bound, catch_all],
+        };
+        let get = Method::GET;
+        assert_eq!(table.select(None, "/api/users", &get), Err(HostRequired));
+        assert_eq!(
+            table.select(None, "/api/users.json", &get),
+            Err(HostRequired)
+        );
+        assert_eq!(table.select(None, "/health", &get), Ok(Some(1)));
+        assert_eq!(
+            table.select(Some("api.example"), "/api/users", &get),
+            Ok(Some(0))
+        );
+        assert_eq!(
+            table.select(Some("other.example"), "/api/users", &get),
+            Ok(Some(1))
+        );
+        let empty = RouteTable { routes: Vec::new() };
+        assert_eq!(empty.select(None, "/", &get), Ok(None));
     }
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use common::*;
 use http::{Request, StatusCode, Version};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------
 // Rate limits once the client table is full
@@ -274,5 +275,284 @@ async fn path_spellings_of_an_encrypting_route_are_sealed_or_refused_never_forwa
         refused >= 2 * (all.len() - 9),
         "{refused} of {} refused",
         2 * all.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A hand-built HTTP/2 client: the only way to send a request without
+// :authority (and without Host), which no client library produces.
+// ---------------------------------------------------------------------------
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name", plain strings.
+fn hpack_literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    block.push(0x00);
+    block.push(name.len() as u8);
+    block.extend_from_slice(name.as_bytes());
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
+}
+
+/// Huffman codes of the digits (RFC 7541 Appendix B), all a status needs.
+fn huffman_digits(data: &[u8]) -> String {
+    let codes: [(u32, u32); 10] = [
+        (0b00000, 5),
+        (0b00001, 5),
+        (0b00010, 5),
+        (0b011001, 6),
+        (0b011010, 6),
+        (0b011011, 6),
+        (0b011100, 6),
+        (0b011101, 6),
+        (0b011110, 6),
+        (0b011111, 6),
+    ];
+    let mut bits: u64 = 0;
+    let mut n = 0;
+    let mut out = String::new();
+    for &b in data {
+        bits = (bits << 8) | u64::from(b);
+        n += 8;
+        'more: loop {
+            for (digit, (code, len)) in codes.iter().enumerate() {
+                if n >= *len && ((bits >> (n - len)) & ((1 << len) - 1)) as u32 == *code {
+                    out.push(char::from(b'0' + digit as u8));
+                    n -= len;
+                    continue 'more;
+                }
+            }
+            break;
+        }
+    }
+    out
+}
+
+/// The `:status` of a response header block (first field, as h2 writes it).
+fn hpack_status(block: &[u8]) -> u16 {
+    let b = block[0];
+    if b & 0x80 != 0 {
+        return match b & 0x7f {
+            8 => 200,
+            9 => 204,
+            10 => 206,
+            11 => 304,
+            12 => 400,
+            13 => 404,
+            14 => 500,
+            i => panic!("indexed field {i} is not a :status"),
+        };
+    }
+    // A literal with the indexed name :status (8), with or without indexing.
+    assert!(
+        b == 0x48 || b == 0x08 || b == 0x18,
+        "unexpected first field {b:#x}"
+    );
+    let (huffman, len) = (block[1] & 0x80 != 0, usize::from(block[1] & 0x7f));
+    let raw = &block[2..2 + len];
+    let text = if huffman {
+        huffman_digits(raw)
+    } else {
+        String::from_utf8_lossy(raw).into_owned()
+    };
+    text.parse().expect("status digits")
+}
+
+/// Sends one request over a fresh TLS + HTTP/2 connection, with exactly the
+/// header fields given (pseudo-headers included), and returns the status
+/// and the body.
+async fn h2_frames(proxy: &TestProxy, fields: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let mut tls = tls_connect(proxy.https, proxy.tls_config(&[b"h2"])).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut block = Vec::new();
+    for (n, v) in fields {
+        hpack_literal(&mut block, n, v);
+    }
+    let end_stream = if body.is_empty() { 0x1 } else { 0 };
+    out.extend(h2_frame(0x1, 0x4 | end_stream, 1, &block));
+    if !body.is_empty() {
+        out.extend(h2_frame(0x0, 0x1, 1, body));
+    }
+    tls.write_all(&out).await.expect("write");
+    let mut status = 0;
+    let mut data = Vec::new();
+    bounded("h2 answer", async {
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await.expect("frame payload");
+            match kind {
+                0x4 if flags & 0x1 == 0 => {
+                    tls.write_all(&h2_frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("ack");
+                }
+                0x1 if stream == 1 => {
+                    status = hpack_status(&payload);
+                    if flags & 0x1 != 0 {
+                        break;
+                    }
+                }
+                0x0 if stream == 1 => {
+                    data.extend_from_slice(&payload);
+                    if flags & 0x1 != 0 {
+                        break;
+                    }
+                }
+                0x3 if stream == 1 => break,
+                0x7 => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    (status, data)
+}
+
+// ---------------------------------------------------------------------------
+// Host-less requests never skip a host-bound route
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn host_less_requests_never_fall_through_a_host_bound_encrypting_route() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let k1 = key_file(keys.path());
+    let backend = ScriptedBackend::start().await;
+    let yaml = format!(
+        r#"upstreams:
+  legacy: {{ url: "{url}" }}
+keys:
+  active: k1
+  ring:
+    - {{ id: k1, file: "{k1}" }}
+routes:
+  - name: users
+    match: {{ host: api.example.com, path_prefix: /api/users }}
+    upstream: legacy
+    encrypt: ["$.ssn"]
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: legacy
+"#,
+        url = backend.url(),
+        k1 = k1.display(),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let secret = "078-05-1120";
+    let doc = format!(r#"{{"ssn":"{secret}"}}"#);
+
+    // Refused, nothing forwarded: HTTP/1.1 without Host (RFC 9112 §3.2),
+    // also with an absolute-form target; HTTP/1.0 without Host on a path
+    // the host-bound route takes; an empty Host.
+    for req in [
+        raw_post("/api/users", None, "HTTP/1.1", "", &doc),
+        raw_post(
+            "http://api.example.com/api/users",
+            None,
+            "HTTP/1.1",
+            "",
+            &doc,
+        ),
+        raw_post("/api/users", None, "HTTP/1.0", "", &doc),
+        raw_post("/api/users/7.json", None, "HTTP/1.0", "", &doc),
+        raw_post("/api/users", Some(""), "HTTP/1.1", "", &doc),
+    ] {
+        let r = proxy.raw_h1(req.as_bytes()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{req}");
+        assert_error_json(r.status, r.header("content-type"), &r.body);
+    }
+    // HTTP/2 without :authority and without Host.
+    let (status, body) = h2_frames(
+        &proxy,
+        &[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", "/api/users"),
+            ("content-type", "application/json"),
+        ],
+        doc.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{:?}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        backend.count(),
+        0,
+        "a host-less request reached the backend"
+    );
+
+    // A path no host-bound route takes is served without a host, over
+    // HTTP/1.0 and HTTP/2 (health checkers send such requests).
+    let r = proxy
+        .raw_h1(b"GET /health HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (status, _) = h2_frames(
+        &proxy,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/health"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    // With the bound host, the route seals.
+    let r = proxy
+        .raw_h1(raw_post("/api/users", Some("api.example.com"), "HTTP/1.1", "", &doc).as_bytes())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[..2].iter().all(|r| r.path() == "/health"));
+    assert!(is_envelope(&stored_ssn(&seen[2])));
+    assert!(
+        !backend.raw_contains(secret.as_bytes()),
+        "plaintext reached the backend"
+    );
+
+    // The risk that stays (a request with another Host goes past the bound
+    // route) is reported by `fieldseal check`.
+    let config = fieldseal::Config::from_yaml(
+        &std::fs::read_to_string(&proxy.config_path).expect("config"),
+        &proxy.config_path,
+    )
+    .expect("config loads");
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"users\" encrypts only for host") && w.contains("\"all\"")),
+        "{:?}",
+        config.warnings
+    );
+    let out = run_bin(
+        &[
+            "check",
+            "--config",
+            proxy.config_path.to_str().expect("path"),
+        ],
+        b"",
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: route \"users\" encrypts only for host \"api.example.com\""),
+        "{stderr}"
     );
 }

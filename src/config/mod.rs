@@ -793,6 +793,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     }
     let mut warnings = route_warnings(&routes);
     warnings.extend(shadowing::check(&routes, &raw.routes, &upstreams)?);
+    warnings.extend(host_fallthrough_warnings(&routes));
     let admin_written =
         matches!(&raw.admin, Some(raw::RawAdmin::Settings(a)) if a.address.is_some());
     check_listeners(listen, redirect_http, admin, admin_written, &upstreams)?;
@@ -927,6 +928,51 @@ fn check_listeners(
             format!("{} (the default admin address)", c.message),
             None,
         )),
+    }
+}
+
+/// Host-less requests can't skip a host-bound route (`RouteTable::select`),
+/// but a request for the same path with any other Host still goes past it.
+/// When a later route without a host takes those paths and seals nothing, a
+/// backend that ignores Host (most single-site legacy services) stores what
+/// the bound route would have sealed, in plaintext.
+fn host_fallthrough_warnings(routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(host) = &r.host else { continue };
+        if !r.transforms_request() {
+            continue;
+        }
+        let behind = routes[i + 1..].iter().find(|later| {
+            later.host.is_none()
+                && !later.transforms_request()
+                && path_covers(&later.path, &r.path)
+                && later.methods.as_ref().is_none_or(|ms| {
+                    r.methods
+                        .as_ref()
+                        .is_none_or(|rs| rs.iter().any(|m| ms.contains(m)))
+                })
+        });
+        if let Some(later) = behind {
+            out.push(format!(
+                "route {:?} encrypts only for host {host:?}; its paths with any other Host fall through to route {:?}, which forwards their bodies unencrypted (bind {:?} to hosts, or give it the same encrypt rules, unless its backend routes by Host)",
+                r.name, later.name, later.name
+            ));
+        }
+    }
+    out
+}
+
+/// True when every path `inner` matches is also matched by `outer`.
+fn path_covers(outer: &PathMatch, inner: &PathMatch) -> bool {
+    match (outer, inner) {
+        (PathMatch::Any, _) => true,
+        (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => {
+            let p = p.trim_end_matches('/');
+            q.starts_with(p) && (q.len() == p.len() || q[p.len()..].starts_with('/'))
+        }
+        (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
+        _ => false,
     }
 }
 

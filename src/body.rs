@@ -172,23 +172,41 @@ pub enum Coding {
     Brotli,
 }
 
-/// Parses a Content-Encoding value; None for anything we can't decode
-/// (including stacked codings, which no sane client sends).
-pub fn coding(value: Option<&http::HeaderValue>) -> Option<Coding> {
-    let Some(v) = value else {
-        return Some(Coding::Identity);
-    };
-    let v = v.to_str().ok()?.trim();
-    if v.contains(',') {
-        return None;
+/// The content codings of a message, in the order they were applied, read
+/// across every Content-Encoding line (a list may be split over several
+/// lines: `identity` then `gzip` is gzip). `identity` adds nothing. None for
+/// a coding we can't decode or a value that is not text.
+pub fn codings<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>) -> Option<Vec<Coding>> {
+    let mut out = Vec::new();
+    for v in values {
+        for token in v.to_str().ok()?.split(',') {
+            match token.trim().to_ascii_lowercase().as_str() {
+                "" | "identity" => {}
+                "gzip" | "x-gzip" => out.push(Coding::Gzip),
+                "deflate" => out.push(Coding::Deflate),
+                "br" => out.push(Coding::Brotli),
+                _ => return None,
+            }
+        }
     }
-    match v.to_ascii_lowercase().as_str() {
-        "" | "identity" => Some(Coding::Identity),
-        "gzip" | "x-gzip" => Some(Coding::Gzip),
-        "deflate" => Some(Coding::Deflate),
-        "br" => Some(Coding::Brotli),
-        _ => None,
+    Some(out)
+}
+
+/// Most codings stacked on one answer that we undo. One is the norm; more is
+/// only ever seen from misconfigured servers or as a decompression bomb.
+pub const MAX_STACKED_CODINGS: usize = 2;
+
+/// Undoes `codings` (as listed by `codings`, last applied first), each step
+/// bounded by `limit`.
+pub fn decode_all(data: Bytes, codings: &[Coding], limit: u64) -> Result<Bytes, CollectError> {
+    if codings.len() > MAX_STACKED_CODINGS {
+        return Err(CollectError::Broken);
     }
+    let mut data = data;
+    for c in codings.iter().rev() {
+        data = decode(&data, *c, limit)?;
+    }
+    Ok(data)
 }
 
 /// Decodes `data`; Err(TooLarge) once the output passes `limit`.
@@ -297,6 +315,57 @@ mod tests {
         let gz = enc.finish().unwrap();
         assert_eq!(decode(&gz, Coding::Gzip, 1000), Err(CollectError::TooLarge));
         assert_eq!(decode(&gz, Coding::Gzip, 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn codings_are_read_across_every_line() {
+        let h = |vals: &[&'static str]| {
+            let mut m = http::HeaderMap::new();
+            for v in vals {
+                m.append(http::header::CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            codings(m.get_all(http::header::CONTENT_ENCODING))
+        };
+        assert_eq!(h(&[]), Some(vec![]));
+        assert_eq!(h(&["identity", "gzip"]), Some(vec![Coding::Gzip]));
+        assert_eq!(h(&["gzip", "identity"]), Some(vec![Coding::Gzip]));
+        assert_eq!(h(&["GZIP , br"]), Some(vec![Coding::Gzip, Coding::Brotli]));
+        assert_eq!(
+            h(&["x-gzip", "deflate"]),
+            Some(vec![Coding::Gzip, Coding::Deflate])
+        );
+        assert_eq!(h(&["identity", "compress"]), None);
+        assert_eq!(h(&["gzip, zstd"]), None);
+        let mut m = http::HeaderMap::new();
+        m.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_bytes(b"gz\xffip").unwrap(),
+        );
+        assert_eq!(codings(m.get_all(http::header::CONTENT_ENCODING)), None);
+    }
+
+    #[test]
+    fn stacked_codings_are_undone_last_first_and_bounded() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"{\"a\":1}").unwrap();
+        let gz = gz.finish().unwrap();
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&gz).unwrap();
+        }
+        let out = decode_all(Bytes::from(br), &[Coding::Gzip, Coding::Brotli], 1000).unwrap();
+        assert_eq!(&out[..], b"{\"a\":1}");
+        let three = [Coding::Gzip, Coding::Gzip, Coding::Gzip];
+        assert_eq!(
+            decode_all(Bytes::from(gz.clone()), &three, 1000),
+            Err(CollectError::Broken)
+        );
+        assert_eq!(
+            decode_all(Bytes::from_static(b"plain"), &[], 1000).unwrap(),
+            Bytes::from_static(b"plain")
+        );
     }
 
     #[tokio::test]

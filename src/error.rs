@@ -15,6 +15,7 @@ pub const REASON_CODES: &[&str] = &[
     "bad_path",
     "bad_request",
     "host_required",
+    "transfer_coding_not_implemented",
     "body_too_large",
     "headers_too_large",
     "unsupported_media_type",
@@ -52,14 +53,18 @@ pub enum ProxyError {
     /// path a host-bound route could take.
     #[error("a Host header is required")]
     HostRequired,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("transfer codings other than chunked are not implemented")]
+    TransferCodingNotImplemented,
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request headers are too large")]
     HeadersTooLarge,
     #[error("unsupported media type: this route only accepts JSON bodies")]
     UnsupportedMediaType,
-    #[error("unsupported content encoding: {0}")]
-    UnsupportedEncoding(String),
+    /// Never carries the value: error bodies and logs don't echo request content.
+    #[error("unsupported content encoding: gzip, deflate and br are accepted, one coding at most")]
+    UnsupportedEncoding,
     #[error("request body is not valid JSON")]
     InvalidJson,
     #[error("request body nests deeper than {limit} levels")]
@@ -110,9 +115,10 @@ impl ProxyError {
             | InvalidJson
             | TooDeep { .. }
             | ClientBody => StatusCode::BAD_REQUEST,
+            TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            UnsupportedMediaType | UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamConnect
@@ -139,10 +145,11 @@ impl ProxyError {
             BadPath(_) => "bad_path",
             BadRequest(_) => "bad_request",
             HostRequired => "host_required",
+            TransferCodingNotImplemented => "transfer_coding",
             BodyTooLarge { .. } => "body_too_large",
             HeadersTooLarge => "headers_too_large",
             UnsupportedMediaType => "unsupported_media_type",
-            UnsupportedEncoding(_) => "unsupported_encoding",
+            UnsupportedEncoding => "unsupported_encoding",
             InvalidJson => "invalid_json",
             TooDeep { .. } => "too_deep",
             RateLimited { .. } => "rate_limited",
@@ -169,10 +176,11 @@ impl ProxyError {
             BadPath(_) => "bad_path",
             BadRequest(_) => "bad_request",
             HostRequired => "host_required",
+            TransferCodingNotImplemented => "transfer_coding_not_implemented",
             BodyTooLarge { .. } => "body_too_large",
             HeadersTooLarge => "headers_too_large",
             UnsupportedMediaType => "unsupported_media_type",
-            UnsupportedEncoding(_) => "unsupported_encoding",
+            UnsupportedEncoding => "unsupported_encoding",
             InvalidJson => "invalid_json",
             TooDeep { .. } => "json_too_deep",
             RateLimited { .. } => "rate_limited",
@@ -243,10 +251,11 @@ mod tests {
             BadPath("p"),
             BadRequest("r"),
             HostRequired,
+            TransferCodingNotImplemented,
             BodyTooLarge { limit: 1 },
             HeadersTooLarge,
             UnsupportedMediaType,
-            UnsupportedEncoding("x".into()),
+            UnsupportedEncoding,
             InvalidJson,
             TooDeep { limit: 1 },
             RateLimited {
@@ -277,10 +286,11 @@ mod tests {
                 | BadPath(_)
                 | BadRequest(_)
                 | HostRequired
+                | TransferCodingNotImplemented
                 | BodyTooLarge { .. }
                 | HeadersTooLarge
                 | UnsupportedMediaType
-                | UnsupportedEncoding(_)
+                | UnsupportedEncoding
                 | InvalidJson
                 | TooDeep { .. }
                 | RateLimited { .. }

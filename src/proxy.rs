@@ -36,7 +36,7 @@ struct Exchange {
     /// response and the logs.
     request_id: HeaderValue,
     method: Method,
-    /// Only kept when the access log is on.
+    /// The canonical path; only kept when the access log is on.
     path: String,
     route: Option<usize>,
     client: IpAddr,
@@ -61,11 +61,9 @@ pub async fn handle(
     let mut ex = Exchange {
         request_id: accepted_request_id(&rt, &req, peer).unwrap_or_else(request_id),
         method: req.method().clone(),
-        path: if rt.config.log.access_log {
-            req.uri().path().to_string()
-        } else {
-            String::new()
-        },
+        // Set to the canonical path once it is known: a path refused as
+        // malformed is never logged (it is client input, and may be anything).
+        path: String::new(),
         route: None,
         client: peer.ip(),
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
@@ -336,6 +334,7 @@ async fn pipeline(
     if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
+    check_transfer_coding(&parts.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
     if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
         return Err(ProxyError::HostRequired);
@@ -350,6 +349,9 @@ async fn pipeline(
         }
     }
     let canon = canonical_path(parts.uri.path()).map_err(ProxyError::BadPath)?;
+    if config.log.access_log {
+        ex.path.clone_from(&canon.path);
+    }
 
     // 2. Route.
     let host_name = host.as_ref().map(|(h, _)| h.as_str());
@@ -403,28 +405,17 @@ async fn pipeline(
             if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
                 return Err(ProxyError::UnsupportedMediaType);
             }
-            let coding =
-                body::coding(parts.headers.get(header::CONTENT_ENCODING)).ok_or_else(|| {
-                    ProxyError::UnsupportedEncoding(
-                        parts
-                            .headers
-                            .get(header::CONTENT_ENCODING)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("?")
-                            .chars()
-                            .take(32)
-                            .collect(),
-                    )
-                })?;
-            let plain = match coding {
-                body::Coding::Identity => raw,
-                c => body::decode(&raw, c, route.max_body).map_err(|e| match e {
-                    CollectError::TooLarge => ProxyError::BodyTooLarge {
-                        limit: route.max_body,
-                    },
-                    _ => ProxyError::BadRequest("request body could not be decompressed"),
-                })?,
-            };
+            // Every Content-Encoding line counts (`identity` then `gzip`
+            // is gzip); one coding at most, and the value is never echoed.
+            let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
+                .filter(|c| c.len() <= 1)
+                .ok_or(ProxyError::UnsupportedEncoding)?;
+            let plain = body::decode_all(raw, &codings, route.max_body).map_err(|e| match e {
+                CollectError::TooLarge => ProxyError::BodyTooLarge {
+                    limit: route.max_body,
+                },
+                _ => ProxyError::BadRequest("request body could not be decompressed"),
+            })?;
             let depth = config.limits.max_json_depth;
             let (sealed, report) = offload(rt, plain.len(), move |rt| {
                 encrypt_body(&plain, route_at(rt, index)?, keyring(rt)?, depth)
@@ -535,14 +526,39 @@ async fn pipeline(
     let resp = resp?;
     let (mut rparts, rbody) = resp.into_parts();
     ex.upstream_status = Some(rparts.status.as_u16());
+    // We never ask the upstream for an upgrade (Upgrade is hop-by-hop and
+    // removed), so a 101 is a broken upstream; on HTTP/2 it is forbidden.
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    // A transfer coding hyper does not undo (`gzip, chunked`) would reach
+    // the client as coded bytes with nothing saying so.
+    if !transfer_coding_is_chunked_only(&rparts.headers) {
+        return Err(ProxyError::UpstreamProtocol);
+    }
     headers::remove_hop_by_hop(&mut rparts.headers);
     rparts.version = Version::HTTP_11;
 
     // 6. Response body.
-    let body = if route.transforms_response()
-        && may_have_body(&parts.method, rparts.status)
-        && body::is_json(rparts.headers.get(header::CONTENT_TYPE))
+    let decrypting = route.transforms_response() && may_have_body(&parts.method, rparts.status);
+    // Two Content-Types: a client could read the answer as JSON where we did
+    // not, and get envelopes still sealed.
+    if decrypting
+        && rparts
+            .headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
     {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    let body = if decrypting && body::is_json(rparts.headers.get(header::CONTENT_TYPE)) {
+        // Read before buffering: an answer with codings we can't undo is
+        // refused without holding it.
+        let codings = body::codings(rparts.headers.get_all(header::CONTENT_ENCODING))
+            .filter(|c| c.len() <= body::MAX_STACKED_CODINGS)
+            .ok_or(ProxyError::UpstreamProtocol)?;
         let raw = body::collect_limited(rbody, config.limits.max_response_body, client.timeout())
             .await
             .map_err(|e| match e {
@@ -552,17 +568,14 @@ async fn pipeline(
                 CollectError::Timeout => ProxyError::UpstreamTimeout,
                 CollectError::Broken => ProxyError::UpstreamBody,
             })?;
-        let coding = body::coding(rparts.headers.get(header::CONTENT_ENCODING))
-            .ok_or(ProxyError::UpstreamProtocol)?;
-        let plain = match coding {
-            body::Coding::Identity => raw,
-            c => body::decode(&raw, c, config.limits.max_response_body).map_err(|e| match e {
+        let plain = body::decode_all(raw, &codings, config.limits.max_response_body).map_err(
+            |e| match e {
                 CollectError::TooLarge => ProxyError::UpstreamTooLarge {
                     limit: config.limits.max_response_body,
                 },
                 _ => ProxyError::UpstreamBody,
-            })?,
-        };
+            },
+        )?;
         let (out, report) = offload(rt, plain.len(), move |rt| {
             Ok(decrypt_body(plain, route_at(rt, index)?, keyring(rt)?))
         })
@@ -637,6 +650,42 @@ async fn read_client_body(
             CollectError::Timeout => ProxyError::ClientTimeout,
             CollectError::Broken => ProxyError::ClientBody,
         })
+}
+
+/// The transfer codings of a message across all its Transfer-Encoding
+/// lines, lowercase. None when a value is not text.
+fn transfer_codings(h: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for t in v.to_str().ok()?.split(',') {
+            let t = t.trim();
+            if !t.is_empty() {
+                out.push(t.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(out)
+}
+
+fn transfer_coding_is_chunked_only(h: &HeaderMap) -> bool {
+    transfer_codings(h).is_some_and(|t| t.is_empty() || t == ["chunked"])
+}
+
+/// hyper undoes `chunked` and drops any coding listed before it, so
+/// `Transfer-Encoding: gzip, chunked` would reach the backend as gzip bytes
+/// labelled as nothing. RFC 9112 §6.1: a coding we don't implement is a 501;
+/// `chunked` twice is malformed.
+fn check_transfer_coding(h: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(codings) = transfer_codings(h) else {
+        return Err(ProxyError::TransferCodingNotImplemented);
+    };
+    if codings.iter().any(|c| c != "chunked") {
+        return Err(ProxyError::TransferCodingNotImplemented);
+    }
+    if codings.len() > 1 {
+        return Err(ProxyError::BadRequest("chunked applied more than once"));
+    }
+    Ok(())
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {

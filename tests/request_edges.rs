@@ -7,9 +7,12 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode, Version};
 use serde_json::Value;
@@ -554,5 +557,427 @@ routes:
     assert!(
         stderr.contains("warning: route \"users\" encrypts only for host \"api.example.com\""),
         "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Raw backends and compressed bodies
+// ---------------------------------------------------------------------------
+
+/// A backend speaking raw bytes: it reads a request head (and a
+/// Content-Length body), answers `response` and closes.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBackend {
+    async fn start(response: &'static [u8]) -> RawBackend {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let task = {
+            let requests = Arc::clone(&requests);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let requests = Arc::clone(&requests);
+                    tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        let mut b = [0u8; 4096];
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut b).await {
+                                Ok(n @ 1..) => got.extend_from_slice(&b[..n]),
+                                _ => return,
+                            }
+                        }
+                        requests.lock().expect("lock").push(got);
+                        let _ = s.write_all(response).await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+            })
+        };
+        RawBackend {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        w.write_all(data).expect("br");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Transfer codings: only chunked
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_501_and_nothing_is_forwarded() {
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let proxy = TestProxy::start(&catch_all(&backend.url())).await;
+    let chunked_body = "3\r\nabc\r\n0\r\n\r\n";
+    let cases: [(&str, StatusCode); 5] = [
+        (
+            "Transfer-Encoding: gzip, chunked\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            "Transfer-Encoding: identity, chunked\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            "Transfer-Encoding: x-custom , chunked\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            "Transfer-Encoding: chunked, chunked\r\n",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (te, want) in cases {
+        let req = format!(
+            "POST /upload HTTP/1.1\r\nHost: localhost\r\n{te}Connection: close\r\n\r\n{chunked_body}"
+        );
+        let r = proxy.raw_h1(req.as_bytes()).await;
+        assert_eq!(r.status, want, "{te}");
+        assert_error_json(r.status, r.header("content-type"), &r.body);
+        assert_security_headers(&r.headers, te);
+    }
+    assert_eq!(
+        backend.count(),
+        0,
+        "a body with a coding we don't undo was forwarded"
+    );
+    // Plain chunked still works.
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked_body}"
+    );
+    let r = proxy.raw_h1(req.as_bytes()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&backend.seen()[0].body[..], b"abc");
+}
+
+#[tokio::test]
+async fn an_upstream_answer_with_a_transfer_coding_other_than_chunked_is_502() {
+    let raw = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = TestProxy::start(&catch_all(&format!("http://{}", raw.addr))).await;
+    for (c, v) in proxy.clients() {
+        let r = bounded("request", c.get(proxy.url("/x")).send())
+            .await
+            .expect("answer");
+        assert_eq!(r.version(), v);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(raw.count(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// A backend's 101 is never relayed
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upstream_101_is_502_over_both_protocols() {
+    let raw = RawBackend::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nraw bytes of another protocol",
+    )
+    .await;
+    let proxy = TestProxy::start(&catch_all(&format!("http://{}", raw.addr))).await;
+    for (c, v) in proxy.clients() {
+        // No upgrade asked for, and one asked for: upgrades are not proxied.
+        for ask in [false, true] {
+            let mut rb = c.get(proxy.url("/socket"));
+            if ask && v == Version::HTTP_11 {
+                rb = rb
+                    .header("upgrade", "websocket")
+                    .header("connection", "upgrade");
+            }
+            let r = bounded("request", rb.send()).await.expect("answer");
+            assert_eq!(r.version(), v);
+            assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{v:?} ask={ask}");
+            let body = r.bytes().await.expect("body");
+            assert_error_json(StatusCode::BAD_GATEWAY, Some("application/json"), &body);
+        }
+    }
+    let raw_req = proxy
+        .raw_h1(b"GET /socket HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw_req.status, StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(&raw_req.body).contains("another protocol"));
+    assert_eq!(raw.count(), 5);
+}
+
+// ---------------------------------------------------------------------------
+// Content-Encoding across several lines
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn content_encoding_is_read_across_all_lines_both_ways() {
+    let (backend, proxy, _keys) = sealed_with_catch_all().await;
+    let plain = r#"{"ssn":"123-45-6789","name":"ce"}"#;
+
+    // Requests: `identity` then `gzip` on two lines is gzip: decoded, sealed.
+    for (c, v) in proxy.clients() {
+        let before = backend.count();
+        let mut h = http::HeaderMap::new();
+        h.append("content-encoding", "identity".parse().expect("value"));
+        h.append("content-encoding", "gzip".parse().expect("value"));
+        h.insert("content-type", "application/json".parse().expect("value"));
+        let r = bounded(
+            "post",
+            c.post(proxy.url("/api/users"))
+                .headers(h)
+                .body(gzip(plain.as_bytes()))
+                .send(),
+        )
+        .await
+        .expect("answer");
+        assert_eq!(r.version(), v);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(backend.count(), before + 1);
+        let rec = backend.seen().pop().expect("forwarded");
+        assert!(is_envelope(&stored_ssn(&rec)), "{v:?}");
+        assert!(rec.header("content-encoding").is_none());
+        // Two codings over two lines (`gzip`, `gzip`): refused like one line.
+        let mut h = http::HeaderMap::new();
+        h.append("content-encoding", "gzip".parse().expect("value"));
+        h.append("content-encoding", "gzip".parse().expect("value"));
+        h.insert("content-type", "application/json".parse().expect("value"));
+        let r = bounded(
+            "post",
+            c.post(proxy.url("/api/users"))
+                .headers(h)
+                .body(gzip(&gzip(plain.as_bytes())))
+                .send(),
+        )
+        .await
+        .expect("answer");
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(backend.count(), before + 1);
+    }
+    assert!(!backend.raw_contains(b"123-45-6789"));
+
+    // Answers: what the backend stored, compressed and labelled over
+    // several lines, comes back decoded and decrypted.
+    let stored = backend.seen().pop().expect("stored").body;
+    let cases: Vec<(&str, Vec<&str>, Vec<u8>, StatusCode)> = vec![
+        (
+            "identity+gzip",
+            vec!["identity", "gzip"],
+            gzip(&stored),
+            StatusCode::OK,
+        ),
+        (
+            "gzip+identity",
+            vec!["gzip", "identity"],
+            gzip(&stored),
+            StatusCode::OK,
+        ),
+        (
+            "gzip,br on two lines",
+            vec!["gzip", "br"],
+            brotli(&gzip(&stored)),
+            StatusCode::OK,
+        ),
+        (
+            "gzip, br on one line",
+            vec!["gzip, br"],
+            brotli(&gzip(&stored)),
+            StatusCode::OK,
+        ),
+        (
+            "three codings",
+            vec!["gzip", "gzip", "gzip"],
+            gzip(&gzip(&gzip(&stored))),
+            StatusCode::BAD_GATEWAY,
+        ),
+        (
+            "identity+compress",
+            vec!["identity", "compress"],
+            stored.to_vec(),
+            StatusCode::BAD_GATEWAY,
+        ),
+    ];
+    for (n, (what, lines, body, want)) in cases.into_iter().enumerate() {
+        let path = format!("/api/users/ce/{n}");
+        let mut reply = Reply::json(body);
+        for l in &lines {
+            reply = reply.header("content-encoding", l);
+        }
+        backend.set_reply(&path, reply);
+        for (c, v) in proxy.clients() {
+            let r = bounded("get", c.get(proxy.url(&path)).send())
+                .await
+                .expect("answer");
+            assert_eq!(r.version(), v);
+            assert_eq!(r.status(), want, "{what} {v:?}");
+            let ce = r.headers().get("content-encoding").cloned();
+            let text = r.text().await.expect("text");
+            if want == StatusCode::OK {
+                assert!(
+                    ce.is_none(),
+                    "{what}: decoded answer keeps no Content-Encoding"
+                );
+                let v: Value =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text:?}"));
+                assert_eq!(v["ssn"], "123-45-6789", "{what}");
+                assert_eq!(v["name"], "ce");
+            } else {
+                assert!(!text.contains("fs1:"), "{what}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_with_two_content_types_on_a_decrypting_route_is_502() {
+    let (backend, proxy, _keys) = sealed_with_catch_all().await;
+    backend.set_reply(
+        "/api/users/ct",
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: Bytes::from_static(br#"{"ssn":"fs1:k1:not-opened"}"#),
+        },
+    );
+    for (c, v) in proxy.clients() {
+        let r = bounded("get", c.get(proxy.url("/api/users/ct")).send())
+            .await
+            .expect("answer");
+        assert_eq!(r.version(), v);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(backend.count(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Error bodies and logs never echo what the client sent
+// ---------------------------------------------------------------------------
+
+/// Everything fieldseal logs in this test binary, at every level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("log lock").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let writer = {
+            let buf = Arc::clone(&buf);
+            move || Sink(Arc::clone(&buf))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("fieldseal=trace")
+            .with_ansi(false)
+            .with_writer(writer)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn refusals_never_echo_client_supplied_strings() {
+    let logs = captured_logs();
+    let (backend, proxy, _keys) = sealed_with_catch_all().await;
+    let marker = "zq7-client-said-this";
+    let doc = r#"{"ssn":"1"}"#;
+    let cases = [
+        // An unknown Content-Encoding (the 415 used to quote it).
+        raw_post("/api/users", Some("localhost"), "HTTP/1.1", &format!("Content-Encoding: {marker}\r\n"), doc),
+        raw_post("/api/users", Some("localhost"), "HTTP/1.1", &format!("Content-Encoding: gzip, {marker}\r\n"), doc),
+        // An unknown transfer coding.
+        format!(
+            "POST /api/users HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: {marker}, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+        ),
+        // A Content-Type that is not JSON, a bad Host, a bad path.
+        raw_post("/api/users", Some("localhost"), "HTTP/1.1", "", doc)
+            .replace("application/json", &format!("application/{marker}")),
+        raw_post("/api/users", Some(&format!("{marker}@localhost")), "HTTP/1.1", "", doc),
+        raw_post(&format!("/api/{marker}%25"), Some("localhost"), "HTTP/1.1", "", doc),
+    ];
+    for req in &cases {
+        let r = proxy.raw_h1(req.as_bytes()).await;
+        assert!(
+            r.status.is_client_error() || r.status.is_server_error(),
+            "{req}"
+        );
+        assert_error_json(r.status, r.header("content-type"), &r.body);
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(marker),
+            "error body echoes the request: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        for (k, v) in &r.headers {
+            assert!(
+                !v.to_str().unwrap_or("").contains(marker),
+                "header {k} echoes the request"
+            );
+        }
+    }
+    // The same over HTTP/2 for the Content-Encoding.
+    let req = Request::post(proxy.url("/api/users"))
+        .header("content-type", "application/json")
+        .header("content-encoding", marker)
+        .body(full_body(doc))
+        .expect("request");
+    let r = proxy.h2_raw(req).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(!String::from_utf8_lossy(&r.body).contains(marker));
+    assert_eq!(backend.count(), 0);
+    let text = String::from_utf8_lossy(&logs.lock().expect("log lock")).into_owned();
+    assert!(
+        text.contains("unsupported_encoding") && text.contains("transfer_coding_not_implemented"),
+        "fieldseal's refusals were logged and captured:\n{text}"
+    );
+    assert!(
+        !text.contains(marker),
+        "a log line echoes the request:\n{text}"
     );
 }

@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -111,6 +113,8 @@ pub enum CollectError {
     TooLarge,
     Broken,
     Timeout,
+    /// The connection's or the process's buffer budget is spent.
+    OverBudget,
 }
 
 /// Reads a whole body, refusing it as soon as it passes `limit` bytes.
@@ -122,13 +126,35 @@ pub async fn collect_limited<B>(
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    match tokio::time::timeout(deadline, collect_inner(body, limit)).await {
+    match tokio::time::timeout(deadline, collect_inner(body, limit, None)).await {
         Ok(r) => r,
         Err(_) => Err(CollectError::Timeout),
     }
 }
 
-async fn collect_inner<B>(mut body: B, limit: u64) -> Result<Bytes, CollectError>
+/// Like `collect_limited`, with every byte read counted in `reservation`
+/// first: a body that would pass the connection's or the process's budget is
+/// refused as it arrives, not after it has been held.
+pub async fn collect_reserved<B>(
+    body: B,
+    limit: u64,
+    deadline: Duration,
+    reservation: &mut Reservation,
+) -> Result<Bytes, CollectError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    match tokio::time::timeout(deadline, collect_inner(body, limit, Some(reservation))).await {
+        Ok(r) => r,
+        Err(_) => Err(CollectError::Timeout),
+    }
+}
+
+async fn collect_inner<B>(
+    mut body: B,
+    limit: u64,
+    mut reservation: Option<&mut Reservation>,
+) -> Result<Bytes, CollectError>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -144,6 +170,11 @@ where
         total = total.saturating_add(data.len());
         if total > limit {
             return Err(CollectError::TooLarge);
+        }
+        if let Some(r) = reservation.as_deref_mut() {
+            if !r.try_grow(data.len() as u64) {
+                return Err(CollectError::OverBudget);
+            }
         }
         // One frame (the common case) is kept without a copy.
         match (&mut first, &mut rest) {
@@ -162,6 +193,188 @@ where
         (Some(f), None) => f,
         (None, None) => Bytes::new(),
     })
+}
+
+// ---------------------------------------------------------------------------
+// Buffer budget
+// ---------------------------------------------------------------------------
+
+/// The limits a reservation is held to (from `limits:` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimits {
+    pub per_connection: u64,
+    pub total: u64,
+}
+
+/// Bytes of bodies the proxy holds for one listener (the process), shown as
+/// the `fieldseal_buffered_bytes` gauge.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    used: AtomicU64,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl BufferPool {
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> BufferPool {
+        BufferPool {
+            used: AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's share of the pool.
+#[derive(Debug)]
+pub struct ConnBuffers {
+    pool: Arc<BufferPool>,
+    used: AtomicU64,
+}
+
+impl ConnBuffers {
+    pub fn new(pool: Arc<BufferPool>) -> ConnBuffers {
+        ConnBuffers {
+            pool,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation that grows as a body is read.
+    pub fn reserve(self: &Arc<Self>, limits: BufferLimits) -> Reservation {
+        Reservation {
+            conn: Arc::clone(self),
+            limits,
+            bytes: 0,
+        }
+    }
+}
+
+fn try_add(counter: &AtomicU64, n: u64, limit: u64) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(n).filter(|&t| t <= limit)
+        })
+        .is_ok()
+}
+
+/// Bytes counted against a connection and the pool until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    conn: Arc<ConnBuffers>,
+    limits: BufferLimits,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Counts `n` more bytes, or false (nothing counted) when that would pass
+    /// the connection's or the pool's limit.
+    pub fn try_grow(&mut self, n: u64) -> bool {
+        if !try_add(&self.conn.used, n, self.limits.per_connection) {
+            return false;
+        }
+        if !try_add(&self.conn.pool.used, n, self.limits.total) {
+            self.conn.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.conn
+            .pool
+            .gauge
+            .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        self.bytes += n;
+        true
+    }
+
+    /// Sets the count to `n` bytes, the size of what is held now (a body
+    /// after decoding or transforming). Never refuses: the limit was checked
+    /// while the body was read, and a transform changes its size by a bounded
+    /// factor.
+    pub fn set(&mut self, n: u64) {
+        if n >= self.bytes {
+            let more = n - self.bytes;
+            self.conn.used.fetch_add(more, Ordering::AcqRel);
+            self.conn.pool.used.fetch_add(more, Ordering::AcqRel);
+            self.conn
+                .pool
+                .gauge
+                .inc_by(i64::try_from(more).unwrap_or(i64::MAX));
+        } else {
+            self.release(self.bytes - n);
+        }
+        self.bytes = n;
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn release(&self, n: u64) {
+        self.conn.used.fetch_sub(n, Ordering::AcqRel);
+        self.conn.pool.used.fetch_sub(n, Ordering::AcqRel);
+        self.conn
+            .pool
+            .gauge
+            .dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release(self.bytes);
+    }
+}
+
+/// Largest frame a buffered body hands out at once. HTTP/2 pulls a frame
+/// only when the peer has window for it, so what sits in h2's own send
+/// buffer stays small and the rest stays here, counted in the reservation.
+const HELD_CHUNK: usize = 16 * 1024;
+
+/// A buffered body counted in `reservation` until it is sent or dropped.
+pub fn reserved(bytes: Bytes, reservation: Reservation) -> ProxyBody {
+    if bytes.is_empty() {
+        return empty();
+    }
+    Held {
+        rest: bytes,
+        _reservation: reservation,
+    }
+    .boxed_unsync()
+}
+
+struct Held {
+    rest: Bytes,
+    _reservation: Reservation,
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(HELD_CHUNK);
+        let chunk = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +579,49 @@ mod tests {
             decode_all(Bytes::from_static(b"plain"), &[], 1000).unwrap(),
             Bytes::from_static(b"plain")
         );
+    }
+
+    #[test]
+    fn reservations_are_bounded_per_connection_and_in_total_and_released_on_drop() {
+        let pool = Arc::new(BufferPool::default());
+        let a = Arc::new(ConnBuffers::new(Arc::clone(&pool)));
+        let b = Arc::new(ConnBuffers::new(Arc::clone(&pool)));
+        let limits = BufferLimits {
+            per_connection: 100,
+            total: 150,
+        };
+        let mut ra = a.reserve(limits);
+        assert!(ra.try_grow(60));
+        assert!(!ra.try_grow(41), "past the connection's 100");
+        assert!(ra.try_grow(40));
+        let mut rb = b.reserve(limits);
+        assert!(rb.try_grow(50));
+        assert!(!rb.try_grow(1), "past the total of 150");
+        assert_eq!((a.used(), b.used(), pool.used()), (100, 50, 150));
+        ra.set(10);
+        assert_eq!((a.used(), pool.used()), (10, 60));
+        assert!(rb.try_grow(50));
+        drop(ra);
+        drop(rb);
+        assert_eq!((a.used(), b.used(), pool.used()), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_held_body_hands_out_small_frames_and_releases_when_dropped() {
+        let pool = Arc::new(BufferPool::default());
+        let conn = Arc::new(ConnBuffers::new(Arc::clone(&pool)));
+        let mut r = conn.reserve(BufferLimits {
+            per_connection: 1 << 20,
+            total: 1 << 20,
+        });
+        assert!(r.try_grow(100_000));
+        let mut body = reserved(Bytes::from(vec![7u8; 100_000]), r);
+        assert_eq!(body.size_hint().exact(), Some(100_000));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), HELD_CHUNK);
+        assert_eq!(pool.used(), 100_000, "held until the body is gone");
+        drop(body);
+        assert_eq!(pool.used(), 0);
     }
 
     #[tokio::test]

@@ -34,6 +34,7 @@ pub const REASON_CODES: &[&str] = &[
     "upstream_body_broken",
     "upstream_body_too_large",
     "decrypt_failed",
+    "buffer_limit",
     "audit_unavailable",
     "internal",
 ];
@@ -96,6 +97,12 @@ pub enum ProxyError {
     #[error("a field in the upstream answer could not be decrypted")]
     Decrypt(DecryptFailure),
 
+    // --- load ---
+    /// Buffering this body would pass `limits.max_buffered_per_connection`
+    /// or `limits.max_buffered_total`.
+    #[error("too much data is buffered; retry later")]
+    BufferLimit,
+
     // --- ours ---
     #[error("audit log unavailable")]
     AuditUnavailable,
@@ -130,7 +137,7 @@ impl ProxyError {
             | UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
             Decrypt(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuditUnavailable | BufferLimit => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -161,6 +168,7 @@ impl ProxyError {
             UpstreamBody => "body",
             UpstreamTooLarge { .. } => "too_large",
             Decrypt(_) => "decrypt",
+            BufferLimit => "buffer_limit",
             AuditUnavailable => "audit_unavailable",
             Internal(_) => "internal",
         }
@@ -195,6 +203,7 @@ impl ProxyError {
             UpstreamBody => "upstream_body_broken",
             UpstreamTooLarge { .. } => "upstream_body_too_large",
             Decrypt(_) => "decrypt_failed",
+            BufferLimit => "buffer_limit",
             AuditUnavailable => "audit_unavailable",
             Internal(_) => "internal",
         }
@@ -276,6 +285,7 @@ mod tests {
                 key_id: None,
                 reason: "auth_failed",
             }),
+            BufferLimit,
             AuditUnavailable,
             Internal("i"),
         ];
@@ -305,6 +315,7 @@ mod tests {
                 | UpstreamBody
                 | UpstreamTooLarge { .. }
                 | Decrypt(_)
+                | BufferLimit
                 | AuditUnavailable
                 | Internal(_) => {}
             }

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub last_reload_timestamp: Gauge<f64, AtomicU64>,
     pub last_reload_success: Gauge,
     pub audit_failures: Counter,
+    pub buffered_bytes: Gauge,
+    pub buffer_limit_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,8 @@ impl Metrics {
             last_reload_timestamp: Gauge::default(),
             last_reload_success: Gauge::default(),
             audit_failures: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            buffer_limit_refusals: Counter::default(),
             registry: Registry::default(),
         };
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -211,6 +215,16 @@ impl Metrics {
             "audit_write_failures",
             "Audit events that could not be written",
             m.audit_failures.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Bytes of request and response bodies the proxy holds right now",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "buffer_limit_refusals",
+            "Requests answered 503 because limits.max_buffered_per_connection or max_buffered_total was reached",
+            m.buffer_limit_refusals.clone(),
         );
         root.register_collector(Box::new(ProcessCollector));
         Metrics {

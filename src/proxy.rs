@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditEvent;
 use crate::audit::AuditFailureMode;
-use crate::body::{self, CollectError, ProxyBody};
+use crate::body::{self, BufferLimits, CollectError, ConnBuffers, ProxyBody, Reservation};
 use crate::config::HostHeader;
 use crate::crypto::Keyring;
 use crate::error::ProxyError;
@@ -55,6 +55,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    buffers: Arc<ConnBuffers>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
@@ -74,7 +75,7 @@ pub async fn handle(
         request_report: TransformReport::default(),
         response_report: TransformReport::default(),
     };
-    let result = match pipeline(&shared, &rt, req, peer, &mut ex).await {
+    let result = match pipeline(&shared, &rt, req, peer, &buffers, &mut ex).await {
         Ok(resp) => audit(&shared, &rt, &ex, "ok").map(|()| resp),
         Err(e) => {
             if matches!(e, ProxyError::Decrypt(_)) {
@@ -100,6 +101,9 @@ pub async fn handle(
                         kind: e.kind().to_string(),
                     })
                     .inc();
+            }
+            if let ProxyError::BufferLimit = e {
+                shared.metrics.buffer_limit_refusals.inc();
             }
             if let ProxyError::RateLimited { .. } = e {
                 if let Some(m) = ex.route.and_then(|i| rt.route_metrics.get(i)) {
@@ -325,10 +329,15 @@ async fn pipeline(
     rt: &Arc<Runtime>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    buffers: &Arc<ConnBuffers>,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let config = &rt.config;
     let (mut parts, incoming) = req.into_parts();
+    let budget = BufferLimits {
+        per_connection: config.limits.max_buffered_per_connection,
+        total: config.limits.max_buffered_total,
+    };
 
     // 1. The request as we will match and forward it.
     if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
@@ -385,7 +394,8 @@ async fn pipeline(
     }
     let out_body = if route.transforms_request() {
         let ring = keyring(rt)?;
-        let raw = read_client_body(incoming, route.max_body, rt).await?;
+        let mut held = buffers.reserve(budget);
+        let raw = read_client_body(incoming, route.max_body, rt, &mut held).await?;
         ex.bytes_in = raw.len() as u64;
         if raw.is_empty() {
             parts.headers.remove(header::CONTENT_ENCODING);
@@ -416,6 +426,7 @@ async fn pipeline(
                 },
                 _ => ProxyError::BadRequest("request body could not be decompressed"),
             })?;
+            held.set(plain.len() as u64);
             let depth = config.limits.max_json_depth;
             let (sealed, report) = offload(rt, plain.len(), move |rt| {
                 encrypt_body(&plain, route_at(rt, index)?, keyring(rt)?, depth)
@@ -438,7 +449,8 @@ async fn pipeline(
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(sealed.len()));
-            body::full(sealed)
+            held.set(sealed.len() as u64);
+            body::reserved(Bytes::from(sealed), held)
         }
     } else if declared_len.is_some() || incoming_is_empty(&incoming) {
         // Known length within the limit: stream it untouched.
@@ -447,12 +459,13 @@ async fn pipeline(
     } else {
         // Unknown length: buffer up to the limit so an oversized body is
         // refused before a single byte reaches the upstream.
-        let raw = read_client_body(incoming, route.max_body, rt).await?;
+        let mut held = buffers.reserve(budget);
+        let raw = read_client_body(incoming, route.max_body, rt, &mut held).await?;
         ex.bytes_in = raw.len() as u64;
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
-        body::full(raw)
+        body::reserved(raw, held)
     };
 
     // 5. The upstream request, built from the canonical form we matched.
@@ -559,15 +572,22 @@ async fn pipeline(
         let codings = body::codings(rparts.headers.get_all(header::CONTENT_ENCODING))
             .filter(|c| c.len() <= body::MAX_STACKED_CODINGS)
             .ok_or(ProxyError::UpstreamProtocol)?;
-        let raw = body::collect_limited(rbody, config.limits.max_response_body, client.timeout())
-            .await
-            .map_err(|e| match e {
-                CollectError::TooLarge => ProxyError::UpstreamTooLarge {
-                    limit: config.limits.max_response_body,
-                },
-                CollectError::Timeout => ProxyError::UpstreamTimeout,
-                CollectError::Broken => ProxyError::UpstreamBody,
-            })?;
+        let mut held = buffers.reserve(budget);
+        let raw = body::collect_reserved(
+            rbody,
+            config.limits.max_response_body,
+            client.timeout(),
+            &mut held,
+        )
+        .await
+        .map_err(|e| match e {
+            CollectError::TooLarge => ProxyError::UpstreamTooLarge {
+                limit: config.limits.max_response_body,
+            },
+            CollectError::Timeout => ProxyError::UpstreamTimeout,
+            CollectError::Broken => ProxyError::UpstreamBody,
+            CollectError::OverBudget => ProxyError::BufferLimit,
+        })?;
         let plain = body::decode_all(raw, &codings, config.limits.max_response_body).map_err(
             |e| match e {
                 CollectError::TooLarge => ProxyError::UpstreamTooLarge {
@@ -576,6 +596,7 @@ async fn pipeline(
                 _ => ProxyError::UpstreamBody,
             },
         )?;
+        held.set(plain.len() as u64);
         let (out, report) = offload(rt, plain.len(), move |rt| {
             Ok(decrypt_body(plain, route_at(rt, index)?, keyring(rt)?))
         })
@@ -620,7 +641,8 @@ async fn pipeline(
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         weaken_etag(&mut rparts.headers);
-        body::full(out)
+        held.set(out.len() as u64);
+        body::reserved(Bytes::from(out), held)
     } else {
         body::boxed(body::IdleTimeout::new(rbody, client.timeout()))
     };
@@ -642,13 +664,15 @@ async fn read_client_body(
     incoming: Incoming,
     limit: u64,
     rt: &Runtime,
+    held: &mut Reservation,
 ) -> Result<Bytes, ProxyError> {
-    body::collect_limited(incoming, limit, rt.config.limits.body_read_timeout)
+    body::collect_reserved(incoming, limit, rt.config.limits.body_read_timeout, held)
         .await
         .map_err(|e| match e {
             CollectError::TooLarge => ProxyError::BodyTooLarge { limit },
             CollectError::Timeout => ProxyError::ClientTimeout,
             CollectError::Broken => ProxyError::ClientBody,
+            CollectError::OverBudget => ProxyError::BufferLimit,
         })
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::{BufferPool, ConnBuffers};
 use crate::state::Shared;
 
 /// The sockets fieldseal serves on, bound by the caller (tests bind port 0).
@@ -86,6 +87,9 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(256 * 1024)
+        // What h2 buffers per stream beyond the peer's window; the rest of a
+        // buffered answer stays in our body, counted against the budget.
+        .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     b
@@ -128,6 +132,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         })
     };
 
+    let pool = Arc::new(BufferPool::new(shared.metrics.buffered_bytes.clone()));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let https = listeners.https;
@@ -156,6 +161,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                 drop(rt);
                 let watcher = graceful.watcher();
                 let shared = Arc::clone(&shared);
+                let pool = Arc::clone(&pool);
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
@@ -170,7 +176,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                             return;
                         }
                     };
-                    serve_connection(shared, tls, peer, header_timeout, watcher).await;
+                    serve_connection(shared, tls, peer, header_timeout, watcher, pool).await;
                 });
             }
         }
@@ -203,6 +209,7 @@ async fn serve_connection(
     peer: SocketAddr,
     header_timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
+    pool: Arc<BufferPool>,
 ) {
     struct Open<'a>(&'a crate::metrics::Metrics);
     impl Drop for Open<'_> {
@@ -213,7 +220,10 @@ async fn serve_connection(
     let metrics_shared = Arc::clone(&shared);
     metrics_shared.metrics.open_connections.inc();
     let _open = Open(&metrics_shared.metrics);
-    let service = service_fn(move |req| crate::proxy::handle(Arc::clone(&shared), req, peer));
+    let buffers = Arc::new(ConnBuffers::new(pool));
+    let service = service_fn(move |req| {
+        crate::proxy::handle(Arc::clone(&shared), req, peer, Arc::clone(&buffers))
+    });
     let builder = http_builder(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -99,6 +99,10 @@ pub struct Limits {
     /// Bodies larger than this are transformed on the blocking pool.
     pub offload_threshold: usize,
     pub max_connections: usize,
+    /// Bodies the proxy holds (buffered requests and answers), per
+    /// connection and for the whole process.
+    pub max_buffered_per_connection: u64,
+    pub max_buffered_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,6 +535,16 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         offload_threshold: size("limits.offload_threshold", &l.offload_threshold, 64 << 10)?
             as usize,
         max_connections: l.max_connections.unwrap_or(10_000),
+        max_buffered_per_connection: size(
+            "limits.max_buffered_per_connection",
+            &l.max_buffered_per_connection,
+            32 << 20,
+        )?,
+        max_buffered_total: size(
+            "limits.max_buffered_total",
+            &l.max_buffered_total,
+            512 << 20,
+        )?,
     };
     if limits.header_read_timeout.is_zero() || limits.body_read_timeout.is_zero() {
         return Err(invalid(
@@ -791,6 +805,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             Some("routes"),
         ));
     }
+    check_buffer_limits(&limits, &routes)?;
     let mut warnings = route_warnings(&routes);
     warnings.extend(shadowing::check(&routes, &raw.routes, &upstreams)?);
     warnings.extend(host_fallthrough_warnings(&routes));
@@ -974,6 +989,28 @@ fn path_covers(outer: &PathMatch, inner: &PathMatch) -> bool {
         (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
         _ => false,
     }
+}
+
+/// Every buffered body must fit the connection's budget, and one connection
+/// the process's; otherwise some request could never be served.
+fn check_buffer_limits(limits: &Limits, routes: &[Route]) -> Result<(), Invalid> {
+    let largest_body = routes.iter().map(|r| r.max_body).max().unwrap_or(0);
+    let need = largest_body.max(limits.max_response_body);
+    if limits.max_buffered_per_connection < need {
+        return Err(invalid(
+            "limits.max_buffered_per_connection",
+            format!("must be at least the largest max_body or max_response_body ({need} bytes)"),
+            Some("max_buffered_per_connection"),
+        ));
+    }
+    if limits.max_buffered_total < limits.max_buffered_per_connection {
+        return Err(invalid(
+            "limits.max_buffered_total",
+            "must be at least limits.max_buffered_per_connection",
+            Some("max_buffered_total"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_route_path(key: &str, p: &str) -> Result<String, Invalid> {

@@ -276,6 +276,14 @@ pub struct RawLimits {
     /// Past this, new connections are closed at accept. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Buffered bodies (requests and answers) one connection may hold;
+    /// more: 503. At least max_body and max_response_body. Default 32MiB.
+    #[serde(default)]
+    pub max_buffered_per_connection: Option<String>,
+    /// Buffered bodies all connections may hold together; more: 503. At
+    /// least max_buffered_per_connection. Default 512MiB.
+    #[serde(default)]
+    pub max_buffered_total: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

@@ -393,3 +393,21 @@ fn a_host_bound_encrypting_route_with_a_host_less_catch_all_behind_it_warns() {
     let c = load(&sealed).unwrap();
     assert!(!fallthrough(&c), "{:?}", c.warnings);
 }
+
+#[test]
+fn buffer_budgets_have_defaults_and_are_checked_against_the_body_limits() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_buffered_per_connection, 32 << 20);
+    assert_eq!(c.limits.max_buffered_total, 512 << 20);
+    let with = |limits: &str| load(&format!("{MINIMAL}limits: {{ {limits} }}\n"));
+    // A budget that could never hold one buffered answer, or one
+    // connection's budget larger than the process's, is refused.
+    let e = with("max_buffered_per_connection: 1MiB").unwrap_err();
+    assert!(e.message.contains("max_buffered_per_connection"), "{e}");
+    let e = with("max_buffered_total: 16MiB").unwrap_err();
+    assert!(e.message.contains("max_buffered_total"), "{e}");
+    assert!(with(
+        "max_response_body: 1MiB, max_buffered_per_connection: 2MiB, max_buffered_total: 2MiB"
+    )
+    .is_ok());
+}

@@ -62,6 +62,11 @@ struct BuildLabels {
     rustc: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseReason {
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~13 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -96,6 +101,7 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub buffered_bytes: Gauge,
     pub buffer_limit_refusals: Counter,
+    pub connections_closed: Family<CloseReason, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,6 +132,7 @@ impl Metrics {
             audit_failures: Counter::default(),
             buffered_bytes: Gauge::default(),
             buffer_limit_refusals: Counter::default(),
+            connections_closed: Family::default(),
             registry: Registry::default(),
         };
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -225,6 +232,11 @@ impl Metrics {
             "buffer_limit_refusals",
             "Requests answered 503 because limits.max_buffered_per_connection or max_buffered_total was reached",
             m.buffer_limit_refusals.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections the proxy closed on a deadline or a limit, by reason",
+            m.connections_closed.clone(),
         );
         root.register_collector(Box::new(ProcessCollector));
         Metrics {

@@ -1,20 +1,28 @@
-//! Listeners: the TLS accept loop, per-connection serving, the plain-HTTP
-//! redirect and the admin listener, and graceful shutdown.
+//! Listeners: the TLS accept loop, per-connection serving with a deadline on
+//! every phase (handshake, first request, idle, a client that stops reading,
+//! connection age), the plain-HTTP redirect and the admin listener, and
+//! graceful shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BufferPool, ConnBuffers};
+use crate::metrics::CloseReason;
 use crate::state::Shared;
 
 /// The sockets fieldseal serves on, bound by the caller (tests bind port 0).
@@ -74,7 +82,13 @@ fn describe_bind_error(e: &std::io::Error) -> String {
     }
 }
 
-fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// Builds the connection server for the protocol ALPN chose: `h2` is served
+/// as HTTP/2 only and `http/1.1` as HTTP/1.1 only (RFC 7301: the server
+/// speaks what it agreed to); without ALPN the first bytes decide.
+fn http_builder(
+    header_read_timeout: Duration,
+    alpn: Option<&[u8]>,
+) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -92,7 +106,47 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
         .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
+    match alpn {
+        Some(b"h2") => b.http2_only(),
+        Some(b"http/1.1") => b.http1_only(),
+        _ => b,
+    }
+}
+
+/// What the server tells its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown began: finish what is in flight, take nothing new.
+    Draining,
+    /// The grace period is over: close now.
+    Closing,
+}
+
+/// One connection's deadlines, read from the config when it is accepted.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    handshake: Duration,
+    /// From the end of the handshake to the first complete request head:
+    /// protocol detection, the HTTP/2 preface and SETTINGS included.
+    first_request: Duration,
+    idle: Duration,
+    send: Duration,
+    max_age: Duration,
+    drain: Duration,
+}
+
+impl Deadlines {
+    fn from_config(c: &crate::config::Config) -> Deadlines {
+        Deadlines {
+            handshake: c.tls.handshake_timeout,
+            first_request: c.limits.header_read_timeout,
+            idle: c.limits.idle_timeout,
+            send: c.limits.send_timeout,
+            max_age: c.limits.max_connection_age,
+            drain: c.limits.connection_drain_timeout,
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
@@ -132,8 +186,10 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         })
     };
 
+    // Every connection task holds a receiver: their number is the number of
+    // open connections, handshakes included.
+    let (phase_tx, _) = watch::channel(Phase::Serving);
     let pool = Arc::new(BufferPool::new(shared.metrics.buffered_bytes.clone()));
-    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let https = listeners.https;
     loop {
@@ -150,34 +206,21 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                     }
                 };
                 let rt = shared.runtime.load();
-                if graceful.count() >= rt.config.limits.max_connections {
+                if phase_tx.receiver_count() >= rt.config.limits.max_connections {
                     tracing::warn!(%peer, "connection limit reached; closing new connection");
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(Arc::clone(&rt.tls));
-                let handshake_timeout = rt.config.tls.handshake_timeout;
-                let header_timeout = rt.config.limits.header_read_timeout;
+                let conn = Accepted {
+                    shared: Arc::clone(&shared),
+                    peer,
+                    acceptor: TlsAcceptor::from(Arc::clone(&rt.tls)),
+                    deadlines: Deadlines::from_config(&rt.config),
+                    pool: Arc::clone(&pool),
+                    phase: phase_tx.subscribe(),
+                };
                 drop(rt);
-                let watcher = graceful.watcher();
-                let shared = Arc::clone(&shared);
-                let pool = Arc::clone(&pool);
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            shared.metrics.tls_handshake_failures.inc();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    serve_connection(shared, tls, peer, header_timeout, watcher, pool).await;
-                });
+                tokio::spawn(conn.run(tcp));
             }
         }
     }
@@ -187,14 +230,19 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let grace = shared.runtime.load().config.shutdown_grace;
     tracing::info!(
-        in_flight = graceful.count(),
+        in_flight = phase_tx.receiver_count(),
         grace_secs = grace.as_secs_f64(),
         "shutting down: draining connections"
     );
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    phase_tx.send_replace(Phase::Draining);
+    match tokio::time::timeout(grace, phase_tx.closed()).await {
         Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+        Err(_) => {
+            tracing::warn!("grace period over; closing remaining connections");
+            phase_tx.send_replace(Phase::Closing);
+            let _ = tokio::time::timeout(Duration::from_secs(5), phase_tx.closed()).await;
+        }
     }
     pruner.abort();
     let _ = admin_stop_tx.send(true);
@@ -203,14 +251,284 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
     }
 }
 
-async fn serve_connection(
+/// A TCP connection on the HTTPS port, before its handshake.
+struct Accepted {
     shared: Arc<Shared>,
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     peer: SocketAddr,
-    header_timeout: Duration,
-    watcher: hyper_util::server::graceful::Watcher,
+    acceptor: TlsAcceptor,
+    deadlines: Deadlines,
     pool: Arc<BufferPool>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Accepted {
+    async fn run(self, tcp: TcpStream) {
+        let peer = self.peer;
+        let metrics = &self.shared.metrics;
+        // One deadline for the first byte and the whole handshake: a client
+        // that sends nothing, or stops inside its hello, is dropped with it.
+        let deadline = after(Instant::now(), self.deadlines.handshake);
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(1..)) => {}
+            Ok(Ok(_) | Err(_)) => return,
+            Err(_) => {
+                metrics.tls_handshake_failures.inc();
+                closed(metrics, "handshake_timeout");
+                tracing::debug!(%peer, "no TLS handshake before the deadline");
+                return;
+            }
+        }
+        let tls = match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics.tls_handshake_failures.inc();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake_failures.inc();
+                closed(metrics, "handshake_timeout");
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        serve_connection(self, tls).await;
+    }
+}
+
+fn closed(metrics: &crate::metrics::Metrics, reason: &'static str) {
+    metrics
+        .connections_closed
+        .get_or_create(&CloseReason { reason })
+        .inc();
+}
+
+/// Marks a response's hand-out time: `NOT_WAITING` while the proxy itself
+/// is busy (reading, waiting for the upstream), else the millisecond (since
+/// the connection began) at which the body last handed a frame to hyper
+/// without being asked for the next one.
+const NOT_WAITING: u64 = u64::MAX;
+
+/// What the connection's supervisor knows about its requests.
+struct ConnState {
+    started: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    last_active_ms: AtomicU64,
+    /// Hand-out marks, one per request in flight, reused: as many as the
+    /// connection ever had in flight at once.
+    marks: Mutex<Marks>,
+}
+
+#[derive(Default)]
+struct Marks {
+    all: Vec<Arc<AtomicU64>>,
+    free: Vec<Arc<AtomicU64>>,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            marks: Mutex::new(Marks::default()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// A request arrived: counted until its response body is done.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut marks = lock(&self.marks);
+        let mark = marks.free.pop().unwrap_or_else(|| {
+            let m = Arc::new(AtomicU64::new(NOT_WAITING));
+            marks.all.push(Arc::clone(&m));
+            m
+        });
+        drop(marks);
+        InFlight {
+            state: Arc::clone(self),
+            mark,
+        }
+    }
+
+    /// The oldest hand-out among the responses in flight.
+    fn oldest_waiting_ms(&self) -> Option<u64> {
+        lock(&self.marks)
+            .all
+            .iter()
+            .map(|m| m.load(Ordering::Acquire))
+            .filter(|&v| v != NOT_WAITING)
+            .min()
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight {
+    state: Arc<ConnState>,
+    mark: Arc<AtomicU64>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.mark.store(NOT_WAITING, Ordering::Release);
+        lock(&self.state.marks).free.push(Arc::clone(&self.mark));
+        self.state
+            .last_active_ms
+            .store(self.state.now_ms(), Ordering::Release);
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain bookkeeping: still usable after a panic elsewhere.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that tells the supervisor when the client stops
+    /// taking it. hyper asks for the next frame only once the previous one
+    /// could be written (HTTP/1.1: buffer flushed; HTTP/2: window open), so
+    /// a frame handed out and not followed by a new poll is a client that
+    /// does not read. The body can't act on that itself (it is not polled),
+    /// so the supervisor closes the connection, which drops the body and
+    /// with it the upstream connection it streams from.
+    struct Watched<B> {
+        #[pin]
+        inner: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B> Watched<B> {
+    fn new(inner: B, in_flight: InFlight) -> Watched<B> {
+        // Waiting for hyper to take the first frame.
+        in_flight
+            .mark
+            .store(in_flight.state.now_ms(), Ordering::Release);
+        Watched { inner, in_flight }
+    }
+}
+
+impl<B: Body> Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        this.in_flight.mark.store(NOT_WAITING, Ordering::Release);
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.in_flight
+                .mark
+                .store(this.in_flight.state.now_ms(), Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the supervisor does next.
+enum Verdict {
+    Wait(Instant),
+    /// Close gracefully (HTTP/1.1: `Connection: close` after the exchange in
+    /// flight; HTTP/2: GOAWAY), then drop after the drain timeout.
+    Close(&'static str),
+    Drop(&'static str),
+}
+
+/// `t + d`, or far in the future when a configured duration is absurd.
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(10 * 365 * 86_400))
+}
+
+/// `closing`: a graceful close is under way; `hard_close_at`: when it ends
+/// by force (None while the server's own shutdown grace decides).
+fn verdict(
+    state: &ConnState,
+    d: &Deadlines,
+    closing: bool,
+    hard_close_at: Option<Instant>,
+) -> Verdict {
+    let now = Instant::now();
+    let mut wake = after(now, d.max_age);
+    if let Some(hard) = hard_close_at {
+        if now >= hard {
+            return Verdict::Drop("drain_timeout");
+        }
+        wake = wake.min(hard);
+    }
+    if !closing {
+        let old_at = after(state.started, d.max_age);
+        if now >= old_at {
+            return Verdict::Close("max_age");
+        }
+        wake = wake.min(old_at);
+    }
+    if let Some(ms) = state.oldest_waiting_ms() {
+        let stalled_at = after(state.at(ms), d.send);
+        if now >= stalled_at {
+            return Verdict::Drop("send_timeout");
+        }
+        wake = wake.min(stalled_at);
+    }
+    if state.requests.load(Ordering::Relaxed) == 0 {
+        let first_at = after(state.started, d.first_request);
+        if now >= first_at {
+            return Verdict::Drop("first_request_timeout");
+        }
+        wake = wake.min(first_at);
+    } else if state.in_flight.load(Ordering::Acquire) == 0 && !closing {
+        let idle_at = after(
+            state.at(state.last_active_ms.load(Ordering::Acquire)),
+            d.idle,
+        );
+        if now >= idle_at {
+            return Verdict::Close("idle");
+        }
+        wake = wake.min(idle_at);
+    }
+    // Requests start and end without waking us (that would cost a wake-up
+    // per request): look again at least this often, so a stall or an idle
+    // spell is acted on within half its deadline of when it is due.
+    let tick = (d.send.min(d.idle) / 2).max(Duration::from_millis(10));
+    Verdict::Wait(wake.min(after(now, tick)))
+}
+
+async fn serve_connection(
+    accepted: Accepted,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
 ) {
+    let Accepted {
+        shared,
+        peer,
+        deadlines,
+        pool,
+        mut phase,
+        ..
+    } = accepted;
     struct Open<'a>(&'a crate::metrics::Metrics);
     impl Drop for Open<'_> {
         fn drop(&mut self) {
@@ -218,16 +536,81 @@ async fn serve_connection(
         }
     }
     let metrics_shared = Arc::clone(&shared);
-    metrics_shared.metrics.open_connections.inc();
-    let _open = Open(&metrics_shared.metrics);
+    let metrics = &metrics_shared.metrics;
+    metrics.open_connections.inc();
+    let _open = Open(metrics);
+
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let state = Arc::new(ConnState::new());
     let buffers = Arc::new(ConnBuffers::new(pool));
-    let service = service_fn(move |req| {
-        crate::proxy::handle(Arc::clone(&shared), req, peer, Arc::clone(&buffers))
-    });
-    let builder = http_builder(header_timeout);
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |req| {
+            let in_flight = state.begin();
+            let handled =
+                crate::proxy::handle(Arc::clone(&shared), req, peer, Arc::clone(&buffers));
+            async move {
+                let Ok(resp) = handled.await;
+                Ok::<_, Infallible>(resp.map(|b| Watched::new(b, in_flight)))
+            }
+        })
+    };
+    let builder = http_builder(deadlines.first_request, alpn.as_deref());
     let conn = builder.serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut hard_close_at: Option<Instant> = None;
+    loop {
+        match *phase.borrow_and_update() {
+            Phase::Serving => {}
+            Phase::Draining => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // The server's grace period, not ours, ends a shutdown drain.
+                hard_close_at = None;
+            }
+            Phase::Closing => {
+                closed(metrics, "shutdown");
+                return;
+            }
+        }
+        let wake = match verdict(&state, &deadlines, closing, hard_close_at) {
+            Verdict::Wait(at) => at,
+            Verdict::Close(reason) => {
+                closed(metrics, reason);
+                tracing::debug!(%peer, reason, "closing connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                hard_close_at = Some(after(Instant::now(), deadlines.drain));
+                continue;
+            }
+            Verdict::Drop(reason) => {
+                closed(metrics, reason);
+                tracing::debug!(%peer, reason, "dropping connection");
+                return;
+            }
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    // hyper's own HTTP/1.1 header_read_timeout.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        closed(metrics, "header_timeout");
+                    }
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake) => {}
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // The server is gone.
+                    return;
+                }
+            }
+        }
     }
 }
 

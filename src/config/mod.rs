@@ -99,6 +99,15 @@ pub struct Limits {
     /// Bodies larger than this are transformed on the blocking pool.
     pub offload_threshold: usize,
     pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A response the client takes no bytes of for this long closes its
+    /// connection (and so releases the upstream connection behind it).
+    pub send_timeout: Duration,
+    /// Connections older than this are closed gracefully...
+    pub max_connection_age: Duration,
+    /// ...and dropped this long after a graceful close began.
+    pub connection_drain_timeout: Duration,
     /// Bodies the proxy holds (buffered requests and answers), per
     /// connection and for the whole process.
     pub max_buffered_per_connection: u64,
@@ -535,6 +544,26 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         offload_threshold: size("limits.offload_threshold", &l.offload_threshold, 64 << 10)?
             as usize,
         max_connections: l.max_connections.unwrap_or(10_000),
+        idle_timeout: duration(
+            "limits.idle_timeout",
+            &l.idle_timeout,
+            Duration::from_secs(60),
+        )?,
+        send_timeout: duration(
+            "limits.send_timeout",
+            &l.send_timeout,
+            Duration::from_secs(30),
+        )?,
+        max_connection_age: duration(
+            "limits.max_connection_age",
+            &l.max_connection_age,
+            Duration::from_secs(3600),
+        )?,
+        connection_drain_timeout: duration(
+            "limits.connection_drain_timeout",
+            &l.connection_drain_timeout,
+            Duration::from_secs(30),
+        )?,
         max_buffered_per_connection: size(
             "limits.max_buffered_per_connection",
             &l.max_buffered_per_connection,
@@ -546,7 +575,13 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             512 << 20,
         )?,
     };
-    if limits.header_read_timeout.is_zero() || limits.body_read_timeout.is_zero() {
+    if limits.header_read_timeout.is_zero()
+        || limits.body_read_timeout.is_zero()
+        || limits.idle_timeout.is_zero()
+        || limits.send_timeout.is_zero()
+        || limits.max_connection_age.is_zero()
+        || limits.connection_drain_timeout.is_zero()
+    {
         return Err(invalid(
             "limits",
             "timeouts must be greater than zero",

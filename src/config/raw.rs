@@ -76,7 +76,8 @@ pub struct RawTls {
     /// Extra certificates chosen by SNI; `cert`/`key` above is the default.
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
-    /// A client that doesn't finish the handshake in time is dropped. Default 10s.
+    /// From accept to the end of the TLS handshake: a client that sends
+    /// nothing, or stops inside its hello, is dropped. Default 10s.
     #[serde(default)]
     pub handshake_timeout: Option<String>,
 }
@@ -258,7 +259,9 @@ pub struct RawLimits {
     /// Upstream answers buffered for decryption; larger: 502. Default 16MiB.
     #[serde(default)]
     pub max_response_body: Option<String>,
-    /// Slow client headers are cut off. Default 10s.
+    /// From the TLS handshake to the first complete request head (protocol
+    /// detection and the HTTP/2 preface included), and each HTTP/1.1 head.
+    /// Default 10s.
     #[serde(default)]
     pub header_read_timeout: Option<String>,
     /// A buffered request body must arrive within this: 408. Default 30s.
@@ -276,6 +279,23 @@ pub struct RawLimits {
     /// Past this, new connections are closed at accept. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// A connection with no request in flight this long is closed (HTTP/1.1
+    /// and HTTP/2). Default 60s.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// An answer the client takes no bytes of for this long (it stopped
+    /// reading, or its HTTP/2 window stays shut) closes the connection and
+    /// frees the upstream connection. Default 30s.
+    #[serde(default)]
+    pub send_timeout: Option<String>,
+    /// Connections older than this are closed gracefully (Connection:
+    /// close, GOAWAY). Default 1h.
+    #[serde(default)]
+    pub max_connection_age: Option<String>,
+    /// How long a graceful close may take before the connection is
+    /// dropped, whatever is in flight. Default 30s.
+    #[serde(default)]
+    pub connection_drain_timeout: Option<String>,
     /// Buffered bodies (requests and answers) one connection may hold;
     /// more: 503. At least max_body and max_response_body. Default 32MiB.
     #[serde(default)]

@@ -359,6 +359,41 @@ fn a_listener_that_is_also_an_upstream_is_refused() {
 }
 
 #[test]
+fn connection_deadlines_and_buffer_budgets_have_defaults_and_are_checked() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.max_connection_age, Duration::from_secs(3600));
+    assert_eq!(c.limits.connection_drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.max_buffered_per_connection, 32 << 20);
+    assert_eq!(c.limits.max_buffered_total, 512 << 20);
+    let with = |limits: &str| load(&format!("{MINIMAL}limits: {{ {limits} }}\n"));
+    let c = with(
+        "idle_timeout: 5s, send_timeout: 2s, max_connection_age: 10m, connection_drain_timeout: 1s",
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_connection_age, Duration::from_secs(600));
+    for zero in [
+        "idle_timeout",
+        "send_timeout",
+        "max_connection_age",
+        "connection_drain_timeout",
+    ] {
+        assert!(with(&format!("{zero}: 0s")).is_err(), "{zero} = 0");
+    }
+    // A budget that could never hold one buffered answer, or one
+    // connection's budget larger than the process's, is refused.
+    let e = with("max_buffered_per_connection: 1MiB").unwrap_err();
+    assert!(e.message.contains("max_buffered_per_connection"), "{e}");
+    let e = with("max_buffered_total: 16MiB").unwrap_err();
+    assert!(e.message.contains("max_buffered_total"), "{e}");
+    assert!(with(
+        "max_response_body: 1MiB, max_buffered_per_connection: 2MiB, max_buffered_total: 2MiB"
+    )
+    .is_ok());
+}
+
+#[test]
 fn a_host_bound_encrypting_route_with_a_host_less_catch_all_behind_it_warns() {
     let keys = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
     let text = format!(
@@ -392,22 +427,4 @@ fn a_host_bound_encrypting_route_with_a_host_less_catch_all_behind_it_warns() {
     ) + keys;
     let c = load(&sealed).unwrap();
     assert!(!fallthrough(&c), "{:?}", c.warnings);
-}
-
-#[test]
-fn buffer_budgets_have_defaults_and_are_checked_against_the_body_limits() {
-    let c = load(MINIMAL).unwrap();
-    assert_eq!(c.limits.max_buffered_per_connection, 32 << 20);
-    assert_eq!(c.limits.max_buffered_total, 512 << 20);
-    let with = |limits: &str| load(&format!("{MINIMAL}limits: {{ {limits} }}\n"));
-    // A budget that could never hold one buffered answer, or one
-    // connection's budget larger than the process's, is refused.
-    let e = with("max_buffered_per_connection: 1MiB").unwrap_err();
-    assert!(e.message.contains("max_buffered_per_connection"), "{e}");
-    let e = with("max_buffered_total: 16MiB").unwrap_err();
-    assert!(e.message.contains("max_buffered_total"), "{e}");
-    assert!(with(
-        "max_response_body: 1MiB, max_buffered_per_connection: 2MiB, max_buffered_total: 2MiB"
-    )
-    .is_ok());
 }

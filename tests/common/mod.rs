@@ -264,13 +264,19 @@ impl TestProxy {
     /// the harness writes, with the ports it bound). With `redirect`, a
     /// plain-HTTP redirect listener is bound too.
     pub async fn start_with(rest: &str, redirect: bool) -> TestProxy {
-        TestProxy::start_full(rest, redirect, "127.0.0.1:0", "").await
+        TestProxy::start_full(rest, redirect, "127.0.0.1:0", "", "").await
     }
 
     /// Like `start`, with the admin listener bound to `admin_bind` and
     /// `admin_extra` (e.g. `, token_file: admin.token`) in its settings.
     pub async fn start_admin(rest: &str, admin_bind: &str, admin_extra: &str) -> TestProxy {
-        TestProxy::start_full(rest, false, admin_bind, admin_extra).await
+        TestProxy::start_full(rest, false, admin_bind, admin_extra, "").await
+    }
+
+    /// Like `start`, with `tls_extra` (e.g. `handshake_timeout: 1s`) added
+    /// to the `listen.tls` block the harness writes.
+    pub async fn start_tls(rest: &str, tls_extra: &str) -> TestProxy {
+        TestProxy::start_full(rest, false, "127.0.0.1:0", "", tls_extra).await
     }
 
     async fn start_full(
@@ -278,6 +284,7 @@ impl TestProxy {
         redirect: bool,
         admin_bind: &str,
         admin_extra: &str,
+        tls_extra: &str,
     ) -> TestProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert_pem = write_certs(dir.path());
@@ -295,8 +302,13 @@ impl TestProxy {
         let https_addr = https.local_addr().expect("addr");
         let admin_addr = admin.local_addr().expect("addr");
         let redirect_addr = redirect_l.as_ref().map(|l| l.local_addr().expect("addr"));
+        let tls_extra = if tls_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {tls_extra}")
+        };
         let mut yaml = format!(
-            "listen: {{ address: \"{https_addr}\", tls: {{ cert: server.crt, key: server.key }} }}\n\
+            "listen: {{ address: \"{https_addr}\", tls: {{ cert: server.crt, key: server.key{tls_extra} }} }}\n\
              admin: {{ address: \"{admin_addr}\"{admin_extra} }}\n"
         );
         if let Some(r) = redirect_addr {

@@ -16,12 +16,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BufferPool, ConnBuffers};
+use crate::error::ProxyError;
 use crate::metrics::CloseReason;
 use crate::state::Shared;
 
@@ -270,6 +272,13 @@ impl Accepted {
         let deadline = after(Instant::now(), self.deadlines.handshake);
         let mut first = [0u8; 1];
         match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(1..)) if first[0].is_ascii_uppercase() => {
+                // A request line (`GET / HTTP/1.1`), not a TLS record (0x16).
+                closed(metrics, "plain_http");
+                let headers = self.shared.runtime.load().config.default_headers.clone();
+                answer_plain_http(tcp, deadline, &headers).await;
+                return;
+            }
             Ok(Ok(1..)) => {}
             Ok(Ok(_) | Err(_)) => return,
             Err(_) => {
@@ -302,6 +311,51 @@ fn closed(metrics: &crate::metrics::Metrics, reason: &'static str) {
         .connections_closed
         .get_or_create(&CloseReason { reason })
         .inc();
+}
+
+/// nginx's answer to plain HTTP on a TLS port, in our JSON: a 400, then
+/// close. The request head is read first (bounded) so that closing with
+/// unread bytes doesn't reset the connection before the client reads it.
+async fn answer_plain_http(
+    mut tcp: TcpStream,
+    deadline: Instant,
+    security: &crate::headers::SecurityHeaders,
+) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) => head.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let err = ProxyError::BadRequest("plain HTTP request sent to the HTTPS port");
+    let body = err.body();
+    let mut headers = http::HeaderMap::new();
+    security.apply(&mut headers);
+    let mut out = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    let written = tokio::time::timeout_at(deadline, async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        // Let the client read the answer: wait (briefly) for its close.
+        let linger = deadline.min(Instant::now() + Duration::from_secs(1));
+        while let Ok(Ok(1..)) = tokio::time::timeout_at(linger, tcp.read(&mut buf)).await {}
+    }
 }
 
 /// Marks a response's hand-out time: `NOT_WAITING` while the proxy itself

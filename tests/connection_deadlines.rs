@@ -3,7 +3,8 @@
 //! handshake, the first request (protocol detection and the HTTP/2 preface
 //! included), idle keep-alive, a maximum connection age, a client that stops
 //! reading an answer (which must release the upstream connection), buffered
-//! answers held for an HTTP/2 client with a zero window.
+//! answers held for an HTTP/2 client with a zero window, and plain HTTP sent
+//! to the TLS port.
 //!
 //! Deadlines in these configs are 1 s; every assertion allows 10 s or more,
 //! so a slow machine makes nothing fail.
@@ -558,4 +559,39 @@ routes:
         assert!(started.elapsed() < WITHIN, "buffers still held:\n{m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Plain HTTP on the TLS port
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn plain_http_on_the_tls_port_gets_a_400_not_silence() {
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let proxy = TestProxy::start(&catch_all(&backend.url())).await;
+    for request in [
+        &b"GET /api/users HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        &b"POST /api/users HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}"[..],
+    ] {
+        let mut tcp = TcpStream::connect(proxy.https).await.expect("connect");
+        tcp.write_all(request).await.expect("write");
+        let r = read_h1_response(&mut tcp).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_error_json(r.status, r.header("content-type"), &r.body);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("plain HTTP request sent to the HTTPS port"),
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+        assert_security_headers(&r.headers, "plain-HTTP 400");
+    }
+    assert_eq!(backend.count(), 0);
+    // TLS clients are unaffected.
+    let r = bounded("tls request", proxy.h1().get(proxy.url("/x")).send())
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    let m = scrape(&proxy).await;
+    assert_eq!(closed_count(&m, "plain_http"), 2.0, "{m}");
 }

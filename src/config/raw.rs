@@ -77,7 +77,8 @@ pub struct RawTls {
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
     /// From accept to the end of the TLS handshake: a client that sends
-    /// nothing, or stops inside its hello, is dropped. Default 10s.
+    /// nothing, or stops inside its hello, is dropped (plain HTTP sent to
+    /// the port gets a 400). Default 10s.
     #[serde(default)]
     pub handshake_timeout: Option<String>,
 }

@@ -22,6 +22,9 @@ pub const REASON_CODES: &[&str] = &[
     "unsupported_encoding",
     "invalid_json",
     "json_too_deep",
+    "look_alike",
+    "schema_mismatch",
+    "field_too_large",
     "rate_limited",
     "client_body_broken",
     "client_body_timeout",
@@ -70,6 +73,14 @@ pub enum ProxyError {
     InvalidJson,
     #[error("request body nests deeper than {limit} levels")]
     TooDeep { limit: usize },
+    #[error(
+        "request body holds a protected field in a shape or spelling this route does not accept"
+    )]
+    LookAlike,
+    #[error("request body is outside this route's schema: {0}")]
+    Schema(&'static str),
+    #[error("a field of the request body is too large to encrypt")]
+    FieldTooLarge,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
     #[error("client disconnected or sent a broken body")]
@@ -122,8 +133,9 @@ impl ProxyError {
             | InvalidJson
             | TooDeep { .. }
             | ClientBody => StatusCode::BAD_REQUEST,
+            LookAlike | Schema(_) => StatusCode::BAD_REQUEST,
             TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
-            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge { .. } | FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -159,6 +171,9 @@ impl ProxyError {
             UnsupportedEncoding => "unsupported_encoding",
             InvalidJson => "invalid_json",
             TooDeep { .. } => "too_deep",
+            LookAlike => "look_alike",
+            Schema(_) => "schema",
+            FieldTooLarge => "field_too_large",
             RateLimited { .. } => "rate_limited",
             ClientBody => "client_body",
             ClientTimeout => "client_timeout",
@@ -191,6 +206,9 @@ impl ProxyError {
             UnsupportedEncoding => "unsupported_encoding",
             InvalidJson => "invalid_json",
             TooDeep { .. } => "json_too_deep",
+            LookAlike => "look_alike",
+            Schema(_) => "schema_mismatch",
+            FieldTooLarge => "field_too_large",
             RateLimited { .. } => "rate_limited",
             ClientBody => "client_body_broken",
             ClientTimeout => "client_body_timeout",
@@ -213,7 +231,10 @@ impl ProxyError {
     /// one. Never anything the client sent.
     pub fn detail(&self) -> Option<&'static str> {
         match self {
-            ProxyError::BadPath(d) | ProxyError::BadRequest(d) | ProxyError::Internal(d) => Some(d),
+            ProxyError::BadPath(d)
+            | ProxyError::BadRequest(d)
+            | ProxyError::Schema(d)
+            | ProxyError::Internal(d) => Some(d),
             _ => None,
         }
     }
@@ -267,6 +288,9 @@ mod tests {
             UnsupportedEncoding,
             InvalidJson,
             TooDeep { limit: 1 },
+            LookAlike,
+            Schema("s"),
+            FieldTooLarge,
             RateLimited {
                 retry_after_secs: 1,
             },
@@ -303,6 +327,9 @@ mod tests {
                 | UnsupportedEncoding
                 | InvalidJson
                 | TooDeep { .. }
+                | LookAlike
+                | Schema(_)
+                | FieldTooLarge
                 | RateLimited { .. }
                 | ClientBody
                 | ClientTimeout

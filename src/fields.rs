@@ -29,6 +29,23 @@ pub struct PathError {
 pub struct FieldPath {
     source: String,
     segments: Vec<Segment>,
+    /// Every member name the path names, normalized, whole and split into
+    /// its parts: the names a logged location may show (`redacted`).
+    names: Vec<String>,
+}
+
+/// One segment of a rule as the look-alike check (`shape`) reads it: member
+/// names only, array steps dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameStep {
+    /// A descendant segment: any member names may come first.
+    pub(crate) descendant: bool,
+    /// The name sequences the step stands for, normalized: one per name
+    /// selector (split by `name_parts`), and an empty one for an index or a
+    /// slice (an array step adds no name).
+    pub(crate) sequences: Vec<Vec<String>>,
+    /// A wildcard: no name (an element) or any one name (a member).
+    pub(crate) any: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +69,65 @@ enum Selector {
 impl FieldPath {
     pub fn parse(s: &str) -> Result<FieldPath, PathError> {
         let segments = Parser::new(s).query()?;
+        let mut names: Vec<String> = Vec::new();
+        for seg in &segments {
+            for sel in &seg.selectors {
+                if let Selector::Name(n) = sel {
+                    let parts = until_nul(n)
+                        .split(['.', '[', ']'])
+                        .filter(|p| !p.is_empty());
+                    for name in std::iter::once(n.as_str()).chain(parts) {
+                        if !names.iter().any(|m| m == name) {
+                            names.push(name.to_owned());
+                        }
+                    }
+                }
+            }
+        }
         Ok(FieldPath {
             source: s.to_string(),
             segments,
+            names,
         })
+    }
+
+    /// The path as the look-alike check reads it (see `NameStep`).
+    pub(crate) fn name_steps(&self) -> Vec<NameStep> {
+        self.segments
+            .iter()
+            .map(|seg| {
+                let mut step = NameStep {
+                    descendant: seg.descendant,
+                    sequences: Vec::new(),
+                    any: false,
+                };
+                for sel in &seg.selectors {
+                    let seq: Vec<String> = match sel {
+                        Selector::Name(n) => name_parts(n).map(normalized_name).collect(),
+                        Selector::Wildcard => {
+                            step.any = true;
+                            Vec::new()
+                        }
+                        Selector::Index(_) | Selector::Slice { .. } => Vec::new(),
+                    };
+                    if !step.sequences.contains(&seq) {
+                        step.sequences.push(seq);
+                    }
+                }
+                step
+            })
+            .collect()
+    }
+
+    /// Number of segments: a value the path selects is at least this many
+    /// steps below the root.
+    pub fn min_depth(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The normalized member names this path names (see `redacted`).
+    pub(crate) fn names(&self) -> &[String] {
+        &self.names
     }
 
     pub fn as_str(&self) -> &str {
@@ -249,7 +321,8 @@ pub fn decrypt_document(
             let mut hit = vec![false; rules.len()];
             walk_rules(doc, rules, |node, r, loc| {
                 hit[r] = true;
-                opener.open(node, rule_context(&rules[r], loc), loc, &mut report)?;
+                let names = rules[r].path.names();
+                opener.open(node, rule_context(&rules[r], loc), loc, names, &mut report)?;
                 // A decrypted object may itself hold envelopes that rules select.
                 Ok(Flow::Descend)
             })?;
@@ -257,7 +330,7 @@ pub fn decrypt_document(
         }
         DecryptSelection::Auto => {
             walk_all(doc, &Loc::ROOT, &mut |node, loc| {
-                opener.open(node, loc.context(), loc, &mut report)
+                opener.open(node, loc.context(), loc, &[], &mut report)
             })?;
         }
     }
@@ -275,12 +348,14 @@ pub(crate) struct Opener<'k> {
 }
 
 impl Opener<'_> {
-    /// Opens `node` if it is a string that looks like an envelope.
+    /// Opens `node` if it is a string that looks like an envelope. A failure
+    /// is located showing only the member names in `names` (the rule's).
     fn open(
         &self,
         node: &mut Value,
         context: &str,
         loc: &Loc<'_>,
+        names: &[String],
         report: &mut TransformReport,
     ) -> Result<(), FieldError> {
         let Value::String(s) = &*node else {
@@ -296,7 +371,7 @@ impl Opener<'_> {
                 report.decrypted += 1;
             }
             Err(e) => {
-                let failure = failure_at(loc, s, e);
+                let failure = failure_at(loc, s, e, names);
                 match self.on_failure {
                     OnDecryptFailure::Error => return Err(FieldError::Decrypt(failure)),
                     OnDecryptFailure::Null => *node = Value::Null,
@@ -329,14 +404,15 @@ impl Opener<'_> {
                         if let Some(h) = hit.get_mut(r) {
                             *h = true;
                         }
-                        self.open(node, rule_context(&rules[r], loc), loc, report)?;
+                        let names = rules[r].path.names();
+                        self.open(node, rule_context(&rules[r], loc), loc, names, report)?;
                         Ok(Flow::Descend)
                     },
                 };
                 w.visit(node, loc, 0)
             }
             DecryptSelection::Auto => walk_all(node, loc, &mut |node, loc| {
-                self.open(node, loc.context(), loc, report)
+                self.open(node, loc.context(), loc, &[], report)
             }),
         })
     }
@@ -356,15 +432,21 @@ fn with_loc<R>(steps: &[Step<'_>], parent: &Loc<'_>, f: &mut dyn FnMut(&Loc<'_>)
     }
 }
 
-/// Normalized path (RFC 9535 §2.7) of the location `steps` below the root.
-pub(crate) fn normalized_path(steps: &[Step<'_>]) -> String {
-    with_loc(steps, &Loc::ROOT, &mut |l| l.normalized())
+/// The location `steps` below the root for logs: see `Loc::redacted`.
+pub(crate) fn redacted_path(steps: &[Step<'_>], names: &[String]) -> String {
+    with_loc(steps, &Loc::ROOT, &mut |l| l.redacted(names))
 }
 
-/// The failure report for `envelope` at `steps`.
-pub(crate) fn failure_for(steps: &[Step<'_>], envelope: &str, e: DecryptError) -> DecryptFailure {
+/// The failure report for `envelope` at `steps`, selected by a rule naming
+/// `names` (none for `decrypt: auto`).
+pub(crate) fn failure_for(
+    steps: &[Step<'_>],
+    envelope: &str,
+    e: DecryptError,
+    names: &[String],
+) -> DecryptFailure {
     DecryptFailure {
-        location: normalized_path(steps),
+        location: redacted_path(steps, names),
         key_id: envelope_key_id(envelope).map(str::to_owned),
         reason: e.reason(),
     }
@@ -390,7 +472,11 @@ pub fn rewrap_document(
 ) -> Result<TransformReport, FieldError> {
     let mut report = TransformReport::default();
     let active = ring.active_id();
-    let mut rewrap = |node: &mut Value, context: &str, loc: &Loc<'_>| -> Result<(), FieldError> {
+    let mut rewrap = |node: &mut Value,
+                      context: &str,
+                      loc: &Loc<'_>,
+                      names: &[String]|
+     -> Result<(), FieldError> {
         let Value::String(s) = &*node else {
             return Ok(());
         };
@@ -399,7 +485,7 @@ pub fn rewrap_document(
         }
         let opened = ring
             .open_at(s, context, None, now)
-            .map_err(|e| FieldError::Decrypt(failure_at(loc, s, e)))?;
+            .map_err(|e| FieldError::Decrypt(failure_at(loc, s, e, names)))?;
         report.decrypted += 1;
         note_key(&mut report.key_ids, &opened.key_id);
         if opened.key_id != active {
@@ -416,19 +502,24 @@ pub fn rewrap_document(
             let mut hit = vec![false; rules.len()];
             walk_rules(doc, rules, |node, r, loc| {
                 hit[r] = true;
-                rewrap(node, rule_context(&rules[r], loc), loc)?;
+                rewrap(
+                    node,
+                    rule_context(&rules[r], loc),
+                    loc,
+                    rules[r].path.names(),
+                )?;
                 Ok(Flow::Descend)
             })?;
             // Envelopes outside the rules (default context) must move too:
             // everything under the rules is under the active key by now.
             walk_all(doc, &Loc::ROOT, &mut |node, loc| match &*node {
                 Value::String(s) if envelope_key_id(s) == Some(active) => Ok(()),
-                _ => rewrap(node, loc.context(), loc),
+                _ => rewrap(node, loc.context(), loc, &[]),
             })?;
             report.paths = matched_paths(rules, &hit);
         }
         None => walk_all(doc, &Loc::ROOT, &mut |node, loc| {
-            rewrap(node, loc.context(), loc)
+            rewrap(node, loc.context(), loc, &[])
         })?,
     }
     Ok(report)
@@ -481,9 +572,9 @@ fn rule_context<'a>(rule: &'a FieldRule, loc: &Loc<'a>) -> &'a str {
     rule.context.as_deref().unwrap_or_else(|| loc.context())
 }
 
-fn failure_at(loc: &Loc<'_>, envelope: &str, e: DecryptError) -> DecryptFailure {
+fn failure_at(loc: &Loc<'_>, envelope: &str, e: DecryptError, names: &[String]) -> DecryptFailure {
     DecryptFailure {
-        location: loc.normalized(),
+        location: loc.redacted(names),
         key_id: envelope_key_id(envelope).map(str::to_owned),
         reason: e.reason(),
     }
@@ -543,6 +634,29 @@ impl<'a> Loc<'a> {
 
     /// RFC 9535 normalized path, e.g. `$['a'][0]`.
     fn normalized(&self) -> String {
+        self.render(&mut |out, k| {
+            out.push_str("['");
+            push_escaped_name(out, k);
+            out.push_str("']");
+        })
+    }
+
+    /// The location for logs and error messages. Member names can be data
+    /// (`$['by_ssn']['078-05-1120']`), so only a name the rule itself names
+    /// (`names`, normalized) is shown, in its normalized form; every other
+    /// member is `[*]`. Indices are shown.
+    pub(crate) fn redacted(&self, names: &[String]) -> String {
+        self.render(&mut |out, k| match shown_name(k, names) {
+            Some(n) => {
+                out.push_str("['");
+                push_escaped_name(out, &n);
+                out.push_str("']");
+            }
+            None => out.push_str("[*]"),
+        })
+    }
+
+    fn render(&self, key: &mut dyn FnMut(&mut String, &str)) -> String {
         let mut steps = Vec::new();
         let mut at = Some(self);
         while let Some(l) = at {
@@ -558,15 +672,23 @@ impl<'a> Loc<'a> {
                     out.push_str(&i.to_string());
                     out.push(']');
                 }
-                Step::Key(k) => {
-                    out.push_str("['");
-                    push_escaped_name(&mut out, k);
-                    out.push_str("']");
-                }
+                Step::Key(k) => key(&mut out, k),
             }
         }
         out
     }
+}
+
+/// Member `key` as a redacted location shows it: normalized, when each of
+/// its parts (split as `name_parts` does, digits kept) is one of `names`.
+fn shown_name(key: &str, names: &[String]) -> Option<String> {
+    let n = normalized_name(key);
+    let mut parts = n
+        .split(['.', '[', ']'])
+        .filter(|p| !p.is_empty())
+        .peekable();
+    parts.peek()?;
+    parts.all(|p| names.iter().any(|m| m == p)).then_some(n)
 }
 
 /// Escaping of member names in normalized paths (RFC 9535 §2.7).
@@ -842,39 +964,113 @@ fn walk_all<E>(
     Ok(())
 }
 
-/// Member names match without regard to case. Backends written with Go's
-/// encoding/json, Json.NET or ASP.NET bind `"SSN"`, `"Ssn"` (and Go even
-/// `"ſſn"`) to an `ssn` field, so a rule for `ssn` must seal every casing:
-/// sealing too much is safe, too little stores plaintext. Simple case
-/// folding, with the two characters Go folds onto ASCII letters.
-pub(crate) fn names_match(rule: &str, key: &str) -> bool {
-    if rule == key {
-        return true;
+/// The one normalization of member names, shared by the rule matcher and
+/// the look-alike check (`shape`): the name up to its first NUL (C parsers
+/// and the libraries built on them stop there, so `"ssn\u0000x"` is `ssn`
+/// to them), each character folded by [`fold_char`].
+pub fn normalized_name(name: &str) -> String {
+    fold_name(name).collect()
+}
+
+/// [`normalized_name`] as an iterator, allocation-free.
+pub(crate) fn fold_name(name: &str) -> impl Iterator<Item = char> + '_ {
+    until_nul(name).chars().map(fold_char)
+}
+
+fn until_nul(name: &str) -> &str {
+    match name.find('\0') {
+        Some(i) => name.get(..i).unwrap_or(name),
+        None => name,
     }
-    if rule.is_ascii() && key.is_ascii() {
-        return rule.eq_ignore_ascii_case(key);
+}
+
+/// Case folding that puts together every pair of characters some backend's
+/// case-insensitive binding treats as equal: Go's encoding/json and ASP.NET
+/// (Unicode simple case folding: `ſ`~`s`, Kelvin sign~`k`), Java's
+/// `equalsIgnoreCase` (equal upper cases, or equal lower cases of the upper
+/// cases: dotless `ı`~`i`, `İ`~`i`) and .NET's `OrdinalIgnoreCase`
+/// (invariant simple upper-casing). The canonical form of `c` is the simple
+/// lower case of its simple upper case, which all of those relations keep
+/// (two characters any of them calls equal get the same form). Folding too
+/// much only seals or refuses more; folding too little stores plaintext.
+pub(crate) fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
     }
-    fn fold(c: char) -> char {
-        match c {
-            '\u{17F}' => 's',  // LATIN SMALL LETTER LONG S
-            '\u{212A}' => 'k', // KELVIN SIGN
-            c => {
-                let mut lower = c.to_lowercase();
-                match (lower.next(), lower.next()) {
-                    (Some(l), None) => l,
-                    _ => c,
-                }
-            }
+    fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
+        match (it.next(), it.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
         }
     }
-    rule.chars().map(fold).eq(key.chars().map(fold))
+    // `to_uppercase`/`to_lowercase` are the full mappings; where those are
+    // several characters the simple mapping is the character itself, but
+    // for U+0130 (whose simple lower case is `i`) and three characters
+    // Unicode simple-folds onto another (CaseFolding.txt, `S` status).
+    let c = match c {
+        '\u{1FD3}' => '\u{390}',
+        '\u{1FE3}' => '\u{3B0}',
+        '\u{FB05}' => '\u{FB06}',
+        c => c,
+    };
+    let upper = single(c.to_uppercase()).unwrap_or(c);
+    if upper == '\u{130}' {
+        return 'i';
+    }
+    single(upper.to_lowercase()).unwrap_or(upper)
+}
+
+/// Does member `key` match the rule name `folded` (already normalized)?
+/// Backends written with Go's encoding/json, Json.NET, ASP.NET, Jackson
+/// (case-insensitive) or C parsers bind `"SSN"`, `"ſſn"`, `"ssn\u0000"`
+/// to an `ssn` field, so a rule for `ssn` must seal every such spelling.
+pub(crate) fn names_match(folded: &str, key: &str) -> bool {
+    let (f, k) = (folded.as_bytes(), key.as_bytes());
+    // The common case, without a scan for the NUL: the member spells the
+    // rule's name (ASCII letters in any case, other characters as folded)
+    // and ends there or at a NUL.
+    if let Some(head) = k.get(..f.len()) {
+        if head.eq_ignore_ascii_case(f) && k.get(f.len()).is_none_or(|&b| b == 0) {
+            return true;
+        }
+    }
+    // An ASCII member folds to its lower case, which was just compared.
+    if key.is_ascii() {
+        return false;
+    }
+    until_nul(key).chars().map(fold_char).eq(folded.chars())
+}
+
+/// The parts a backend could expand member `name` into: the name up to its
+/// first NUL, split at `.`, `[` and `]` (MongoDB `$set`, Mongoose and
+/// lodash expand `card.number` and `contacts.0.phone`; Spring's and
+/// ASP.NET's binders read `contacts[0].phone`), quotes around a part
+/// removed, empty parts and array indices (all digits) dropped. Not folded.
+pub(crate) fn name_parts(name: &str) -> impl Iterator<Item = &str> + '_ {
+    until_nul(name)
+        .split(['.', '[', ']'])
+        .map(|p| {
+            let b = p.as_bytes();
+            match (b.first(), b.last()) {
+                (Some(q @ (b'"' | b'\'')), Some(e)) if b.len() >= 2 && q == e => {
+                    p.get(1..p.len() - 1).unwrap_or(p)
+                }
+                _ => p,
+            }
+        })
+        .filter(|p| !p.is_empty() && !p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Segment {
     fn new(descendant: bool, mut selectors: Vec<Selector>) -> Segment {
         // Selection is a set of locations, so repeated selectors add nothing.
+        // Names are kept normalized, the form the matcher compares.
         let mut unique: Vec<Selector> = Vec::with_capacity(selectors.len());
         for s in selectors.drain(..) {
+            let s = match s {
+                Selector::Name(n) => Selector::Name(normalized_name(&n)),
+                other => other,
+            };
             if !unique.contains(&s) {
                 unique.push(s);
             }
@@ -1322,6 +1518,92 @@ mod tests {
         assert!(!exceeds_depth(&serde_json::json!(1), 0));
         assert!(exceeds_depth(&serde_json::json!([]), 0));
         assert!(!exceeds_depth(&serde_json::json!([]), 1));
+    }
+
+    #[test]
+    fn folds_every_binding_s_case_rules() {
+        // Java equalsIgnoreCase: dotless i, dotted capital I; Go/.NET/Unicode
+        // simple folding: long s, Kelvin, Angstrom, final sigma, micro.
+        for (a, b) in [
+            ("ıd", "id"),
+            ("İD", "id"),
+            ("ſſn", "ssn"),
+            ("\u{212A}ey", "key"),
+            ("\u{212B}", "å"),
+            ("ΣΑΣ", "σας"),
+            ("ς", "σ"),
+            ("µ", "μ"),
+            ("ǅ", "ǆ"),
+            ("ẞ", "ß"),
+            ("ΐ", "ΐ"),
+            ("Card", "cARD"),
+        ] {
+            assert_eq!(normalized_name(a), normalized_name(b), "{a} {b}");
+            assert!(names_match(&normalized_name(b), a), "{a} {b}");
+        }
+        assert!(names_match("ssn", "ssn\u{0}"));
+        assert!(names_match("ssn", "SSN\u{0}078-05-1120"));
+        assert!(!names_match("ssn", "\u{0}ssn"));
+        assert!(!names_match("ssn", "ssn "));
+        assert!(!names_match("ss", "ß"));
+    }
+
+    #[test]
+    fn folding_is_idempotent() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let f = fold_char(c);
+            assert_eq!(fold_char(f), f, "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn name_parts_split_what_binders_expand() {
+        fn parts(s: &str) -> Vec<&str> {
+            name_parts(s).collect()
+        }
+        assert_eq!(parts("card.number"), ["card", "number"]);
+        assert_eq!(parts("contacts.0.phone"), ["contacts", "phone"]);
+        assert_eq!(parts("contacts[0].phone"), ["contacts", "phone"]);
+        assert_eq!(parts("card['number']"), ["card", "number"]);
+        assert_eq!(parts("card[\"number\"]"), ["card", "number"]);
+        assert_eq!(parts(".ssn."), ["ssn"]);
+        assert_eq!(parts("ssn\u{0}.x"), ["ssn"]);
+        assert_eq!(parts("123"), Vec::<&str>::new());
+        assert_eq!(parts("'"), ["'"]);
+    }
+
+    #[test]
+    fn redacted_locations_show_only_rule_names() {
+        let path = FieldPath::parse("$.by_ssn[*]['card.number']").expect("path");
+        let root = Loc::ROOT;
+        let a = Loc {
+            parent: Some(&root),
+            step: Step::Key("BY_SSN"),
+        };
+        let b = Loc {
+            parent: Some(&a),
+            step: Step::Key("078-05-1120"),
+        };
+        let c = Loc {
+            parent: Some(&b),
+            step: Step::Index(2),
+        };
+        let d = Loc {
+            parent: Some(&c),
+            step: Step::Key("Card.Number"),
+        };
+        assert_eq!(d.redacted(path.names()), "$['by_ssn'][*][2]['card.number']");
+        assert_eq!(d.redacted(&[]), "$[*][*][2][*]");
+        let e = Loc {
+            parent: Some(&root),
+            step: Step::Key("by_ssn.078-05-1120"),
+        };
+        assert_eq!(e.redacted(path.names()), "$[*]");
+        let f = Loc {
+            parent: Some(&root),
+            step: Step::Key("by_ssn\u{0}078-05-1120"),
+        };
+        assert_eq!(f.redacted(path.names()), "$['by_ssn']");
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! including the reserved-prefix guard, nested envelopes inside decrypted
 //! values and the failure modes. Error priority is the tree path's: invalid
 //! JSON, then too deep, then a sealing or decryption failure.
+//!
+//! On top, `encrypt_request` applies a route's positive model (`shape`):
+//! each value carries the state of the look-alike automaton, stepped once
+//! per member name, and a value no rule selects in an accepting state is
+//! refused or sealed; and the route's JSON Schema, if it has one.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,11 +31,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::crypto::{looks_like_envelope, Keyring};
+use crate::crypto::{looks_like_envelope, Keyring, SealError};
 use crate::fields::{
-    failure_for, matched_paths, note_key, DecryptFailure, DecryptSelection, FieldError, FieldRule,
-    OnDecryptFailure, Opener, RuleStates, Step, TransformReport, UNKNOWN_LEN,
+    failure_for, matched_paths, name_parts, note_key, redacted_path, DecryptFailure,
+    DecryptSelection, FieldError, FieldRule, OnDecryptFailure, Opener, RuleStates, Step,
+    TransformReport, UNKNOWN_LEN,
 };
+use crate::shape::{carries_data, LookAlikeMode, LookAlikes, RequestShape};
 
 /// The deepest nesting serde_json parses (its recursion limit): the tree
 /// path never accepted deeper documents.
@@ -46,10 +53,35 @@ pub enum StreamError {
     Seal,
     #[error("a field could not be decrypted")]
     Decrypt(DecryptFailure),
+    /// A value no rule selects stands where a backend could bind the
+    /// rule's field. `location` shows only the rule's own member names.
+    #[error("a look-alike of the protected field {rule} at {location}")]
+    LookAlike { rule: String, location: String },
+    #[error("the body does not match the route's schema")]
+    Schema,
+    #[error("the body repeats a member name, which the route's schema cannot judge")]
+    DuplicateMember,
+    /// The value would seal into more than `crypto::MAX_ENVELOPE_LEN`.
+    #[error("a field is too large to seal")]
+    FieldTooLarge,
+    /// The value nests deeper than `crypto::MAX_SEAL_DEPTH`.
+    #[error("a field nests too deeply to seal")]
+    FieldTooDeep,
+}
+
+impl From<SealError> for StreamError {
+    fn from(e: SealError) -> StreamError {
+        match e {
+            SealError::TooLarge => StreamError::FieldTooLarge,
+            SealError::TooDeep => StreamError::FieldTooDeep,
+            SealError::Serialize | SealError::Rng | SealError::UnknownKey => StreamError::Seal,
+        }
+    }
 }
 
 /// `fields::encrypt_document_with` on the document in `input`: returns the
 /// transformed bytes. `max_depth` as `fields::exceeds_depth` counts it.
+/// No look-alike check: this is the tree transform's semantics, streamed.
 pub fn encrypt_json(
     input: &[u8],
     rules: &[FieldRule],
@@ -58,17 +90,132 @@ pub fn encrypt_json(
     named_contexts: &[String],
     max_depth: usize,
 ) -> Result<(Vec<u8>, TransformReport), StreamError> {
+    encrypt_with(
+        input,
+        rules,
+        &NO_LOOK_ALIKES,
+        ring,
+        now,
+        named_contexts,
+        max_depth,
+    )
+    .map(|(o, r, _)| (o, r))
+}
+
+/// The request transform of an encrypting route: `encrypt_json` with the
+/// route's look-alike check, after its schema (if any) accepted the body.
+/// Nothing of a refused body may be forwarded.
+pub fn encrypt_request(
+    input: &[u8],
+    rules: &[FieldRule],
+    shape: &RequestShape,
+    ring: &Keyring,
+    now: u64,
+    named_contexts: &[String],
+    max_depth: usize,
+) -> Result<(Vec<u8>, TransformReport), StreamError> {
+    let Some(schema) = &shape.schema else {
+        return encrypt_with(
+            input,
+            rules,
+            &shape.look_alikes,
+            ring,
+            now,
+            named_contexts,
+            max_depth,
+        )
+        .map(|(o, r, _)| (o, r));
+    };
+    // Only routes with a schema build a tree. Errors come in the order of
+    // the plain transform: invalid JSON, too deep, then the rest.
+    let doc: Value = serde_json::from_slice(input).map_err(|_| StreamError::InvalidJson)?;
+    if crate::fields::exceeds_depth(&doc, max_depth.min(SERDE_MAX_DEPTH)) {
+        return Err(StreamError::TooDeep {
+            limit: max_depth.min(SERDE_MAX_DEPTH),
+        });
+    }
+    if !schema.is_valid(&doc) {
+        return Err(StreamError::Schema);
+    }
+    let (out, report, members) = encrypt_with(
+        input,
+        rules,
+        &shape.look_alikes,
+        ring,
+        now,
+        named_contexts,
+        max_depth,
+    )?;
+    // The tree keeps one of each repeated member, the stream saw them all:
+    // the schema judged one value where a backend may read another.
+    if members != member_count(&doc) {
+        return Err(StreamError::DuplicateMember);
+    }
+    Ok((out, report))
+}
+
+/// `encrypt_request` without a schema on a parsed document (the offline
+/// `encrypt`): the same engine and look-alike policy as the proxy.
+pub fn encrypt_value(
+    doc: &mut Value,
+    rules: &[FieldRule],
+    look_alikes: &LookAlikes,
+    ring: &Keyring,
+    now: u64,
+    named_contexts: &[String],
+) -> Result<TransformReport, StreamError> {
+    let input = serde_json::to_vec(&*doc).map_err(|_| StreamError::InvalidJson)?;
+    let (out, report, _) = encrypt_with(
+        &input,
+        rules,
+        look_alikes,
+        ring,
+        now,
+        named_contexts,
+        SERDE_MAX_DEPTH,
+    )?;
+    *doc = serde_json::from_slice(&out).map_err(|_| StreamError::InvalidJson)?;
+    Ok(report)
+}
+
+/// Also returns the number of object members in the input.
+fn encrypt_with(
+    input: &[u8],
+    rules: &[FieldRule],
+    look_alikes: &LookAlikes,
+    ring: &Keyring,
+    now: u64,
+    named_contexts: &[String],
+    max_depth: usize,
+) -> Result<(Vec<u8>, TransformReport, usize), StreamError> {
     let src = std::str::from_utf8(input).map_err(|_| StreamError::InvalidJson)?;
     let mut w = Walker::new(src, rules, ring, now, max_depth, rules.len());
     w.mode = Mode::Encrypt {
         named: named_contexts,
     };
+    w.look = look_alikes;
     let mut report = w.run(input)?;
     if report.encrypted > 0 {
         report.key_ids.push(ring.active_id().to_owned());
     }
     report.paths = matched_paths(rules, &w.hit);
-    Ok((w.out, report))
+    Ok((w.out, report, w.members))
+}
+
+fn member_count(v: &Value) -> usize {
+    let mut n = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(o) => {
+                n += o.len();
+                stack.extend(o.values());
+            }
+            _ => {}
+        }
+    }
+    n
 }
 
 /// `fields::decrypt_document` on the document in `input`: returns the
@@ -145,7 +292,14 @@ struct Walker<'a, 'r> {
     /// counting an enclosing array (so each array is counted once).
     counts: HashMap<usize, usize>,
     recording: bool,
+    /// The route's look-alike automaton (off unless encrypting a request).
+    look: &'r LookAlikes,
+    /// Object members seen (each once).
+    members: usize,
 }
+
+/// The automaton of walks that check no look-alikes.
+static NO_LOOK_ALIKES: LookAlikes = LookAlikes::OFF;
 
 impl<'a, 'r> Walker<'a, 'r> {
     fn new(
@@ -174,6 +328,8 @@ impl<'a, 'r> Walker<'a, 'r> {
             failed: None,
             counts: HashMap::new(),
             recording: false,
+            look: &NO_LOOK_ALIKES,
+            members: 0,
         }
     }
 
@@ -204,7 +360,8 @@ impl<'a, 'r> Walker<'a, 'r> {
 
     fn document(&mut self) -> Result<(), StreamError> {
         self.ws();
-        self.value(0, 0, true)?;
+        let la = self.look.start();
+        self.value(0, 0, true, la)?;
         self.ws();
         if self.pos != self.b.len() {
             return Err(StreamError::InvalidJson);
@@ -369,8 +526,9 @@ impl<'a, 'r> Walker<'a, 'r> {
     // -- walking -----------------------------------------------------------
 
     /// The value at `pos`, inside `depth` containers, with rule states
-    /// `lo..` (the stack's end). With `track` false it is only validated.
-    fn value(&mut self, depth: usize, lo: usize, track: bool) -> Result<(), StreamError> {
+    /// `lo..` (the stack's end) and look-alike state `la`. With `track`
+    /// false it is only validated.
+    fn value(&mut self, depth: usize, lo: usize, track: bool, la: u32) -> Result<(), StreamError> {
         let hi = self.rs.len();
         let track = track && (hi > lo || self.checks_strings());
         let start = self.pos;
@@ -380,8 +538,8 @@ impl<'a, 'r> Walker<'a, 'r> {
                     *h = true;
                 }
                 if self.encrypting() {
-                    self.value(depth, hi, false)?;
-                    return self.seal_selected(r, start);
+                    self.value(depth, hi, false, la)?;
+                    return self.seal_selected(r, start, false);
                 }
                 if self.peek() == Some(b'"') {
                     let (from, to, escaped) = self.string()?;
@@ -389,9 +547,27 @@ impl<'a, 'r> Walker<'a, 'r> {
                 }
             }
         }
+        if track {
+            if let Some(r) = self.look.accepting(la) {
+                // A look-alike (only request walks have an automaton). A
+                // container is walked on while a rule may still select
+                // inside it; its members are look-alikes too.
+                let container = matches!(self.peek(), Some(b'{' | b'['));
+                match self.look.mode() {
+                    LookAlikeMode::Seal if !container || hi == lo => {
+                        self.value(depth, hi, false, la)?;
+                        return self.seal_selected(r, start, true);
+                    }
+                    LookAlikeMode::Refuse if !container => {
+                        return self.refuse_look_alike(r, lo, hi, start, depth);
+                    }
+                    _ => {}
+                }
+            }
+        }
         match self.peek() {
-            Some(b'{') => self.object(depth + 1, lo, hi, track),
-            Some(b'[') => self.array(depth + 1, lo, hi, track),
+            Some(b'{') => self.object(depth + 1, lo, hi, track, la),
+            Some(b'[') => self.array(depth + 1, lo, hi, track, la),
             Some(b'"') => {
                 let (from, to, escaped) = self.string()?;
                 if track && self.checks_strings() {
@@ -430,6 +606,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         lo: usize,
         hi: usize,
         track: bool,
+        la: u32,
     ) -> Result<(), StreamError> {
         if depth > self.max_depth {
             return Err(StreamError::TooDeep {
@@ -453,6 +630,9 @@ impl<'a, 'r> Walker<'a, 'r> {
             }
             self.pos += 1;
             self.ws();
+            if !self.recording {
+                self.members += 1;
+            }
             if track {
                 let key = self.text(from, to, escaped)?;
                 let start = if hi > lo {
@@ -460,12 +640,13 @@ impl<'a, 'r> Walker<'a, 'r> {
                 } else {
                     hi
                 };
+                let la = self.look.step(la, &key);
                 self.path.push(Frame::Key(key));
-                self.value(depth, start, true)?;
+                self.value(depth, start, true, la)?;
                 self.path.pop();
                 self.rs.truncate(start);
             } else {
-                self.value(depth, hi, false)?;
+                self.value(depth, hi, false, la)?;
             }
             if !self.next_item(b'}')? {
                 return Ok(());
@@ -479,6 +660,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         lo: usize,
         hi: usize,
         track: bool,
+        la: u32,
     ) -> Result<(), StreamError> {
         if depth > self.max_depth {
             return Err(StreamError::TooDeep {
@@ -509,11 +691,11 @@ impl<'a, 'r> Walker<'a, 'r> {
                     hi
                 };
                 self.path.push(Frame::Index(j));
-                self.value(depth, start, true)?;
+                self.value(depth, start, true, la)?;
                 self.path.pop();
                 self.rs.truncate(start);
             } else {
-                self.value(depth, hi, false)?;
+                self.value(depth, hi, false, la)?;
             }
             j += 1;
             if !self.next_item(b']')? {
@@ -534,7 +716,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
         let was = self.recording;
         self.recording = true;
-        let res = self.array(depth, hi, hi, false);
+        let res = self.array(depth, hi, hi, false, 0);
         self.recording = was;
         self.pos = open;
         res?;
@@ -572,8 +754,15 @@ impl<'a, 'r> Walker<'a, 'r> {
         Ok(())
     }
 
-    /// Encrypt: the value `src[start..pos]` was selected by rule `r`.
-    fn seal_selected(&mut self, r: usize, start: usize) -> Result<(), StreamError> {
+    /// Encrypt: the value `src[start..pos]` was selected by rule `r`, or
+    /// (`look_alike`) is a look-alike of rule `r` on a route that seals
+    /// those. A look-alike holding no data (`null`, empty containers) stays.
+    fn seal_selected(
+        &mut self,
+        r: usize,
+        start: usize,
+        look_alike: bool,
+    ) -> Result<(), StreamError> {
         if self.failed.is_some() {
             return Ok(());
         }
@@ -590,7 +779,14 @@ impl<'a, 'r> Walker<'a, 'r> {
         } else {
             serde_json::from_str(raw).map_err(|_| StreamError::InvalidJson)?
         };
-        let context = self.rule_context(Some(r));
+        if look_alike && !carries_data(&value) {
+            return Ok(());
+        }
+        let context = if look_alike {
+            self.look_alike_context(r)
+        } else {
+            self.rule_context(Some(r))
+        };
         if let Value::String(s) = &value {
             if looks_like_envelope(s) && self.ring.open_at(s, &context, None, self.now).is_ok() {
                 return Ok(());
@@ -600,8 +796,71 @@ impl<'a, 'r> Walker<'a, 'r> {
             Ok(sealed) => {
                 self.replace(start, &sealed)?;
                 self.report.encrypted += 1;
+                if let Some(h) = self.hit.get_mut(r) {
+                    *h = true;
+                }
             }
-            Err(_) => self.failed = Some(StreamError::Seal),
+            Err(e) => self.failed = Some(e.into()),
+        }
+        Ok(())
+    }
+
+    /// A look-alike is sealed with its rule's context, else with the last
+    /// part of the nearest member name (`number` for `"card.number"`): the
+    /// name the backend stores it under and answers it at, where the
+    /// route's decrypt rule opens it.
+    fn look_alike_context(&self, r: usize) -> Cow<'a, str> {
+        if let Some(c) = self.rules.get(r).and_then(|r| r.context.as_deref()) {
+            return Cow::Owned(c.to_owned());
+        }
+        for f in self.path.iter().rev() {
+            if let Frame::Key(k) = f {
+                return match name_parts(k).last() {
+                    Some(p) if p.len() < k.len() => Cow::Owned(p.to_owned()),
+                    _ => k.clone(),
+                };
+            }
+        }
+        Cow::Borrowed("$")
+    }
+
+    /// Refuse mode: the scalar at `pos` is a look-alike of rule `r`. Data
+    /// fails the request once the whole input is known to be JSON; `null`
+    /// carries none, and a string with the reserved prefix is never
+    /// forwarded as it is anyway (the guard keeps or seals it).
+    fn refuse_look_alike(
+        &mut self,
+        r: usize,
+        lo: usize,
+        hi: usize,
+        start: usize,
+        depth: usize,
+    ) -> Result<(), StreamError> {
+        match self.peek() {
+            Some(b'n') => return self.literal(b"null"),
+            Some(b'"') => {
+                let (from, to, escaped) = self.string()?;
+                let raw = self.b.get(from..to).unwrap_or(&[]);
+                let reserved = if escaped {
+                    looks_like_envelope(&self.text(from, to, escaped)?)
+                } else {
+                    raw.starts_with(crate::crypto::PREFIX.as_bytes())
+                };
+                if reserved {
+                    return self.check_string(lo, hi, start, from, to, escaped);
+                }
+            }
+            _ => self.value(depth, hi, false, 0)?,
+        }
+        if self.failed.is_none() {
+            let names = self.rules.get(r).map_or(&[][..], |r| r.path.names());
+            self.failed = Some(StreamError::LookAlike {
+                rule: self
+                    .rules
+                    .get(r)
+                    .map_or_else(String::new, |r| r.path.as_str().to_owned()),
+                location: redacted_path(&steps(&self.path), names),
+            });
         }
         Ok(())
     }
@@ -650,7 +909,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 self.replace(start, &sealed)?;
                 self.report.encrypted += 1;
             }
-            Err(_) => self.failed = Some(StreamError::Seal),
+            Err(e) => self.failed = Some(e.into()),
         }
         Ok(())
     }
@@ -715,7 +974,10 @@ impl<'a, 'r> Walker<'a, 'r> {
                 self.replace(start, &value)?;
             }
             Err(e) => {
-                let failure = failure_for(&steps(&self.path), &s, e);
+                let names = rule
+                    .and_then(|r| self.rules.get(r))
+                    .map_or(&[][..], |r| r.path.names());
+                let failure = failure_for(&steps(&self.path), &s, e, names);
                 match opener.on_failure {
                     OnDecryptFailure::Error => {
                         self.failed = Some(StreamError::Decrypt(failure));

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod shape;
 pub mod state;
 pub mod tls;
 pub mod upstream;

@@ -575,14 +575,27 @@ fn transform_one(
     stats: &mut Stats,
 ) -> Result<(), Failure> {
     let now = unix_now();
+    let field_error = |e: fields::FieldError| match e {
+        fields::FieldError::Decrypt(f) => format!(
+            "field {} (key {}) could not be decrypted: {}",
+            f.location,
+            f.key_id.as_deref().unwrap_or("?"),
+            f.reason
+        ),
+        other => other.to_string(),
+    };
     let report = match mode {
-        Mode::Encrypt(route) => fields::encrypt_document_with(
+        // The proxy's engine and look-alike policy (a route's request
+        // schema is about requests, not stored records).
+        Mode::Encrypt(route) => crate::jsonstream::encrypt_value(
             &mut doc.value,
             &route.encrypt,
+            &route.request_shape.look_alikes,
             ring,
             now,
             &route.named_contexts,
-        ),
+        )
+        .map_err(|e| e.to_string()),
         Mode::Decrypt(route) => match &route.decrypt {
             Some(sel) => fields::decrypt_document(
                 &mut doc.value,
@@ -591,26 +604,21 @@ fn transform_one(
                 route.on_decrypt_failure,
                 route.max_age,
                 now,
-            ),
+            )
+            .map_err(field_error),
             // Checked before the first document.
             None => Ok(fields::TransformReport::default()),
         },
-        Mode::Rewrap(rules) => fields::rewrap_document(&mut doc.value, *rules, ring, now),
+        Mode::Rewrap(rules) => {
+            fields::rewrap_document(&mut doc.value, *rules, ring, now).map_err(field_error)
+        }
     }
-    .map_err(|e| Failure {
+    .map_err(|error| Failure {
         document: doc.number,
         line: doc.first_line,
         last_line: doc.last_line,
         kind: "transform",
-        error: match e {
-            fields::FieldError::Decrypt(f) => format!(
-                "field {} (key {}) could not be decrypted: {}",
-                f.location,
-                f.key_id.as_deref().unwrap_or("?"),
-                f.reason
-            ),
-            other => other.to_string(),
-        },
+        error,
     })?;
     match mode {
         Mode::Encrypt(_) => stats.sealed += report.encrypted as u64,

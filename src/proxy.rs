@@ -816,10 +816,12 @@ pub fn encrypt_body(
     max_depth: usize,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
     // One streaming pass over the bytes (see `jsonstream`): strict JSON
-    // validation, depth limit, sealing; unselected bytes copied verbatim.
-    crate::jsonstream::encrypt_json(
+    // validation, depth limit, the route's schema and look-alike check,
+    // sealing; unselected bytes copied verbatim.
+    crate::jsonstream::encrypt_request(
         raw,
         &route.encrypt,
+        &route.request_shape,
         ring,
         unix_now(),
         &route.named_contexts,
@@ -828,6 +830,18 @@ pub fn encrypt_body(
     .map_err(|e| match e {
         StreamError::InvalidJson => ProxyError::InvalidJson,
         StreamError::TooDeep { limit } => ProxyError::TooDeep { limit },
+        StreamError::LookAlike { .. } => {
+            // The rule and a location showing only its own names: no
+            // client content.
+            tracing::debug!(route = %route.name, error = %e, "request refused");
+            ProxyError::LookAlike
+        }
+        StreamError::Schema => ProxyError::Schema("it does not match"),
+        StreamError::DuplicateMember => ProxyError::Schema("it repeats a member name"),
+        StreamError::FieldTooLarge => ProxyError::FieldTooLarge,
+        StreamError::FieldTooDeep => ProxyError::TooDeep {
+            limit: crate::crypto::MAX_SEAL_DEPTH,
+        },
         StreamError::Seal | StreamError::Decrypt(_) => {
             tracing::error!(route = %route.name, error = %e, "field encryption failed");
             ProxyError::Internal("field encryption failed")

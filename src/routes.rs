@@ -49,6 +49,8 @@ pub struct Route {
     pub decrypt: Option<DecryptSelection>,
     pub on_decrypt_failure: OnDecryptFailure,
     pub max_age: Option<Duration>,
+    /// Look-alike check and schema of the request body (`shape`).
+    pub request_shape: crate::shape::RequestShape,
 }
 
 impl Route {
@@ -357,6 +359,7 @@ mod tests {
             decrypt: None,
             on_decrypt_failure: OnDecryptFailure::Error,
             max_age: None,
+            request_shape: Default::default(),
         }
     }
 

@@ -384,6 +384,6 @@ fn deep_values_seal_only_if_they_can_be_opened() {
     assert_eq!(r.open_at(&sealed, "c", None, NOW).expect("open").value, ok);
     assert!(matches!(
         r.seal_at(&nest(121), "c", NOW),
-        Err(fieldseal::crypto::SealError::Serialize)
+        Err(fieldseal::crypto::SealError::TooDeep)
     ));
 }

@@ -168,6 +168,11 @@ fn last_forwarded(b: &ScriptedBackend) -> (Recorded, Value) {
 /// (`$.card.number` is also matched by `$..card.number`).
 const USER_RULES: &str = r#"["$.ssn", "$.card.number", "$.contacts[*].phone", "$..card.number", "$.items[0].x", "$['dob','email']", "$.history[1:3].v"]"#;
 
+/// `USER_RULES` as encrypt rules. The route takes the other elements' `x`
+/// and `v` in plaintext, and the look-alike check drops array steps (to it
+/// `items[1].x` is `items`,`x` like `items[0].x`), so those two rules opt out.
+const USER_ENCRYPT: &str = r#"["$.ssn", "$.card.number", "$.contacts[*].phone", "$..card.number", { path: "$.items[0].x", look_alikes: allow }, "$['dob','email']", { path: "$.history[1:3].v", look_alikes: allow }]"#;
+
 /// The read-back route of another resource: default contexts follow the
 /// member names, so `$.items[*].ssn` opens what was posted at `$.ssn`.
 const LIST_RULES: &str = r#"["$.items[*].ssn", "$.items[*]..number", "$.items[*].contacts[*].phone", "$.items[*].items[0].x", "$.items[*]['dob','email']", "$.items[*].history[*].v"]"#;
@@ -256,7 +261,7 @@ routes:
   - name: users
     match: {{ path_prefix: /api/users }}
     upstream: legacy
-    encrypt: {USER_RULES}
+    encrypt: {USER_ENCRYPT}
     decrypt: {USER_RULES}
   - name: list
     match: {{ path_prefix: /api/list }}
@@ -265,7 +270,7 @@ routes:
   - name: auto
     match: {{ path_prefix: /api/auto }}
     upstream: legacy
-    encrypt: {USER_RULES}
+    encrypt: {USER_ENCRYPT}
     decrypt: auto
 "#,
             url = backend.url(),

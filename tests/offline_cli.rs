@@ -786,3 +786,54 @@ fn check_names_route_and_path_of_a_bad_field_rule() {
     let out = check(dir.path(), "\"$.card.number\"");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// The backfill follows the route's look-alike setting, as the proxy does:
+/// a look-alike of a protected field never comes out in plaintext.
+#[test]
+fn encrypt_refuses_or_seals_look_alikes_like_the_proxy() {
+    let s = Setup::new("k1");
+    std::fs::write(
+        &s.config,
+        config_text(
+            "k1",
+            r#"  - name: refuse
+    match: { path_prefix: /a }
+    upstream: legacy
+    encrypt: ["$.ssn", "$.card.number"]
+  - name: seal
+    match: { path_prefix: /b }
+    upstream: legacy
+    look_alikes: seal
+    encrypt: ["$.ssn", "$.card.number"]
+"#,
+        ),
+    )
+    .expect("config");
+    for doc in [
+        r#"{"user": {"ssn": "078-05-1120"}}"#,
+        r#"[{"SSN": "078-05-1120"}]"#,
+        r#"{"card.number": "078-05-1120"}"#,
+        r#"{"card": [{"number": "078-05-1120"}]}"#,
+        r#"{"by_id": {"078-05-1120": {"card": {"number": "4111-SECRET"}}}}"#,
+    ] {
+        let out = s.run(&["encrypt", "--route", "refuse"], doc);
+        assert!(!out.status.success(), "{doc}: {}", stdout(&out));
+        assert_eq!(stdout(&out), "", "{doc}: nothing written");
+        let err = stderr(&out);
+        assert!(err.contains("look-alike of the protected field"), "{err}");
+        assert!(
+            !err.contains("078-05-1120"),
+            "the error shows no data: {err}"
+        );
+
+        let out = s.run(&["encrypt", "--route", "seal"], doc);
+        assert!(out.status.success(), "{doc}: {}", stderr(&out));
+        let value = if doc.contains("4111-SECRET") {
+            "4111-SECRET"
+        } else {
+            "078-05-1120\""
+        };
+        assert!(!stdout(&out).contains(value), "{}", stdout(&out));
+        assert!(stdout(&out).contains("fs1:k1:"), "{}", stdout(&out));
+    }
+}

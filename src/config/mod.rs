@@ -6,6 +6,7 @@ mod locate;
 pub mod preflight;
 pub mod raw;
 mod shadowing;
+mod shape;
 mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -695,6 +696,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     let default_headers = compile_headers("headers", &raw.headers, None)?;
 
     let mut routes = Vec::new();
+    let mut rule_warnings = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}] ({})", r.name);
@@ -774,6 +776,23 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             .enumerate()
             .map(|(j, f)| field_rule(&format!("{key}.encrypt[{j}]"), f))
             .collect::<Result<Vec<_>, _>>()?;
+        let checked = r
+            .encrypt
+            .iter()
+            .enumerate()
+            .map(|(j, f)| shape::rule_checked(&format!("{key}.encrypt[{j}]"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (request_shape, warnings) = shape::compile_route(&key, r, &encrypt, &checked, base)?;
+        rule_warnings.extend(warnings);
+        shape::check_sealable(
+            &key,
+            r,
+            &encrypt,
+            &request_shape,
+            max_body,
+            &limits,
+            keys.as_ref(),
+        )?;
         let decrypt = match &r.decrypt {
             None => None,
             Some(raw::RawDecrypt::Keyword(k)) if k == "auto" => Some(DecryptSelection::Auto),
@@ -788,7 +807,11 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
                 rules
                     .iter()
                     .enumerate()
-                    .map(|(j, f)| field_rule(&format!("{key}.decrypt[{j}]"), f))
+                    .map(|(j, f)| {
+                        let key = format!("{key}.decrypt[{j}]");
+                        shape::no_look_alikes(&key, f)?;
+                        field_rule(&key, f)
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
             )),
         };
@@ -831,6 +854,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             decrypt,
             on_decrypt_failure,
             max_age: (!max_age.is_zero()).then_some(max_age),
+            request_shape,
         });
     }
     if routes.is_empty() {
@@ -844,6 +868,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     let mut warnings = route_warnings(&routes);
     warnings.extend(shadowing::check(&routes, &raw.routes, &upstreams)?);
     warnings.extend(host_fallthrough_warnings(&routes));
+    warnings.extend(rule_warnings);
     let admin_written =
         matches!(&raw.admin, Some(raw::RawAdmin::Settings(a)) if a.address.is_some());
     check_listeners(listen, redirect_http, admin, admin_written, &upstreams)?;

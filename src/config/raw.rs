@@ -415,6 +415,27 @@ pub struct RawRoute {
     /// a warning.
     #[serde(default)]
     pub shadows_ok: Vec<String>,
+    /// Values no encrypt rule selects but whose member-name path ends with
+    /// a rule's names (other shapes and spellings backends bind to the
+    /// field, e.g. `{"user": {"ssn": …}}`, `{"card.number": …}`): `refuse`
+    /// (400, default) or `seal`.
+    #[serde(default)]
+    pub look_alikes: Option<String>,
+    /// A JSON Schema request bodies must satisfy (400 otherwise): a JSON
+    /// file, or the schema inline. Needs encrypt rules on the route.
+    #[serde(default)]
+    pub request_schema: Option<RawSchema>,
+}
+
+/// A JSON Schema: the path of a JSON file (relative to this config), or
+/// the schema itself written in YAML.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawSchema {
+    /// Path of a JSON Schema file.
+    File(String),
+    /// The schema inline.
+    Inline(#[schemars(with = "serde_json::Map<String, serde_json::Value>")] serde_yaml_ng::Value),
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -453,6 +474,10 @@ pub struct RawFieldRuleDetailed {
     /// A named context the value is bound to (decrypt rules must name it too).
     #[serde(default)]
     pub context: Option<String>,
+    /// Encrypt rules only: `allow` lets this field's look-alikes pass (see
+    /// the route's `look_alikes`).
+    #[serde(default)]
+    pub look_alikes: Option<String>,
 }
 
 /// `auto`, or a list of rules.

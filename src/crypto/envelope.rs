@@ -29,6 +29,22 @@ pub const MAX_KEY_ID_LEN: usize = 64;
 /// before any decoding so oversized input costs nothing.
 pub const MAX_ENVELOPE_LEN: usize = 4 * 1024 * 1024;
 
+/// Longest plaintext (a string's bytes, or another value's JSON text) that
+/// seals into at most `MAX_ENVELOPE_LEN` bytes under a key id of
+/// `key_id_len` bytes.
+pub fn max_plaintext_len(key_id_len: usize) -> usize {
+    let room = MAX_ENVELOPE_LEN.saturating_sub(PREFIX.len() + key_id_len + 1);
+    // 4 base64 characters carry 3 bytes; a partial group of 2 or 3
+    // characters carries 1 or 2.
+    let payload = room / 4 * 3
+        + match room % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        };
+    payload.saturating_sub(HEADER_LEN + TAG_LEN)
+}
+
 /// JSON type of the sealed value, stored in the clear (and authenticated) so
 /// the plaintext of a string needs no JSON quoting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +217,16 @@ pub(crate) fn encode(key_id: &str, payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_plaintext_is_the_bound() {
+        for id in [1usize, 2, 7, 64] {
+            let n = max_plaintext_len(id);
+            let len = |n: usize| PREFIX.len() + id + 1 + encoded_len(HEADER_LEN + n + TAG_LEN);
+            assert!(len(n) <= MAX_ENVELOPE_LEN, "{id}");
+            assert!(len(n + 1) > MAX_ENVELOPE_LEN, "{id}");
+        }
+    }
 
     #[test]
     fn encoded_len_matches_engine() {

@@ -19,7 +19,7 @@ const FINGERPRINT_LABEL: &[u8] = b"fieldseal key fingerprint v1";
 
 /// Deepest object/array nesting `seal` accepts, so that `open` (serde_json's
 /// parser stops at 128 levels) can always read back what was sealed.
-const MAX_SEAL_DEPTH: usize = 120;
+pub const MAX_SEAL_DEPTH: usize = 120;
 
 struct KeyEntry {
     id: String,
@@ -302,7 +302,7 @@ fn seal_with(
         Value::Object(_) | Value::Array(_)
             if crate::fields::exceeds_depth(value, MAX_SEAL_DEPTH) =>
         {
-            return Err(SealError::Serialize)
+            return Err(SealError::TooDeep)
         }
         other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,
     }

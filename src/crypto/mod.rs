@@ -15,8 +15,10 @@ mod envelope;
 mod keyring;
 mod keys;
 
-pub use envelope::{is_valid_key_id, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX};
-pub use keyring::Keyring;
+pub use envelope::{
+    is_valid_key_id, max_plaintext_len, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX,
+};
+pub use keyring::{Keyring, MAX_SEAL_DEPTH};
 pub(crate) use keys::looser_than_0600;
 pub use keys::{check_source, write_key_file, MIN_SALT_LEN};
 
@@ -150,6 +152,9 @@ pub enum SealError {
     /// The envelope would be longer than `MAX_ENVELOPE_LEN`, so `open` would refuse it.
     #[error("value too large to seal")]
     TooLarge,
+    /// The value nests deeper than `MAX_SEAL_DEPTH`, so `open` could not read it back.
+    #[error("value nests too deeply to seal")]
+    TooDeep,
     /// `seal_with_nonce` was given a key id that is not in the ring.
     #[error("unknown key id")]
     UnknownKey,

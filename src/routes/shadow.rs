@@ -263,6 +263,7 @@ mod tests {
             decrypt: None,
             on_decrypt_failure: OnDecryptFailure::Error,
             max_age: None,
+            request_shape: Default::default(),
         }
     }
 

@@ -331,15 +331,13 @@ impl LookAlikes {
         }
         // Most member names are one ASCII part: one pass hashes it and
         // finds out whether it needs splitting or folding.
-        let b = key.as_bytes();
-        let (mut h, mut slow, mut digits) = (0u32, false, true);
-        for &c in b {
-            slow |= !c.is_ascii() || matches!(c, b'.' | b'[' | b']' | 0);
-            digits &= c.is_ascii_digit();
+        let (mut h, mut class) = (0u32, DIGIT);
+        for &c in key.as_bytes() {
+            class &= CLASS[c as usize];
             h = ascii_hash_step(h, c);
         }
-        if !slow {
-            if digits {
+        if class & PLAIN != 0 {
+            if class & ALL_DIGITS != 0 {
                 // An array index (or an empty name): no name.
                 return state;
             }
@@ -395,6 +393,27 @@ impl LookAlikes {
         keys.into_iter().fold(self.start, |s, k| self.step(s, k))
     }
 }
+
+/// `CLASS[b] & PLAIN`: byte `b` needs no splitting or folding;
+/// `& ALL_DIGITS`: it is an ASCII digit. ANDed over a name's bytes.
+const PLAIN: u8 = 1;
+const ALL_DIGITS: u8 = 2;
+const DIGIT: u8 = ALL_DIGITS | PLAIN;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 1;
+    while b < 128 {
+        t[b] = if b >= b'0' as usize && b <= b'9' as usize {
+            DIGIT
+        } else if b == b'.' as usize || b == b'[' as usize || b == b']' as usize {
+            0
+        } else {
+            PLAIN
+        };
+        b += 1;
+    }
+    t
+};
 
 /// Hash of an ASCII name, the same for every letter case.
 fn ascii_hash(b: &[u8]) -> u32 {
@@ -511,6 +530,11 @@ mod tests {
         assert_eq!(hit(&l, &["ſſn"]), Some(0));
         assert_eq!(hit(&l, &["SSN"]), Some(0));
         assert_eq!(hit(&l, &["ssns"]), None);
+        assert_eq!(hit(&l, &["card", "0", "number"]), Some(1), "an index key");
+        assert_eq!(hit(&l, &["card", "", "NUMBER"]), Some(1), "an empty key");
+        assert_eq!(hit(&l, &["card", "x0", "number"]), None);
+        assert_eq!(hit(&l, &["Card", "n\u{fc}mber"]), None);
+        assert_eq!(hit(&l, &["CARD", "\u{2c}number"]), None);
         assert_eq!(hit(&l, &[]), None);
     }
 

@@ -665,7 +665,7 @@ fn limits_that_allow_an_unsealable_field_are_refused_at_load() {
         Config::from_yaml(&yaml, Path::new("/x/f.yaml")).unwrap_or_else(|e| panic!("{yaml}: {e}"));
     }
     // Routes that encrypt nothing may take larger bodies.
-    let yaml = format!("{base}limits: {{ max_body: 64MiB, max_json_depth: 128 }}\nroutes:\n  - name: files\n    match: {{ path_prefix: /f }}\n    upstream: b\n");
+    let yaml = format!("{base}limits: {{ max_body: 8MiB, max_json_depth: 128 }}\nroutes:\n  - name: files\n    match: {{ path_prefix: /f }}\n    upstream: b\n");
     Config::from_yaml(&yaml, Path::new("/x/f.yaml")).expect("no encrypt rules");
 }
 

@@ -272,11 +272,12 @@ h2_bench() { # outfile of h2_run: append a BENCH line in wrk-post.lua's format
         my $us = $t =~ /^finished in [\d.]+ms/m ? $secs * 1000 : $secs * 1e6;
         my ($done, $ok, $failed, $errored, $timeout) =
             $t =~ /^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/m or die "no counts";
-        my ($s2) = $t =~ /^status codes: (\d+) 2xx/m;
+        # non-2xx answers (h2load counts a status as soon as the headers are in)
+        my ($s3, $s4, $s5) = $t =~ /^status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/m or die "no status codes";
         open my $s, "<", $sorted or die; my @v = map { $_ + 0 } <$s>;
         my $pct = sub { my $r = @v * $_[0] / 100; my $i = int($r); $i++ if $i < $r; $i = 1 if $i < 1; @v ? $v[$i - 1] : 0 };
         printf "BENCH requests=%d duration_us=%d bytes=0 err_connect=0 err_read=%d err_write=0 err_timeout=%d err_status=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d mean_us=0\n",
-            $done, $us, $failed + $errored, $timeout, $done - $s2, $pct->(50), $pct->(90), $pct->(99), @v ? $v[-1] : 0;
+            $done, $us, $failed + $errored, $timeout, $s3 + $s4 + $s5, $pct->(50), $pct->(90), $pct->(99), @v ? $v[-1] : 0;
     ' "$f" "$f.sorted" >>"$f"
     rm -f "$f.sorted"
 }

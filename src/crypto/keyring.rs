@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::envelope::{self, TypeTag, HEADER_LEN, NONCE_LEN, TAG_LEN};
 use super::keys::{self, Master, FIELD_KEY_INFO, SUBKEY_INFO_PREFIX};
-use super::{DecryptError, KeyError, KeyringSpec, Opened, SealError};
+use super::{DecryptError, KeyError, KeyIdProblem, KeyringSpec, Opened, SealError};
 
 /// `derive_subkey` purpose and HMAC message of `Keyring::fingerprint`.
 const FINGERPRINT_PURPOSE: &str = "key fingerprint";
@@ -27,6 +27,33 @@ struct KeyEntry {
     cipher: Aes256Gcm,
     /// Kept only for `derive_subkey`.
     master: Master,
+}
+
+/// The key a value is sealed under, chosen by the caller (today the ring's
+/// active key, `Keyring::sealing_key`). Sealing takes this value, not the
+/// ring, so the key can come from elsewhere (a tenant's or a subject's data
+/// key) without the transforms knowing.
+#[derive(Clone, Copy)]
+pub struct SealingKey<'r> {
+    entry: &'r KeyEntry,
+}
+
+impl<'r> SealingKey<'r> {
+    /// The key id written into the envelopes.
+    pub fn id(&self) -> &'r str {
+        &self.entry.id
+    }
+
+    /// Seals with a fresh random nonce, stamped `issued_at`.
+    pub fn seal_at(
+        &self,
+        value: &Value,
+        context: &str,
+        issued_at: u64,
+    ) -> Result<String, SealError> {
+        let nonce = fresh_nonce().ok_or(SealError::Rng)?;
+        seal_with(self.entry, value, context, issued_at, &nonce)
+    }
 }
 
 /// The keys of one configuration: one active key that seals, any number of
@@ -116,8 +143,14 @@ impl Keyring {
         context: &str,
         issued_at: u64,
     ) -> Result<String, SealError> {
-        let nonce = fresh_nonce().ok_or(SealError::Rng)?;
-        seal_with(self.active_entry(), value, context, issued_at, &nonce)
+        self.sealing_key().seal_at(value, context, issued_at)
+    }
+
+    /// The key new envelopes are sealed under: the active one.
+    pub fn sealing_key(&self) -> SealingKey<'_> {
+        SealingKey {
+            entry: self.active_entry(),
+        }
     }
 
     /// Deterministic sealing for known-answer test vectors ONLY: reusing a
@@ -213,25 +246,15 @@ impl Keyring {
 }
 
 fn check_ids<'a>(active: &str, ids: impl Iterator<Item = &'a str> + Clone) -> Result<(), KeyError> {
-    let mut seen: Vec<&str> = Vec::new();
-    for id in ids {
-        if !envelope::is_valid_key_id(id) {
-            return Err(KeyError::InvalidId { id: id.to_owned() });
-        }
-        if seen.contains(&id) {
-            return Err(KeyError::DuplicateId { id: id.to_owned() });
-        }
-        seen.push(id);
-    }
-    if seen.is_empty() {
-        return Err(KeyError::NoKeys);
-    }
-    if !seen.contains(&active) {
-        return Err(KeyError::ActiveMissing {
+    let id = |i: usize| ids.clone().nth(i).unwrap_or_default().to_owned();
+    super::check_key_ids(active, ids.clone()).map_err(|p| match p {
+        KeyIdProblem::Invalid(i) => KeyError::InvalidId { id: id(i) },
+        KeyIdProblem::Duplicate(i) => KeyError::DuplicateId { id: id(i) },
+        KeyIdProblem::NoKeys => KeyError::NoKeys,
+        KeyIdProblem::ActiveMissing => KeyError::ActiveMissing {
             id: active.to_owned(),
-        });
-    }
-    Ok(())
+        },
+    })
 }
 
 /// Two ids with the same material make a rotation meaningless; say so (ids
@@ -299,9 +322,7 @@ fn seal_with(
     buf.extend_from_slice(nonce);
     match value {
         Value::String(s) => buf.extend_from_slice(s.as_bytes()),
-        Value::Object(_) | Value::Array(_)
-            if crate::fields::exceeds_depth(value, MAX_SEAL_DEPTH) =>
-        {
+        Value::Object(_) | Value::Array(_) if super::exceeds_depth(value, MAX_SEAL_DEPTH) => {
             return Err(SealError::TooDeep)
         }
         other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,

@@ -18,7 +18,7 @@ mod keys;
 pub use envelope::{
     is_valid_key_id, max_plaintext_len, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX,
 };
-pub use keyring::{Keyring, MAX_SEAL_DEPTH};
+pub use keyring::{Keyring, SealingKey, MAX_SEAL_DEPTH};
 pub(crate) use keys::looser_than_0600;
 pub use keys::{check_source, write_key_file, MIN_SALT_LEN};
 
@@ -181,10 +181,123 @@ pub fn envelope_key_id(s: &str) -> Option<&str> {
     envelope::split(s).map(|(id, _)| id)
 }
 
+/// Why a ring's key ids are refused, with the index of the id at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyIdProblem {
+    /// Not 1 to 64 characters of A-Z a-z 0-9 - _ (what an envelope holds).
+    Invalid(usize),
+    /// The same id as an earlier entry.
+    Duplicate(usize),
+    NoKeys,
+    /// The active id is not among them.
+    ActiveMissing,
+}
+
+/// The rules for a ring's key ids, checked here for the config loader and
+/// the keyring alike: each id valid and listed once, at least one, and the
+/// active one among them.
+pub fn check_key_ids<'a>(
+    active: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), KeyIdProblem> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        if !is_valid_key_id(id) {
+            return Err(KeyIdProblem::Invalid(i));
+        }
+        if seen.contains(&id) {
+            return Err(KeyIdProblem::Duplicate(i));
+        }
+        seen.push(id);
+    }
+    if seen.is_empty() {
+        return Err(KeyIdProblem::NoKeys);
+    }
+    if !seen.contains(&active) {
+        return Err(KeyIdProblem::ActiveMissing);
+    }
+    Ok(())
+}
+
+/// True when `v` nests deeper than `limit` objects/arrays (a scalar has depth
+/// 0, `[]` depth 1). Iterative, with at most `limit + 1` stack entries.
+pub fn exceeds_depth(v: &Value, limit: usize) -> bool {
+    enum Children<'a> {
+        Array(std::slice::Iter<'a, Value>),
+        Object(serde_json::map::Values<'a>),
+    }
+    fn children(v: &Value) -> Option<Children<'_>> {
+        match v {
+            Value::Array(a) => Some(Children::Array(a.iter())),
+            Value::Object(o) => Some(Children::Object(o.values())),
+            _ => None,
+        }
+    }
+    let Some(first) = children(v) else {
+        return false;
+    };
+    if limit == 0 {
+        return true;
+    }
+    let mut stack = vec![first];
+    while let Some(top) = stack.last_mut() {
+        let next = match top {
+            Children::Array(it) => it.next(),
+            Children::Object(it) => it.next(),
+        };
+        match next {
+            None => {
+                stack.pop();
+            }
+            Some(child) => {
+                if let Some(c) = children(child) {
+                    if stack.len() >= limit {
+                        return true;
+                    }
+                    stack.push(c);
+                }
+            }
+        }
+    }
+    false
+}
+
 /// Seconds since the Unix epoch; 0 if the clock is before 1970.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth() {
+        let v: Value = serde_json::json!({"a": [1, {"b": []}]});
+        // object > array > object > array: depth 4
+        assert!(!exceeds_depth(&v, 4));
+        assert!(exceeds_depth(&v, 3));
+        assert!(!exceeds_depth(&serde_json::json!(1), 0));
+        assert!(exceeds_depth(&serde_json::json!([]), 0));
+        assert!(!exceeds_depth(&serde_json::json!([]), 1));
+    }
+
+    #[test]
+    fn key_id_rules() {
+        assert_eq!(check_key_ids("a", ["a", "b"]), Ok(()));
+        assert_eq!(
+            check_key_ids("a", ["a", "b c"]),
+            Err(KeyIdProblem::Invalid(1))
+        );
+        assert_eq!(
+            check_key_ids("a", ["a", "b", "a"]),
+            Err(KeyIdProblem::Duplicate(2))
+        );
+        assert_eq!(check_key_ids("a", []), Err(KeyIdProblem::NoKeys));
+        assert_eq!(check_key_ids("c", ["a"]), Err(KeyIdProblem::ActiveMissing));
+        assert_eq!(check_key_ids("a", [""]), Err(KeyIdProblem::Invalid(0)));
+    }
 }

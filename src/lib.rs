@@ -10,11 +10,9 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod error;
-pub mod fields;
 pub mod headers;
 pub mod healthcheck;
 pub mod init;
-pub mod jsonstream;
 pub mod logging;
 pub mod metrics;
 pub mod offline;
@@ -22,10 +20,15 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
-pub mod shape;
 pub mod state;
 pub mod tls;
+pub mod transform;
 pub mod upstream;
+
+// The modules' old names, until their users move to `transform`.
+pub use transform::path as fields;
+pub use transform::shape;
+pub use transform::stream as jsonstream;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 
 use crate::body::{self, ProxyBody};
 use crate::crypto::KeySource;
-use crate::fields::{DecryptSelection, FieldRule, OnDecryptFailure};
 use crate::routes::PathMatch;
 use crate::state::Shared;
+use crate::transform::{DecryptSelection, FieldRule, OnDecryptFailure};
 
 /// Paths that need the token (or a loopback listener when there is none).
 const PROTECTED: &[&str] = &["/reload", "/routes", "/keys", "/info"];
@@ -261,7 +261,7 @@ fn routes(shared: &Shared) -> Value {
             let upstream = config.upstream(r.upstream).map(|u| {
                 json!({ "name": u.name, "address": u.authority.as_str(), "base_path": u.base_path })
             });
-            let decrypt = match &r.decrypt {
+            let decrypt = match r.decrypt_selection() {
                 None => Value::Null,
                 Some(DecryptSelection::Auto) => json!("auto"),
                 Some(DecryptSelection::Paths(p)) => rules(p),
@@ -294,14 +294,10 @@ fn routes(shared: &Shared) -> Value {
                     "bucket": if r.own_rate_limit { "route" } else { "global" },
                 })),
                 "max_body": r.max_body,
-                "encrypt": rules(&r.encrypt),
+                "encrypt": rules(r.encrypt_rules()),
                 "decrypt": decrypt,
-                "on_decrypt_failure": match r.on_decrypt_failure {
-                    OnDecryptFailure::Error => "error",
-                    OnDecryptFailure::Null => "null",
-                    OnDecryptFailure::Keep => "keep",
-                },
-                "max_age_secs": r.max_age.map(|d| d.as_secs()),
+                "on_decrypt_failure": r.open.as_ref().map_or(OnDecryptFailure::Error, |o| o.on_failure),
+                "max_age_secs": r.open.as_ref().and_then(|o| o.max_age).map(|d| d.as_secs()),
                 "headers": headers,
                 // The later routes this one takes requests from
                 // (`routes::shadow`); the config's warnings say which are

@@ -5,7 +5,7 @@
 
 use http::StatusCode;
 
-use crate::fields::DecryptFailure;
+use crate::transform::DecryptFailure;
 
 /// Every code [`ProxyError::reason`] returns, in declaration order. The
 /// unit tests below hold the two together; README.md documents each.

@@ -25,11 +25,6 @@ pub mod tls;
 pub mod transform;
 pub mod upstream;
 
-// The modules' old names, until their users move to `transform`.
-pub use transform::path as fields;
-pub use transform::shape;
-pub use transform::stream as jsonstream;
-
 use std::future::Future;
 use std::sync::Arc;
 

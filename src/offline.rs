@@ -5,6 +5,12 @@
 //! Input is one JSON document, several (concatenated or pretty-printed), a
 //! JSON array (one document) or NDJSON; output is one compact document per
 //! line. Line numbers are the input's, 1-based.
+//!
+//! Each document's bytes go through the proxy's own engine
+//! (`transform`): what is not transformed is written as it was read, but
+//! for the whitespace between tokens, so every copy of a repeated member
+//! name is sealed, opened or counted, and escapes and numbers keep their
+//! spelling.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -12,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::crypto::{envelope_key_id, is_valid_key_id, looks_like_envelope, Keyring, PREFIX};
-use crate::fields::{self, FieldRule};
+use crate::crypto::{
+    envelope_key_id, is_valid_key_id, looks_like_envelope, unix_now, Keyring, PREFIX,
+};
 use crate::routes::Route;
-use crate::state::unix_now;
+use crate::transform::{self, FieldRule, Keys, OpenSpec, SealSpec, StringKind, TransformError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -63,14 +70,15 @@ impl Failure {
 // The one input reader
 // ---------------------------------------------------------------------------
 
-/// One document of the input.
+/// One document of the input, checked to be valid JSON.
 #[derive(Debug)]
 pub struct Document {
     /// 1-based count of documents read (failed ones included).
     pub number: u64,
     pub first_line: u64,
     pub last_line: u64,
-    pub value: Value,
+    /// Its bytes as read.
+    pub bytes: Vec<u8>,
 }
 
 /// What the reader found next.
@@ -279,7 +287,7 @@ impl<R: BufRead> Reader<R> {
         let number = self.documents;
         let one_line = first_line == last_line;
         let parsed = if complete {
-            serde_json::from_slice::<Value>(&buf).map_err(|e| json_error(&e, first_line))
+            checked(&buf, first_line)
         } else {
             Err("not valid JSON: the input ends inside this document".to_string())
         };
@@ -328,7 +336,7 @@ impl<R: BufRead> Reader<R> {
             return unreadable(first_line, first_line, e);
         }
         match parsed {
-            Ok(value) => {
+            Ok(()) => {
                 if one_line {
                     self.seen_one_line_document = true;
                 } else {
@@ -338,7 +346,7 @@ impl<R: BufRead> Reader<R> {
                     number,
                     first_line,
                     last_line,
-                    value,
+                    bytes: buf,
                 })))
             }
             Err(error) => {
@@ -355,6 +363,18 @@ impl<R: BufRead> Iterator for Reader<R> {
     type Item = io::Result<Item>;
     fn next(&mut self) -> Option<io::Result<Item>> {
         self.next_item().transpose()
+    }
+}
+
+/// Is `doc` one valid JSON document, by the transforms' own validation?
+/// If not, serde_json's message says why (it refuses exactly the same).
+fn checked(doc: &[u8], first_line: u64) -> Result<(), String> {
+    match transform::validate(doc, transform::SERDE_MAX_DEPTH) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(match serde_json::from_slice::<Value>(doc) {
+            Err(e) => json_error(&e, first_line),
+            Ok(_) => "not valid JSON".to_string(),
+        }),
     }
 }
 
@@ -513,16 +533,20 @@ pub fn transform_stream(
     mut output: impl Write,
     mut opts: RunOptions<'_>,
 ) -> Result<Stats, OfflineError> {
-    if let Mode::Encrypt(r) = mode {
-        if r.encrypt.is_empty() {
-            return Err(OfflineError::NoRules(r.name.clone(), "encrypt"));
-        }
-    }
-    if let Mode::Decrypt(r) = mode {
-        if r.decrypt.is_none() {
-            return Err(OfflineError::NoRules(r.name.clone(), "decrypt"));
-        }
-    }
+    let plan = match mode {
+        Mode::Encrypt(r) => Plan::Encrypt(
+            r.seal
+                .as_ref()
+                .map(SealSpec::for_stored_data)
+                .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "encrypt"))?,
+        ),
+        Mode::Decrypt(r) => Plan::Decrypt(
+            r.open
+                .as_ref()
+                .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "decrypt"))?,
+        ),
+        Mode::Rewrap(rules) => Plan::Rewrap(*rules),
+    };
     let mut stats = Stats::default();
     let mut reader = Reader::new(input);
     while let Some(item) = reader.next() {
@@ -530,13 +554,11 @@ pub fn transform_stream(
         stats.documents += 1;
         let result = match item {
             Item::Unreadable(f) => Err(f),
-            Item::Document(mut doc) => {
-                transform_one(mode, ring, &mut doc, &mut stats).map(|()| doc)
-            }
+            Item::Document(doc) => transform_one(&plan, ring, &doc, &mut stats),
         };
         match result {
-            Ok(doc) => {
-                serde_json::to_writer(&mut output, &doc.value).map_err(io::Error::from)?;
+            Ok(out) => {
+                write_compact(&mut output, &out)?;
                 output.write_all(b"\n")?;
                 stats.written += 1;
             }
@@ -568,70 +590,78 @@ pub fn transform_stream(
     Ok(stats)
 }
 
+/// A `Mode` made ready to run: the specs the engine takes.
+enum Plan<'a> {
+    Encrypt(SealSpec),
+    Decrypt(&'a OpenSpec),
+    Rewrap(Option<&'a [FieldRule]>),
+}
+
+/// The transformed bytes of one document.
 fn transform_one(
-    mode: &Mode<'_>,
+    plan: &Plan<'_>,
     ring: &Keyring,
-    doc: &mut Document,
+    doc: &Document,
     stats: &mut Stats,
-) -> Result<(), Failure> {
+) -> Result<Vec<u8>, Failure> {
     let now = unix_now();
-    let field_error = |e: fields::FieldError| match e {
-        fields::FieldError::Decrypt(f) => format!(
-            "field {} (key {}) could not be decrypted: {}",
-            f.location,
-            f.key_id.as_deref().unwrap_or("?"),
-            f.reason
-        ),
-        other => other.to_string(),
-    };
-    let report = match mode {
+    let keys = Keys::from(ring);
+    let result = match plan {
         // The proxy's engine and look-alike policy (a route's request
         // schema is about requests, not stored records).
-        Mode::Encrypt(route) => crate::jsonstream::encrypt_value(
-            &mut doc.value,
-            &route.encrypt,
-            &route.request_shape.look_alikes,
-            ring,
-            now,
-            &route.named_contexts,
-        )
-        .map_err(|e| e.to_string()),
-        Mode::Decrypt(route) => match &route.decrypt {
-            Some(sel) => fields::decrypt_document(
-                &mut doc.value,
-                sel,
-                ring,
-                route.on_decrypt_failure,
-                route.max_age,
-                now,
-            )
-            .map_err(field_error),
-            // Checked before the first document.
-            None => Ok(fields::TransformReport::default()),
-        },
-        Mode::Rewrap(rules) => {
-            fields::rewrap_document(&mut doc.value, *rules, ring, now).map_err(field_error)
-        }
-    }
-    .map_err(|error| Failure {
+        Plan::Encrypt(spec) => transform::encrypt(&doc.bytes, spec, keys, now),
+        Plan::Decrypt(spec) => transform::decrypt(&doc.bytes, spec, ring, now),
+        Plan::Rewrap(rules) => transform::rewrap(&doc.bytes, *rules, keys, now),
+    };
+    let (out, report) = result.map_err(|e| Failure {
         document: doc.number,
         line: doc.first_line,
         last_line: doc.last_line,
         kind: "transform",
-        error,
+        error: match e {
+            TransformError::Decrypt(f) => format!(
+                "field {} (key {}) could not be decrypted: {}",
+                f.location,
+                f.key_id.as_deref().unwrap_or("?"),
+                f.reason
+            ),
+            other => other.to_string(),
+        },
     })?;
-    match mode {
-        Mode::Encrypt(_) => stats.sealed += report.encrypted as u64,
-        Mode::Decrypt(_) => {
+    match plan {
+        Plan::Encrypt(_) => stats.sealed += report.encrypted as u64,
+        Plan::Decrypt(_) => {
             stats.opened += report.decrypted as u64;
             stats.not_opened += report.failures.len() as u64;
         }
-        Mode::Rewrap(_) => {
+        Plan::Rewrap(_) => {
             stats.opened += report.decrypted as u64;
             stats.resealed += report.encrypted as u64;
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Writes the JSON document `doc` without the whitespace between its
+/// tokens: one line, every other byte as it is.
+fn write_compact(out: &mut impl Write, doc: &[u8]) -> io::Result<()> {
+    let (mut in_string, mut escape, mut from) = (false, false, 0);
+    for (i, &b) in doc.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escape => escape = false,
+                b'\\' => escape = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.write_all(&doc[from..i])?;
+            from = i + 1;
+        }
+    }
+    out.write_all(&doc[from..])
 }
 
 /// The summary line of a run (stderr), documents and envelopes counted apart.
@@ -791,7 +821,7 @@ pub fn key_census(input: impl BufRead, mut progress: Option<Progress>) -> io::Re
     while let Some(item) = reader.next() {
         census.documents += 1;
         match item? {
-            Item::Document(d) => count_envelopes(&d.value, &mut census),
+            Item::Document(d) => count_envelopes(&d.bytes, &mut census),
             Item::Unreadable(f) => census.unreadable.push(f),
         }
         if let Some(p) = &mut progress {
@@ -805,21 +835,14 @@ pub fn key_census(input: impl BufRead, mut progress: Option<Progress>) -> io::Re
     Ok(census)
 }
 
-fn count_envelopes(v: &Value, census: &mut Census) {
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) => count_string(s, census),
-            Value::Array(a) => stack.extend(a.iter()),
-            Value::Object(o) => {
-                for (k, v) in o {
-                    count_embedded(k, census);
-                    stack.push(v);
-                }
-            }
-            _ => {}
-        }
-    }
+/// Every string of a document read (checked valid), through the engine's
+/// walk: every copy of a repeated member is counted.
+fn count_envelopes(doc: &[u8], census: &mut Census) {
+    // `doc` was validated by the reader, so the walk does not fail.
+    let _ = transform::scan_strings(doc, |s, kind| match kind {
+        StringKind::Value => count_string(s, census),
+        StringKind::MemberName => count_embedded(s, census),
+    });
 }
 
 fn count_string(s: &str, census: &mut Census) {
@@ -865,6 +888,12 @@ fn count_embedded(s: &str, census: &mut Census) {
 mod tests {
     use super::*;
 
+    fn compact(doc: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_compact(&mut out, doc).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
     /// (first line, last line, document) or the lines of an unreadable one.
     type Read = Result<(u64, u64, String), (u64, u64)>;
 
@@ -873,7 +902,7 @@ mod tests {
         let reader = io::BufReader::with_capacity(3, input.as_bytes());
         Reader::new(reader)
             .map(|i| match i.expect("io") {
-                Item::Document(d) => Ok((d.first_line, d.last_line, d.value.to_string())),
+                Item::Document(d) => Ok((d.first_line, d.last_line, compact(&d.bytes))),
                 Item::Unreadable(f) => Err((f.line, f.last_line)),
             })
             .collect()
@@ -999,7 +1028,7 @@ mod tests {
             "plain": "fs1",
         });
         let mut c = Census::default();
-        count_envelopes(&doc, &mut c);
+        count_envelopes(&serde_json::to_vec(&doc).expect("json"), &mut c);
         assert_eq!(c.envelopes.get("k1"), Some(&3), "{c:?}");
         assert_eq!(c.envelopes.get("k2"), Some(&1));
         assert_eq!(c.embedded.get("k1"), Some(&1));

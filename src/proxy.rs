@@ -21,14 +21,14 @@ use crate::audit::AuditEvent;
 use crate::audit::AuditFailureMode;
 use crate::body::{self, BufferLimits, CollectError, ConnBuffers, ProxyBody, Reservation};
 use crate::config::HostHeader;
+use crate::crypto::unix_now;
 use crate::crypto::Keyring;
 use crate::error::ProxyError;
-use crate::fields::{self, TransformReport};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::jsonstream::StreamError;
 use crate::metrics::{RouteLabel, RouteReason, RouteStatus, UpstreamKind};
 use crate::routes::{canonical_path, Route};
-use crate::state::{unix_now, Runtime, Shared};
+use crate::state::{Runtime, Shared};
+use crate::transform::{self, DecryptFailure, TransformError, TransformReport};
 
 /// What the access log, metrics and audit need to know about one request.
 struct Exchange {
@@ -427,9 +427,8 @@ async fn pipeline(
                 _ => ProxyError::BadRequest("request body could not be decompressed"),
             })?;
             held.set(plain.len() as u64);
-            let depth = config.limits.max_json_depth;
             let (sealed, report) = offload(rt, plain.len(), move |rt| {
-                encrypt_body(&plain, route_at(rt, index)?, keyring(rt)?, depth)
+                encrypt_body(&plain, route_at(rt, index)?, keyring(rt)?)
             })
             .await?;
             if let Some(m) = rt.route_metrics.get(index) {
@@ -813,65 +812,50 @@ pub fn encrypt_body(
     raw: &[u8],
     route: &Route,
     ring: &Keyring,
-    max_depth: usize,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
-    // One streaming pass over the bytes (see `jsonstream`): strict JSON
+    let Some(spec) = &route.seal else {
+        return Ok((raw.to_vec(), TransformReport::default()));
+    };
+    // One streaming pass over the bytes (see `transform`): strict JSON
     // validation, depth limit, the route's schema and look-alike check,
     // sealing; unselected bytes copied verbatim.
-    crate::jsonstream::encrypt_request(
-        raw,
-        &route.encrypt,
-        &route.request_shape,
-        ring,
-        unix_now(),
-        &route.named_contexts,
-        max_depth,
-    )
-    .map_err(|e| match e {
-        StreamError::InvalidJson => ProxyError::InvalidJson,
-        StreamError::TooDeep { limit } => ProxyError::TooDeep { limit },
-        StreamError::LookAlike { .. } => {
+    transform::encrypt_request(raw, spec, ring.into(), unix_now()).map_err(|e| match e {
+        TransformError::InvalidJson => ProxyError::InvalidJson,
+        TransformError::TooDeep { limit } => ProxyError::TooDeep { limit },
+        TransformError::LookAlike { .. } => {
             // The rule and a location showing only its own names: no
             // client content.
             tracing::debug!(route = %route.name, error = %e, "request refused");
             ProxyError::LookAlike
         }
-        StreamError::Schema => ProxyError::Schema("it does not match"),
-        StreamError::DuplicateMember => ProxyError::Schema("it repeats a member name"),
-        StreamError::FieldTooLarge => ProxyError::FieldTooLarge,
-        StreamError::FieldTooDeep => ProxyError::TooDeep {
+        TransformError::Schema => ProxyError::Schema("it does not match"),
+        TransformError::DuplicateMember => ProxyError::Schema("it repeats a member name"),
+        TransformError::FieldTooLarge => ProxyError::FieldTooLarge,
+        TransformError::FieldTooDeep => ProxyError::TooDeep {
             limit: crate::crypto::MAX_SEAL_DEPTH,
         },
-        StreamError::Seal | StreamError::Decrypt(_) => {
+        TransformError::Seal | TransformError::Decrypt(_) => {
             tracing::error!(route = %route.name, error = %e, "field encryption failed");
             ProxyError::Internal("field encryption failed")
         }
     })
 }
 
-type DecryptOutcome = (Result<Vec<u8>, fields::DecryptFailure>, TransformReport);
+type DecryptOutcome = (Result<Vec<u8>, DecryptFailure>, TransformReport);
 
 pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome {
-    let Some(selection) = &route.decrypt else {
+    let Some(spec) = &route.open else {
         return (Ok(raw.to_vec()), TransformReport::default());
     };
-    match crate::jsonstream::decrypt_json(
-        &raw,
-        selection,
-        ring,
-        route.on_decrypt_failure,
-        route.max_age,
-        unix_now(),
-        crate::jsonstream::SERDE_MAX_DEPTH,
-    ) {
+    match transform::decrypt(&raw, spec, ring, unix_now()) {
         Ok((out, report)) => (Ok(out), report),
-        Err(StreamError::InvalidJson | StreamError::TooDeep { .. }) => {
+        Err(TransformError::InvalidJson | TransformError::TooDeep { .. }) => {
             // Not JSON after all (e.g. a truncated error page): it holds no
             // field we could find, so it goes out as the upstream sent it.
             tracing::debug!(route = %route.name, "JSON response did not parse; passed through");
             (Ok(raw.to_vec()), TransformReport::default())
         }
-        Err(StreamError::Decrypt(f)) => {
+        Err(TransformError::Decrypt(f)) => {
             let report = TransformReport {
                 failures: vec![f.clone()],
                 ..TransformReport::default()
@@ -880,7 +864,7 @@ pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome
         }
         Err(e) => {
             tracing::error!(route = %route.name, error = %e, "field decryption failed");
-            let f = fields::DecryptFailure {
+            let f = DecryptFailure {
                 location: "$".into(),
                 key_id: None,
                 reason: "internal",

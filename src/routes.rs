@@ -1,12 +1,11 @@
 //! Compiled routes and matching. Routes match in file order; first match wins.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use http::Method;
 
-use crate::fields::{DecryptSelection, FieldRule, OnDecryptFailure};
 use crate::headers::SecurityHeaders;
+use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 
 pub mod shadow;
 pub use shadow::{shadows, Shadow};
@@ -42,32 +41,37 @@ pub struct Route {
     pub own_rate_limit: bool,
     pub headers: SecurityHeaders,
     pub max_body: u64,
-    pub encrypt: Vec<FieldRule>,
-    /// Every context named by any rule of the configuration (see
-    /// `fields::encrypt_document_with`).
-    pub named_contexts: Vec<String>,
-    pub decrypt: Option<DecryptSelection>,
-    pub on_decrypt_failure: OnDecryptFailure,
-    pub max_age: Option<Duration>,
-    /// Look-alike check and schema of the request body (`shape`).
-    pub request_shape: crate::shape::RequestShape,
+    /// What request bodies get sealed (None: the route has no encrypt rules).
+    pub seal: Option<SealSpec>,
+    /// What answers get opened (None: no decrypt rules).
+    pub open: Option<OpenSpec>,
 }
 
 impl Route {
     pub fn transforms_request(&self) -> bool {
-        !self.encrypt.is_empty()
+        self.seal.is_some()
     }
 
     pub fn transforms_response(&self) -> bool {
-        self.decrypt.is_some()
+        self.open.is_some()
+    }
+
+    /// The encrypt rules (none when the route seals nothing).
+    pub fn encrypt_rules(&self) -> &[FieldRule] {
+        self.seal.as_ref().map_or(&[], |s| &s.rules)
+    }
+
+    /// The decrypt selection, if the route opens answers.
+    pub fn decrypt_selection(&self) -> Option<&DecryptSelection> {
+        self.open.as_ref().map(|o| &o.selection)
     }
 
     /// The rules that say where this route's envelopes live: its decrypt
     /// paths, else its encrypt paths (for `rewrap --route`).
     pub fn decrypt_or_encrypt_rules(&self) -> Vec<FieldRule> {
-        match &self.decrypt {
+        match self.decrypt_selection() {
             Some(DecryptSelection::Paths(rules)) => rules.clone(),
-            _ => self.encrypt.clone(),
+            _ => self.encrypt_rules().to_vec(),
         }
     }
 
@@ -339,12 +343,13 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn route(path: PathMatch) -> Route {
+    /// A route named `name` on `path` that transforms nothing.
+    pub(crate) fn named(name: &str, path: PathMatch) -> Route {
         Route {
-            name: "r".into(),
+            name: name.into(),
             host: None,
             path,
             methods: None,
@@ -354,13 +359,13 @@ mod tests {
             own_rate_limit: false,
             headers: SecurityHeaders::default(),
             max_body: 1024,
-            encrypt: Vec::new(),
-            named_contexts: Vec::new(),
-            decrypt: None,
-            on_decrypt_failure: OnDecryptFailure::Error,
-            max_age: None,
-            request_shape: Default::default(),
+            seal: None,
+            open: None,
         }
+    }
+
+    fn route(path: PathMatch) -> Route {
+        named("r", path)
     }
 
     #[test]

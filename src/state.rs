@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
 use crate::audit::AuditFailureMode;
 use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::config::{AuditTarget, Config, ConfigError};
-use crate::crypto::{KeyError, Keyring};
+use crate::crypto::{unix_now, KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::tls::TlsError;
@@ -167,12 +166,6 @@ pub struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     /// Serializes reloads so two never race to swap.
     reload_lock: tokio::sync::Mutex<()>,
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Shared {

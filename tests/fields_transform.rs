@@ -1,13 +1,18 @@
-//! Example-based tests of encrypt / decrypt / rewrap over documents.
+//! Example-based tests of encrypt / decrypt / rewrap over documents, run
+//! through the transform engine.
+
+mod engine;
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use engine::{decrypt_document, encrypt_document, rewrap_document};
+use fieldseal::crypto::exceeds_depth;
 use fieldseal::crypto::{envelope_key_id, looks_like_envelope, Keyring};
-use fieldseal::fields::{
-    decrypt_document, encrypt_document, exceeds_depth, rewrap_document, DecryptSelection,
-    FieldError, FieldPath, FieldRule, OnDecryptFailure,
+use fieldseal::transform::{
+    DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, TransformError as FieldError,
+    TransformReport,
 };
 use serde_json::{json, Value};
 
@@ -41,7 +46,7 @@ fn decrypt(
     rules: Vec<FieldRule>,
     r: &Keyring,
     mode: OnDecryptFailure,
-) -> Result<fieldseal::fields::TransformReport, FieldError> {
+) -> Result<TransformReport, FieldError> {
     decrypt_document(doc, &DecryptSelection::Paths(rules), r, mode, None, NOW)
 }
 
@@ -552,18 +557,19 @@ fn reserved_prefix_outside_the_rules_is_sealed_so_auto_decrypt_cannot_be_broken(
 
 #[test]
 fn envelopes_other_routes_sealed_under_a_named_context_are_left_alone() {
-    use fieldseal::fields::encrypt_document_with;
     let r = ring("k1", &["k1"]);
     let notes = r.seal_at(&json!("n"), "user_notes", NOW).expect("seal");
-    let mut doc = json!({ "email": "x@example.com", "notes": notes });
-    let report = encrypt_document_with(
-        &mut doc,
+    let doc = json!({ "email": "x@example.com", "notes": notes });
+    let (out, report) = engine::encrypt_json(
+        &serde_json::to_vec(&doc).expect("json"),
         &[rule("$.email")],
         &r,
         NOW,
         &["user_notes".to_string()],
+        engine::SERDE_MAX_DEPTH,
     )
     .expect("encrypt");
+    let doc: Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(report.encrypted, 1, "only the email: {doc}");
     assert_eq!(
         doc["notes"],

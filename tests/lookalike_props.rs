@@ -17,10 +17,13 @@
 //! 3. the matcher folds like the check: any spelling of a rule's names at
 //!    the rule's place is sealed by the rule itself.
 
+mod engine;
+
+use engine::{encrypt_json, encrypt_request};
 use fieldseal::crypto::{looks_like_envelope, Keyring};
-use fieldseal::fields::{FieldPath, FieldRule};
-use fieldseal::jsonstream::{encrypt_json, encrypt_request, StreamError};
-use fieldseal::shape::{LookAlikeMode, LookAlikes, RequestShape};
+use fieldseal::transform::{
+    FieldPath, FieldRule, LookAlikeMode, LookAlikes, RequestShape, TransformError as StreamError,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::Value;

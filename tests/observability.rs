@@ -956,7 +956,7 @@ async fn metrics_carry_process_and_build_info_and_a_fresh_start_is_a_successful_
         1.0,
         "boot counts as a load"
     );
-    let now = fieldseal::state::unix_now() as f64;
+    let now = fieldseal::crypto::unix_now() as f64;
     let loaded = value("fieldseal_last_reload_timestamp_seconds");
     assert!(loaded > now - 600.0 && loaded <= now, "{loaded}");
     assert!(value("process_resident_memory_bytes") > 1e6);

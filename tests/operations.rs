@@ -668,7 +668,7 @@ async fn assert_old_config_serves(proxy: &TestProxy, backend: &Backend) {
 /// reload, made between `t0` and now, with `needle` in its message; and
 /// `failures` failed reloads so far.
 async fn assert_failed_reload_reported(proxy: &TestProxy, t0: u64, needle: &str, failures: f64) {
-    let now = fieldseal::state::unix_now();
+    let now = fieldseal::crypto::unix_now();
     let g = admin_get(proxy, "/reload").await;
     assert_eq!(g.status, StatusCode::OK);
     let last = &g.json()["last_reload"];
@@ -707,7 +707,7 @@ async fn broken_config_on_reload_is_refused_and_the_old_one_keeps_serving() {
         admin_get(&proxy, "/reload").await.json()["last_reload"],
         Value::Null
     );
-    let t0 = fieldseal::state::unix_now();
+    let t0 = fieldseal::crypto::unix_now();
 
     // (a) An unknown key (a typo) with a new route that must not come into force.
     let typo = format!(
@@ -1380,7 +1380,7 @@ async fn readyz_reports_every_keys_self_test_and_the_last_reload() {
     );
 
     // A successful reload to a smaller ring.
-    let t0 = fieldseal::state::unix_now();
+    let t0 = fieldseal::crypto::unix_now();
     rewrite_config(
         &proxy,
         &users_config(&backend.url(), &keys.yaml("k3", &["k2", "k3"])),
@@ -1390,7 +1390,7 @@ async fn readyz_reports_every_keys_self_test_and_the_last_reload() {
     let last = &v["checks"]["last_reload"];
     assert_eq!(last["ok"], true, "{v}");
     let t = last["time"].as_u64().expect("time");
-    assert!(t >= t0 && t <= fieldseal::state::unix_now());
+    assert!(t >= t0 && t <= fieldseal::crypto::unix_now());
     assert_eq!(
         *last,
         admin_get(&proxy, "/reload").await.json()["last_reload"]

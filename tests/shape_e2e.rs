@@ -746,18 +746,20 @@ fn an_unsealable_field_is_a_client_error() {
         r#"{{"ssn":"{}"}}"#,
         "x".repeat(fieldseal::crypto::MAX_ENVELOPE_LEN)
     );
-    let err = fieldseal::proxy::encrypt_body(big.as_bytes(), route, &r, 64).expect_err("too large");
+    let err = fieldseal::proxy::encrypt_body(big.as_bytes(), route, &r).expect_err("too large");
     assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE, "{err}");
     let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(121), "]".repeat(121));
-    let err =
-        fieldseal::proxy::encrypt_body(deep.as_bytes(), route, &r, 128).expect_err("too deep");
+    let mut deeper = route.clone();
+    if let Some(seal) = deeper.seal.as_mut() {
+        seal.max_depth = 128;
+    }
+    let err = fieldseal::proxy::encrypt_body(deep.as_bytes(), &deeper, &r).expect_err("too deep");
     assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{err}");
     // The reserved-prefix guard seals strings outside the rules too.
     let guard = format!(
         r#"{{"note":"fs1:{}"}}"#,
         "x".repeat(fieldseal::crypto::MAX_ENVELOPE_LEN)
     );
-    let err =
-        fieldseal::proxy::encrypt_body(guard.as_bytes(), route, &r, 64).expect_err("too large");
+    let err = fieldseal::proxy::encrypt_body(guard.as_bytes(), route, &r).expect_err("too large");
     assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE, "{err}");
 }

@@ -1,13 +1,17 @@
-//! Examples for the streaming transform (`jsonstream`): the cases the tree
-//! path cannot show (escaped and duplicate member names, bytes kept as sent)
-//! and each of its semantics on a small document.
+//! Examples for the transform engine (`fieldseal::transform`): the cases a
+//! tree cannot show (escaped and duplicate member names, bytes kept as
+//! sent) and each of its semantics on a small document, some beside the
+//! tree oracle.
 
+mod engine;
+mod oracle;
+
+use engine::{decrypt_json, encrypt_json, SERDE_MAX_DEPTH};
 use fieldseal::crypto::{looks_like_envelope, Keyring};
-use fieldseal::fields::{
-    decrypt_document, encrypt_document_with, DecryptSelection, FieldPath, FieldRule,
-    OnDecryptFailure,
+use fieldseal::transform::{
+    DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, TransformError as StreamError,
 };
-use fieldseal::jsonstream::{decrypt_json, encrypt_json, StreamError, SERDE_MAX_DEPTH};
+use oracle::{decrypt_document, encrypt_document_with};
 use serde_json::Value;
 
 fn ring() -> Keyring {
@@ -42,7 +46,6 @@ fn dec_auto(s: &str) -> Value {
         OnDecryptFailure::Error,
         None,
         1,
-        SERDE_MAX_DEPTH,
     )
     .expect("decrypt");
     serde_json::from_slice(&out).expect("json")
@@ -77,7 +80,6 @@ fn every_duplicate_member_is_sealed() {
         OnDecryptFailure::Error,
         None,
         1,
-        SERDE_MAX_DEPTH,
     )
     .expect("decrypt");
     assert_eq!(
@@ -170,7 +172,6 @@ fn auto_and_failure_modes() {
         OnDecryptFailure::Keep,
         None,
         1,
-        SERDE_MAX_DEPTH,
     )
     .expect("keep");
     assert_eq!(rep.decrypted, 2);
@@ -190,7 +191,6 @@ fn auto_and_failure_modes() {
         OnDecryptFailure::Null,
         None,
         1,
-        SERDE_MAX_DEPTH,
     )
     .expect("null");
     assert_eq!(rep.failures.len(), 1);
@@ -206,7 +206,6 @@ fn auto_and_failure_modes() {
         OnDecryptFailure::Error,
         None,
         1,
-        SERDE_MAX_DEPTH,
     ) {
         Err(StreamError::Decrypt(f)) => {
             assert_eq!(f.location, "$[*]");
@@ -228,23 +227,14 @@ fn auto_and_failure_modes() {
             OnDecryptFailure::Error,
             None,
             1,
-            SERDE_MAX_DEPTH,
         ),
         Err(StreamError::InvalidJson)
     ));
 
     // Paths: the same as the tree path, incl. the nested envelope under `..`.
     let sel = DecryptSelection::Paths(rules(&["$.a", "$..inner", "$.b"]));
-    let (out, rep) = decrypt_json(
-        input.as_bytes(),
-        &sel,
-        &r,
-        OnDecryptFailure::Keep,
-        None,
-        1,
-        SERDE_MAX_DEPTH,
-    )
-    .expect("paths");
+    let (out, rep) =
+        decrypt_json(input.as_bytes(), &sel, &r, OnDecryptFailure::Keep, None, 1).expect("paths");
     let mut tree = parse(&input);
     let trep =
         decrypt_document(&mut tree, &sel, &r, OnDecryptFailure::Keep, None, 1).expect("tree");
@@ -382,12 +372,8 @@ fn member_names_match_in_any_case() {
     assert_eq!(dec_auto(&out), parse(input));
     // The tree transform (offline tools) selects the same.
     let mut doc = parse(input);
-    let report = fieldseal::fields::encrypt_document(
-        &mut doc,
-        &rules(&["$.ssn", "$.card.number"]),
-        &ring(),
-        1,
-    )
-    .expect("tree encrypt");
+    let report =
+        oracle::encrypt_document(&mut doc, &rules(&["$.ssn", "$.card.number"]), &ring(), 1)
+            .expect("tree encrypt");
     assert_eq!(report.encrypted, 5);
 }

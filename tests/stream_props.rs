@@ -1,5 +1,5 @@
-//! Differential property tests: the streaming transform (`jsonstream`)
-//! against the tree transform (`fields`, the reference), on random documents
+//! Differential property tests: the transform engine (`fieldseal::transform`)
+//! against the tree oracle (`tests/oracle`, the reference), on random documents
 //! written with random whitespace and escapes, and random paths of the
 //! supported JSONPath subset.
 //!
@@ -12,16 +12,18 @@
 //! 4. malformed inputs (truncations, byte flips, junk) are refused exactly
 //!    when serde_json refuses them, and never panic.
 
+mod engine;
 mod jsonpath_gen;
+mod oracle;
 
 use std::collections::BTreeSet;
 
+use engine::{decrypt_json, encrypt_json};
 use fieldseal::crypto::{looks_like_envelope, Keyring};
-use fieldseal::fields::{
-    decrypt_document, encrypt_document_with, DecryptSelection, FieldPath, FieldRule,
-    OnDecryptFailure,
+use fieldseal::transform::{
+    DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, TransformError as StreamError,
 };
-use fieldseal::jsonstream::{decrypt_json, encrypt_json, StreamError, SERDE_MAX_DEPTH};
+use oracle::{decrypt_document, encrypt_document_with};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::Value;
@@ -322,7 +324,7 @@ proptest! {
         for input in [&sealed_text, &text] {
             let v: Value = serde_json::from_str(input).expect("valid");
             for mode in [OnDecryptFailure::Keep, OnDecryptFailure::Null, OnDecryptFailure::Error] {
-                let ours = decrypt_json(input.as_bytes(), &sel, &r, mode, None, NOW, SERDE_MAX_DEPTH);
+                let ours = decrypt_json(input.as_bytes(), &sel, &r, mode, None, NOW);
                 let mut tree = v.clone();
                 let trep = decrypt_document(&mut tree, &sel, &r, mode, None, NOW);
                 match (ours, trep) {
@@ -332,7 +334,7 @@ proptest! {
                         prop_assert_eq!(rep.decrypted, trep.decrypted);
                         prop_assert_eq!(rep.paths, trep.paths);
                         prop_assert_eq!(rep.key_ids, trep.key_ids);
-                        let f = |v: &[fieldseal::fields::DecryptFailure]| -> BTreeSet<String> {
+                        let f = |v: &[fieldseal::transform::DecryptFailure]| -> BTreeSet<String> {
                             v.iter().map(|f| format!("{} {:?} {}", f.location, f.key_id, f.reason)).collect()
                         };
                         prop_assert_eq!(f(&rep.failures), f(&trep.failures));
@@ -359,9 +361,9 @@ proptest! {
         compact.insert("-".into());
         let text = write(&d, seed, compact);
         let (out, _) = encrypt_json(text.as_bytes(), &rules, &r, NOW, &[], 64).expect("encrypt");
-        let (back, _) = decrypt_json(&out, &DecryptSelection::Paths(rules.clone()), &r, OnDecryptFailure::Keep, None, NOW, SERDE_MAX_DEPTH)
+        let (back, _) = decrypt_json(&out, &DecryptSelection::Paths(rules.clone()), &r, OnDecryptFailure::Keep, None, NOW)
             .expect("decrypt");
-        let (back, _) = decrypt_json(&back, &DecryptSelection::Auto, &r, OnDecryptFailure::Keep, None, NOW, SERDE_MAX_DEPTH)
+        let (back, _) = decrypt_json(&back, &DecryptSelection::Auto, &r, OnDecryptFailure::Keep, None, NOW)
             .expect("decrypt");
         prop_assert_eq!(String::from_utf8(back).expect("utf8"), text);
     }
@@ -393,7 +395,7 @@ proptest! {
                 Err(StreamError::InvalidJson) => prop_assert!(!serde_ok, "refused what serde_json accepts: {:?}", String::from_utf8_lossy(&input)),
                 Err(e) => prop_assert!(false, "{e}"),
             }
-            let dec = decrypt_json(&input, &DecryptSelection::Auto, &r, OnDecryptFailure::Keep, None, NOW, SERDE_MAX_DEPTH);
+            let dec = decrypt_json(&input, &DecryptSelection::Auto, &r, OnDecryptFailure::Keep, None, NOW);
             prop_assert_eq!(dec.is_ok(), serde_ok);
         }
     }

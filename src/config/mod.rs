@@ -21,11 +21,13 @@ use http::{Method, Uri};
 
 use crate::audit::AuditFailureMode;
 use crate::crypto::{KeySource, KeySpec, KeyringSpec, SaltSource};
-use crate::fields::{DecryptSelection, FieldPath, FieldRule, OnDecryptFailure};
 use crate::headers::{
     SecurityHeader, SecurityHeaders, UpstreamPolicy, DEFAULT_HEADERS, HEADER_NAMES,
 };
 use crate::routes::{PathMatch, RateLimitSettings, Route, RouteTable};
+use crate::transform::{
+    DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, OpenSpec, SealSpec,
+};
 use locate::Needle;
 
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
@@ -835,6 +837,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             }
         };
         let max_age = duration(&format!("{key}.max_age"), &r.max_age, Duration::ZERO)?;
+        let max_age = (!max_age.is_zero()).then_some(max_age);
         routes.push(Route {
             name: r.name.clone(),
             host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -849,12 +852,17 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
                 .is_some_and(|rl| rl.enabled != Some(false)),
             headers,
             max_body,
-            encrypt,
-            named_contexts: Vec::new(),
-            decrypt,
-            on_decrypt_failure,
-            max_age: (!max_age.is_zero()).then_some(max_age),
-            request_shape,
+            seal: (!encrypt.is_empty()).then(|| SealSpec {
+                rules: encrypt,
+                shape: request_shape,
+                named_contexts: Vec::new(),
+                max_depth: limits.max_json_depth,
+            }),
+            open: decrypt.map(|selection| OpenSpec {
+                selection,
+                on_failure: on_decrypt_failure,
+                max_age,
+            }),
         });
     }
     if routes.is_empty() {
@@ -904,16 +912,13 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     })
 }
 
-/// Gives every route the list of contexts that any rule names.
+/// Gives every sealing route the list of contexts that any rule names.
 fn with_named_contexts(mut routes: Vec<Route>) -> Vec<Route> {
     let mut named: Vec<String> = Vec::new();
     for r in &routes {
-        let decrypt = match &r.decrypt {
-            Some(DecryptSelection::Paths(rules)) => rules.as_slice(),
-            _ => &[],
-        };
+        let decrypt = r.open.as_ref().map_or(&[][..], OpenSpec::rules);
         for c in r
-            .encrypt
+            .encrypt_rules()
             .iter()
             .chain(decrypt)
             .filter_map(|f| f.context.as_ref())
@@ -923,8 +928,8 @@ fn with_named_contexts(mut routes: Vec<Route>) -> Vec<Route> {
             }
         }
     }
-    for r in &mut routes {
-        r.named_contexts = named.clone();
+    for seal in routes.iter_mut().filter_map(|r| r.seal.as_mut()) {
+        seal.named_contexts = named.clone();
     }
     routes
 }

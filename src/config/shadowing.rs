@@ -8,8 +8,8 @@
 use super::locate::Needle;
 use super::raw::RawRoute;
 use super::{invalid_at, Invalid, Upstream};
-use crate::fields::{DecryptSelection, FieldRule};
 use crate::routes::{shadows, Route, Shadow};
+use crate::transform::{DecryptSelection, FieldRule};
 
 /// Warnings, or the first unacknowledged shadow as an error (naming how
 /// many more there are).
@@ -122,9 +122,9 @@ fn consequence(s: &Shadow, routes: &[Route], upstreams: &[Upstream]) -> String {
     let mut lost = Vec::new();
     if l.transforms_request() {
         let missing: Vec<&FieldRule> = l
-            .encrypt
+            .encrypt_rules()
             .iter()
-            .filter(|r| !e.encrypt.iter().any(|x| same_rule(x, r)))
+            .filter(|r| !e.encrypt_rules().iter().any(|x| same_rule(x, r)))
             .collect();
         if !missing.is_empty() {
             lost.push(format!(
@@ -138,7 +138,7 @@ fn consequence(s: &Shadow, routes: &[Route], upstreams: &[Upstream]) -> String {
             ));
         }
     }
-    if l.transforms_response() && !same_decrypt(e.decrypt.as_ref(), l.decrypt.as_ref()) {
+    if l.transforms_response() && !same_decrypt(e.decrypt_selection(), l.decrypt_selection()) {
         lost.push(
             "its decrypt rules are not applied to the answers, so clients get envelopes"
                 .to_string(),

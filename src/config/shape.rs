@@ -5,8 +5,10 @@ use std::path::Path;
 
 use super::{invalid, raw, resolve, Invalid, Limits};
 use crate::crypto::{max_plaintext_len, KeyringSpec, MAX_SEAL_DEPTH};
-use crate::fields::FieldRule;
-use crate::shape::{matches_everything, LookAlikeMode, LookAlikes, RequestSchema, RequestShape};
+use crate::transform::shape::{
+    matches_everything, LookAlikeMode, LookAlikes, RequestSchema, RequestShape,
+};
+use crate::transform::FieldRule;
 
 /// Largest schema file read at load.
 const MAX_SCHEMA_FILE: u64 = 1 << 20;

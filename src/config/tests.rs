@@ -120,11 +120,15 @@ fn encrypt_rules_need_keys() {
 
 #[test]
 fn on_decrypt_failure_null_unquoted_is_the_null_mode() {
-    use crate::fields::OnDecryptFailure;
+    use crate::transform::OnDecryptFailure;
     let keys = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
     let mode = |line: &str| {
         let text = format!("{MINIMAL}    decrypt: auto\n{line}{keys}");
-        load(&text).unwrap().routes.routes[0].on_decrypt_failure
+        load(&text).unwrap().routes.routes[0]
+            .open
+            .as_ref()
+            .unwrap()
+            .on_failure
     };
     assert_eq!(mode(""), OnDecryptFailure::Error);
     assert_eq!(

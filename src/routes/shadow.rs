@@ -243,29 +243,7 @@ fn path_overlap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields::OnDecryptFailure;
-    use crate::headers::SecurityHeaders;
-
-    fn route(name: &str, path: PathMatch) -> Route {
-        Route {
-            name: name.into(),
-            host: None,
-            path,
-            methods: None,
-            case_insensitive: false,
-            upstream: 0,
-            rate_limit: None,
-            own_rate_limit: false,
-            headers: SecurityHeaders::default(),
-            max_body: 1024,
-            encrypt: Vec::new(),
-            named_contexts: Vec::new(),
-            decrypt: None,
-            on_decrypt_failure: OnDecryptFailure::Error,
-            max_age: None,
-            request_shape: Default::default(),
-        }
-    }
+    use crate::routes::tests::named as route;
 
     fn prefix(name: &str, p: &str) -> Route {
         route(name, PathMatch::Prefix(p.into()))

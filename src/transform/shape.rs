@@ -9,8 +9,8 @@
 //! documents. Guessing every binding cannot work, so a value is judged by
 //! its **name path** instead: the member names from the root to it, array
 //! steps dropped, each member name split into the parts a backend could
-//! expand it into (`fields::name_parts`) and normalized as the rule matcher
-//! normalizes names (`fields::normalized_name`). A value that no rule
+//! expand it into (`names::name_parts`) and normalized as the rule matcher
+//! normalizes names (`names::normalized_name`). A value that no rule
 //! selects is a **look-alike** of a rule when its name path, or the name
 //! path of a value holding it, ends with a name sequence the rule stands
 //! for (`$.card.number`: `card`,`number`; see [`LookAlikes`]).
@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::fields::{name_parts, names_match, FieldRule, NameStep};
+use super::names::{name_parts, names_match};
+use super::path::NameStep;
+use super::FieldRule;
 
 /// What an encrypting route does with a look-alike holding data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -489,7 +491,7 @@ pub struct RequestShape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fields::FieldPath;
+    use crate::transform::FieldPath;
 
     fn rules(paths: &[&str]) -> Vec<FieldRule> {
         paths

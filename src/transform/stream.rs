@@ -1,5 +1,5 @@
-//! The field transforms of `fields`, done in one streaming pass over the
-//! body bytes, without building a `serde_json::Value` tree.
+//! The one walk over a document's bytes, without building a
+//! `serde_json::Value` tree: every transform, validation and scan runs it.
 //!
 //! The input is validated strictly against RFC 8259 while it is walked (one
 //! JSON value, whitespace around it, UTF-8, no raw control characters in
@@ -7,198 +7,90 @@
 //! depth). Anything serde_json would refuse is refused: a difference between
 //! what this proxy parses and what a backend parses would be a bypass.
 //!
-//! The rule states follow the same machine as the tree walk
-//! (`fields::RuleStates`). Bytes that are not replaced are copied verbatim,
-//! so whitespace, key order and number spelling are kept. Only a selected
-//! value is turned into a `Value` (to seal it), and only an opened envelope
-//! is serialized. Member names are matched unescaped, and every occurrence of
-//! a duplicated member is visited.
+//! Rule states follow `select`. Bytes that are not replaced are copied
+//! verbatim, so whitespace, key order, escapes and number spelling are kept.
+//! Only a selected value is turned into a `Value` (to seal it), and only an
+//! opened envelope is serialized. Member names are matched unescaped, and
+//! every occurrence of a duplicated member is visited. What happens to each
+//! value is `policy`'s decision; an opened container is walked on inside,
+//! since it may hold envelopes the rules select. A sealing or decryption
+//! failure is reported once the whole input is known to be valid JSON:
+//! invalid JSON first, then too deep, then the rest.
 //!
-//! The semantics are those of `fields::encrypt_document_with` and
-//! `fields::decrypt_document` (which stay the reference implementation),
-//! including the reserved-prefix guard, nested envelopes inside decrypted
-//! values and the failure modes. Error priority is the tree path's: invalid
-//! JSON, then too deep, then a sealing or decryption failure.
-//!
-//! On top, `encrypt_request` applies a route's positive model (`shape`):
+//! On request bodies, `encrypt` applies a route's positive model (`shape`):
 //! each value carries the state of the look-alike automaton, stepped once
 //! per member name, and a value no rule selects in an accepting state is
-//! refused or sealed; and the route's JSON Schema, if it has one.
+//! refused or sealed; `encrypt_request` adds the route's JSON Schema.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::crypto::{looks_like_envelope, Keyring, SealError};
-use crate::fields::{
-    failure_for, matched_paths, name_parts, note_key, redacted_path, DecryptFailure,
-    DecryptSelection, FieldError, FieldRule, OnDecryptFailure, Opener, RuleStates, Step,
-    TransformReport, UNKNOWN_LEN,
+use super::location::{self, Step};
+use super::policy::{self, Verdict};
+use super::select::{RuleStates, UNKNOWN_LEN};
+use super::shape::{carries_data, LookAlikeMode, LookAlikes};
+use super::{
+    matched_paths, name_parts, FieldRule, Keys, OpenSpec, SealSpec, TransformError, TransformReport,
 };
-use crate::shape::{carries_data, LookAlikeMode, LookAlikes, RequestShape};
+use crate::crypto::{envelope_key_id, exceeds_depth, looks_like_envelope, Keyring, PREFIX};
 
-/// The deepest nesting serde_json parses (its recursion limit): the tree
-/// path never accepted deeper documents.
+/// The deepest nesting serde_json parses (its recursion limit): no
+/// transform accepts deeper documents.
 pub const SERDE_MAX_DEPTH: usize = 127;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("invalid JSON")]
-    InvalidJson,
-    #[error("JSON nested deeper than {limit} levels")]
-    TooDeep { limit: usize },
-    #[error("field encryption failed")]
-    Seal,
-    #[error("a field could not be decrypted")]
-    Decrypt(DecryptFailure),
-    /// A value no rule selects stands where a backend could bind the
-    /// rule's field. `location` shows only the rule's own member names.
-    #[error("a look-alike of the protected field {rule} at {location}")]
-    LookAlike { rule: String, location: String },
-    #[error("the body does not match the route's schema")]
-    Schema,
-    #[error("the body repeats a member name, which the route's schema cannot judge")]
-    DuplicateMember,
-    /// The value would seal into more than `crypto::MAX_ENVELOPE_LEN`.
-    #[error("a field is too large to seal")]
-    FieldTooLarge,
-    /// The value nests deeper than `crypto::MAX_SEAL_DEPTH`.
-    #[error("a field nests too deeply to seal")]
-    FieldTooDeep,
+type Out = Result<(Vec<u8>, TransformReport), TransformError>;
+
+/// Seals the values `spec`'s rules select in the document `input`, with
+/// the route's look-alike policy and the reserved-prefix guard; no schema.
+/// Returns the document with the sealed values in place.
+pub fn encrypt(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
+    encrypt_counting(input, spec, keys, now).map(|(o, r, _)| (o, r))
 }
 
-impl From<SealError> for StreamError {
-    fn from(e: SealError) -> StreamError {
-        match e {
-            SealError::TooLarge => StreamError::FieldTooLarge,
-            SealError::TooDeep => StreamError::FieldTooDeep,
-            SealError::Serialize | SealError::Rng | SealError::UnknownKey => StreamError::Seal,
-        }
-    }
-}
-
-/// `fields::encrypt_document_with` on the document in `input`: returns the
-/// transformed bytes. `max_depth` as `fields::exceeds_depth` counts it.
-/// No look-alike check: this is the tree transform's semantics, streamed.
-pub fn encrypt_json(
-    input: &[u8],
-    rules: &[FieldRule],
-    ring: &Keyring,
-    now: u64,
-    named_contexts: &[String],
-    max_depth: usize,
-) -> Result<(Vec<u8>, TransformReport), StreamError> {
-    encrypt_with(
-        input,
-        rules,
-        &NO_LOOK_ALIKES,
-        ring,
-        now,
-        named_contexts,
-        max_depth,
-    )
-    .map(|(o, r, _)| (o, r))
-}
-
-/// The request transform of an encrypting route: `encrypt_json` with the
-/// route's look-alike check, after its schema (if any) accepted the body.
-/// Nothing of a refused body may be forwarded.
-pub fn encrypt_request(
-    input: &[u8],
-    rules: &[FieldRule],
-    shape: &RequestShape,
-    ring: &Keyring,
-    now: u64,
-    named_contexts: &[String],
-    max_depth: usize,
-) -> Result<(Vec<u8>, TransformReport), StreamError> {
-    let Some(schema) = &shape.schema else {
-        return encrypt_with(
-            input,
-            rules,
-            &shape.look_alikes,
-            ring,
-            now,
-            named_contexts,
-            max_depth,
-        )
-        .map(|(o, r, _)| (o, r));
+/// The request transform of an encrypting route: `encrypt`, after the
+/// route's schema (if any) accepted the body. Nothing of a refused body may
+/// be forwarded.
+pub fn encrypt_request(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
+    let Some(schema) = &spec.shape.schema else {
+        return encrypt(input, spec, keys, now);
     };
     // Only routes with a schema build a tree. Errors come in the order of
     // the plain transform: invalid JSON, too deep, then the rest.
-    let doc: Value = serde_json::from_slice(input).map_err(|_| StreamError::InvalidJson)?;
-    if crate::fields::exceeds_depth(&doc, max_depth.min(SERDE_MAX_DEPTH)) {
-        return Err(StreamError::TooDeep {
-            limit: max_depth.min(SERDE_MAX_DEPTH),
-        });
+    let doc: Value = serde_json::from_slice(input).map_err(|_| TransformError::InvalidJson)?;
+    let limit = spec.max_depth.min(SERDE_MAX_DEPTH);
+    if exceeds_depth(&doc, limit) {
+        return Err(TransformError::TooDeep { limit });
     }
     if !schema.is_valid(&doc) {
-        return Err(StreamError::Schema);
+        return Err(TransformError::Schema);
     }
-    let (out, report, members) = encrypt_with(
-        input,
-        rules,
-        &shape.look_alikes,
-        ring,
-        now,
-        named_contexts,
-        max_depth,
-    )?;
-    // The tree keeps one of each repeated member, the stream saw them all:
+    let (out, report, members) = encrypt_counting(input, spec, keys, now)?;
+    // The tree keeps one of each repeated member, the walk saw them all:
     // the schema judged one value where a backend may read another.
     if members != member_count(&doc) {
-        return Err(StreamError::DuplicateMember);
+        return Err(TransformError::DuplicateMember);
     }
     Ok((out, report))
 }
 
-/// `encrypt_request` without a schema on a parsed document (the offline
-/// `encrypt`): the same engine and look-alike policy as the proxy.
-pub fn encrypt_value(
-    doc: &mut Value,
-    rules: &[FieldRule],
-    look_alikes: &LookAlikes,
-    ring: &Keyring,
-    now: u64,
-    named_contexts: &[String],
-) -> Result<TransformReport, StreamError> {
-    let input = serde_json::to_vec(&*doc).map_err(|_| StreamError::InvalidJson)?;
-    let (out, report, _) = encrypt_with(
-        &input,
-        rules,
-        look_alikes,
-        ring,
-        now,
-        named_contexts,
-        SERDE_MAX_DEPTH,
-    )?;
-    *doc = serde_json::from_slice(&out).map_err(|_| StreamError::InvalidJson)?;
-    Ok(report)
-}
-
 /// Also returns the number of object members in the input.
-fn encrypt_with(
+fn encrypt_counting(
     input: &[u8],
-    rules: &[FieldRule],
-    look_alikes: &LookAlikes,
-    ring: &Keyring,
+    spec: &SealSpec,
+    keys: Keys<'_>,
     now: u64,
-    named_contexts: &[String],
-    max_depth: usize,
-) -> Result<(Vec<u8>, TransformReport, usize), StreamError> {
-    let src = std::str::from_utf8(input).map_err(|_| StreamError::InvalidJson)?;
-    let mut w = Walker::new(src, rules, ring, now, max_depth, rules.len());
-    w.mode = Mode::Encrypt {
-        named: named_contexts,
-    };
-    w.look = look_alikes;
+) -> Result<(Vec<u8>, TransformReport, usize), TransformError> {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mut w = Walker::new(src, &spec.rules, Mode::Encrypt { spec, keys }, now);
+    w.max_depth = spec.max_depth.min(SERDE_MAX_DEPTH);
+    w.look = &spec.shape.look_alikes;
     let mut report = w.run(input)?;
     if report.encrypted > 0 {
-        report.key_ids.push(ring.active_id().to_owned());
+        report.key_ids.push(keys.seal.id().to_owned());
     }
-    report.paths = matched_paths(rules, &w.hit);
+    report.paths = matched_paths(&spec.rules, &w.hit);
     Ok((w.out, report, w.members))
 }
 
@@ -218,33 +110,13 @@ fn member_count(v: &Value) -> usize {
     n
 }
 
-/// `fields::decrypt_document` on the document in `input`: returns the
-/// transformed bytes. `InvalidJson` / `TooDeep` mean nothing was decrypted.
-pub fn decrypt_json(
-    input: &[u8],
-    selection: &DecryptSelection,
-    ring: &Keyring,
-    on_failure: OnDecryptFailure,
-    max_age: Option<Duration>,
-    now: u64,
-    max_depth: usize,
-) -> Result<(Vec<u8>, TransformReport), StreamError> {
-    let src = std::str::from_utf8(input).map_err(|_| StreamError::InvalidJson)?;
-    let rules: &[FieldRule] = match selection {
-        DecryptSelection::Paths(rules) => rules,
-        DecryptSelection::Auto => &[],
-    };
-    let mut w = Walker::new(src, rules, ring, now, max_depth, 0);
-    w.mode = Mode::Decrypt {
-        selection,
-        opener: Opener {
-            ring,
-            on_failure,
-            max_age,
-            now,
-        },
-        auto: matches!(selection, DecryptSelection::Auto),
-    };
+/// Opens the envelopes `spec` selects in the document `input`, with the
+/// rule's context (or the place's) and `max_age`; other values stay.
+/// `InvalidJson` / `TooDeep` mean nothing was opened.
+pub fn decrypt(input: &[u8], spec: &OpenSpec, ring: &Keyring, now: u64) -> Out {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let rules = spec.rules();
+    let mut w = Walker::new(src, rules, Mode::Decrypt { spec, ring }, now);
     let mut report = w.run(input)?;
     if !rules.is_empty() {
         report.paths = matched_paths(rules, &w.hit);
@@ -252,21 +124,107 @@ pub fn decrypt_json(
     Ok((w.out, report))
 }
 
+/// Re-encrypts every envelope in the document `input` under the sealing
+/// key, same context and type; plaintext never leaves the walk.
+///
+/// With `rules`, the values they select are opened with their contexts,
+/// and every other envelope not yet under the sealing key with its place's
+/// default context; without, every envelope with its place's context (so
+/// envelopes sealed under a named context need the rules). Every envelope
+/// opened is authenticated; those already under the sealing key stay as
+/// they are, the others are re-sealed keeping their first `issued_at`.
+/// `now` is only the clock of the authentication (no `max_age` applies).
+/// Counts: `decrypted` = envelopes opened, `encrypted` = envelopes
+/// re-sealed, `key_ids` = key ids the envelopes were found under.
+pub fn rewrap(input: &[u8], rules: Option<&[FieldRule]>, keys: Keys<'_>, now: u64) -> Out {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mode = Mode::Rewrap {
+        keys,
+        has_rules: rules.is_some(),
+    };
+    let rules = rules.unwrap_or(&[]);
+    let mut w = Walker::new(src, rules, mode, now);
+    let mut report = w.run(input)?;
+    if !rules.is_empty() {
+        report.paths = matched_paths(rules, &w.hit);
+    }
+    Ok((w.out, report))
+}
+
+/// Is `input` one valid JSON document nesting at most `max_depth` levels
+/// (and at most serde_json's)?
+pub fn validate(input: &[u8], max_depth: usize) -> Result<(), TransformError> {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mut w = Walker::new(src, &[], Mode::Validate, 0);
+    w.max_depth = max_depth.min(SERDE_MAX_DEPTH);
+    w.run(input).map(|_| ())
+}
+
+/// Normalized paths (RFC 9535 §2.7) of the values `rules` select in the
+/// document `input`, in document order, each once.
+pub fn locations(input: &[u8], rules: &[FieldRule]) -> Result<Vec<String>, TransformError> {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mut w = Walker::new(src, rules, Mode::Select, 0);
+    w.run(input)?;
+    Ok(w.found)
+}
+
+/// Where `scan_strings` found a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringKind {
+    /// A string value.
+    Value,
+    /// An object member's name.
+    MemberName,
+}
+
+/// Calls `f` on every string of the document `input`, unescaped, member
+/// names included (every occurrence of a repeated one), in document order,
+/// as the walk goes: on `Err` the calls so far were about a document that
+/// turned out invalid.
+pub fn scan_strings(
+    input: &[u8],
+    mut f: impl FnMut(&str, StringKind),
+) -> Result<(), TransformError> {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mut w = Walker::new(src, &[], Mode::Scan, 0);
+    w.scan = Some(&mut f);
+    w.run(input).map(|_| ())
+}
+
+/// What a walk does with what it finds.
+#[derive(Clone, Copy)]
 enum Mode<'r> {
+    /// Only validate.
+    Validate,
+    /// Record the locations the rules select.
+    Select,
+    /// Hand every string to the scan callback.
+    Scan,
     Encrypt {
-        named: &'r [String],
+        spec: &'r SealSpec,
+        keys: Keys<'r>,
     },
     Decrypt {
-        selection: &'r DecryptSelection,
-        opener: Opener<'r>,
-        auto: bool,
+        spec: &'r OpenSpec,
+        ring: &'r Keyring,
+    },
+    Rewrap {
+        keys: Keys<'r>,
+        has_rules: bool,
     },
 }
 
-/// One step of the location of the value being walked.
-enum Frame<'a> {
-    Key(Cow<'a, str>),
-    Index(usize),
+impl Mode<'_> {
+    /// Are strings outside the rules looked at (the guard, `decrypt: auto`,
+    /// rewrap, scans)?
+    fn checks_strings(&self) -> bool {
+        match self {
+            Mode::Validate | Mode::Select => false,
+            Mode::Scan | Mode::Encrypt { .. } | Mode::Rewrap { .. } => true,
+            Mode::Decrypt { spec, .. } => spec.rules().is_empty(),
+        }
+    }
 }
 
 struct Walker<'a, 'r> {
@@ -276,75 +234,85 @@ struct Walker<'a, 'r> {
     out: Vec<u8>,
     /// `src[..copied]` is already in `out` (verbatim or replaced).
     copied: usize,
+    /// Whether the walk writes `out` (a transform) or only reads.
+    copies: bool,
     max_depth: usize,
     rules: &'r [FieldRule],
     rs: RuleStates<'r>,
     hit: Vec<bool>,
-    path: Vec<Frame<'a>>,
-    ring: &'r Keyring,
+    path: Vec<Step<'a>>,
     now: u64,
     mode: Mode<'r>,
+    checks_strings: bool,
     report: TransformReport,
     /// The first sealing or decryption failure: reported once the whole
-    /// input is known to be valid JSON (the tree path parsed first).
-    failed: Option<StreamError>,
+    /// input is known to be valid JSON.
+    failed: Option<TransformError>,
     /// Element counts of arrays, by offset of their `[`, found while
     /// counting an enclosing array (so each array is counted once).
     counts: HashMap<usize, usize>,
     recording: bool,
-    /// The route's look-alike automaton (off unless encrypting a request).
+    /// The route's look-alike automaton (off unless encrypting).
     look: &'r LookAlikes,
     /// Object members seen (each once).
     members: usize,
+    /// `Select`: the locations found.
+    found: Vec<String>,
+    /// `Scan`: the callback.
+    scan: Option<&'r mut ScanFn<'r>>,
 }
+
+type ScanFn<'r> = dyn FnMut(&str, StringKind) + 'r;
 
 /// The automaton of walks that check no look-alikes.
 static NO_LOOK_ALIKES: LookAlikes = LookAlikes::OFF;
 
 impl<'a, 'r> Walker<'a, 'r> {
-    fn new(
-        src: &'a str,
-        rules: &'r [FieldRule],
-        ring: &'r Keyring,
-        now: u64,
-        max_depth: usize,
-        expected_fields: usize,
-    ) -> Walker<'a, 'r> {
+    fn new(src: &'a str, rules: &'r [FieldRule], mode: Mode<'r>, now: u64) -> Walker<'a, 'r> {
+        // Room for the envelopes of the fields a request usually has.
+        let grows = match mode {
+            Mode::Encrypt { .. } => 96 * rules.len() + 64,
+            Mode::Validate | Mode::Select | Mode::Scan => 0,
+            Mode::Decrypt { .. } | Mode::Rewrap { .. } => 64,
+        };
+        let copies = !matches!(mode, Mode::Validate | Mode::Select | Mode::Scan);
         Walker {
             src,
             b: src.as_bytes(),
             pos: 0,
-            out: Vec::with_capacity(src.len() + 96 * expected_fields + 64),
+            out: Vec::with_capacity(if copies { src.len() + grows } else { 0 }),
             copied: 0,
-            max_depth: max_depth.min(SERDE_MAX_DEPTH),
+            copies,
+            max_depth: SERDE_MAX_DEPTH,
             rules,
             rs: RuleStates::new(rules),
             hit: vec![false; rules.len()],
             path: Vec::new(),
-            ring,
             now,
-            mode: Mode::Encrypt { named: &[] },
+            checks_strings: mode.checks_strings(),
+            mode,
             report: TransformReport::default(),
             failed: None,
             counts: HashMap::new(),
             recording: false,
             look: &NO_LOOK_ALIKES,
             members: 0,
+            found: Vec::new(),
+            scan: None,
         }
     }
 
-    fn run(&mut self, input: &[u8]) -> Result<TransformReport, StreamError> {
-        let walked = self.document();
-        match walked {
+    fn run(&mut self, input: &[u8]) -> Result<TransformReport, TransformError> {
+        match self.document() {
             Ok(()) => {}
-            Err(StreamError::TooDeep { .. }) => {
-                // As on the tree path: what serde_json refuses is invalid,
-                // the rest is too deep for the configured limit.
+            Err(TransformError::TooDeep { .. }) => {
+                // What serde_json refuses is invalid, the rest is too deep
+                // for the configured limit.
                 return Err(match serde_json::from_slice::<Value>(input) {
-                    Ok(_) => StreamError::TooDeep {
+                    Ok(_) => TransformError::TooDeep {
                         limit: self.max_depth,
                     },
-                    Err(_) => StreamError::InvalidJson,
+                    Err(_) => TransformError::InvalidJson,
                 });
             }
             Err(e) => return Err(e),
@@ -352,33 +320,23 @@ impl<'a, 'r> Walker<'a, 'r> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let rest = self.b.get(self.copied..).unwrap_or(&[]);
-        self.out.extend_from_slice(rest);
-        self.copied = self.b.len();
+        if self.copies {
+            let rest = self.b.get(self.copied..).unwrap_or(&[]);
+            self.out.extend_from_slice(rest);
+            self.copied = self.b.len();
+        }
         Ok(std::mem::take(&mut self.report))
     }
 
-    fn document(&mut self) -> Result<(), StreamError> {
+    fn document(&mut self) -> Result<(), TransformError> {
         self.ws();
         let la = self.look.start();
         self.value(0, 0, true, la)?;
         self.ws();
         if self.pos != self.b.len() {
-            return Err(StreamError::InvalidJson);
+            return Err(TransformError::InvalidJson);
         }
         Ok(())
-    }
-
-    fn encrypting(&self) -> bool {
-        matches!(self.mode, Mode::Encrypt { .. })
-    }
-
-    /// Are strings outside the rules looked at (guard, `decrypt: auto`)?
-    fn checks_strings(&self) -> bool {
-        match self.mode {
-            Mode::Encrypt { .. } => true,
-            Mode::Decrypt { auto, .. } => auto,
-        }
     }
 
     // -- lexing ------------------------------------------------------------
@@ -393,12 +351,12 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
     }
 
-    fn literal(&mut self, word: &[u8]) -> Result<(), StreamError> {
+    fn literal(&mut self, word: &[u8]) -> Result<(), TransformError> {
         if self.b.get(self.pos..self.pos + word.len()) == Some(word) {
             self.pos += word.len();
             Ok(())
         } else {
-            Err(StreamError::InvalidJson)
+            Err(TransformError::InvalidJson)
         }
     }
 
@@ -411,7 +369,7 @@ impl<'a, 'r> Walker<'a, 'r> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Result<(), StreamError> {
+    fn number(&mut self) -> Result<(), TransformError> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -420,12 +378,12 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'1'..=b'9') => {
                 self.digits();
             }
-            _ => return Err(StreamError::InvalidJson),
+            _ => return Err(TransformError::InvalidJson),
         }
         if self.peek() == Some(b'.') {
             self.pos += 1;
             if self.digits() == 0 {
-                return Err(StreamError::InvalidJson);
+                return Err(TransformError::InvalidJson);
             }
         }
         if let Some(b'e' | b'E') = self.peek() {
@@ -434,22 +392,22 @@ impl<'a, 'r> Walker<'a, 'r> {
                 self.pos += 1;
             }
             if self.digits() == 0 {
-                return Err(StreamError::InvalidJson);
+                return Err(TransformError::InvalidJson);
             }
         }
         Ok(())
     }
 
-    fn hex4(&mut self) -> Result<u32, StreamError> {
+    fn hex4(&mut self) -> Result<u32, TransformError> {
         let digits = self
             .b
             .get(self.pos..self.pos + 4)
-            .ok_or(StreamError::InvalidJson)?;
+            .ok_or(TransformError::InvalidJson)?;
         let mut v = 0u32;
         for d in digits {
             let x = char::from(*d)
                 .to_digit(16)
-                .ok_or(StreamError::InvalidJson)?;
+                .ok_or(TransformError::InvalidJson)?;
             v = v * 16 + x;
         }
         self.pos += 4;
@@ -458,7 +416,7 @@ impl<'a, 'r> Walker<'a, 'r> {
 
     /// A string at `pos` (its `"`): returns the range of its contents and
     /// whether it holds escapes.
-    fn string(&mut self) -> Result<(usize, usize, bool), StreamError> {
+    fn string(&mut self) -> Result<(usize, usize, bool), TransformError> {
         self.pos += 1;
         let from = self.pos;
         let mut escaped = false;
@@ -472,10 +430,10 @@ impl<'a, 'r> Walker<'a, 'r> {
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
             match plain {
                 Some(n) => self.pos += n,
-                None => return Err(StreamError::InvalidJson),
+                None => return Err(TransformError::InvalidJson),
             }
             match self.peek() {
-                None => return Err(StreamError::InvalidJson),
+                None => return Err(TransformError::InvalidJson),
                 Some(b'"') => {
                     let to = self.pos;
                     self.pos += 1;
@@ -493,34 +451,29 @@ impl<'a, 'r> Walker<'a, 'r> {
                             match self.hex4()? {
                                 0xD800..=0xDBFF => {
                                     if self.b.get(self.pos..self.pos + 2) != Some(b"\\u") {
-                                        return Err(StreamError::InvalidJson);
+                                        return Err(TransformError::InvalidJson);
                                     }
                                     self.pos += 2;
                                     if !(0xDC00..=0xDFFF).contains(&self.hex4()?) {
-                                        return Err(StreamError::InvalidJson);
+                                        return Err(TransformError::InvalidJson);
                                     }
                                 }
-                                0xDC00..=0xDFFF => return Err(StreamError::InvalidJson),
+                                0xDC00..=0xDFFF => return Err(TransformError::InvalidJson),
                                 _ => {}
                             }
                         }
-                        _ => return Err(StreamError::InvalidJson),
+                        _ => return Err(TransformError::InvalidJson),
                     }
                 }
-                Some(c) if c < 0x20 => return Err(StreamError::InvalidJson),
+                Some(c) if c < 0x20 => return Err(TransformError::InvalidJson),
                 Some(_) => self.pos += 1,
             }
         }
     }
 
     /// The text of string contents `from..to` (validated by `string`).
-    fn text(&self, from: usize, to: usize, escaped: bool) -> Result<Cow<'a, str>, StreamError> {
-        let src: &'a str = self.src;
-        let raw = src.get(from..to).ok_or(StreamError::InvalidJson)?;
-        if !escaped {
-            return Ok(Cow::Borrowed(raw));
-        }
-        unescape(raw).map(Cow::Owned)
+    fn text(&self, from: usize, to: usize, escaped: bool) -> Result<Cow<'a, str>, TransformError> {
+        unescaped(self.src, from, to, escaped)
     }
 
     // -- walking -----------------------------------------------------------
@@ -528,22 +481,32 @@ impl<'a, 'r> Walker<'a, 'r> {
     /// The value at `pos`, inside `depth` containers, with rule states
     /// `lo..` (the stack's end) and look-alike state `la`. With `track`
     /// false it is only validated.
-    fn value(&mut self, depth: usize, lo: usize, track: bool, la: u32) -> Result<(), StreamError> {
+    fn value(
+        &mut self,
+        depth: usize,
+        lo: usize,
+        track: bool,
+        la: u32,
+    ) -> Result<(), TransformError> {
         let hi = self.rs.len();
-        let track = track && (hi > lo || self.checks_strings());
+        let track = track && (hi > lo || self.checks_strings);
         let start = self.pos;
         if track && hi > lo {
             if let Some(r) = self.rs.selected(lo, hi) {
                 if let Some(h) = self.hit.get_mut(r) {
                     *h = true;
                 }
-                if self.encrypting() {
-                    self.value(depth, hi, false, la)?;
-                    return self.seal_selected(r, start, false);
-                }
-                if self.peek() == Some(b'"') {
-                    let (from, to, escaped) = self.string()?;
-                    return self.open_string(Some(r), lo, hi, start, from, to, escaped);
+                match self.mode {
+                    Mode::Encrypt { .. } => {
+                        self.value(depth, hi, false, la)?;
+                        return self.seal_value(r, start, false);
+                    }
+                    Mode::Select => self.found.push(location::normalized(&self.path)),
+                    Mode::Decrypt { .. } | Mode::Rewrap { .. } if self.peek() == Some(b'"') => {
+                        let (from, to, escaped) = self.string()?;
+                        return self.at_string(Some(r), lo, hi, start, (from, to, escaped));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -556,7 +519,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 match self.look.mode() {
                     LookAlikeMode::Seal if !container || hi == lo => {
                         self.value(depth, hi, false, la)?;
-                        return self.seal_selected(r, start, true);
+                        return self.seal_value(r, start, true);
                     }
                     LookAlikeMode::Refuse if !container => {
                         return self.refuse_look_alike(r, lo, hi, start, depth);
@@ -569,9 +532,9 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'{') => self.object(depth + 1, lo, hi, track, la),
             Some(b'[') => self.array(depth + 1, lo, hi, track, la),
             Some(b'"') => {
-                let (from, to, escaped) = self.string()?;
-                if track && self.checks_strings() {
-                    self.check_string(lo, hi, start, from, to, escaped)?;
+                let s = self.string()?;
+                if track && self.checks_strings {
+                    self.at_string(None, lo, hi, start, s)?;
                 }
                 Ok(())
             }
@@ -579,12 +542,12 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
             Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(StreamError::InvalidJson),
+            _ => Err(TransformError::InvalidJson),
         }
     }
 
     /// After a member or element: `,` (true) or the closing `close` (false).
-    fn next_item(&mut self, close: u8) -> Result<bool, StreamError> {
+    fn next_item(&mut self, close: u8) -> Result<bool, TransformError> {
         self.ws();
         match self.peek() {
             Some(b',') => {
@@ -596,7 +559,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 self.pos += 1;
                 Ok(false)
             }
-            _ => Err(StreamError::InvalidJson),
+            _ => Err(TransformError::InvalidJson),
         }
     }
 
@@ -607,9 +570,9 @@ impl<'a, 'r> Walker<'a, 'r> {
         hi: usize,
         track: bool,
         la: u32,
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), TransformError> {
         if depth > self.max_depth {
-            return Err(StreamError::TooDeep {
+            return Err(TransformError::TooDeep {
                 limit: self.max_depth,
             });
         }
@@ -621,12 +584,12 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
         loop {
             if self.peek() != Some(b'"') {
-                return Err(StreamError::InvalidJson);
+                return Err(TransformError::InvalidJson);
             }
             let (from, to, escaped) = self.string()?;
             self.ws();
             if self.peek() != Some(b':') {
-                return Err(StreamError::InvalidJson);
+                return Err(TransformError::InvalidJson);
             }
             self.pos += 1;
             self.ws();
@@ -635,13 +598,16 @@ impl<'a, 'r> Walker<'a, 'r> {
             }
             if track {
                 let key = self.text(from, to, escaped)?;
+                if let Some(scan) = self.scan.as_mut() {
+                    scan(&key, StringKind::MemberName);
+                }
                 let start = if hi > lo {
                     self.rs.advance_member(lo, hi, &key)
                 } else {
                     hi
                 };
                 let la = self.look.step(la, &key);
-                self.path.push(Frame::Key(key));
+                self.path.push(Step::Key(key));
                 self.value(depth, start, true, la)?;
                 self.path.pop();
                 self.rs.truncate(start);
@@ -661,9 +627,9 @@ impl<'a, 'r> Walker<'a, 'r> {
         hi: usize,
         track: bool,
         la: u32,
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), TransformError> {
         if depth > self.max_depth {
-            return Err(StreamError::TooDeep {
+            return Err(TransformError::TooDeep {
                 limit: self.max_depth,
             });
         }
@@ -690,7 +656,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 } else {
                     hi
                 };
-                self.path.push(Frame::Index(j));
+                self.path.push(Step::Index(j));
                 self.value(depth, start, true, la)?;
                 self.path.pop();
                 self.rs.truncate(start);
@@ -709,7 +675,7 @@ impl<'a, 'r> Walker<'a, 'r> {
 
     /// Number of elements of the array at `pos`, which is left unmoved. The
     /// arrays inside are counted on the way, so none is scanned twice.
-    fn element_count(&mut self, depth: usize, hi: usize) -> Result<usize, StreamError> {
+    fn element_count(&mut self, depth: usize, hi: usize) -> Result<usize, TransformError> {
         let open = self.pos;
         if let Some(n) = self.counts.get(&open) {
             return Ok(*n);
@@ -723,12 +689,12 @@ impl<'a, 'r> Walker<'a, 'r> {
         Ok(self.counts.get(&open).copied().unwrap_or(0))
     }
 
-    // -- transforms --------------------------------------------------------
+    // -- what happens to a value -------------------------------------------
 
     /// Default context: the nearest member name, or `$`.
     fn location_context(&self) -> Cow<'a, str> {
-        for f in self.path.iter().rev() {
-            if let Frame::Key(k) = f {
+        for s in self.path.iter().rev() {
+            if let Step::Key(k) = s {
                 return k.clone();
             }
         }
@@ -745,31 +711,107 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
     }
 
+    /// The member names a failure under rule `rule` may show.
+    fn rule_names(&self, rule: Option<usize>) -> &'r [String] {
+        let rules: &'r [FieldRule] = self.rules;
+        rule.and_then(|r| rules.get(r))
+            .map_or(&[][..], |r| r.path.names())
+    }
+
+    /// Writes what `verdict` says for the value `src[start..pos]`, whose
+    /// rule states are `lo..hi`.
+    fn apply(
+        &mut self,
+        verdict: Verdict,
+        start: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<(), TransformError> {
+        match verdict {
+            Verdict::Keep => Ok(()),
+            Verdict::Null => self.replace(start, &Value::Null),
+            Verdict::Replace(v @ (Value::Object(_) | Value::Array(_)))
+                if matches!(self.mode, Mode::Decrypt { .. }) =>
+            {
+                self.open_within(v, start, lo, hi)
+            }
+            Verdict::Replace(v) => self.replace(start, &v),
+            Verdict::Fail(e) => {
+                self.failed = Some(e);
+                Ok(())
+            }
+        }
+    }
+
     /// Replaces `src[start..pos]` in the output by the JSON of `v`.
-    fn replace(&mut self, start: usize, v: &impl serde::Serialize) -> Result<(), StreamError> {
+    fn replace(&mut self, start: usize, v: &Value) -> Result<(), TransformError> {
         let before = self.b.get(self.copied..start).unwrap_or(&[]);
         self.out.extend_from_slice(before);
-        serde_json::to_writer(&mut self.out, v).map_err(|_| StreamError::Seal)?;
+        serde_json::to_writer(&mut self.out, v).map_err(|_| TransformError::Seal)?;
         self.copied = self.pos;
+        Ok(())
+    }
+
+    /// A container just opened at `src[start..pos]` (states `lo..hi`) may
+    /// itself hold envelopes: its JSON is walked on, as if it stood there.
+    fn open_within(
+        &mut self,
+        v: Value,
+        start: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<(), TransformError> {
+        // A `Value` always serializes.
+        let text = serde_json::to_string(&v).map_err(|_| TransformError::Seal)?;
+        let mut inner = Walker::new(&text, self.rules, self.mode, self.now);
+        inner.rs = RuleStates::resumed(self.rules, self.rs.states(lo, hi));
+        inner.path = self.path.iter().cloned().map(Step::into_owned).collect();
+        // The opened value was parsed once, within serde_json's limit.
+        inner.max_depth = usize::MAX;
+        let result = inner.run(text.as_bytes());
+        for (h, inner) in self.hit.iter_mut().zip(&inner.hit) {
+            *h |= *inner;
+        }
+        match result {
+            Ok(report) => {
+                self.report.decrypted += report.decrypted;
+                for id in &report.key_ids {
+                    self.report.note_key(id);
+                }
+                self.report.failures.extend(report.failures);
+                let before = self.b.get(self.copied..start).unwrap_or(&[]);
+                self.out.extend_from_slice(before);
+                self.out.extend_from_slice(&inner.out);
+                self.copied = self.pos;
+            }
+            Err(e) => self.failed = Some(e),
+        }
         Ok(())
     }
 
     /// Encrypt: the value `src[start..pos]` was selected by rule `r`, or
     /// (`look_alike`) is a look-alike of rule `r` on a route that seals
     /// those. A look-alike holding no data (`null`, empty containers) stays.
-    fn seal_selected(
+    fn seal_value(
         &mut self,
         r: usize,
         start: usize,
         look_alike: bool,
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), TransformError> {
+        let Mode::Encrypt { keys, .. } = self.mode else {
+            return Ok(());
+        };
         if self.failed.is_some() {
             return Ok(());
         }
         let src: &'a str = self.src;
-        let raw = src.get(start..self.pos).ok_or(StreamError::InvalidJson)?;
+        let raw = src
+            .get(start..self.pos)
+            .ok_or(TransformError::InvalidJson)?;
         let value = if raw.starts_with('"') {
-            let inner = raw.get(1..raw.len() - 1).ok_or(StreamError::InvalidJson)?;
+            let inner = raw
+                .get(1..raw.len() - 1)
+                .ok_or(TransformError::InvalidJson)?;
             let s = if inner.contains('\\') {
                 unescape(inner)?
             } else {
@@ -777,7 +819,7 @@ impl<'a, 'r> Walker<'a, 'r> {
             };
             Value::String(s)
         } else {
-            serde_json::from_str(raw).map_err(|_| StreamError::InvalidJson)?
+            serde_json::from_str(raw).map_err(|_| TransformError::InvalidJson)?
         };
         if look_alike && !carries_data(&value) {
             return Ok(());
@@ -787,22 +829,11 @@ impl<'a, 'r> Walker<'a, 'r> {
         } else {
             self.rule_context(Some(r))
         };
-        if let Value::String(s) = &value {
-            if looks_like_envelope(s) && self.ring.open_at(s, &context, None, self.now).is_ok() {
-                return Ok(());
-            }
+        let verdict = policy::seal(value, &context, keys, self.now, &mut self.report);
+        if let (Verdict::Replace(_), Some(h)) = (&verdict, self.hit.get_mut(r)) {
+            *h = true;
         }
-        match self.ring.seal_at(&value, &context, self.now) {
-            Ok(sealed) => {
-                self.replace(start, &sealed)?;
-                self.report.encrypted += 1;
-                if let Some(h) = self.hit.get_mut(r) {
-                    *h = true;
-                }
-            }
-            Err(e) => self.failed = Some(e.into()),
-        }
-        Ok(())
+        self.apply(verdict, start, 0, 0)
     }
 
     /// A look-alike is sealed with its rule's context, else with the last
@@ -813,8 +844,8 @@ impl<'a, 'r> Walker<'a, 'r> {
         if let Some(c) = self.rules.get(r).and_then(|r| r.context.as_deref()) {
             return Cow::Owned(c.to_owned());
         }
-        for f in self.path.iter().rev() {
-            if let Frame::Key(k) = f {
+        for s in self.path.iter().rev() {
+            if let Step::Key(k) = s {
                 return match name_parts(k).last() {
                     Some(p) if p.len() < k.len() => Cow::Owned(p.to_owned()),
                     _ => k.clone(),
@@ -835,7 +866,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         hi: usize,
         start: usize,
         depth: usize,
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), TransformError> {
         match self.peek() {
             Some(b'n') => return self.literal(b"null"),
             Some(b'"') => {
@@ -844,172 +875,119 @@ impl<'a, 'r> Walker<'a, 'r> {
                 let reserved = if escaped {
                     looks_like_envelope(&self.text(from, to, escaped)?)
                 } else {
-                    raw.starts_with(crate::crypto::PREFIX.as_bytes())
+                    raw.starts_with(PREFIX.as_bytes())
                 };
                 if reserved {
-                    return self.check_string(lo, hi, start, from, to, escaped);
+                    return self.at_string(None, lo, hi, start, (from, to, escaped));
                 }
             }
             _ => self.value(depth, hi, false, 0)?,
         }
         if self.failed.is_none() {
-            let names = self.rules.get(r).map_or(&[][..], |r| r.path.names());
-            self.failed = Some(StreamError::LookAlike {
-                rule: self
-                    .rules
-                    .get(r)
-                    .map_or_else(String::new, |r| r.path.as_str().to_owned()),
-                location: redacted_path(&steps(&self.path), names),
+            let rule = self.rules.get(r);
+            self.failed = Some(TransformError::LookAlike {
+                rule: rule.map_or_else(String::new, |r| r.path.as_str().to_owned()),
+                location: location::redacted(&self.path, self.rule_names(Some(r))),
             });
         }
         Ok(())
     }
 
-    /// A string outside the rules: the reserved-prefix guard (encrypt) or
-    /// `decrypt: auto`.
-    fn check_string(
-        &mut self,
-        lo: usize,
-        hi: usize,
-        start: usize,
-        from: usize,
-        to: usize,
-        escaped: bool,
-    ) -> Result<(), StreamError> {
-        let raw = self.b.get(from..to).unwrap_or(&[]);
-        if !escaped && !raw.starts_with(crate::crypto::PREFIX.as_bytes()) {
-            return Ok(());
-        }
-        if let Mode::Decrypt { .. } = self.mode {
-            return self.open_string(None, lo, hi, start, from, to, escaped);
-        }
-        let Mode::Encrypt { named } = self.mode else {
-            return Ok(());
-        };
-        if self.failed.is_some() {
-            return Ok(());
-        }
-        let s = self.text(from, to, escaped)?;
-        if !looks_like_envelope(&s) {
-            return Ok(());
-        }
-        let context = self.location_context();
-        let genuine = self.ring.open_at(&s, &context, None, self.now).is_ok()
-            || named
-                .iter()
-                .any(|c| self.ring.open_at(&s, c, None, self.now).is_ok());
-        if genuine {
-            return Ok(());
-        }
-        match self
-            .ring
-            .seal_at(&Value::String(s.into_owned()), &context, self.now)
-        {
-            Ok(sealed) => {
-                self.replace(start, &sealed)?;
-                self.report.encrypted += 1;
-            }
-            Err(e) => self.failed = Some(e.into()),
-        }
-        Ok(())
-    }
-
-    /// Decrypt: the string `src[start..pos]` (contents `from..to`) is
-    /// selected by rule `rule` (None: `auto`); its states are `lo..hi`.
-    #[allow(clippy::too_many_arguments)]
-    fn open_string(
+    /// The string `src[start..pos]` (contents `from..to`, `escaped` if it
+    /// holds escapes), selected by rule `rule` (None: outside the rules),
+    /// with rule states `lo..hi`.
+    fn at_string(
         &mut self,
         rule: Option<usize>,
         lo: usize,
         hi: usize,
         start: usize,
-        from: usize,
-        to: usize,
-        escaped: bool,
-    ) -> Result<(), StreamError> {
-        if self.failed.is_some() {
+        (from, to, escaped): (usize, usize, bool),
+    ) -> Result<(), TransformError> {
+        if let Some(scan) = self.scan.as_mut() {
+            let s = unescaped(self.src, from, to, escaped)?;
+            scan(&s, StringKind::Value);
+            return Ok(());
+        }
+        let raw = self.b.get(from..to).unwrap_or(&[]);
+        // Only a string that starts with the reserved prefix can be an
+        // envelope (an escape may spell the prefix).
+        if (!escaped && !raw.starts_with(PREFIX.as_bytes())) || self.failed.is_some() {
             return Ok(());
         }
         let s = self.text(from, to, escaped)?;
         if !looks_like_envelope(&s) {
             return Ok(());
         }
-        let (selection, opener) = match self.mode {
-            Mode::Decrypt {
-                selection, opener, ..
-            } => (selection, opener),
-            Mode::Encrypt { .. } => return Ok(()),
+        let now = self.now;
+        let verdict = match self.mode {
+            Mode::Encrypt { spec, keys } => {
+                let context = self.location_context();
+                policy::guard(
+                    &s,
+                    &context,
+                    &spec.named_contexts,
+                    keys,
+                    now,
+                    &mut self.report,
+                )
+            }
+            Mode::Decrypt { spec, ring } => {
+                let context = self.rule_context(rule);
+                let names = self.rule_names(rule);
+                policy::open(
+                    &s,
+                    &context,
+                    spec,
+                    ring,
+                    now,
+                    &mut self.report,
+                    (&self.path, names),
+                )
+            }
+            Mode::Rewrap { keys, has_rules } => {
+                // With rules, an envelope outside them already under the
+                // sealing key stays as it is, unopened.
+                if rule.is_none() && has_rules && envelope_key_id(&s) == Some(keys.seal.id()) {
+                    return Ok(());
+                }
+                let context = self.rule_context(rule);
+                let names = self.rule_names(rule);
+                policy::rewrap(
+                    &s,
+                    &context,
+                    keys,
+                    now,
+                    &mut self.report,
+                    (&self.path, names),
+                )
+            }
+            Mode::Validate | Mode::Select | Mode::Scan => Verdict::Keep,
         };
-        let context = self.rule_context(rule);
-        match self.ring.open_at(&s, &context, opener.max_age, self.now) {
-            Ok(opened) => {
-                note_key(&mut self.report.key_ids, &opened.key_id);
-                self.report.decrypted += 1;
-                let mut value = opened.value;
-                if matches!(value, Value::Object(_) | Value::Array(_)) {
-                    // A decrypted value may itself hold envelopes: as on the
-                    // tree path, the walk goes on inside it.
-                    let steps = steps(&self.path);
-                    let res = opener.open_within(
-                        &mut value,
-                        selection,
-                        self.rs.states(lo, hi),
-                        &steps,
-                        &mut self.report,
-                        &mut self.hit,
-                    );
-                    drop(steps);
-                    match res {
-                        Ok(()) => {}
-                        Err(FieldError::Decrypt(f)) => {
-                            self.failed = Some(StreamError::Decrypt(f));
-                            return Ok(());
-                        }
-                        Err(FieldError::Seal) => {
-                            self.failed = Some(StreamError::Seal);
-                            return Ok(());
-                        }
-                    }
-                }
-                self.replace(start, &value)?;
-            }
-            Err(e) => {
-                let names = rule
-                    .and_then(|r| self.rules.get(r))
-                    .map_or(&[][..], |r| r.path.names());
-                let failure = failure_for(&steps(&self.path), &s, e, names);
-                match opener.on_failure {
-                    OnDecryptFailure::Error => {
-                        self.failed = Some(StreamError::Decrypt(failure));
-                        return Ok(());
-                    }
-                    OnDecryptFailure::Null => self.replace(start, &Value::Null)?,
-                    OnDecryptFailure::Keep => {}
-                }
-                self.report.failures.push(failure);
-            }
-        }
-        Ok(())
+        self.apply(verdict, start, lo, hi)
     }
 }
 
-/// The location `path` as `fields` steps.
-fn steps<'p>(path: &'p [Frame<'_>]) -> Vec<Step<'p>> {
-    path.iter()
-        .map(|f| match f {
-            Frame::Key(k) => Step::Key(k),
-            Frame::Index(i) => Step::Index(*i),
-        })
-        .collect()
+fn unescaped(
+    src: &str,
+    from: usize,
+    to: usize,
+    escaped: bool,
+) -> Result<Cow<'_, str>, TransformError> {
+    let raw = src.get(from..to).ok_or(TransformError::InvalidJson)?;
+    if escaped {
+        unescape(raw).map(Cow::Owned)
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
 }
-
 /// Decodes the escapes of valid JSON string contents.
-fn unescape(raw: &str) -> Result<String, StreamError> {
+fn unescape(raw: &str) -> Result<String, TransformError> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(i) = rest.find('\\') {
-        out.push_str(rest.get(..i).ok_or(StreamError::InvalidJson)?);
-        let esc = rest.get(i + 1..).ok_or(StreamError::InvalidJson)?;
+        out.push_str(rest.get(..i).ok_or(TransformError::InvalidJson)?);
+        let esc = rest.get(i + 1..).ok_or(TransformError::InvalidJson)?;
         let mut chars = esc.chars();
         let c = match chars.next() {
             Some('"') => '"',
@@ -1024,33 +1002,33 @@ fn unescape(raw: &str) -> Result<String, StreamError> {
                 let hi = hex4(esc.get(1..5))?;
                 let (code, used) = if (0xD800..=0xDBFF).contains(&hi) {
                     if esc.get(5..7) != Some("\\u") {
-                        return Err(StreamError::InvalidJson);
+                        return Err(TransformError::InvalidJson);
                     }
                     let lo = hex4(esc.get(7..11))?;
                     if !(0xDC00..=0xDFFF).contains(&lo) {
-                        return Err(StreamError::InvalidJson);
+                        return Err(TransformError::InvalidJson);
                     }
                     (0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00), 11)
                 } else {
                     (hi, 5)
                 };
-                out.push(char::from_u32(code).ok_or(StreamError::InvalidJson)?);
-                rest = esc.get(used..).ok_or(StreamError::InvalidJson)?;
+                out.push(char::from_u32(code).ok_or(TransformError::InvalidJson)?);
+                rest = esc.get(used..).ok_or(TransformError::InvalidJson)?;
                 continue;
             }
-            _ => return Err(StreamError::InvalidJson),
+            _ => return Err(TransformError::InvalidJson),
         };
         out.push(c);
-        rest = esc.get(1..).ok_or(StreamError::InvalidJson)?;
+        rest = esc.get(1..).ok_or(TransformError::InvalidJson)?;
     }
     out.push_str(rest);
     Ok(out)
 }
 
-fn hex4(digits: Option<&str>) -> Result<u32, StreamError> {
-    let d = digits.ok_or(StreamError::InvalidJson)?;
+fn hex4(digits: Option<&str>) -> Result<u32, TransformError> {
+    let d = digits.ok_or(TransformError::InvalidJson)?;
     if !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(StreamError::InvalidJson);
+        return Err(TransformError::InvalidJson);
     }
-    u32::from_str_radix(d, 16).map_err(|_| StreamError::InvalidJson)
+    u32::from_str_radix(d, 16).map_err(|_| TransformError::InvalidJson)
 }

@@ -1,0 +1,163 @@
+//! What happens to one value the walk found, decided here and nowhere else:
+//! keep its bytes, replace it, write `null`, or fail the document. The
+//! walk (`stream`) only finds values and writes what these say.
+
+use serde_json::Value;
+
+use super::location::{redacted, Step};
+use super::{DecryptFailure, Keys, OnDecryptFailure, OpenSpec, TransformError, TransformReport};
+use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring};
+
+pub(crate) enum Verdict {
+    /// The value's bytes stay as they are.
+    Keep,
+    /// This value is written in its place.
+    Replace(Value),
+    /// `null` is written in its place.
+    Null,
+    /// The document fails.
+    Fail(TransformError),
+}
+
+/// Seal: a value a rule selects, or a look-alike on a `seal` route. A
+/// string that already opens under the ring with this context is a genuine
+/// envelope for its place and stays; anything else, a mere look-alike of an
+/// envelope included, is sealed.
+pub(crate) fn seal(
+    value: Value,
+    context: &str,
+    keys: Keys<'_>,
+    now: u64,
+    report: &mut TransformReport,
+) -> Verdict {
+    if let Value::String(s) = &value {
+        if looks_like_envelope(s) && keys.ring.open_at(s, context, None, now).is_ok() {
+            return Verdict::Keep;
+        }
+    }
+    sealed(&value, context, keys, now, report)
+}
+
+/// The guard: a string outside the rules. The `fs1:` prefix is reserved:
+/// a client string that uses it without being a genuine envelope for its
+/// place (or for a context some rule of the configuration names) is sealed
+/// too, so stored data holds only real envelopes. It then cannot be made to
+/// fail decryption (a 502 for every reader on `decrypt: auto` routes), and
+/// reads back as the string the client sent.
+pub(crate) fn guard(
+    s: &str,
+    context: &str,
+    named_contexts: &[String],
+    keys: Keys<'_>,
+    now: u64,
+    report: &mut TransformReport,
+) -> Verdict {
+    if !looks_like_envelope(s) {
+        return Verdict::Keep;
+    }
+    let opens = |c: &str| keys.ring.open_at(s, c, None, now).is_ok();
+    if opens(context) || named_contexts.iter().any(|c| opens(c)) {
+        return Verdict::Keep;
+    }
+    sealed(&Value::String(s.to_owned()), context, keys, now, report)
+}
+
+fn sealed(
+    value: &Value,
+    context: &str,
+    keys: Keys<'_>,
+    now: u64,
+    report: &mut TransformReport,
+) -> Verdict {
+    match keys.seal.seal_at(value, context, now) {
+        Ok(sealed) => {
+            report.encrypted += 1;
+            Verdict::Replace(Value::String(sealed))
+        }
+        Err(e) => Verdict::Fail(e.into()),
+    }
+}
+
+/// Open: an envelope a rule selects (or any string, for `decrypt: auto`),
+/// opened with `context` and the route's `max_age`. Other strings stay. A
+/// failure is located at `path` showing only the member names in `names`
+/// (the rule's), and handled as `on_decrypt_failure` says.
+pub(crate) fn open(
+    s: &str,
+    context: &str,
+    spec: &OpenSpec,
+    ring: &Keyring,
+    now: u64,
+    report: &mut TransformReport,
+    at: (&[Step<'_>], &[String]),
+) -> Verdict {
+    if !looks_like_envelope(s) {
+        return Verdict::Keep;
+    }
+    match ring.open_at(s, context, spec.max_age, now) {
+        Ok(opened) => {
+            report.note_key(&opened.key_id);
+            report.decrypted += 1;
+            Verdict::Replace(opened.value)
+        }
+        Err(e) => {
+            let f = failure(s, e, at);
+            match spec.on_failure {
+                OnDecryptFailure::Error => Verdict::Fail(TransformError::Decrypt(f)),
+                OnDecryptFailure::Null => {
+                    report.failures.push(f);
+                    Verdict::Null
+                }
+                OnDecryptFailure::Keep => {
+                    report.failures.push(f);
+                    Verdict::Keep
+                }
+            }
+        }
+    }
+}
+
+/// Rewrap: an envelope is authenticated (no `max_age` applies) and, unless
+/// it is already under the sealing key, sealed again under it with the same
+/// context and type, keeping its first sealing time so `max_age` still
+/// counts from there. Plaintext never leaves this function.
+pub(crate) fn rewrap(
+    s: &str,
+    context: &str,
+    keys: Keys<'_>,
+    now: u64,
+    report: &mut TransformReport,
+    at: (&[Step<'_>], &[String]),
+) -> Verdict {
+    if !looks_like_envelope(s) {
+        return Verdict::Keep;
+    }
+    let opened = match keys.ring.open_at(s, context, None, now) {
+        Ok(o) => o,
+        Err(e) => return Verdict::Fail(TransformError::Decrypt(failure(s, e, at))),
+    };
+    report.decrypted += 1;
+    report.note_key(&opened.key_id);
+    if opened.key_id == keys.seal.id() {
+        return Verdict::Keep;
+    }
+    match keys.seal.seal_at(&opened.value, context, opened.issued_at) {
+        Ok(sealed) => {
+            report.encrypted += 1;
+            Verdict::Replace(Value::String(sealed))
+        }
+        Err(e) => Verdict::Fail(e.into()),
+    }
+}
+
+fn failure(
+    envelope: &str,
+    e: DecryptError,
+    (path, names): (&[Step<'_>], &[String]),
+) -> DecryptFailure {
+    DecryptFailure {
+        location: redacted(path, names),
+        key_id: envelope_key_id(envelope).map(str::to_owned),
+        reason: e.reason(),
+    }
+}

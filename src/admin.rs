@@ -123,7 +123,7 @@ fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     )
 }
 
-async fn route<B>(shared: &Shared, loopback: bool, req: Request<B>) -> Response<ProxyBody> {
+async fn route<B>(shared: &Arc<Shared>, loopback: bool, req: Request<B>) -> Response<ProxyBody> {
     let path = req.uri().path();
     if PROTECTED.contains(&path) {
         if let Some(refused) = refusal(shared, loopback, &req) {

@@ -5,7 +5,11 @@
 
 use http::StatusCode;
 
-use crate::transform::DecryptFailure;
+use http::header::{self, HeaderValue};
+use http::Response;
+
+use crate::body::ProxyBody;
+use crate::transform::{DecryptFailure, TransformError};
 
 /// Every code [`ProxyError::reason`] returns, in declaration order. The
 /// unit tests below hold the two together; README.md documents each.
@@ -254,6 +258,26 @@ impl ProxyError {
         )
     }
 
+    /// A request body the transform refused or could not seal: which side
+    /// failed decides the answer (invalid, too deep, look-alike, schema and
+    /// too large are the client's; a sealing failure is ours).
+    pub fn from_request_transform(e: TransformError) -> ProxyError {
+        match e {
+            TransformError::InvalidJson => ProxyError::InvalidJson,
+            TransformError::TooDeep { limit } => ProxyError::TooDeep { limit },
+            TransformError::LookAlike { .. } => ProxyError::LookAlike,
+            TransformError::Schema => ProxyError::Schema("it does not match"),
+            TransformError::DuplicateMember => ProxyError::Schema("it repeats a member name"),
+            TransformError::FieldTooLarge => ProxyError::FieldTooLarge,
+            TransformError::FieldTooDeep => ProxyError::TooDeep {
+                limit: crate::crypto::MAX_SEAL_DEPTH,
+            },
+            TransformError::Seal | TransformError::Decrypt(_) => {
+                ProxyError::Internal("field encryption failed")
+            }
+        }
+    }
+
     /// The JSON body sent to the client: `{"error": "...", "status": N}`.
     /// Messages never echo request content.
     pub fn body(&self) -> String {
@@ -264,6 +288,24 @@ impl ProxyError {
         }
         body.to_string()
     }
+}
+
+/// The proxy's own answer for a refusal, the one synthetic response: the
+/// status and JSON body of `e`, never cached (the caller adds the security
+/// headers and the request id, as to every answer).
+pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(crate::body::full(e.body()));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::RateLimited { retry_after_secs } = e {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    resp
 }
 
 #[cfg(test)]

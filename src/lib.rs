@@ -44,7 +44,7 @@ impl Proxy {
     /// once, never per request.
     pub fn new(config: Config) -> Result<Proxy, LoadError> {
         let metrics = metrics::Metrics::new();
-        let runtime = state::Runtime::build(config, None)?.with_metrics(&metrics);
+        let runtime = state::Runtime::build(config, None, &metrics)?;
         Ok(Proxy {
             shared: Arc::new(Shared::new(runtime, metrics)),
         })

@@ -263,7 +263,6 @@ impl Limiter {
 /// The limiters of one config: routes that use the global default share its
 /// bucket (a client's total rate); a route with its own limit has its own.
 pub struct RateLimits {
-    per_route: Vec<Option<Arc<Limiter>>>,
     global: Option<(RateLimitSettings, Arc<Limiter>)>,
     /// Each route's own limiter by route name, to carry it over a reload.
     own: Vec<(String, RateLimitSettings, Arc<Limiter>)>,
@@ -271,14 +270,14 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(config: &Config) -> RateLimits {
-        RateLimits::carry_over(config, None)
-    }
-
-    /// Like `new`, but keeps `previous`'s buckets whose settings did not
-    /// change (the global one; a route's own, by route name), so a reload
-    /// does not hand every client a fresh burst.
-    pub fn carry_over(config: &Config, previous: Option<&RateLimits>) -> RateLimits {
+    /// The limiters of `config`, keeping `previous`'s buckets whose settings
+    /// did not change (the global one; a route's own, by route name), so a
+    /// reload does not hand every client a fresh burst. Also returns each
+    /// route's limiter, in the config's route order (None: unlimited).
+    pub fn carry_over(
+        config: &Config,
+        previous: Option<&RateLimits>,
+    ) -> (RateLimits, Vec<Option<Arc<Limiter>>>) {
         let max = config.rate_limit.max_tracked_clients;
         let prev = previous.filter(|p| p.max_tracked == max);
         let global = config.rate_limit.default.map(|s| {
@@ -309,20 +308,17 @@ impl RateLimits {
                 })
             })
             .collect();
-        RateLimits {
-            per_route,
+        let limits = RateLimits {
             global,
             own,
             max_tracked: max,
-        }
-    }
-
-    pub fn for_route(&self, index: usize) -> Option<&Limiter> {
-        self.per_route.get(index).and_then(|l| l.as_deref())
+        };
+        (limits, per_route)
     }
 
     pub fn prune_all(&self) {
-        for l in self.per_route.iter().flatten() {
+        let own = self.own.iter().map(|(_, _, l)| l);
+        for l in self.global.iter().map(|(_, l)| l).chain(own) {
             l.prune();
         }
     }
@@ -442,17 +438,15 @@ routes:
   - { name: off, match: { path_prefix: /off }, upstream: b, rate_limit: { enabled: false } }
 "#;
         let config = Config::from_yaml(yaml, std::path::Path::new("/t.yaml")).unwrap();
-        let limits = RateLimits::new(&config);
+        let (_, per_route) = RateLimits::carry_over(&config, None);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(limits.for_route(0).unwrap().check(ip).is_ok());
+        let route = |i: usize| per_route[i].as_deref();
+        assert!(route(0).unwrap().check(ip).is_ok());
         assert!(
-            limits.for_route(1).unwrap().check(ip).is_err(),
+            route(1).unwrap().check(ip).is_err(),
             "routes without a limit share the global bucket"
         );
-        assert!(
-            limits.for_route(2).unwrap().check(ip).is_ok(),
-            "own limit, own bucket"
-        );
-        assert!(limits.for_route(3).is_none());
+        assert!(route(2).unwrap().check(ip).is_ok(), "own limit, own bucket");
+        assert!(route(3).is_none());
     }
 }

@@ -140,38 +140,42 @@ pub struct RouteTable {
 pub struct HostRequired;
 
 impl RouteTable {
-    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(host, path, method))
-    }
-
-    /// The index of the route a request goes to. A request with no host
-    /// (HTTP/1.0 without Host, HTTP/2 without :authority) goes to the first
-    /// route it matches as long as no host-bound route before it matches its
-    /// path and method; if one does, the answer is `HostRequired`. So it is
-    /// never given a route it would not have had with the bound host.
-    pub fn select(
-        &self,
-        host: Option<&str>,
-        path: &str,
-        method: &Method,
-    ) -> Result<Option<usize>, HostRequired> {
-        for (i, r) in self.routes.iter().enumerate() {
-            if !r.matches_path_and_method(path, method) {
-                continue;
-            }
-            match (&r.host, host) {
-                (None, _) => return Ok(Some(i)),
-                (Some(want), Some(h)) if want == h => return Ok(Some(i)),
-                (Some(_), Some(_)) => {}
-                (Some(_), None) => return Err(HostRequired),
-            }
-        }
-        Ok(None)
-    }
-
     pub fn by_name(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
+    }
+}
+
+/// The route a request goes to, among `routes` in match order (the config's
+/// routes, or the runtime's bundles of them). A request with no host
+/// (HTTP/1.0 without Host, HTTP/2 without :authority) goes to the first
+/// route it matches as long as no host-bound route before it matches its
+/// path and method; if one does, the answer is `HostRequired`. So it is
+/// never given a route it would not have had with the bound host.
+pub fn select<'r, R: AsRef<Route>>(
+    routes: &'r [R],
+    host: Option<&str>,
+    path: &str,
+    method: &Method,
+) -> Result<Option<&'r R>, HostRequired> {
+    for r in routes {
+        let route = r.as_ref();
+        if !route.matches_path_and_method(path, method) {
+            continue;
+        }
+        match (&route.host, host) {
+            (None, _) => return Ok(Some(r)),
+            (Some(want), Some(h)) if want == h => return Ok(Some(r)),
+            (Some(_), Some(_)) => {}
+            (Some(_), None) => return Err(HostRequired),
+        }
+    }
+    Ok(None)
 }
 
 /// A request path in the one spelling that is both matched and forwarded.
@@ -519,28 +523,26 @@ pub(crate) mod tests {
 
     #[test]
     fn a_host_less_request_stops_at_a_host_bound_route_it_would_match() {
-        let mut bound = route(PathMatch::Prefix("/api/users".into()));
+        let mut bound = named("bound", PathMatch::Prefix("/api/users".into()));
         bound.host = Some("api.example".into());
-        let catch_all = route(PathMatch::Prefix("/".into()));
-        let table = RouteTable {
-            routes: vec![bound, catch_all],
-        };
+        let catch_all = named("catch_all", PathMatch::Prefix("/".into()));
+        let routes = vec![bound, catch_all];
         let get = Method::GET;
-        assert_eq!(table.select(None, "/api/users", &get), Err(HostRequired));
+        let pick = |host: Option<&str>, path: &str| {
+            select(&routes, host, path, &get).map(|r| r.map(|r| r.name.as_str()))
+        };
+        assert_eq!(pick(None, "/api/users"), Err(HostRequired));
+        assert_eq!(pick(None, "/api/users.json"), Err(HostRequired));
+        assert_eq!(pick(None, "/health"), Ok(Some("catch_all")));
+        assert_eq!(pick(Some("api.example"), "/api/users"), Ok(Some("bound")));
         assert_eq!(
-            table.select(None, "/api/users.json", &get),
-            Err(HostRequired)
+            pick(Some("other.example"), "/api/users"),
+            Ok(Some("catch_all"))
         );
-        assert_eq!(table.select(None, "/health", &get), Ok(Some(1)));
+        let empty: Vec<Route> = Vec::new();
         assert_eq!(
-            table.select(Some("api.example"), "/api/users", &get),
-            Ok(Some(0))
+            select(&empty, None, "/", &get).map(|r| r.is_some()),
+            Ok(false)
         );
-        assert_eq!(
-            table.select(Some("other.example"), "/api/users", &get),
-            Ok(Some(1))
-        );
-        let empty = RouteTable { routes: Vec::new() };
-        assert_eq!(empty.select(None, "/", &get), Ok(None));
     }
 }

@@ -730,7 +730,7 @@ fn redirect_response(
         (None, _) => false,
     };
     let mut resp = match host.filter(|_| allowed) {
-        None => crate::proxy::error_response(&crate::error::ProxyError::MisdirectedHost),
+        None => crate::error::respond(&crate::error::ProxyError::MisdirectedHost),
         Some(h) => {
             let port = https_port.unwrap_or_else(|| rt.config.listen.port());
             let authority = if port == 443 {

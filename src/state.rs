@@ -10,9 +10,11 @@ use crate::audit::AuditFailureMode;
 use crate::audit::{AuditKey, AuditLog, AuditSink};
 use crate::config::{AuditTarget, Config, ConfigError};
 use crate::crypto::{unix_now, KeyError, Keyring};
-use crate::metrics::Metrics;
-use crate::ratelimit::RateLimits;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::{Limiter, RateLimits};
+use crate::routes::Route;
 use crate::tls::TlsError;
+use crate::transform::{OpenSpec, SealSpec};
 use crate::upstream::UpstreamClient;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,9 @@ pub enum LoadError {
     NeedsRestart(&'static str),
     #[error("the reload task failed before finishing")]
     ReloadTask,
+    /// The loader refuses this; checked again where the keys are attached.
+    #[error("route {0:?} has encrypt or decrypt rules but there are no keys")]
+    NoKeys(String),
 }
 
 /// HKDF purpose of the audit log's HMAC sub-key.
@@ -48,21 +53,70 @@ pub struct Runtime {
     pub config: Config,
     pub tls: Arc<rustls::ServerConfig>,
     pub keyring: Option<Arc<Keyring>>,
-    pub upstreams: Vec<UpstreamClient>,
+    /// The routes in match order, each with all a request on it needs.
+    pub routes: Vec<Arc<RouteRuntime>>,
     pub limits: RateLimits,
     pub audit: Option<Audit>,
     /// `admin.token_file`, read at each load so a reload rotates it.
     pub admin_token: Option<crate::admin::AdminToken>,
-    /// Per route and per upstream metric handles, in config order.
-    pub route_metrics: Vec<crate::metrics::RouteMetrics>,
-    pub upstream_metrics: Vec<prometheus_client::metrics::histogram::Histogram>,
+}
+
+/// One route, compiled once with everything a request on it uses: the
+/// route, its rate limiter, its metric handles, its upstream and its field
+/// transforms with their keys. A request holds an `Arc` of it.
+pub struct RouteRuntime {
+    pub route: Route,
+    /// None: unlimited.
+    pub limiter: Option<Arc<Limiter>>,
+    pub metrics: RouteMetrics,
+    pub upstream: Arc<UpstreamClient>,
+    /// What request bodies get sealed, and with which keys.
+    pub seal: Option<Arc<Transform<SealSpec>>>,
+    /// What answers get opened, and with which keys.
+    pub open: Option<Arc<Transform<OpenSpec>>>,
+}
+
+/// A route's transform and the keyring it uses.
+pub struct Transform<S> {
+    pub spec: S,
+    pub keys: Arc<Keyring>,
+}
+
+impl AsRef<Route> for Arc<RouteRuntime> {
+    fn as_ref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// A route's transform `spec` with the ring's keys (the loader refuses
+/// rules without keys; here that is checked again, as a load error).
+fn with_keys<S>(
+    spec: Option<S>,
+    keyring: &Option<Arc<Keyring>>,
+    route: &str,
+) -> Result<Option<Arc<Transform<S>>>, LoadError> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let keys = keyring
+        .as_ref()
+        .ok_or_else(|| LoadError::NoKeys(route.to_owned()))?;
+    Ok(Some(Arc::new(Transform {
+        spec,
+        keys: Arc::clone(keys),
+    })))
 }
 
 impl Runtime {
     /// Builds a runtime: loads certificates and keys, opens the audit log
     /// (or reuses `previous`'s when its sink and key are unchanged, so the
-    /// hash chain goes on without a second writer).
-    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, LoadError> {
+    /// hash chain goes on without a second writer), and compiles every
+    /// route into its `RouteRuntime` with its `metrics` handles.
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        metrics: &Metrics,
+    ) -> Result<Runtime, LoadError> {
         let tls = crate::tls::server_config(&config.tls)?;
         let keyring = match &config.keys {
             Some(spec) => Some(Arc::new(Keyring::load(spec)?)),
@@ -111,38 +165,40 @@ impl Runtime {
             .map(crate::admin::AdminToken::load)
             .transpose()
             .map_err(LoadError::AdminToken)?;
-        let upstreams = config.upstreams.iter().map(UpstreamClient::new).collect();
+        let upstreams: Vec<Arc<UpstreamClient>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(UpstreamClient::new(u, metrics.upstream_handle(&u.name))))
+            .collect();
         // Buckets survive a reload: clients don't get a fresh burst from it.
-        let limits = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
+        let (limits, limiters) = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
+        let routes = config
+            .routes
+            .routes
+            .iter()
+            .zip(limiters)
+            .map(|(route, limiter)| {
+                // The index was checked against `upstreams` by the loader.
+                let upstream = Arc::clone(&upstreams[route.upstream]);
+                Ok(Arc::new(RouteRuntime {
+                    route: route.clone(),
+                    limiter,
+                    metrics: metrics.route_handles(&route.name),
+                    upstream,
+                    seal: with_keys(route.seal.clone(), &keyring, &route.name)?,
+                    open: with_keys(route.open.clone(), &keyring, &route.name)?,
+                }))
+            })
+            .collect::<Result<_, LoadError>>()?;
         Ok(Runtime {
             config,
             tls,
             keyring,
-            upstreams,
+            routes,
             limits,
             audit,
             admin_token,
-            route_metrics: Vec::new(),
-            upstream_metrics: Vec::new(),
         })
-    }
-
-    /// Looks up this config's metric handles once.
-    pub fn with_metrics(mut self, metrics: &Metrics) -> Runtime {
-        self.route_metrics = self
-            .config
-            .routes
-            .routes
-            .iter()
-            .map(|r| metrics.route_handles(&r.name))
-            .collect();
-        self.upstream_metrics = self
-            .config
-            .upstreams
-            .iter()
-            .map(|u| metrics.upstream_handle(&u.name))
-            .collect();
-        self
     }
 }
 
@@ -189,10 +245,11 @@ impl Shared {
 
     /// Re-reads the config file, certificates and keys, validates all of it,
     /// then swaps. On any error the running config stays in force.
-    pub async fn reload(&self) -> Result<String, LoadError> {
+    pub async fn reload(self: &Arc<Self>) -> Result<String, LoadError> {
         let _guard = self.reload_lock.lock().await;
         let path = self.config_path.clone();
         let current = self.runtime.load_full();
+        let shared = Arc::clone(self);
         // Key stretching (PBKDF2) and file reads must not stall the workers.
         let result = tokio::task::spawn_blocking(move || -> Result<Runtime, LoadError> {
             let config = Config::load(&path)?;
@@ -205,7 +262,7 @@ impl Shared {
             if config.redirect_http != current.config.redirect_http {
                 return Err(LoadError::NeedsRestart("redirect_http.address"));
             }
-            Runtime::build(config, Some(&current))
+            Runtime::build(config, Some(&current), &shared.metrics)
         })
         .await
         .unwrap_or(Err(LoadError::ReloadTask));
@@ -214,7 +271,7 @@ impl Shared {
         let status = match result {
             Ok(rt) => {
                 let summary = rt.config.summary();
-                self.runtime.store(Arc::new(rt.with_metrics(&self.metrics)));
+                self.runtime.store(Arc::new(rt));
                 self.metrics
                     .reloads
                     .get_or_create(&crate::metrics::OutcomeLabel {

@@ -1,4 +1,5 @@
-//! The pooled HTTP/1.1 client to each upstream, with its timeouts.
+//! One upstream as requests use it: its settings, the pooled HTTP/1.1
+//! client with its timeouts, and its latency histogram.
 
 use std::time::Duration;
 
@@ -7,19 +8,23 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::body::ProxyBody;
 use crate::config::Upstream;
 use crate::error::ProxyError;
 
-#[derive(Clone)]
 pub struct UpstreamClient {
+    /// Where requests go and how their Host is set.
+    pub spec: Upstream,
     client: Client<HttpConnector, ProxyBody>,
     timeout: Duration,
+    /// `fieldseal_upstream_duration_seconds{upstream}`.
+    duration: Histogram,
 }
 
 impl UpstreamClient {
-    pub fn new(u: &Upstream) -> UpstreamClient {
+    pub fn new(u: &Upstream, duration: Histogram) -> UpstreamClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(u.connect_timeout));
         connector.set_nodelay(true);
@@ -31,8 +36,10 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .build(connector);
         UpstreamClient {
+            spec: u.clone(),
             client,
             timeout: u.timeout,
+            duration,
         }
     }
 
@@ -40,9 +47,13 @@ impl UpstreamClient {
         self.timeout
     }
 
-    /// Sends the request and waits for the response head, within `timeout`.
+    /// Sends the request and waits for the response head, within `timeout`;
+    /// the wait is observed in the upstream's histogram.
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let sent = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        self.duration.observe(sent.elapsed().as_secs_f64());
+        match answer {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {

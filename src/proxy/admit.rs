@@ -1,0 +1,227 @@
+//! Stage 1, admit: the request as it will be matched and forwarded, its
+//! route, and the client's rate limit. Nothing of the body is read yet.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::Version;
+
+use super::Exchange;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::routes::{canonical_path, CanonicalPath};
+use crate::state::{RouteRuntime, Runtime};
+
+/// A request that may go on: where it goes, and what was learned on the way.
+pub(super) struct Admitted {
+    pub route: Arc<RouteRuntime>,
+    /// Matched, and forwarded.
+    pub path: CanonicalPath,
+    /// The host, lowercase without port, and the raw value to forward.
+    pub host: Option<(String, HeaderValue)>,
+    /// The peer (the TCP connection's), and whether its X-Forwarded-For is believed.
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+}
+
+/// Checks the request head, finds its route and takes a token from the
+/// client's bucket. `ex` learns the canonical path, the route and the
+/// client as soon as each is known, for the access log of a refusal.
+pub(super) fn admit(
+    rt: &Runtime,
+    parts: &Parts,
+    peer: SocketAddr,
+    ex: &mut Exchange,
+) -> Result<Admitted, ProxyError> {
+    let config = &rt.config;
+    if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    check_transfer_coding(&parts.headers)?;
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+        return Err(ProxyError::HostRequired);
+    }
+    let host = request_host(parts)?;
+    if let Some(allowed) = &config.allowed_hosts {
+        let ok = host
+            .as_ref()
+            .is_some_and(|(h, _)| allowed.iter().any(|a| a == h));
+        if !ok {
+            return Err(ProxyError::MisdirectedHost);
+        }
+    }
+    let path = canonical_path(parts.uri.path()).map_err(ProxyError::BadPath)?;
+    if config.log.access_log {
+        ex.path.clone_from(&path.path);
+    }
+
+    let host_name = host.as_ref().map(|(h, _)| h.as_str());
+    let route = crate::routes::select(&rt.routes, host_name, &path.match_path, &parts.method)
+        .map_err(|_| ProxyError::HostRequired)?
+        .ok_or(ProxyError::NoRoute)?;
+    ex.route = Some(Arc::clone(route));
+    tracing::debug!(request_id = ex.id(), route = %route.route.name, "route matched");
+
+    let peer_trusted = config.is_trusted_proxy(peer.ip());
+    ex.client =
+        headers::client_address(&parts.headers, peer.ip(), |ip| config.is_trusted_proxy(ip));
+    if let Some(limiter) = &route.limiter {
+        limiter
+            .check(ex.client)
+            .map_err(|wait| ProxyError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })?;
+    }
+    Ok(Admitted {
+        route: Arc::clone(route),
+        path,
+        host,
+        peer: peer.ip(),
+        peer_trusted,
+    })
+}
+
+/// The transfer codings of a message across all its Transfer-Encoding
+/// lines, lowercase. None when a value is not text.
+pub(super) fn transfer_codings(h: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for t in v.to_str().ok()?.split(',') {
+            let t = t.trim();
+            if !t.is_empty() {
+                out.push(t.to_ascii_lowercase());
+            }
+        }
+    }
+    Some(out)
+}
+
+/// hyper undoes `chunked` and drops any coding listed before it, so
+/// `Transfer-Encoding: gzip, chunked` would reach the backend as gzip bytes
+/// labelled as nothing. RFC 9112 §6.1: a coding we don't implement is a 501;
+/// `chunked` twice is malformed.
+fn check_transfer_coding(h: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(codings) = transfer_codings(h) else {
+        return Err(ProxyError::TransferCodingNotImplemented);
+    };
+    if codings.iter().any(|c| c != "chunked") {
+        return Err(ProxyError::TransferCodingNotImplemented);
+    }
+    if codings.len() > 1 {
+        return Err(ProxyError::BadRequest("chunked applied more than once"));
+    }
+    Ok(())
+}
+
+/// The request's host, lowercase without port, and the raw value to forward.
+/// HTTP/2's :authority and HTTP/1.1's Host must agree when both are given.
+fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let uri_host = parts.uri.authority();
+    let raw = match (uri_host, header_host) {
+        (Some(a), Some(h)) => {
+            if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                return Err(ProxyError::BadRequest(
+                    "Host header and request target disagree",
+                ));
+            }
+            h.clone()
+        }
+        (Some(a), None) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        (None, Some(h)) => h.clone(),
+        (None, None) => return Ok(None),
+    };
+    let auth: http::uri::Authority = raw
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ProxyError::BadRequest("invalid Host header"))?;
+    if auth.as_str().contains('@') {
+        return Err(ProxyError::BadRequest("userinfo is not allowed in Host"));
+    }
+    Ok(Some((
+        auth.host().trim_end_matches('.').to_ascii_lowercase(),
+        raw,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: http::request::Builder) -> Parts {
+        req.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn the_host_is_lowercased_without_port_and_kept_raw_for_forwarding() {
+        let p = parts(http::Request::get("/x").header("host", "API.Example.:8443"));
+        let (host, raw) = request_host(&p).expect("ok").expect("a host");
+        assert_eq!(host, "api.example");
+        assert_eq!(raw, "API.Example.:8443");
+        let h2 = parts(
+            http::Request::get("https://api.example/x")
+                .version(Version::HTTP_2)
+                .header("host", "api.example"),
+        );
+        assert_eq!(
+            request_host(&h2).expect("ok").expect("host").0,
+            "api.example"
+        );
+        assert!(request_host(&parts(http::Request::get("/x")))
+            .expect("ok")
+            .is_none());
+    }
+
+    #[test]
+    fn hosts_that_disagree_or_carry_userinfo_are_bad_requests() {
+        for req in [
+            http::Request::get("https://a.example/x").header("host", "b.example"),
+            http::Request::get("/x")
+                .header("host", "a.example")
+                .header("host", "a.example"),
+            http::Request::get("/x").header("host", "user@a.example"),
+            http::Request::get("/x").header("host", "a example"),
+        ] {
+            match request_host(&parts(req)) {
+                Err(ProxyError::BadRequest(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_one_chunked_is_a_transfer_coding_we_take() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_str(v).expect("v"),
+                );
+            }
+            check_transfer_coding(&h)
+        };
+        assert!(te(&[]).is_ok());
+        assert!(te(&["chunked"]).is_ok());
+        assert!(te(&["Chunked "]).is_ok());
+        for bad in [&["gzip, chunked"][..], &["gzip", "chunked"], &["identity"]] {
+            assert!(
+                matches!(te(bad), Err(ProxyError::TransferCodingNotImplemented)),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            te(&["chunked", "chunked"]),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+}

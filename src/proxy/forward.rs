@@ -1,0 +1,196 @@
+//! Stage 3, forward: the upstream request, built from the canonical form
+//! that was matched. A pure function of the request head, so it is tested
+//! on `Request<()>`.
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Uri, Version};
+
+use std::net::IpAddr;
+
+use crate::config::{HostHeader, Upstream};
+use crate::error::ProxyError;
+use crate::headers::{self, X_REQUEST_ID};
+
+/// Where an admitted request goes, and what the upstream request says of it.
+pub(super) struct Target<'a> {
+    pub upstream: &'a Upstream,
+    /// The canonical path that was matched.
+    pub path: &'a str,
+    /// The request's host, lowercase, and the raw value it was sent with.
+    pub host: Option<&'a (String, HeaderValue)>,
+    pub peer: IpAddr,
+    /// The peer's X-Forwarded-For is believed.
+    pub peer_trusted: bool,
+    pub request_id: &'a HeaderValue,
+    /// The route opens answers: ask for one we can read.
+    pub reads_answer: bool,
+}
+
+/// The request the upstream gets: the canonical path under the upstream's
+/// base path, the query as sent, hop-by-hop and routing-override headers
+/// removed, X-Forwarded-* set, Host as the upstream wants it, our request
+/// id, and (when the route opens answers) a request for an identity body.
+pub(super) fn forward<B>(
+    mut parts: Parts,
+    body: B,
+    to: &Target<'_>,
+) -> Result<Request<B>, ProxyError> {
+    let upstream = to.upstream;
+    let path = to.path;
+    let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + 64);
+    pq.push_str(&upstream.base_path);
+    pq.push_str(path);
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut headers = std::mem::take(&mut parts.headers);
+    headers::remove_hop_by_hop(&mut headers);
+    headers::remove_routing_overrides(&mut headers);
+    headers.remove(header::EXPECT);
+    let host = to.host;
+    headers::set_forwarded(
+        &mut headers,
+        to.peer,
+        to.peer_trusted,
+        host.and_then(|(_, raw)| raw.to_str().ok()),
+    );
+    match (&upstream.host, host) {
+        (HostHeader::Preserve, Some((_, raw))) => {
+            headers.insert(header::HOST, raw.clone());
+        }
+        (HostHeader::Preserve, None) | (HostHeader::Upstream, _) => {
+            headers.remove(header::HOST);
+        }
+        (HostHeader::Fixed(v), _) => {
+            headers.insert(header::HOST, v.clone());
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), to.request_id.clone());
+    if to.reads_answer {
+        // Ask for an answer we can read; a compressed one is still decoded.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = headers;
+    Ok(up)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn upstream(host: HostHeader) -> Upstream {
+        Upstream {
+            name: "legacy".into(),
+            authority: "10.0.0.1:8080".parse().expect("authority"),
+            scheme: http::uri::Scheme::HTTP,
+            base_path: "/base".into(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            host,
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+        }
+    }
+
+    fn sent(req: http::request::Builder, host: &HostHeader, reads_answer: bool) -> Request<()> {
+        let (parts, ()) = req.body(()).expect("request").into_parts();
+        let raw = parts.headers.get(header::HOST).cloned();
+        let host_pair = raw.map(|r| ("api.example".to_string(), r));
+        let upstream = upstream(host.clone());
+        let id = HeaderValue::from_static("req-1");
+        let target = Target {
+            upstream: &upstream,
+            path: "/api/users/7",
+            host: host_pair.as_ref(),
+            peer: "192.0.2.1".parse().expect("ip"),
+            peer_trusted: false,
+            request_id: &id,
+            reads_answer,
+        };
+        forward(parts, (), &target).expect("forwarded")
+    }
+
+    #[test]
+    fn the_canonical_path_goes_under_the_base_path_with_the_query_as_sent() {
+        let up = sent(
+            http::Request::post("/api//users/./7?a=%2F&b")
+                .header("host", "API.example")
+                .version(Version::HTTP_2),
+            &HostHeader::Preserve,
+            false,
+        );
+        assert_eq!(
+            up.uri().to_string(),
+            "http://10.0.0.1:8080/base/api/users/7?a=%2F&b"
+        );
+        assert_eq!(up.method(), http::Method::POST);
+        assert_eq!(up.version(), Version::HTTP_11);
+        assert_eq!(up.headers()[header::HOST], "API.example");
+        assert_eq!(up.headers()["x-request-id"], "req-1");
+        assert_eq!(up.headers()["x-forwarded-for"], "192.0.2.1");
+        assert!(up.headers().get(header::ACCEPT_ENCODING).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_routing_overrides_and_expect_never_reach_the_upstream() {
+        let up = sent(
+            http::Request::get("/x")
+                .header("host", "api.example")
+                .header("connection", "close, x-secret")
+                .header("x-secret", "1")
+                .header("te", "trailers")
+                .header("proxy-authorization", "Basic eA==")
+                .header("x-original-url", "/admin")
+                .header("x-http-method-override", "DELETE")
+                .header("expect", "100-continue")
+                .header("x-request-id", "client-chosen")
+                .header("accept-encoding", "gzip"),
+            &HostHeader::Upstream,
+            true,
+        );
+        for gone in [
+            "connection",
+            "x-secret",
+            "te",
+            "proxy-authorization",
+            "x-original-url",
+            "x-http-method-override",
+            "expect",
+            "host",
+        ] {
+            assert!(up.headers().get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(up.headers()["x-request-id"], "req-1");
+        assert_eq!(up.headers()[header::ACCEPT_ENCODING], "identity");
+    }
+
+    #[test]
+    fn a_fixed_host_replaces_the_clients() {
+        let fixed = HostHeader::Fixed(HeaderValue::from_static("legacy.internal"));
+        let up = sent(
+            http::Request::get("/x").header("host", "api.example"),
+            &fixed,
+            false,
+        );
+        assert_eq!(up.headers()[header::HOST], "legacy.internal");
+        let none = sent(http::Request::get("/x"), &HostHeader::Preserve, false);
+        assert!(none.headers().get(header::HOST).is_none());
+    }
+}

@@ -1,0 +1,186 @@
+//! Stage 2, the request body: streamed untouched, or (on a route that
+//! seals) buffered within `max_body`, decoded, and sealed in one pass.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+
+use super::{offload, Exchange, Held};
+use crate::body::{self, CollectError, ProxyBody};
+use crate::crypto::{unix_now, Keyring};
+use crate::error::ProxyError;
+use crate::routes::Route;
+use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::transform::{self, SealSpec, TransformError, TransformReport};
+
+/// The body to forward for `parts`. Refusals come before a byte is sent.
+pub(super) async fn request_body<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &Arc<RouteRuntime>,
+    parts: &mut Parts,
+    incoming: B,
+    held: &Held<'_>,
+    ex: &mut Exchange,
+) -> Result<ProxyBody, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max_body = route.route.max_body;
+    let declared_len = content_length(&parts.headers)?;
+    if declared_len.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::BodyTooLarge { limit: max_body });
+    }
+    let read_timeout = rt.config.limits.body_read_timeout;
+    let Some(seal) = &route.seal else {
+        if declared_len.is_some() || incoming.is_end_stream() {
+            // Known length within the limit: stream it untouched.
+            ex.bytes_in = declared_len.unwrap_or(0);
+            return Ok(body::boxed(incoming));
+        }
+        // Unknown length: buffer up to the limit so an oversized body is
+        // refused before a single byte reaches the upstream.
+        let mut reservation = held.reserve();
+        let raw = read_client_body(incoming, max_body, read_timeout, &mut reservation).await?;
+        ex.bytes_in = raw.len() as u64;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
+        return Ok(body::reserved(raw, reservation));
+    };
+    let mut reservation = held.reserve();
+    let raw = read_client_body(incoming, max_body, read_timeout, &mut reservation).await?;
+    ex.bytes_in = raw.len() as u64;
+    if raw.is_empty() {
+        parts.headers.remove(header::CONTENT_ENCODING);
+        return Ok(body::empty());
+    }
+    // Two Content-Types could let the backend read the body as something
+    // other than the JSON we sealed.
+    if parts
+        .headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ProxyError::BadRequest("more than one Content-Type"));
+    }
+    if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        return Err(ProxyError::UnsupportedMediaType);
+    }
+    // Every Content-Encoding line counts (`identity` then `gzip` is gzip);
+    // one coding at most, and the value is never echoed.
+    let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
+        .filter(|c| c.len() <= 1)
+        .ok_or(ProxyError::UnsupportedEncoding)?;
+    let plain = body::decode_all(raw, &codings, max_body).map_err(|e| match e {
+        CollectError::TooLarge => ProxyError::BodyTooLarge { limit: max_body },
+        _ => ProxyError::BadRequest("request body could not be decompressed"),
+    })?;
+    reservation.set(plain.len() as u64);
+    let (sealed, report) = {
+        let (route, seal) = (Arc::clone(route), Arc::clone(seal));
+        offload(rt, plain.len(), move || {
+            seal_with(&plain, &route.route, &seal.spec, &seal.keys)
+        })
+        .await??
+    };
+    route
+        .metrics
+        .fields_encrypted
+        .inc_by(report.encrypted as u64);
+    let key_id = seal.keys.active_id();
+    shared
+        .metrics
+        .count_encryptions(key_id, report.encrypted as u64);
+    tracing::debug!(
+        request_id = ex.id(),
+        fields = report.encrypted,
+        key_id,
+        "request fields sealed"
+    );
+    ex.request_report = report;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(sealed.len()));
+    reservation.set(sealed.len() as u64);
+    Ok(body::reserved(Bytes::from(sealed), reservation))
+}
+
+/// Seals a request body as `route` says, with `ring`'s active key: the
+/// stage's work without a socket (benchmarks and tests call it).
+pub fn encrypt_body(
+    raw: &[u8],
+    route: &Route,
+    ring: &Keyring,
+) -> Result<(Vec<u8>, TransformReport), ProxyError> {
+    match &route.seal {
+        Some(spec) => seal_with(raw, route, spec, ring),
+        None => Ok((raw.to_vec(), TransformReport::default())),
+    }
+}
+
+fn seal_with(
+    raw: &[u8],
+    route: &Route,
+    spec: &SealSpec,
+    ring: &Keyring,
+) -> Result<(Vec<u8>, TransformReport), ProxyError> {
+    // One streaming pass over the bytes: strict JSON validation, depth
+    // limit, the route's schema and look-alike check, sealing; unselected
+    // bytes copied verbatim.
+    transform::encrypt_request(raw, spec, ring.into(), unix_now()).map_err(|e| {
+        match &e {
+            // The rule and a location showing only its own names: no
+            // client content.
+            TransformError::LookAlike { .. } => {
+                tracing::debug!(route = %route.name, error = %e, "request refused")
+            }
+            TransformError::Seal | TransformError::Decrypt(_) => {
+                tracing::error!(route = %route.name, error = %e, "field encryption failed")
+            }
+            _ => {}
+        }
+        ProxyError::from_request_transform(e)
+    })
+}
+
+async fn read_client_body<B>(
+    incoming: B,
+    limit: u64,
+    timeout: std::time::Duration,
+    held: &mut crate::body::Reservation,
+) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    body::collect_reserved(incoming, limit, timeout, held)
+        .await
+        .map_err(|e| match e {
+            CollectError::TooLarge => ProxyError::BodyTooLarge { limit },
+            CollectError::Timeout => ProxyError::ClientTimeout,
+            CollectError::Broken => ProxyError::ClientBody,
+            CollectError::OverBudget => ProxyError::BufferLimit,
+        })
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Content-Length"));
+    }
+    first
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or(ProxyError::BadRequest("invalid Content-Length"))
+}

@@ -1,0 +1,208 @@
+//! Stage 5, the response body: streamed as is (with an idle deadline), or
+//! (on a route that opens answers) buffered within
+//! `limits.max_response_body`, decoded, and opened in one pass.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::admit::transfer_codings;
+use super::{offload, Exchange, Held};
+use crate::body::{self, CollectError, ProxyBody};
+use crate::crypto::{unix_now, Keyring};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::RouteReason;
+use crate::routes::Route;
+use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::transform::{self, DecryptFailure, OpenSpec, TransformError, TransformReport};
+
+/// The answer to send the client for the upstream's `answer` to `method`.
+pub(super) async fn response_body(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &Arc<RouteRuntime>,
+    method: &Method,
+    answer: Response<Incoming>,
+    held: &Held<'_>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, incoming) = answer.into_parts();
+    // We never ask the upstream for an upgrade (Upgrade is hop-by-hop and
+    // removed), so a 101 is a broken upstream; on HTTP/2 it is forbidden.
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    // A transfer coding hyper does not undo (`gzip, chunked`) would reach
+    // the client as coded bytes with nothing saying so.
+    if !transfer_codings(&parts.headers).is_some_and(|t| t.is_empty() || t == ["chunked"]) {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    let timeout = route.upstream.timeout();
+    let open = route
+        .open
+        .as_ref()
+        .filter(|_| may_have_body(method, parts.status));
+    let Some(open) = open else {
+        return Ok(Response::from_parts(
+            parts,
+            body::boxed(body::IdleTimeout::new(incoming, timeout)),
+        ));
+    };
+    // Two Content-Types: a client could read the answer as JSON where we
+    // did not, and get envelopes still sealed.
+    if parts
+        .headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        return Ok(Response::from_parts(
+            parts,
+            body::boxed(body::IdleTimeout::new(incoming, timeout)),
+        ));
+    }
+    // Read before buffering: an answer with codings we can't undo is
+    // refused without holding it.
+    let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
+        .filter(|c| c.len() <= body::MAX_STACKED_CODINGS)
+        .ok_or(ProxyError::UpstreamProtocol)?;
+    let limit = rt.config.limits.max_response_body;
+    let mut reservation = held.reserve();
+    let raw = body::collect_reserved(incoming, limit, timeout, &mut reservation)
+        .await
+        .map_err(|e| match e {
+            CollectError::TooLarge => ProxyError::UpstreamTooLarge { limit },
+            CollectError::Timeout => ProxyError::UpstreamTimeout,
+            CollectError::Broken => ProxyError::UpstreamBody,
+            CollectError::OverBudget => ProxyError::BufferLimit,
+        })?;
+    let plain = body::decode_all(raw, &codings, limit).map_err(|e| match e {
+        CollectError::TooLarge => ProxyError::UpstreamTooLarge { limit },
+        _ => ProxyError::UpstreamBody,
+    })?;
+    reservation.set(plain.len() as u64);
+    let (out, report) = {
+        let (route, open) = (Arc::clone(route), Arc::clone(open));
+        offload(rt, plain.len(), move || {
+            open_with(plain, &route.route, &open.spec, &open.keys)
+        })
+        .await?
+    };
+    for f in &report.failures {
+        shared
+            .metrics
+            .decrypt_failures
+            .get_or_create(&RouteReason {
+                route: route.route.name.clone(),
+                reason: f.reason.to_string(),
+            })
+            .inc();
+        tracing::warn!(
+            request_id = ex.id(),
+            route = %route.route.name,
+            field = %f.location,
+            key_id = f.key_id.as_deref().unwrap_or("-"),
+            reason = f.reason,
+            "field could not be decrypted"
+        );
+    }
+    route
+        .metrics
+        .fields_decrypted
+        .inc_by(report.decrypted as u64);
+    let out = match out {
+        Ok(out) => out,
+        Err(failure) => {
+            ex.response_report = report;
+            return Err(ProxyError::Decrypt(failure));
+        }
+    };
+    tracing::debug!(
+        request_id = ex.id(),
+        fields = report.decrypted,
+        failed = report.failures.len(),
+        "response fields opened"
+    );
+    ex.response_report = report;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove("content-md5");
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    weaken_etag(&mut parts.headers);
+    reservation.set(out.len() as u64);
+    Ok(Response::from_parts(
+        parts,
+        body::reserved(Bytes::from(out), reservation),
+    ))
+}
+
+type DecryptOutcome = (Result<Vec<u8>, DecryptFailure>, TransformReport);
+
+/// Opens an answer's body as `route` says, with `ring`: the stage's work
+/// without a socket (benchmarks and tests call it).
+pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome {
+    match &route.open {
+        Some(spec) => open_with(raw, route, spec, ring),
+        None => (Ok(raw.to_vec()), TransformReport::default()),
+    }
+}
+
+fn open_with(raw: Bytes, route: &Route, spec: &OpenSpec, ring: &Keyring) -> DecryptOutcome {
+    match transform::decrypt(&raw, spec, ring, unix_now()) {
+        Ok((out, report)) => (Ok(out), report),
+        Err(TransformError::InvalidJson | TransformError::TooDeep { .. }) => {
+            // Not JSON after all (e.g. a truncated error page): it holds no
+            // field we could find, so it goes out as the upstream sent it.
+            tracing::debug!(route = %route.name, "JSON response did not parse; passed through");
+            (Ok(raw.to_vec()), TransformReport::default())
+        }
+        Err(e) => {
+            let failure = match e {
+                TransformError::Decrypt(f) => f,
+                e => {
+                    tracing::error!(route = %route.name, error = %e, "field decryption failed");
+                    DecryptFailure {
+                        location: "$".into(),
+                        key_id: None,
+                        reason: "internal",
+                    }
+                }
+            };
+            let report = TransformReport {
+                failures: vec![failure.clone()],
+                ..TransformReport::default()
+            };
+            (Err(failure), report)
+        }
+    }
+}
+
+fn may_have_body(method: &Method, status: StatusCode) -> bool {
+    method != Method::HEAD
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// A transformed body is not the upstream's byte sequence: its ETag can only
+/// stand as a weak validator.
+fn weaken_etag(h: &mut HeaderMap) {
+    if let Some(tag) = h.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+        if !tag.starts_with("W/") {
+            if let Ok(weak) = HeaderValue::from_str(&format!("W/{tag}")) {
+                h.insert(header::ETAG, weak);
+            }
+        }
+    }
+}

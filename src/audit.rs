@@ -53,9 +53,9 @@ pub enum AuditSink {
 
 impl std::str::FromStr for AuditSink {
     type Err = std::convert::Infallible;
-    /// `stdout` selects standard output; anything else is a file path.
+    /// `stdout` (or `-`) selects standard output; anything else is a file path.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(if s == "stdout" {
+        Ok(if s == "stdout" || s == "-" {
             AuditSink::Stdout
         } else {
             AuditSink::File(PathBuf::from(s))
@@ -65,7 +65,9 @@ impl std::str::FromStr for AuditSink {
 
 /// What the proxy does when an audit line cannot be written
 /// (config `audit.on_failure`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditFailureMode {
     /// Answer 503: no protected-field traffic without an audit record.

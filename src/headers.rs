@@ -5,14 +5,112 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// What to do when the upstream already sent a header we also set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum UpstreamPolicy {
+    #[default]
     Overwrite,
     Keep,
 }
 
+/// The security headers fieldseal sets on every answer: each one's config
+/// key, HTTP name, default and description, in this one place (the config
+/// loader, its JSON Schema and the answers all read them here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecurityHeader {
+    Hsts,
+    Csp,
+    XContentTypeOptions,
+    XFrameOptions,
+    ReferrerPolicy,
+    XXssProtection,
+    PermissionsPolicy,
+    CrossOriginOpenerPolicy,
+}
+
+impl SecurityHeader {
+    /// Every one, in the order they are set.
+    pub const ALL: [SecurityHeader; 8] = [
+        SecurityHeader::Hsts,
+        SecurityHeader::Csp,
+        SecurityHeader::XContentTypeOptions,
+        SecurityHeader::XFrameOptions,
+        SecurityHeader::ReferrerPolicy,
+        SecurityHeader::XXssProtection,
+        SecurityHeader::PermissionsPolicy,
+        SecurityHeader::CrossOriginOpenerPolicy,
+    ];
+
+    /// Its key under `headers:` in the config.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            SecurityHeader::Hsts => "hsts",
+            SecurityHeader::Csp => "csp",
+            SecurityHeader::XContentTypeOptions => "x_content_type_options",
+            SecurityHeader::XFrameOptions => "x_frame_options",
+            SecurityHeader::ReferrerPolicy => "referrer_policy",
+            SecurityHeader::XXssProtection => "x_xss_protection",
+            SecurityHeader::PermissionsPolicy => "permissions_policy",
+            SecurityHeader::CrossOriginOpenerPolicy => "cross_origin_opener_policy",
+        }
+    }
+
+    pub fn http_name(self) -> HeaderName {
+        HeaderName::from_static(match self {
+            SecurityHeader::Hsts => "strict-transport-security",
+            SecurityHeader::Csp => "content-security-policy",
+            SecurityHeader::XContentTypeOptions => "x-content-type-options",
+            SecurityHeader::XFrameOptions => "x-frame-options",
+            SecurityHeader::ReferrerPolicy => "referrer-policy",
+            SecurityHeader::XXssProtection => "x-xss-protection",
+            SecurityHeader::PermissionsPolicy => "permissions-policy",
+            SecurityHeader::CrossOriginOpenerPolicy => "cross-origin-opener-policy",
+        })
+    }
+
+    /// The value sent when the config says nothing: current OWASP Secure
+    /// Headers advice for an API. X-XSS-Protection is "0" because the
+    /// legacy XSS auditor caused vulnerabilities and is gone from browsers;
+    /// CSP replaces it.
+    pub fn default_value(self) -> Option<&'static str> {
+        match self {
+            SecurityHeader::Hsts => Some("max-age=31536000; includeSubDomains"),
+            SecurityHeader::Csp => Some("default-src 'none'; frame-ancestors 'none'"),
+            SecurityHeader::XContentTypeOptions => Some("nosniff"),
+            SecurityHeader::XFrameOptions => Some("DENY"),
+            SecurityHeader::ReferrerPolicy => Some("no-referrer"),
+            SecurityHeader::XXssProtection => Some("0"),
+            SecurityHeader::PermissionsPolicy | SecurityHeader::CrossOriginOpenerPolicy => None,
+        }
+    }
+
+    /// What the config's JSON Schema says of it.
+    pub fn description(self) -> &'static str {
+        match self {
+            SecurityHeader::Hsts => "Strict-Transport-Security.",
+            SecurityHeader::Csp => "Content-Security-Policy.",
+            SecurityHeader::XContentTypeOptions => "X-Content-Type-Options (default nosniff).",
+            SecurityHeader::XFrameOptions => "X-Frame-Options (default DENY).",
+            SecurityHeader::ReferrerPolicy => "Referrer-Policy (default no-referrer).",
+            SecurityHeader::XXssProtection => "X-XSS-Protection (default \"0\").",
+            SecurityHeader::PermissionsPolicy => "Permissions-Policy (not sent unless set).",
+            SecurityHeader::CrossOriginOpenerPolicy => {
+                "Cross-Origin-Opener-Policy (not sent unless set)."
+            }
+        }
+    }
+
+    /// The header whose config key is `key`.
+    pub fn from_config_key(key: &str) -> Option<SecurityHeader> {
+        SecurityHeader::ALL
+            .into_iter()
+            .find(|h| h.config_key() == key)
+    }
+}
+
+/// One header set on answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecurityHeader {
+pub struct HeaderSetting {
     pub name: HeaderName,
     pub value: HeaderValue,
     pub policy: UpstreamPolicy,
@@ -22,7 +120,7 @@ pub struct SecurityHeader {
 /// merged with the route's overrides at load).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecurityHeaders {
-    pub headers: Vec<SecurityHeader>,
+    pub headers: Vec<HeaderSetting>,
 }
 
 impl SecurityHeaders {
@@ -37,30 +135,6 @@ impl SecurityHeaders {
         }
     }
 }
-
-/// Defaults: current OWASP Secure Headers advice for an API. X-XSS-Protection
-/// is "0" because the legacy XSS auditor caused vulnerabilities and is gone
-/// from browsers; CSP replaces it.
-pub const DEFAULT_HEADERS: &[(&str, &str)] = &[
-    ("hsts", "max-age=31536000; includeSubDomains"),
-    ("csp", "default-src 'none'; frame-ancestors 'none'"),
-    ("x_content_type_options", "nosniff"),
-    ("x_frame_options", "DENY"),
-    ("referrer_policy", "no-referrer"),
-    ("x_xss_protection", "0"),
-];
-
-/// The config key for each header and its HTTP name.
-pub const HEADER_NAMES: &[(&str, &str)] = &[
-    ("hsts", "strict-transport-security"),
-    ("csp", "content-security-policy"),
-    ("x_content_type_options", "x-content-type-options"),
-    ("x_frame_options", "x-frame-options"),
-    ("referrer_policy", "referrer-policy"),
-    ("x_xss_protection", "x-xss-protection"),
-    ("permissions_policy", "permissions-policy"),
-    ("cross_origin_opener_policy", "cross-origin-opener-policy"),
-];
 
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -244,12 +318,12 @@ mod tests {
     fn keep_policy_respects_upstream_value() {
         let sh = SecurityHeaders {
             headers: vec![
-                SecurityHeader {
+                HeaderSetting {
                     name: header::CONTENT_SECURITY_POLICY,
                     value: HeaderValue::from_static("default-src 'none'"),
                     policy: UpstreamPolicy::Keep,
                 },
-                SecurityHeader {
+                HeaderSetting {
                     name: header::X_FRAME_OPTIONS,
                     value: HeaderValue::from_static("DENY"),
                     policy: UpstreamPolicy::Overwrite,

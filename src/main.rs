@@ -228,7 +228,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if !preflight.errors.is_empty() {
                 return Err(anyhow!("{}", lines(&preflight.errors)));
             }
-            init_logging(&cfg.log.level, cfg.log.json)?;
+            init_logging(cfg.log.level.as_str(), cfg.log.json)?;
             for w in &preflight.warnings {
                 tracing::warn!(warning = %w, "host");
             }

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditFailureMode;
 use crate::audit::{AuditKey, AuditLog, AuditSink};
-use crate::config::{AuditTarget, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::crypto::{unix_now, KeyError, Keyring};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{Limiter, RateLimits};
@@ -43,7 +43,7 @@ pub const AUDIT_KEY_PURPOSE: &str = "fieldseal audit log v1";
 
 pub struct Audit {
     pub log: Arc<AuditLog>,
-    pub target: AuditTarget,
+    pub target: AuditSink,
     pub key_id: String,
     pub on_failure: AuditFailureMode,
 }
@@ -139,16 +139,10 @@ impl Runtime {
                 let log = match same_sink {
                     Some(p) if p.key_id == a.key_id => Arc::clone(&p.log),
                     Some(p) => Arc::new(p.log.rekeyed(key()?)),
-                    None => {
-                        let sink = match &a.target {
-                            AuditTarget::Stdout => AuditSink::Stdout,
-                            AuditTarget::File(p) => AuditSink::File(p.clone()),
-                        };
-                        Arc::new(
-                            AuditLog::open(sink, key()?)
-                                .map_err(|e| LoadError::Audit(e.to_string()))?,
-                        )
-                    }
+                    None => Arc::new(
+                        AuditLog::open(a.target.clone(), key()?)
+                            .map_err(|e| LoadError::Audit(e.to_string()))?,
+                    ),
                 };
                 Some(Audit {
                     log,

@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use super::addresses::{self, Target};
-use super::locate::{self, Needle};
-use super::{AuditTarget, Config, ConfigError, TlsSettings};
+use super::locate::At;
+use super::{Config, ConfigError, TlsSettings};
+use crate::audit::AuditSink;
 use crate::crypto::{KeyError, KeySource, SaltSource};
 use crate::tls::TlsError;
 
@@ -49,53 +50,30 @@ struct Preflight<'a> {
 }
 
 impl Preflight<'_> {
-    fn error(&mut self, key: String, message: String, at: &[Needle]) {
+    /// A problem with what is written at `at`.
+    fn error(&mut self, at: &At, message: String) {
         let (line, column) = at
-            .iter()
-            .find_map(|n| locate::locate(self.text, n))
+            .position(self.text)
             .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         self.report.errors.push(ConfigError {
             file: self.cfg.source.display().to_string(),
             line,
             column,
-            message: format!("{key}: {message}"),
+            message: format!("{}: {message}", at.shown()),
         });
-    }
-
-    /// How a path may be written in the file: as resolved, or relative to
-    /// the config's folder.
-    fn written(&self, key: &str, path: &Path, after: Option<&Needle>) -> Vec<Needle> {
-        let base = self.cfg.source.parent().unwrap_or(Path::new(""));
-        let mut forms = vec![path.display().to_string()];
-        if let Ok(rel) = path.strip_prefix(base) {
-            forms.push(rel.display().to_string());
-        }
-        let mut out = Vec::new();
-        for f in &forms {
-            out.push(match after {
-                Some(a) => Needle::value_after(key, f, a.clone()),
-                None => Needle::value(key, f),
-            });
-        }
-        out
     }
 
     fn tls(&mut self) {
         let t = &self.cfg.tls;
-        self.pair("listen.tls", &t.cert, &t.key, None);
+        let at = At::top("listen").key("tls");
+        self.pair(&at, &t.cert, &t.key);
         for (i, sni) in t.sni.iter().enumerate() {
-            let after = Needle::Text("sni:".into());
-            self.pair(
-                &format!("listen.tls.sni[{i}]"),
-                &sni.cert,
-                &sni.key,
-                Some(&after),
-            );
+            self.pair(&at.key("sni").index(i), &sni.cert, &sni.key);
         }
     }
 
     /// One certificate and key, loaded as the server loads them.
-    fn pair(&mut self, key: &str, cert: &Path, private: &Path, after: Option<&Needle>) {
+    fn pair(&mut self, at: &At, cert: &Path, private: &Path) {
         let settings = TlsSettings {
             cert: cert.to_path_buf(),
             key: private.to_path_buf(),
@@ -105,35 +83,27 @@ impl Preflight<'_> {
         match crate::tls::server_config(&settings) {
             Ok(_) => {}
             Err(TlsError::Cert { reason, .. }) => {
-                let at = self.written("cert", cert, after);
                 self.error(
-                    format!("{key}.cert"),
+                    &at.key("cert"),
                     format!(
                         "{}: cannot read certificate chain: {reason}",
                         cert.display()
                     ),
-                    &at,
                 );
                 // The key is read after the chain: check it on its own too,
                 // so both problems show at once.
                 use rustls_pki_types::pem::PemObject;
                 if let Err(e) = rustls_pki_types::PrivateKeyDer::from_pem_file(private) {
-                    let at = self.written("key", private, after);
                     self.error(
-                        format!("{key}.key"),
+                        &at.key("key"),
                         format!("{}: cannot read private key: {e}", private.display()),
-                        &at,
                     );
                 }
             }
             Err(e @ (TlsError::Key { .. } | TlsError::Pair { .. })) => {
-                let at = self.written("key", private, after);
-                self.error(format!("{key}.key"), e.to_string(), &at);
+                self.error(&at.key("key"), e.to_string());
             }
-            Err(e) => {
-                let at = self.written("cert", cert, after);
-                self.error(key.to_string(), e.to_string(), &at);
-            }
+            Err(e) => self.error(at, e.to_string()),
         }
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(private) {
@@ -141,7 +111,8 @@ impl Preflight<'_> {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o007 != 0 {
                 self.report.warnings.push(format!(
-                    "{key}.key: {} has mode {mode:04o}: any user of this host can read the TLS private key (chmod 600)",
+                    "{}: {} has mode {mode:04o}: any user of this host can read the TLS private key (chmod 600)",
+                    at.key("key").shown(),
                     private.display()
                 ));
             }
@@ -154,34 +125,29 @@ impl Preflight<'_> {
             let Err(e) = crate::crypto::check_source(&k.id, &k.source) else {
                 continue;
             };
-            let prefix = format!("keys.ring[{i}] ({})", k.id);
-            let after = Needle::key_id(&k.id);
-            let (field, at) = match (&e, &k.source) {
+            let entry = At::top("keys").key("ring").item(i, &k.id);
+            let field = match (&e, &k.source) {
                 (KeyError::EnvMissing { var, .. } | KeyError::EnvEmpty { var, .. }, source) => {
-                    let field = match source {
+                    match source {
                         KeySource::Passphrase { env, .. } if env == var => "passphrase_env",
                         _ => "salt_env",
-                    };
-                    (field, vec![Needle::value_after(field, var, after)])
+                    }
                 }
                 (KeyError::SaltTooShort { .. } | KeyError::Read { .. }, source) => match source {
                     KeySource::Passphrase {
-                        salt: SaltSource::File(p),
+                        salt: SaltSource::File(_),
                         ..
-                    } => ("salt_file", self.written("salt_file", p, Some(&after))),
+                    } => "salt_file",
                     KeySource::Passphrase {
-                        salt: SaltSource::Env(v),
+                        salt: SaltSource::Env(_),
                         ..
-                    } => ("salt_env", vec![Needle::value_after("salt_env", v, after)]),
-                    KeySource::File(p) => ("file", self.written("file", p, Some(&after))),
+                    } => "salt_env",
+                    KeySource::File(_) => "file",
                 },
-                (_, KeySource::File(p)) => ("file", self.written("file", p, Some(&after))),
-                (_, KeySource::Passphrase { env, .. }) => (
-                    "passphrase_env",
-                    vec![Needle::value_after("passphrase_env", env, after)],
-                ),
+                (_, KeySource::File(_)) => "file",
+                (_, KeySource::Passphrase { .. }) => "passphrase_env",
             };
-            self.error(format!("{prefix}.{field}"), e.to_string(), &at);
+            self.error(&entry.key(field), e.to_string());
         }
     }
 
@@ -192,15 +158,14 @@ impl Preflight<'_> {
             return;
         };
         if let Err(e) = crate::admin::AdminToken::load(path) {
-            let at = self.written("token_file", path, None);
-            self.error("admin.token_file".to_string(), e, &at);
+            self.error(&At::top("admin").key("token_file"), e);
         }
     }
 
     /// The audit file can be appended to, or created in its folder. The
     /// chain's last line is checked when `run` opens it.
     fn audit(&mut self) {
-        let Some(AuditTarget::File(path)) = self.cfg.audit.as_ref().map(|a| &a.target) else {
+        let Some(AuditSink::File(path)) = self.cfg.audit.as_ref().map(|a| &a.target) else {
             return;
         };
         let problem = match std::fs::metadata(path) {
@@ -216,11 +181,9 @@ impl Preflight<'_> {
             Err(e) => Some(e.to_string()),
         };
         if let Some(p) = problem {
-            let at = self.written("sink", path, None);
             self.error(
-                "audit.sink".to_string(),
+                &At::top("audit").key("sink"),
                 format!("{}: {p}", path.display()),
-                &at,
             );
         }
     }
@@ -228,16 +191,15 @@ impl Preflight<'_> {
     /// Listeners on addresses this host doesn't have, and upstreams that are
     /// this host's own address where a wildcard listener listens.
     fn addresses(&mut self) {
-        let mut listeners = vec![("listen.address", self.cfg.listen)];
-        listeners.extend(self.cfg.redirect_http.map(|a| ("redirect_http.address", a)));
-        listeners.extend(self.cfg.admin.map(|a| ("admin.address", a)));
-        for &(key, addr) in &listeners {
+        let mut listeners = vec![("listen", self.cfg.listen)];
+        listeners.extend(self.cfg.redirect_http.map(|a| ("redirect_http", a)));
+        listeners.extend(self.cfg.admin.map(|a| ("admin", a)));
+        for &(section, addr) in &listeners {
             let ip = addr.ip();
             if !ip.is_unspecified() && !ip.is_loopback() && !link_local(ip) && !is_local(ip) {
                 self.error(
-                    key.to_string(),
+                    &At::top(section).key("address"),
                     format!("{addr}: no interface of this host has the address {ip}, so it cannot listen there"),
-                    &[Needle::value("address", &addr.to_string())],
                 );
             }
         }
@@ -248,14 +210,13 @@ impl Preflight<'_> {
             if ip.is_loopback() || ip.is_unspecified() || !is_local(ip) {
                 continue; // loopback is decided at load, other hosts can't loop
             }
-            for &(key, addr) in &listeners {
+            for &(section, addr) in &listeners {
                 let wildcard = addr.ip().is_unspecified() && (addr.is_ipv6() || ip.is_ipv4());
                 if wildcard && addr.port() == port && port != 0 {
                     let url = format!("{}://{}", u.scheme, u.authority);
                     self.error(
-                        format!("upstreams.{}.url", u.name),
-                        format!("{url}: {ip} is an address of this host, where {key} {addr} listens: fieldseal would send requests to itself"),
-                        &[Needle::value("url", &url), Needle::Text(u.authority.to_string())],
+                        &At::top("upstreams").key(&u.name).key("url"),
+                        format!("{url}: {ip} is an address of this host, where {section}.address {addr} listens: fieldseal would send requests to itself"),
                     );
                 }
             }

@@ -4,7 +4,13 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use super::log::{LogFormat, LogLevel};
+use crate::audit::AuditFailureMode;
+use crate::headers::{SecurityHeader, UpstreamPolicy};
+use crate::transform::{LookAlikeMode, OnDecryptFailure};
 
 // Doc comments on these structs are the descriptions of the JSON Schema
 // (`fieldseal config-schema`) that editors show: write them for users.
@@ -105,8 +111,15 @@ pub struct RawAddress {
 #[derive(Debug)]
 pub enum RawAdmin {
     Switch(bool),
-    Keyword(String),
+    Keyword(Word<Off>),
     Settings(RawAdminSettings),
+}
+
+/// The word `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Off {
+    Off,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -152,7 +165,7 @@ impl<'de> Deserialize<'de> for RawAdmin {
                 Ok(RawAdmin::Switch(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAdmin, E> {
-                Ok(RawAdmin::Keyword(v.to_string()))
+                Ok(RawAdmin::Keyword(Word::parse(v)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawAdmin, A::Error> {
                 RawAdminSettings::deserialize(serde::de::value::MapAccessDeserializer::new(m))
@@ -202,36 +215,46 @@ pub struct RawHeaderDetailed {
     pub value: String,
     /// `overwrite` (default) the upstream's header, or `keep` it when it sent one.
     #[serde(default)]
-    pub upstream: Option<String>,
+    pub upstream: Option<Word<UpstreamPolicy>>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeaders {
-    /// Strict-Transport-Security.
-    #[serde(default)]
-    pub hsts: Option<RawHeaderValue>,
-    /// Content-Security-Policy.
-    #[serde(default)]
-    pub csp: Option<RawHeaderValue>,
-    /// X-Content-Type-Options (default nosniff).
-    #[serde(default)]
-    pub x_content_type_options: Option<RawHeaderValue>,
-    /// X-Frame-Options (default DENY).
-    #[serde(default)]
-    pub x_frame_options: Option<RawHeaderValue>,
-    /// Referrer-Policy (default no-referrer).
-    #[serde(default)]
-    pub referrer_policy: Option<RawHeaderValue>,
-    /// X-XSS-Protection (default "0").
-    #[serde(default)]
-    pub x_xss_protection: Option<RawHeaderValue>,
-    /// Permissions-Policy (not sent unless set).
-    #[serde(default)]
-    pub permissions_policy: Option<RawHeaderValue>,
-    /// Cross-Origin-Opener-Policy (not sent unless set).
-    #[serde(default)]
-    pub cross_origin_opener_policy: Option<RawHeaderValue>,
+/// Security headers by their config key (`hsts`, `csp`, ...: see
+/// `headers::SecurityHeader`); unknown keys are refused, a null value is
+/// as good as none.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(transparent)]
+pub struct RawHeaders(BTreeMap<SecurityHeader, Option<RawHeaderValue>>);
+
+impl RawHeaders {
+    pub fn get(&self, h: SecurityHeader) -> Option<&RawHeaderValue> {
+        self.0.get(&h).and_then(Option::as_ref)
+    }
+}
+
+/// Every security header, described as the header enumeration describes it.
+impl JsonSchema for RawHeaders {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RawHeaders".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let value = g.subschema_for::<Option<RawHeaderValue>>();
+        let properties: serde_json::Map<String, serde_json::Value> = SecurityHeader::ALL
+            .iter()
+            .map(|h| {
+                let mut v = value.clone().to_value();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("description".into(), h.description().into());
+                }
+                (h.config_key().to_string(), v)
+            })
+            .collect();
+        schemars::json_schema!({
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, JsonSchema)]
@@ -357,7 +380,7 @@ pub struct RawAudit {
     pub key: Option<String>,
     /// `refuse` (503 when the log can't be written) or `serve`.
     #[serde(default)]
-    pub on_failure: Option<String>,
+    pub on_failure: Option<Word<AuditFailureMode>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -365,15 +388,15 @@ pub struct RawAudit {
 pub struct RawLog {
     /// trace, debug, info (default), warn or error.
     #[serde(default)]
-    pub level: Option<String>,
+    pub level: Option<Word<LogLevel>>,
     /// json (default) or text; logs go to stderr.
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<Word<LogFormat>>,
     /// One line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
     #[serde(default)]
-    pub trust_request_id: Option<super::TrustRequestId>,
+    pub trust_request_id: Option<super::log::TrustRequestId>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -405,7 +428,7 @@ pub struct RawRoute {
     // Written unquoted, `null` (or `~`) is YAML's null value, not a string:
     // it must still mean the `null` mode, never fall back to the default.
     #[serde(default, deserialize_with = "null_is_a_mode")]
-    pub on_decrypt_failure: Option<String>,
+    pub on_decrypt_failure: Option<Word<OnDecryptFailure>>,
     /// Refuse envelopes older than this on decrypt (0: no limit).
     #[serde(default)]
     pub max_age: Option<String>,
@@ -420,7 +443,7 @@ pub struct RawRoute {
     /// field, e.g. `{"user": {"ssn": …}}`, `{"card.number": …}`): `refuse`
     /// (400, default) or `seal`.
     #[serde(default)]
-    pub look_alikes: Option<String>,
+    pub look_alikes: Option<Word<LookAlikeMode>>,
     /// A JSON Schema request bodies must satisfy (400 otherwise): a JSON
     /// file, or the schema inline. Needs encrypt rules on the route.
     #[serde(default)]
@@ -477,23 +500,109 @@ pub struct RawFieldRuleDetailed {
     /// Encrypt rules only: `allow` lets this field's look-alikes pass (see
     /// the route's `look_alikes`).
     #[serde(default)]
-    pub look_alikes: Option<String>,
+    pub look_alikes: Option<Word<Allow>>,
+}
+
+/// The word `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Allow {
+    Allow,
 }
 
 /// `auto`, or a list of rules.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawDecrypt {
-    Keyword(String),
+    Keyword(Word<Auto>),
     Rules(Vec<RawFieldRule>),
+}
+
+/// The word `auto`: every envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Auto {
+    Auto,
 }
 
 /// Only called when the key is present: an explicit YAML null there is the
 /// `null` mode (`on_decrypt_failure: null`), not "unset".
-fn null_is_a_mode<'de, D>(d: D) -> Result<Option<String>, D::Error>
+fn null_is_a_mode<'de, D>(d: D) -> Result<Option<Word<OnDecryptFailure>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    let v: Option<String> = Option::deserialize(d)?;
-    Ok(Some(v.unwrap_or_else(|| "null".to_string())))
+    let v: Option<Word<OnDecryptFailure>> = Option::deserialize(d)?;
+    Ok(Some(v.unwrap_or(Word::Known(OnDecryptFailure::Null))))
+}
+
+/// An enumeration written as a word, read by the enum's own serde derive,
+/// so its words are spelled once, on the enum. A word that is none of them
+/// is kept, so the section that reads it can refuse it with its key, its
+/// place and the words it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Word<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<T: DeserializeOwned> Word<T> {
+    pub fn parse(s: &str) -> Word<T> {
+        match T::deserialize(serde::de::value::StrDeserializer::<Variants>::new(s)) {
+            Ok(t) => Word::Known(t),
+            Err(_) => Word::Unknown(s.to_owned()),
+        }
+    }
+
+    /// The words `T` takes, as a message says them: `refuse or seal`.
+    pub fn expected() -> String {
+        let words = match T::deserialize(serde::de::value::StrDeserializer::<Variants>::new("")) {
+            Err(Variants(words)) => words,
+            Ok(_) => &[],
+        };
+        match words {
+            [] => String::new(),
+            [one] => (*one).to_string(),
+            [init @ .., last] => format!("{} or {last}", init.join(", ")),
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Word<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Word::parse(&s))
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Word<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(g)
+    }
+}
+
+/// The error of reading a word with an enum's derive: the variants it
+/// lists when the word is none of them.
+#[derive(Debug)]
+struct Variants(&'static [&'static str]);
+
+impl std::fmt::Display for Variants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl std::error::Error for Variants {}
+
+impl serde::de::Error for Variants {
+    fn custom<M: std::fmt::Display>(_: M) -> Self {
+        Variants(&[])
+    }
+
+    fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+        Variants(expected)
+    }
 }

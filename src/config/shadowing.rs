@@ -5,9 +5,9 @@
 //! it stays a warning in `check` and the start log. A later route without
 //! rules that can never match is a warning.
 
-use super::locate::Needle;
+use super::locate::At;
 use super::raw::RawRoute;
-use super::{invalid_at, Invalid, Upstream};
+use super::{invalid_shown, Invalid, Upstream};
 use crate::routes::{shadows, Route, Shadow};
 use crate::transform::{DecryptSelection, FieldRule};
 
@@ -74,13 +74,14 @@ pub(super) fn check(
             others.join(", ")
         ),
     };
-    Err(invalid_at(
-        format!("routes[{}] ({})", first.earlier, e.name),
+    let at = At::top("routes").item(first.earlier, &e.name);
+    Err(invalid_shown(
+        at.shown(),
         format!(
             "shadows routes[{}] ({}): {text}. Put the more specific route first, or, if route {:?} is meant to take these requests, add `shadows_ok: [{}]` to it{more}",
             first.later, l.name, e.name, l.name
         ),
-        Needle::Route(e.name.clone()),
+        Some(&at.key("name")),
     ))
 }
 
@@ -94,12 +95,13 @@ fn acknowledgements(
     warnings: &mut Vec<String>,
 ) -> Result<(), Invalid> {
     for (i, r) in raw.iter().enumerate() {
-        for name in &r.shadows_ok {
+        let at = At::top("routes").item(i, &r.name).key("shadows_ok");
+        for (k, name) in r.shadows_ok.iter().enumerate() {
             let Some(j) = routes.iter().position(|x| &x.name == name) else {
-                return Err(invalid_at(
-                    format!("routes[{i}] ({}).shadows_ok", r.name),
+                return Err(invalid_shown(
+                    at.shown(),
                     format!("{name:?} is not the name of a route"),
-                    Needle::value_after("shadows_ok", name, Needle::Route(r.name.clone())),
+                    Some(&at.index(k)),
                 ));
             };
             let later = &routes[j];

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::{invalid, raw, resolve, Invalid, Limits};
+use super::locate::At;
+use super::raw::Word;
+use super::{invalid, invalid_shown, raw, resolve, word, Invalid, Limits};
 use crate::crypto::{max_plaintext_len, KeyringSpec, MAX_SEAL_DEPTH};
 use crate::transform::shape::{
     matches_everything, LookAlikeMode, LookAlikes, RequestSchema, RequestShape,
@@ -14,28 +16,26 @@ use crate::transform::FieldRule;
 const MAX_SCHEMA_FILE: u64 = 1 << 20;
 
 /// Is encrypt rule `f` in the look-alike check (not `look_alikes: allow`)?
-pub(super) fn rule_checked(key: &str, f: &raw::RawFieldRule) -> Result<bool, Invalid> {
+pub(super) fn rule_checked(at: &At, f: &raw::RawFieldRule) -> Result<bool, Invalid> {
     match f {
         raw::RawFieldRule::Path(_) => Ok(true),
-        raw::RawFieldRule::Detailed(d) => match d.look_alikes.as_deref() {
+        raw::RawFieldRule::Detailed(d) => match &d.look_alikes {
             None => Ok(true),
-            Some("allow") => Ok(false),
-            Some(o) => Err(invalid(
-                format!("{key}.look_alikes"),
+            Some(Word::Known(raw::Allow::Allow)) => Ok(false),
+            Some(Word::Unknown(o)) => Err(invalid(
+                &at.key("look_alikes"),
                 format!("{o:?}: a rule can only say `allow` (the route's `look_alikes` chooses refuse or seal)"),
-                Some(o),
             )),
         },
     }
 }
 
 /// Decrypt rules have no look-alikes: answers are not bound by a backend.
-pub(super) fn no_look_alikes(key: &str, f: &raw::RawFieldRule) -> Result<(), Invalid> {
+pub(super) fn no_look_alikes(at: &At, f: &raw::RawFieldRule) -> Result<(), Invalid> {
     match f {
         raw::RawFieldRule::Detailed(d) if d.look_alikes.is_some() => Err(invalid(
-            format!("{key}.look_alikes"),
+            &at.key("look_alikes"),
             "applies to encrypt rules only",
-            None,
         )),
         _ => Ok(()),
     }
@@ -43,44 +43,37 @@ pub(super) fn no_look_alikes(key: &str, f: &raw::RawFieldRule) -> Result<(), Inv
 
 /// The route's `RequestShape`, with the warnings it deserves.
 pub(super) fn compile_route(
-    key: &str,
+    at: &At,
     r: &raw::RawRoute,
     encrypt: &[FieldRule],
     checked: &[bool],
     base: &Path,
 ) -> Result<(RequestShape, Vec<String>), Invalid> {
-    let mode = match r.look_alikes.as_deref() {
-        None | Some("refuse") => LookAlikeMode::Refuse,
-        Some("seal") => LookAlikeMode::Seal,
-        Some(o) => {
-            return Err(invalid(
-                format!("{key}.look_alikes"),
-                format!(
-                    "{o:?}: expected refuse or seal (a rule opts out with `look_alikes: allow`)"
-                ),
-                Some(o),
-            ))
-        }
+    let mode = match &r.look_alikes {
+        None => LookAlikeMode::default(),
+        Some(w) => word(
+            &at.key("look_alikes"),
+            w,
+            " (a rule opts out with `look_alikes: allow`)",
+        )?,
     };
     if encrypt.is_empty() {
         if r.look_alikes.is_some() {
             return Err(invalid(
-                format!("{key}.look_alikes"),
+                &at.key("look_alikes"),
                 "applies to encrypt rules, and this route has none",
-                None,
             ));
         }
         if r.request_schema.is_some() {
             return Err(invalid(
-                format!("{key}.request_schema"),
+                &at.key("request_schema"),
                 "is checked where an encrypting route reads the body, and this route has no encrypt rules",
-                None,
             ));
         }
         return Ok((RequestShape::default(), Vec::new()));
     }
     let look_alikes = LookAlikes::compile(encrypt, checked, mode)
-        .map_err(|e| invalid(format!("{key}.encrypt"), e.to_string(), None))?;
+        .map_err(|e| invalid(&at.key("encrypt"), e.to_string()))?;
     let mut warnings = Vec::new();
     for (j, rule) in encrypt.iter().enumerate() {
         let on = checked.get(j).copied().unwrap_or(true);
@@ -98,7 +91,7 @@ pub(super) fn compile_route(
     }
     let schema = match &r.request_schema {
         None => None,
-        Some(raw_schema) => Some(compile_schema(key, raw_schema, base)?),
+        Some(raw_schema) => Some(compile_schema(&at.key("request_schema"), raw_schema, base)?),
     };
     Ok((
         RequestShape {
@@ -110,24 +103,24 @@ pub(super) fn compile_route(
 }
 
 fn compile_schema(
-    key: &str,
+    at: &At,
     raw_schema: &raw::RawSchema,
     base: &Path,
 ) -> Result<RequestSchema, Invalid> {
-    let key = format!("{key}.request_schema");
     let value: serde_json::Value = match raw_schema {
         raw::RawSchema::File(p) => {
             let path = resolve(base, p);
-            let text = read_limited(&path)
-                .map_err(|e| invalid(&key, format!("{}: {e}", path.display()), Some(p)))?;
+            let text =
+                read_limited(&path).map_err(|e| invalid(at, format!("{}: {e}", path.display())))?;
             serde_json::from_str(&text)
-                .map_err(|e| invalid(&key, format!("{}: not JSON: {e}", path.display()), Some(p)))?
+                .map_err(|e| invalid(at, format!("{}: not JSON: {e}", path.display())))?
         }
-        raw::RawSchema::Inline(v) => serde_json::to_value(v)
-            .map_err(|e| invalid(&key, format!("not a JSON value: {e}"), None))?,
+        raw::RawSchema::Inline(v) => {
+            serde_json::to_value(v).map_err(|e| invalid(at, format!("not a JSON value: {e}")))?
+        }
     };
     RequestSchema::compile(&value)
-        .map_err(|e| invalid(&key, format!("the schema does not compile: {e}"), None))
+        .map_err(|e| invalid(at, format!("the schema does not compile: {e}")))
 }
 
 fn read_limited(path: &Path) -> Result<String, String> {
@@ -150,7 +143,7 @@ fn read_limited(path: &Path) -> Result<String, String> {
 /// as the shallowest rule lets it (a sealed look-alike container one
 /// member below the root).
 pub(super) fn check_sealable(
-    key: &str,
+    at: &At,
     r: &raw::RawRoute,
     encrypt: &[FieldRule],
     shape: &RequestShape,
@@ -171,40 +164,42 @@ pub(super) fn check_sealable(
     if let Some(keys) = keys {
         let cap = max_plaintext_len(keys.active.len()) as u64;
         if max_body > cap {
-            let which = if r.max_body.is_some() {
-                format!("{key}.max_body")
+            let (which, place) = if r.max_body.is_some() {
+                (at.key("max_body").shown().to_string(), at.key("max_body"))
             } else {
-                format!("limits.max_body (the max_body of {key})")
+                (
+                    format!("limits.max_body (the max_body of {})", at.shown()),
+                    At::top("limits").key("max_body"),
+                )
             };
-            return Err(invalid(
+            return Err(invalid_shown(
                 which,
                 format!(
                     "{max_body} bytes let one field of an encrypting route be larger than an envelope can hold ({cap} bytes under the active key {:?}); lower it to {cap} or less",
                     keys.active
                 ),
-                None,
+                Some(&place),
             ));
         }
     }
     let deepest = limits.max_json_depth.saturating_sub(highest);
     if deepest > MAX_SEAL_DEPTH {
         let what = if highest < shallowest.path.min_depth() {
-            format!("{key}.look_alikes (seal)")
+            format!("{}.look_alikes (seal)", at.shown())
         } else {
             let j = encrypt
                 .iter()
                 .position(|f| std::ptr::eq(f, shallowest))
                 .unwrap_or(0);
-            format!("{key}.encrypt[{j}] ({})", shallowest.path.as_str())
+            format!("{}.encrypt[{j}] ({})", at.shown(), shallowest.path.as_str())
         };
         return Err(invalid(
-            "limits.max_json_depth",
+            &At::top("limits").key("max_json_depth"),
             format!(
                 "{} lets {what} seal a value nested {deepest} levels deep, but an envelope holds at most {MAX_SEAL_DEPTH}; lower limits.max_json_depth to {} or less",
                 limits.max_json_depth,
                 MAX_SEAL_DEPTH + highest
             ),
-            None,
         ));
     }
     Ok(())

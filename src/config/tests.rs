@@ -1,4 +1,8 @@
 use super::*;
+use crate::crypto::KeySource;
+use crate::headers::UpstreamPolicy;
+use crate::routes::PathMatch;
+use http::Method;
 
 const MINIMAL: &str = r#"
 listen: { address: "127.0.0.1:8443", tls: { cert: certs/server.crt, key: certs/server.key } }
@@ -431,4 +435,32 @@ fn a_host_bound_encrypting_route_with_a_host_less_catch_all_behind_it_warns() {
     ) + keys;
     let c = load(&sealed).unwrap();
     assert!(!fallthrough(&c), "{:?}", c.warnings);
+}
+
+/// Errors are located by the parser's marks of the node they are about, not
+/// by the first place its text appears (the old text search put both of
+/// these on the wrong line).
+#[test]
+fn errors_point_at_their_own_node_even_when_the_same_text_comes_first() {
+    let text = "\
+listen: { address: \"0.0.0.0:8443\", tls: { cert: c.crt, key: c.key } }
+upstreams:
+  soon: { url: \"http://127.0.0.1:8080\" }
+redirect_http: { address: \"0.0.0.0:8443\" }
+routes:
+  - name: users
+    match: { path_prefix: /api/users }
+    upstream: soon
+";
+    let e = load(text).unwrap_err();
+    assert!(e.message.starts_with("redirect_http.address"), "{e}");
+    assert_eq!((e.line, e.column), (Some(4), Some(27)), "{e}");
+
+    let text = text.replace(
+        "redirect_http: { address: \"0.0.0.0:8443\" }\n",
+        "",
+    ) + "    max_age: soon\n";
+    let e = load(&text).unwrap_err();
+    assert!(e.message.starts_with("routes[0] (users).max_age"), "{e}");
+    assert_eq!(e.line, Some(text.lines().count()), "{e}");
 }

@@ -32,7 +32,8 @@ use super::path::NameStep;
 use super::FieldRule;
 
 /// What an encrypting route does with a look-alike holding data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum LookAlikeMode {
     /// Refuse the request (400), forward nothing.
     #[default]

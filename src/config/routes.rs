@@ -1,0 +1,334 @@
+//! `routes`: each route's match, upstream, limits, headers and field rules
+//! compiled into a `routes::Route`; then what the routes do to each other
+//! (shadowing, fall-through warnings) and the buffer budget they need.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+
+use super::limits::{check_buffers, Limits};
+use super::locate::At;
+use super::rate_limit::{self, GlobalRateLimit};
+use super::raw::{RawConfig, RawDecrypt, RawFieldRule, RawRoute, Word};
+use super::Upstream;
+use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
+use crate::crypto::KeyringSpec;
+use crate::routes::{PathMatch, Route};
+use crate::transform::{
+    DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, OpenSpec, SealSpec,
+};
+
+pub(super) struct Routes {
+    pub routes: Vec<Route>,
+    pub warnings: Vec<String>,
+}
+
+pub(super) fn compile(
+    raw: &RawConfig,
+    upstreams: &[Upstream],
+    rate_limit: &GlobalRateLimit,
+    limits: &Limits,
+    keys: Option<&KeyringSpec>,
+    base: &Path,
+) -> Result<Routes, Invalid> {
+    let mut routes = Vec::new();
+    let mut warnings = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = At::top("routes").item(i, &r.name);
+        if r.name.is_empty() || !names.insert(r.name.clone()) {
+            return Err(invalid_shown(
+                at.shown(),
+                "route names must be unique and non-empty",
+                Some(&at.key("name")),
+            ));
+        }
+        let (route, rule_warnings) = route(&at, r, raw, upstreams, rate_limit, limits, keys, base)?;
+        warnings.extend(rule_warnings);
+        routes.push(route);
+    }
+    if routes.is_empty() {
+        return Err(invalid(&At::top("routes"), "at least one route is needed"));
+    }
+    check_buffers(limits, &routes)?;
+    let mut all = method_fall_through(&routes);
+    all.extend(shadowing::check(&routes, &raw.routes, upstreams)?);
+    all.extend(host_fall_through(&routes));
+    all.extend(warnings);
+    Ok(Routes {
+        routes: with_named_contexts(routes),
+        warnings: all,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route(
+    at: &At,
+    r: &RawRoute,
+    raw: &RawConfig,
+    upstreams: &[Upstream],
+    rate_limit: &GlobalRateLimit,
+    limits: &Limits,
+    keys: Option<&KeyringSpec>,
+    base: &Path,
+) -> Result<(Route, Vec<String>), Invalid> {
+    let upstream = upstreams
+        .iter()
+        .position(|u| u.name == r.upstream)
+        .ok_or_else(|| {
+            invalid(
+                &at.key("upstream"),
+                format!("{:?} is not defined under upstreams", r.upstream),
+            )
+        })?;
+    let m = &r.matcher;
+    let m_at = at.key("match");
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(&m_at, "set either path or path_prefix, not both"))
+        }
+        (Some(p), None) => PathMatch::Exact(route_path(&m_at.key("path"), p)?),
+        (None, Some(p)) => PathMatch::Prefix(route_path(&m_at.key("path_prefix"), p)?),
+        (None, None) => PathMatch::Any,
+    };
+    let methods = m
+        .methods
+        .as_ref()
+        .map(|ms| {
+            ms.iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        invalid_shown(
+                            m_at.key("methods").shown(),
+                            format!("{s:?} is not an HTTP method"),
+                            Some(&m_at.key("methods").index(j)),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let global = raw.rate_limit.as_ref();
+    let limit = rate_limit::route(
+        &at.key("rate_limit"),
+        r.rate_limit.as_ref(),
+        global,
+        rate_limit.default,
+    )?;
+    let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
+    let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
+
+    let encrypt = r
+        .encrypt
+        .iter()
+        .enumerate()
+        .map(|(j, f)| field_rule(&at.key("encrypt").index(j), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let checked = r
+        .encrypt
+        .iter()
+        .enumerate()
+        .map(|(j, f)| shape::rule_checked(&at.key("encrypt").index(j), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (request_shape, warnings) = shape::compile_route(at, r, &encrypt, &checked, base)?;
+    shape::check_sealable(at, r, &encrypt, &request_shape, max_body, limits, keys)?;
+    let decrypt = match &r.decrypt {
+        None => None,
+        Some(RawDecrypt::Keyword(Word::Known(_))) => Some(DecryptSelection::Auto),
+        Some(RawDecrypt::Keyword(Word::Unknown(k))) => {
+            return Err(invalid(
+                &at.key("decrypt"),
+                format!("{k:?}: expected `auto` or a list of JSONPaths"),
+            ))
+        }
+        Some(RawDecrypt::Rules(rules)) => Some(DecryptSelection::Paths(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(j, f)| {
+                    let at = at.key("decrypt").index(j);
+                    shape::no_look_alikes(&at, f)?;
+                    field_rule(&at, f)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+    };
+    if (!encrypt.is_empty() || decrypt.is_some()) && keys.is_none() {
+        return Err(invalid_shown(
+            at.shown(),
+            "has encrypt/decrypt rules but there is no `keys` section",
+            Some(&at.key("name")),
+        ));
+    }
+    let on_failure = match &r.on_decrypt_failure {
+        None => OnDecryptFailure::default(),
+        Some(w) => word(&at.key("on_decrypt_failure"), w, "")?,
+    };
+    let max_age = duration(&at.key("max_age"), &r.max_age, Duration::ZERO)?;
+    let route = Route {
+        name: r.name.clone(),
+        host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        path,
+        methods,
+        case_insensitive: m.case_insensitive.unwrap_or(false),
+        upstream,
+        rate_limit: limit,
+        own_rate_limit: r
+            .rate_limit
+            .as_ref()
+            .is_some_and(|rl| rl.enabled != Some(false)),
+        headers,
+        max_body,
+        seal: (!encrypt.is_empty()).then(|| SealSpec {
+            rules: encrypt,
+            shape: request_shape,
+            named_contexts: Vec::new(),
+            max_depth: limits.max_json_depth,
+        }),
+        open: decrypt.map(|selection| OpenSpec {
+            selection,
+            on_failure,
+            max_age: (!max_age.is_zero()).then_some(max_age),
+        }),
+    };
+    Ok((route, warnings))
+}
+
+fn route_path(at: &At, p: &str) -> Result<String, Invalid> {
+    if !p.starts_with('/') {
+        return Err(invalid(at, format!("{p:?} must start with /")));
+    }
+    // Routes are matched against the canonical request path, so a route
+    // written in a non-canonical spelling could never match.
+    match crate::routes::canonical_path(p) {
+        Ok(c) if c.path == p || c.path.trim_end_matches('/') == p.trim_end_matches('/') => {
+            Ok(p.to_string())
+        }
+        _ => Err(invalid(
+            at,
+            format!("{p:?} is not in canonical form (no //, dot segments, %-escapes or ;params)"),
+        )),
+    }
+}
+
+fn field_rule(at: &At, f: &RawFieldRule) -> Result<FieldRule, Invalid> {
+    let (path, context) = match f {
+        RawFieldRule::Path(p) => (p.as_str(), None),
+        RawFieldRule::Detailed(d) => (d.path.as_str(), d.context.clone()),
+    };
+    let compiled = FieldPath::parse(path)
+        .map_err(|e| invalid(at, format!("invalid JSONPath {path:?}: {}", e.message)))?;
+    if let Some(c) = &context {
+        if c.is_empty() || c.len() > 255 {
+            return Err(invalid(&at.key("context"), "must be 1 to 255 bytes"));
+        }
+    }
+    Ok(FieldRule {
+        path: compiled,
+        context,
+    })
+}
+
+/// Gives every sealing route the list of contexts that any rule names.
+fn with_named_contexts(mut routes: Vec<Route>) -> Vec<Route> {
+    let mut named: Vec<String> = Vec::new();
+    for r in &routes {
+        let decrypt = r.open.as_ref().map_or(&[][..], OpenSpec::rules);
+        for c in r
+            .encrypt_rules()
+            .iter()
+            .chain(decrypt)
+            .filter_map(|f| f.context.as_ref())
+        {
+            if !named.contains(c) {
+                named.push(c.clone());
+            }
+        }
+    }
+    for seal in routes.iter_mut().filter_map(|r| r.seal.as_mut()) {
+        seal.named_contexts = named.clone();
+    }
+    routes
+}
+
+/// An encrypting route limited to some methods lets the other methods on its
+/// paths fall through to a later route, which forwards them in plaintext.
+fn method_fall_through(routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(methods) = &r.methods else { continue };
+        if !r.transforms_request() {
+            continue;
+        }
+        for later in &routes[i + 1..] {
+            let host_overlaps = later.host.is_none() || later.host == r.host;
+            let other_methods = later
+                .methods
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| !methods.contains(m)));
+            if host_overlaps
+                && other_methods
+                && path_covers(&later.path, &r.path)
+                && !later.transforms_request()
+            {
+                let listed: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                out.push(format!(
+                    "route {:?} encrypts only {} requests; other methods on its paths fall through to route {:?}, which forwards their bodies unencrypted",
+                    r.name,
+                    listed.join("/"),
+                    later.name
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Host-less requests can't skip a host-bound route (`routes::select`),
+/// but a request for the same path with any other Host still goes past it.
+/// When a later route without a host takes those paths and seals nothing, a
+/// backend that ignores Host (most single-site legacy services) stores what
+/// the bound route would have sealed, in plaintext.
+fn host_fall_through(routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(host) = &r.host else { continue };
+        if !r.transforms_request() {
+            continue;
+        }
+        let behind = routes[i + 1..].iter().find(|later| {
+            later.host.is_none()
+                && !later.transforms_request()
+                && path_covers(&later.path, &r.path)
+                && later.methods.as_ref().is_none_or(|ms| {
+                    r.methods
+                        .as_ref()
+                        .is_none_or(|rs| rs.iter().any(|m| ms.contains(m)))
+                })
+        });
+        if let Some(later) = behind {
+            out.push(format!(
+                "route {:?} encrypts only for host {host:?}; its paths with any other Host fall through to route {:?}, which forwards their bodies unencrypted (bind {:?} to hosts, or give it the same encrypt rules, unless its backend routes by Host)",
+                r.name, later.name, later.name
+            ));
+        }
+    }
+    out
+}
+
+/// True when every path `inner` matches is also matched by `outer`.
+fn path_covers(outer: &PathMatch, inner: &PathMatch) -> bool {
+    match (outer, inner) {
+        (PathMatch::Any, _) => true,
+        (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => {
+            let p = p.trim_end_matches('/');
+            q.starts_with(p) && (q.len() == p.len() || q[p.len()..].starts_with('/'))
+        }
+        (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
+        _ => false,
+    }
+}

@@ -44,6 +44,9 @@ const MAC_SUFFIX_LEN: usize = MAC_SUFFIX_PREFIX.len() + 2 * MAC_LEN + 2;
 /// is not something `append` writes, so treat it as corruption.
 const MAX_LINE: u64 = 1024 * 1024;
 
+/// HKDF purpose of the audit log's HMAC sub-key (`Keyring::derive_subkey`).
+pub const KEY_PURPOSE: &str = "fieldseal audit log v1";
+
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditSink {
@@ -572,8 +575,9 @@ impl fmt::Display for TamperKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// Said whole (no source to repeat).
     #[error("reading the audit log: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// `line` is 1-based, counting physical lines of the input.
     #[error("audit log line {line}: {kind}: {detail}")]
     Tampered {
@@ -594,6 +598,12 @@ pub enum VerifyError {
     /// The options themselves are inconsistent (e.g. `expect` before `from`).
     #[error("{0}")]
     Options(String),
+}
+
+impl From<io::Error> for VerifyError {
+    fn from(e: io::Error) -> VerifyError {
+        VerifyError::Io(e)
+    }
 }
 
 /// Where verification starts and what it must reach.

@@ -117,23 +117,8 @@ pub enum CollectError {
     OverBudget,
 }
 
-/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn collect_limited<B>(
-    body: B,
-    limit: u64,
-    deadline: Duration,
-) -> Result<Bytes, CollectError>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    match tokio::time::timeout(deadline, collect_inner(body, limit, None)).await {
-        Ok(r) => r,
-        Err(_) => Err(CollectError::Timeout),
-    }
-}
-
-/// Like `collect_limited`, with every byte read counted in `reservation`
-/// first: a body that would pass the connection's or the process's budget is
+/// Reads a whole body within `deadline`, refusing it as soon as it passes
+/// `limit` bytes, with every byte read counted in `reservation` first: a body that would pass the connection's or the process's budget is
 /// refused as it arrives, not after it has been held.
 pub async fn collect_reserved<B>(
     body: B,
@@ -144,7 +129,7 @@ pub async fn collect_reserved<B>(
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    match tokio::time::timeout(deadline, collect_inner(body, limit, Some(reservation))).await {
+    match tokio::time::timeout(deadline, collect_inner(body, limit, reservation)).await {
         Ok(r) => r,
         Err(_) => Err(CollectError::Timeout),
     }
@@ -153,7 +138,7 @@ where
 async fn collect_inner<B>(
     mut body: B,
     limit: u64,
-    mut reservation: Option<&mut Reservation>,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, CollectError>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -171,10 +156,8 @@ where
         if total > limit {
             return Err(CollectError::TooLarge);
         }
-        if let Some(r) = reservation.as_deref_mut() {
-            if !r.try_grow(data.len() as u64) {
-                return Err(CollectError::OverBudget);
-            }
+        if !reservation.try_grow(data.len() as u64) {
+            return Err(CollectError::OverBudget);
         }
         // One frame (the common case) is kept without a copy.
         match (&mut first, &mut rest) {
@@ -379,7 +362,6 @@ impl Body for Held {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {
-    Identity,
     Gzip,
     Deflate,
     Brotli,
@@ -425,7 +407,6 @@ pub fn decode_all(data: Bytes, codings: &[Coding], limit: u64) -> Result<Bytes, 
 /// Decodes `data`; Err(TooLarge) once the output passes `limit`.
 pub fn decode(data: &[u8], coding: Coding, limit: u64) -> Result<Bytes, CollectError> {
     let reader: Box<dyn Read + '_> = match coding {
-        Coding::Identity => return Ok(Bytes::copy_from_slice(data)),
         Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
         // "deflate" is zlib-wrapped per RFC 9110; some servers send raw deflate.
         Coding::Deflate if data.first().is_some_and(|b| b & 0x0f == 8) => {
@@ -626,14 +607,19 @@ mod tests {
 
     #[tokio::test]
     async fn collect_refuses_past_limit() {
+        let conn = Arc::new(ConnBuffers::new(Arc::new(BufferPool::default())));
+        let mut r = conn.reserve(BufferLimits {
+            per_connection: 1 << 20,
+            total: 1 << 20,
+        });
         let body = Full::new(Bytes::from(vec![0u8; 100]));
         assert_eq!(
-            collect_limited(body, 99, Duration::from_secs(1)).await,
+            collect_reserved(body, 99, Duration::from_secs(1), &mut r).await,
             Err(CollectError::TooLarge)
         );
         let body = Full::new(Bytes::from(vec![0u8; 100]));
         assert_eq!(
-            collect_limited(body, 100, Duration::from_secs(1))
+            collect_reserved(body, 100, Duration::from_secs(1), &mut r)
                 .await
                 .unwrap()
                 .len(),

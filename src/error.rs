@@ -46,9 +46,22 @@ pub const REASON_CODES: &[&str] = &[
     "internal",
 ];
 
+/// Why the proxy answered a request itself, by the side that failed: the
+/// side decides the class of the answer (4xx, 502/504, 5xx) here, in one
+/// place, and each variant its exact status and reason code.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    // --- caused by the client's request ---
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+}
+
+/// Caused by the client's request: a 4xx.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
     #[error("no route matches this request")]
     NoRoute,
     #[error("host is not served here")]
@@ -61,7 +74,7 @@ pub enum ProxyError {
     /// path a host-bound route could take.
     #[error("a Host header is required")]
     HostRequired,
-    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1); a 501.
     #[error("transfer codings other than chunked are not implemented")]
     TransferCodingNotImplemented,
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -91,8 +104,11 @@ pub enum ProxyError {
     ClientBody,
     #[error("timed out reading the request body")]
     ClientTimeout,
+}
 
-    // --- caused by the upstream ---
+/// Caused by the upstream: a 502, or a 504 when it was too slow.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
     #[error("upstream unreachable")]
     UpstreamConnect,
     #[error("upstream unreachable")]
@@ -111,14 +127,15 @@ pub enum ProxyError {
     UpstreamTooLarge { limit: u64 },
     #[error("a field in the upstream answer could not be decrypted")]
     Decrypt(DecryptFailure),
+}
 
-    // --- load ---
+/// Ours: load (503) or a bug (500).
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
     /// Buffering this body would pass `limits.max_buffered_per_connection`
     /// or `limits.max_buffered_total`.
     #[error("too much data is buffered; retry later")]
     BufferLimit,
-
-    // --- ours ---
     #[error("audit log unavailable")]
     AuditUnavailable,
     #[error("internal error")]
@@ -127,107 +144,119 @@ pub enum ProxyError {
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
-        use ProxyError::*;
+        use ClientError::*;
         match self {
-            NoRoute => StatusCode::NOT_FOUND,
-            MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
-            BadPath(_)
-            | BadRequest(_)
-            | HostRequired
-            | InvalidJson
-            | TooDeep { .. }
-            | ClientBody => StatusCode::BAD_REQUEST,
-            LookAlike | Schema(_) => StatusCode::BAD_REQUEST,
-            TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
-            BodyTooLarge { .. } | FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            UpstreamConnect
-            | UpstreamConnectRefused
-            | UpstreamConnectTimeout
-            | UpstreamProtocol
-            | UpstreamClosed
-            | UpstreamBody
-            | UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            Decrypt(_) => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            AuditUnavailable | BufferLimit => StatusCode::SERVICE_UNAVAILABLE,
-            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Client(e) => match e {
+                NoRoute => StatusCode::NOT_FOUND,
+                MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
+                BadPath(_)
+                | BadRequest(_)
+                | HostRequired
+                | InvalidJson
+                | TooDeep { .. }
+                | ClientBody
+                | LookAlike
+                | Schema(_) => StatusCode::BAD_REQUEST,
+                TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
+                BodyTooLarge { .. } | FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            },
+            ProxyError::Upstream(UpstreamError::UpstreamTimeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Local(LocalError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Local(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// Coarse label of `fieldseal_upstream_errors_total{kind}` (kept stable
     /// for dashboards; the access log's [`reason`](Self::reason) is finer).
     pub fn kind(&self) -> &'static str {
-        use ProxyError::*;
+        use ClientError::*;
+        use LocalError::*;
+        use UpstreamError::*;
         match self {
-            NoRoute => "no_route",
-            MisdirectedHost => "misdirected_host",
-            BadPath(_) => "bad_path",
-            BadRequest(_) => "bad_request",
-            HostRequired => "host_required",
-            TransferCodingNotImplemented => "transfer_coding",
-            BodyTooLarge { .. } => "body_too_large",
-            HeadersTooLarge => "headers_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            UnsupportedEncoding => "unsupported_encoding",
-            InvalidJson => "invalid_json",
-            TooDeep { .. } => "too_deep",
-            LookAlike => "look_alike",
-            Schema(_) => "schema",
-            FieldTooLarge => "field_too_large",
-            RateLimited { .. } => "rate_limited",
-            ClientBody => "client_body",
-            ClientTimeout => "client_timeout",
-            UpstreamConnect | UpstreamConnectRefused | UpstreamConnectTimeout => "connect",
-            UpstreamTimeout => "timeout",
-            UpstreamProtocol | UpstreamClosed => "protocol",
-            UpstreamBody => "body",
-            UpstreamTooLarge { .. } => "too_large",
-            Decrypt(_) => "decrypt",
-            BufferLimit => "buffer_limit",
-            AuditUnavailable => "audit_unavailable",
-            Internal(_) => "internal",
+            ProxyError::Client(e) => match e {
+                NoRoute => "no_route",
+                MisdirectedHost => "misdirected_host",
+                BadPath(_) => "bad_path",
+                BadRequest(_) => "bad_request",
+                HostRequired => "host_required",
+                TransferCodingNotImplemented => "transfer_coding",
+                BodyTooLarge { .. } => "body_too_large",
+                HeadersTooLarge => "headers_too_large",
+                UnsupportedMediaType => "unsupported_media_type",
+                UnsupportedEncoding => "unsupported_encoding",
+                InvalidJson => "invalid_json",
+                TooDeep { .. } => "too_deep",
+                LookAlike => "look_alike",
+                Schema(_) => "schema",
+                FieldTooLarge => "field_too_large",
+                RateLimited { .. } => "rate_limited",
+                ClientBody => "client_body",
+                ClientTimeout => "client_timeout",
+            },
+            ProxyError::Upstream(e) => match e {
+                UpstreamConnect | UpstreamConnectRefused | UpstreamConnectTimeout => "connect",
+                UpstreamTimeout => "timeout",
+                UpstreamProtocol | UpstreamClosed => "protocol",
+                UpstreamBody => "body",
+                UpstreamTooLarge { .. } => "too_large",
+                Decrypt(_) => "decrypt",
+            },
+            ProxyError::Local(e) => match e {
+                BufferLimit => "buffer_limit",
+                AuditUnavailable => "audit_unavailable",
+                Internal(_) => "internal",
+            },
         }
     }
 
     /// The access log's `reason`: one stable code per variant, listed in
     /// [`REASON_CODES`] and documented in README.md ("Reason codes").
     pub fn reason(&self) -> &'static str {
-        use ProxyError::*;
+        use ClientError::*;
+        use LocalError::*;
+        use UpstreamError::*;
         match self {
-            NoRoute => "no_route",
-            MisdirectedHost => "misdirected_host",
-            BadPath(_) => "bad_path",
-            BadRequest(_) => "bad_request",
-            HostRequired => "host_required",
-            TransferCodingNotImplemented => "transfer_coding_not_implemented",
-            BodyTooLarge { .. } => "body_too_large",
-            HeadersTooLarge => "headers_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            UnsupportedEncoding => "unsupported_encoding",
-            InvalidJson => "invalid_json",
-            TooDeep { .. } => "json_too_deep",
-            LookAlike => "look_alike",
-            Schema(_) => "schema_mismatch",
-            FieldTooLarge => "field_too_large",
-            RateLimited { .. } => "rate_limited",
-            ClientBody => "client_body_broken",
-            ClientTimeout => "client_body_timeout",
-            UpstreamConnect => "upstream_connect_failed",
-            UpstreamConnectRefused => "upstream_connect_refused",
-            UpstreamConnectTimeout => "upstream_connect_timeout",
-            UpstreamTimeout => "upstream_timeout",
-            UpstreamProtocol => "upstream_protocol_error",
-            UpstreamClosed => "upstream_closed",
-            UpstreamBody => "upstream_body_broken",
-            UpstreamTooLarge { .. } => "upstream_body_too_large",
-            Decrypt(_) => "decrypt_failed",
-            BufferLimit => "buffer_limit",
-            AuditUnavailable => "audit_unavailable",
-            Internal(_) => "internal",
+            ProxyError::Client(e) => match e {
+                NoRoute => "no_route",
+                MisdirectedHost => "misdirected_host",
+                BadPath(_) => "bad_path",
+                BadRequest(_) => "bad_request",
+                HostRequired => "host_required",
+                TransferCodingNotImplemented => "transfer_coding_not_implemented",
+                BodyTooLarge { .. } => "body_too_large",
+                HeadersTooLarge => "headers_too_large",
+                UnsupportedMediaType => "unsupported_media_type",
+                UnsupportedEncoding => "unsupported_encoding",
+                InvalidJson => "invalid_json",
+                TooDeep { .. } => "json_too_deep",
+                LookAlike => "look_alike",
+                Schema(_) => "schema_mismatch",
+                FieldTooLarge => "field_too_large",
+                RateLimited { .. } => "rate_limited",
+                ClientBody => "client_body_broken",
+                ClientTimeout => "client_body_timeout",
+            },
+            ProxyError::Upstream(e) => match e {
+                UpstreamConnect => "upstream_connect_failed",
+                UpstreamConnectRefused => "upstream_connect_refused",
+                UpstreamConnectTimeout => "upstream_connect_timeout",
+                UpstreamTimeout => "upstream_timeout",
+                UpstreamProtocol => "upstream_protocol_error",
+                UpstreamClosed => "upstream_closed",
+                UpstreamBody => "upstream_body_broken",
+                UpstreamTooLarge { .. } => "upstream_body_too_large",
+                Decrypt(_) => "decrypt_failed",
+            },
+            ProxyError::Local(e) => match e {
+                BufferLimit => "buffer_limit",
+                AuditUnavailable => "audit_unavailable",
+                Internal(_) => "internal",
+            },
         }
     }
 
@@ -235,27 +264,18 @@ impl ProxyError {
     /// one. Never anything the client sent.
     pub fn detail(&self) -> Option<&'static str> {
         match self {
-            ProxyError::BadPath(d)
-            | ProxyError::BadRequest(d)
-            | ProxyError::Schema(d)
-            | ProxyError::Internal(d) => Some(d),
+            ProxyError::Client(
+                ClientError::BadPath(d) | ClientError::BadRequest(d) | ClientError::Schema(d),
+            )
+            | ProxyError::Local(LocalError::Internal(d)) => Some(d),
             _ => None,
         }
     }
 
-    /// True when the upstream, not the client or the proxy, is at fault.
+    /// True when the upstream, not the client or the proxy, is at fault
+    /// (a decryption failure is counted apart, by its own metric).
     pub fn is_upstream(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::UpstreamConnect
-                | ProxyError::UpstreamConnectRefused
-                | ProxyError::UpstreamConnectTimeout
-                | ProxyError::UpstreamTimeout
-                | ProxyError::UpstreamProtocol
-                | ProxyError::UpstreamClosed
-                | ProxyError::UpstreamBody
-                | ProxyError::UpstreamTooLarge { .. }
-        )
+        matches!(self, ProxyError::Upstream(e) if !matches!(e, UpstreamError::Decrypt(_)))
     }
 
     /// A request body the transform refused or could not seal: which side
@@ -263,17 +283,20 @@ impl ProxyError {
     /// too large are the client's; a sealing failure is ours).
     pub fn from_request_transform(e: TransformError) -> ProxyError {
         match e {
-            TransformError::InvalidJson => ProxyError::InvalidJson,
-            TransformError::TooDeep { limit } => ProxyError::TooDeep { limit },
-            TransformError::LookAlike { .. } => ProxyError::LookAlike,
-            TransformError::Schema => ProxyError::Schema("it does not match"),
-            TransformError::DuplicateMember => ProxyError::Schema("it repeats a member name"),
-            TransformError::FieldTooLarge => ProxyError::FieldTooLarge,
-            TransformError::FieldTooDeep => ProxyError::TooDeep {
+            TransformError::InvalidJson => ClientError::InvalidJson.into(),
+            TransformError::TooDeep { limit } => ClientError::TooDeep { limit }.into(),
+            TransformError::LookAlike { .. } => ClientError::LookAlike.into(),
+            TransformError::Schema => ClientError::Schema("it does not match").into(),
+            TransformError::DuplicateMember => {
+                ClientError::Schema("it repeats a member name").into()
+            }
+            TransformError::FieldTooLarge => ClientError::FieldTooLarge.into(),
+            TransformError::FieldTooDeep => ClientError::TooDeep {
                 limit: crate::crypto::MAX_SEAL_DEPTH,
-            },
+            }
+            .into(),
             TransformError::Seal | TransformError::Decrypt(_) => {
-                ProxyError::Internal("field encryption failed")
+                LocalError::Internal("field encryption failed").into()
             }
         }
     }
@@ -283,7 +306,7 @@ impl ProxyError {
     pub fn body(&self) -> String {
         let status = self.status().as_u16();
         let mut body = serde_json::json!({ "error": self.to_string(), "status": status });
-        if let ProxyError::RateLimited { retry_after_secs } = self {
+        if let ProxyError::Client(ClientError::RateLimited { retry_after_secs }) = self {
             body["retry_after"] = serde_json::json!(retry_after_secs);
         }
         body.to_string()
@@ -302,7 +325,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let ProxyError::RateLimited { retry_after_secs } = e {
+    if let ProxyError::Client(ClientError::RateLimited { retry_after_secs }) = e {
         h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
     }
     resp
@@ -316,8 +339,10 @@ mod tests {
     /// a compile error here until it is added, so it cannot go without a
     /// reason code.
     fn one_of_each() -> Vec<ProxyError> {
-        use ProxyError::*;
-        let all = vec![
+        use ClientError::*;
+        use LocalError::*;
+        use UpstreamError::*;
+        let client = vec![
             NoRoute,
             MisdirectedHost,
             BadPath("p"),
@@ -338,6 +363,8 @@ mod tests {
             },
             ClientBody,
             ClientTimeout,
+        ];
+        let upstream = vec![
             UpstreamConnect,
             UpstreamConnectRefused,
             UpstreamConnectTimeout,
@@ -351,11 +378,11 @@ mod tests {
                 key_id: None,
                 reason: "auth_failed",
             }),
-            BufferLimit,
-            AuditUnavailable,
-            Internal("i"),
         ];
-        for e in &all {
+        let local = vec![BufferLimit, AuditUnavailable, Internal("i")];
+        // The exhaustive matches make a new variant a compile error here
+        // until it is added, so it cannot go without a reason code.
+        for e in &client {
             match e {
                 NoRoute
                 | MisdirectedHost
@@ -374,8 +401,12 @@ mod tests {
                 | FieldTooLarge
                 | RateLimited { .. }
                 | ClientBody
-                | ClientTimeout
-                | UpstreamConnect
+                | ClientTimeout => {}
+            }
+        }
+        for e in &upstream {
+            match e {
+                UpstreamConnect
                 | UpstreamConnectRefused
                 | UpstreamConnectTimeout
                 | UpstreamTimeout
@@ -383,13 +414,32 @@ mod tests {
                 | UpstreamClosed
                 | UpstreamBody
                 | UpstreamTooLarge { .. }
-                | Decrypt(_)
-                | BufferLimit
-                | AuditUnavailable
-                | Internal(_) => {}
+                | Decrypt(_) => {}
             }
         }
-        all
+        for e in &local {
+            match e {
+                BufferLimit | AuditUnavailable | Internal(_) => {}
+            }
+        }
+        let client = client.into_iter().map(ProxyError::from);
+        let upstream = upstream.into_iter().map(ProxyError::from);
+        client
+            .chain(upstream)
+            .chain(local.into_iter().map(ProxyError::from))
+            .collect()
+    }
+
+    #[test]
+    fn the_side_decides_the_class_of_the_answer() {
+        for e in one_of_each() {
+            let status = e.status().as_u16();
+            match &e {
+                ProxyError::Client(_) => assert!((400..500).contains(&status) || status == 501),
+                ProxyError::Upstream(_) => assert!(matches!(status, 502 | 504)),
+                ProxyError::Local(_) => assert!(matches!(status, 500 | 503)),
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The admin listener when the config sets none.
-pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
+pub const DEFAULT_ADMIN: SocketAddr = crate::config::DEFAULT_ADMIN_ADDRESS;
 
 /// The admin address to probe, from a config file. Only `admin.address` is
 /// read, so a config being edited (not yet reloaded) does not fail a healthy

@@ -2,35 +2,40 @@
 //! fields before they reach a legacy backend and decrypts them on the way back.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+// What the binary, the tests and the benchmarks use.
 pub mod audit;
-pub mod body;
-pub mod build_info;
 pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod error;
-pub mod headers;
 pub mod healthcheck;
 pub mod init;
 pub mod logging;
-pub mod metrics;
 pub mod offline;
 pub mod proxy;
-pub mod ratelimit;
-pub mod routes;
-pub mod server;
-pub mod state;
 pub mod tls;
 pub mod transform;
-pub mod upstream;
+
+mod admin;
+mod body;
+mod build_info;
+mod headers;
+mod listener;
+mod metrics;
+mod ratelimit;
+mod routes;
+mod server;
+mod state;
+mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use config::Config;
-pub use server::Listeners;
-pub use state::{LoadError, Shared};
+pub use listener::{BindError, Listeners};
+pub use state::LoadError;
+
+use state::Shared;
 
 /// A loaded proxy: config compiled, certificates and keys loaded. Cloning
 /// gives another handle to the same proxy (for reload or metrics).
@@ -48,10 +53,6 @@ impl Proxy {
         Ok(Proxy {
             shared: Arc::new(Shared::new(runtime, metrics)),
         })
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// Re-reads the config file; on error the running config stays.

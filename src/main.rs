@@ -210,7 +210,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str, json: bool) -> Result<()> {
-    fieldseal::logging::init(level, json).map_err(|e| anyhow!(e))
+    fieldseal::logging::init(level, json).map_err(anyhow::Error::msg)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -223,7 +223,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let cfg = Config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            let cfg = Config::load(&config)?;
             let preflight = fieldseal::config::preflight::check(&cfg);
             if !preflight.errors.is_empty() {
                 return Err(anyhow!("{}", lines(&preflight.errors)));
@@ -242,7 +242,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => Ok(check(&config, !no_load)),
         Command::Demo { listen, dir } => {
             // Refuse a folder that holds anything before binding or writing.
-            let dir = fieldseal::demo::DemoDir::claim(dir.as_deref()).map_err(|e| anyhow!(e))?;
+            let dir =
+                fieldseal::demo::DemoDir::claim(dir.as_deref()).map_err(anyhow::Error::msg)?;
             init_logging("info", false)?;
             runtime()?.block_on(demo(listen, dir))?;
             Ok(ExitCode::SUCCESS)
@@ -283,7 +284,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out } => {
-            fieldseal::crypto::write_key_file(&out).map_err(|e| anyhow!("{e}"))?;
+            fieldseal::crypto::write_key_file(&out)?;
             println!(
                 "wrote {} (32 random bytes, base64, mode 0600)",
                 out.display()
@@ -363,11 +364,13 @@ enum Transform {
 }
 
 fn load_ring(cfg: &Config, config: &Path) -> Result<Keyring> {
-    let spec = cfg
-        .keys
+    Ok(Keyring::load(keys_of(cfg, config)?)?)
+}
+
+fn keys_of<'c>(cfg: &'c Config, config: &Path) -> Result<&'c fieldseal::crypto::KeyringSpec> {
+    cfg.keys
         .as_ref()
-        .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
-    Keyring::load(spec).map_err(|e| anyhow!("{e}"))
+        .ok_or_else(|| anyhow!("{}: no keys section", config.display()))
 }
 
 /// The size of stdin when it is a regular file (`< dump.ndjson`), for the
@@ -381,7 +384,7 @@ fn stdin_size() -> Option<u64> {
 
 /// `encrypt`, `decrypt`, `rewrap`: stdin to stdout, summary on stderr.
 fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Result<ExitCode> {
-    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    let cfg = Config::load(config)?;
     init_logging("warn", false)?;
     let ring = load_ring(&cfg, config)?;
     let route = |name: &str| {
@@ -459,11 +462,8 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
 /// `keys`: the ring with sources and fingerprints. `keys --scan`: the
 /// census of envelopes per key id in stdin (needs the config, not the keys).
 fn keys_cmd(config: &Path, scan: bool) -> Result<ExitCode> {
-    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
-    let spec = cfg
-        .keys
-        .as_ref()
-        .ok_or_else(|| anyhow!("{}: no keys section", config.display()))?;
+    let cfg = Config::load(config)?;
+    let spec = keys_of(&cfg, config)?;
     let mut out = std::io::stdout().lock();
     if !scan {
         let ring = load_ring(&cfg, config)?;
@@ -582,12 +582,12 @@ fn audit_verify_cmd(
     expect: Option<&fieldseal::audit::ChainHead>,
 ) -> Result<ExitCode> {
     use fieldseal::audit::{VerifyError, VerifyOptions};
-    let cfg = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    let cfg = Config::load(config)?;
     let ring = load_ring(&cfg, config)?;
     let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
     let result =
         fieldseal::audit::verify_with(BufReader::new(f), VerifyOptions { from, expect }, |kid| {
-            ring.derive_subkey(kid, fieldseal::state::AUDIT_KEY_PURPOSE)
+            ring.derive_subkey(kid, fieldseal::audit::KEY_PURPOSE)
         });
     match result {
         Ok(report) => {
@@ -666,9 +666,7 @@ async fn serve(cfg: Config) -> Result<()> {
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "configuration");
     }
-    let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg))
-        .await?
-        .map_err(|e| anyhow!("{e}"))?;
+    let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg)).await??;
     let admin = admin.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(%summary, %admin, "fieldseal serving");
     spawn_reload_on_hup(proxy.clone());
@@ -685,11 +683,13 @@ async fn demo(listen: SocketAddr, mut dir: fieldseal::demo::DemoDir) -> Result<(
         .await
         .with_context(|| format!("cannot listen on {listen} (try --listen 127.0.0.1:0)"))?;
     let listen = https.local_addr()?;
-    let path = dir.write(listen, backend_addr).map_err(|e| anyhow!(e))?;
-    let cfg = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
+    let path = dir
+        .write(listen, backend_addr)
+        .map_err(anyhow::Error::msg)?;
+    let cfg = Config::load(&path)?;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = admin.local_addr()?;
-    let proxy = Proxy::new(cfg).map_err(|e| anyhow!("{e}"))?;
+    let proxy = Proxy::new(cfg)?;
     let shutdown = shutdown_signal();
     println!(
         "{}",
@@ -707,7 +707,7 @@ async fn demo(listen: SocketAddr, mut dir: fieldseal::demo::DemoDir) -> Result<(
             shutdown,
         )
         .await;
-    for note in dir.remove().map_err(|e| anyhow!(e))? {
+    for note in dir.remove().map_err(anyhow::Error::msg)? {
         eprintln!("fieldseal demo: {note}");
     }
     Ok(())
@@ -760,7 +760,7 @@ fn init(dir: &Path, listen: SocketAddr, admin: SocketAddr, upstream: &str) -> Re
         admin,
         upstream: upstream.to_string(),
     };
-    let written = fieldseal::init::write(dir, &opts).map_err(|e| anyhow!(e))?;
+    let written = fieldseal::init::write(dir, &opts).map_err(anyhow::Error::msg)?;
     for p in &written {
         println!("wrote {}", p.display());
     }
@@ -818,7 +818,7 @@ fn healthcheck(
 ) -> Result<ExitCode> {
     let address = match (address, config) {
         (Some(a), _) => a,
-        (None, Some(c)) => fieldseal::healthcheck::admin_address(c).map_err(|e| anyhow!(e))?,
+        (None, Some(c)) => fieldseal::healthcheck::admin_address(c).map_err(anyhow::Error::msg)?,
         (None, None) => fieldseal::healthcheck::DEFAULT_ADMIN,
     };
     let path = if ready { "/readyz" } else { "/healthz" };

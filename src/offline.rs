@@ -28,7 +28,7 @@ use crate::transform::{self, FieldRule, Keys, OpenSpec, SealSpec, StringKind, Tr
 pub enum OfflineError {
     #[error("route {0:?} has no {1} rules")]
     NoRules(String, &'static str),
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -23,66 +23,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BufferPool, ConnBuffers};
-use crate::error::ProxyError;
+use crate::error::{ClientError, ProxyError};
+use crate::listener::Listeners;
 use crate::metrics::CloseReason;
 use crate::state::Shared;
-
-/// The sockets fieldseal serves on, bound by the caller (tests bind port 0).
-pub struct Listeners {
-    pub https: TcpListener,
-    pub redirect: Option<TcpListener>,
-    pub admin: Option<TcpListener>,
-}
-
-impl Listeners {
-    pub async fn bind(config: &crate::config::Config) -> Result<Listeners, BindError> {
-        let https = bind("listen.address", config.listen).await?;
-        let redirect = match config.redirect_http {
-            Some(a) => Some(bind("redirect_http.address", a).await?),
-            None => None,
-        };
-        let admin = match config.admin {
-            Some(a) => Some(bind("admin.address", a).await?),
-            None => None,
-        };
-        Ok(Listeners {
-            https,
-            redirect,
-            admin,
-        })
-    }
-}
-
-/// A listener that could not bind, named by its config key.
-#[derive(Debug, thiserror::Error)]
-#[error("{listener} {address}: {}", describe_bind_error(.source))]
-pub struct BindError {
-    pub listener: &'static str,
-    pub address: SocketAddr,
-    pub source: std::io::Error,
-}
-
-async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| BindError {
-            listener,
-            address,
-            source,
-        })
-}
-
-fn describe_bind_error(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::AddrInUse => "address in use (another process listens there)".into(),
-        ErrorKind::AddrNotAvailable => "no interface of this host has this address".into(),
-        ErrorKind::PermissionDenied => {
-            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".into()
-        }
-        _ => e.to_string(),
-    }
-}
 
 /// Builds the connection server for the protocol ALPN chose: `h2` is served
 /// as HTTP/2 only and `http/1.1` as HTTP/1.1 only (RFC 7301: the server
@@ -329,7 +273,9 @@ async fn answer_plain_http(
             _ => break,
         }
     }
-    let err = ProxyError::BadRequest("plain HTTP request sent to the HTTPS port");
+    let err = ProxyError::from(ClientError::BadRequest(
+        "plain HTTP request sent to the HTTPS port",
+    ));
     let body = err.body();
     let mut headers = http::HeaderMap::new();
     security.apply(&mut headers);
@@ -668,36 +614,6 @@ async fn serve_connection(
     }
 }
 
-/// Serves plain HTTP/1.1 on `listener` until `stop` changes: the redirect
-/// and admin listeners, which answer small requests themselves.
-pub(crate) async fn serve_http1<F, Fut>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
-) where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = http::Response<crate::body::ProxyBody>> + Send + 'static,
-{
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let fut = handler(req);
-                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                    });
-                    let mut b = hyper::server::conn::http1::Builder::new();
-                    b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-                    let _ = b.serve_connection(TokioIo::new(tcp), service).await;
-                });
-            }
-        }
-    }
-}
-
 /// Plain HTTP: every request gets a 301 to the same path over HTTPS.
 async fn serve_redirect(
     shared: Arc<Shared>,
@@ -705,7 +621,7 @@ async fn serve_redirect(
     https_port: Option<u16>,
     stop: watch::Receiver<bool>,
 ) {
-    serve_http1(listener, stop, move |req| {
+    crate::listener::serve_http1(listener, stop, move |req| {
         let resp = redirect_response(&shared, &req, https_port);
         async move { resp }
     })
@@ -730,7 +646,9 @@ fn redirect_response(
         (None, _) => false,
     };
     let mut resp = match host.filter(|_| allowed) {
-        None => crate::error::respond(&crate::error::ProxyError::MisdirectedHost),
+        None => crate::error::respond(&crate::error::ProxyError::from(
+            crate::error::ClientError::MisdirectedHost,
+        )),
         Some(h) => {
             let port = https_port.unwrap_or_else(|| rt.config.listen.port());
             let authority = if port == 443 {

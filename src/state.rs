@@ -19,12 +19,13 @@ use crate::upstream::UpstreamClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Said whole, like the key errors it wraps (no source to repeat).
     #[error("keys: {0}")]
-    Keys(#[from] KeyError),
+    Keys(KeyError),
     #[error("audit log: {0}")]
     Audit(String),
     #[error("admin.token_file: {0}")]
@@ -37,9 +38,6 @@ pub enum LoadError {
     #[error("route {0:?} has encrypt or decrypt rules but there are no keys")]
     NoKeys(String),
 }
-
-/// HKDF purpose of the audit log's HMAC sub-key.
-pub const AUDIT_KEY_PURPOSE: &str = "fieldseal audit log v1";
 
 pub struct Audit {
     pub log: Arc<AuditLog>,
@@ -58,7 +56,7 @@ pub struct Runtime {
     pub limits: RateLimits,
     pub audit: Option<Audit>,
     /// `admin.token_file`, read at each load so a reload rotates it.
-    pub admin_token: Option<crate::admin::AdminToken>,
+    pub admin_token: Option<crate::crypto::AdminToken>,
 }
 
 /// One route, compiled once with everything a request on it uses: the
@@ -119,7 +117,7 @@ impl Runtime {
     ) -> Result<Runtime, LoadError> {
         let tls = crate::tls::server_config(&config.tls)?;
         let keyring = match &config.keys {
-            Some(spec) => Some(Arc::new(Keyring::load(spec)?)),
+            Some(spec) => Some(Arc::new(Keyring::load(spec).map_err(LoadError::Keys)?)),
             None => None,
         };
         let audit = match (&config.audit, &keyring) {
@@ -130,7 +128,7 @@ impl Runtime {
                     .and_then(|p| p.audit.as_ref())
                     .filter(|p| p.target == a.target);
                 let key = || {
-                    ring.derive_subkey(&a.key_id, AUDIT_KEY_PURPOSE)
+                    ring.derive_subkey(&a.key_id, crate::audit::KEY_PURPOSE)
                         .map(|k| AuditKey::new(a.key_id.clone(), k))
                         .ok_or_else(|| {
                             LoadError::Audit(format!("key {:?} is not in the ring", a.key_id))
@@ -156,7 +154,7 @@ impl Runtime {
         let admin_token = config
             .admin_token_file
             .as_deref()
-            .map(crate::admin::AdminToken::load)
+            .map(crate::crypto::AdminToken::load)
             .transpose()
             .map_err(LoadError::AdminToken)?;
         let upstreams: Vec<Arc<UpstreamClient>> = config

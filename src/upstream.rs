@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::body::ProxyBody;
 use crate::config::Upstream;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 
 pub struct UpstreamClient {
     /// Where requests go and how their Host is set.
@@ -54,15 +54,17 @@ impl UpstreamClient {
         let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         self.duration.observe(sent.elapsed().as_secs_f64());
         match answer {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Err(_) => Err(ProxyError::from(UpstreamError::UpstreamTimeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
                 let err = match io_error_kind(&e) {
                     Some(std::io::ErrorKind::ConnectionRefused) => {
-                        ProxyError::UpstreamConnectRefused
+                        ProxyError::from(UpstreamError::UpstreamConnectRefused)
                     }
-                    Some(std::io::ErrorKind::TimedOut) => ProxyError::UpstreamConnectTimeout,
-                    _ => ProxyError::UpstreamConnect,
+                    Some(std::io::ErrorKind::TimedOut) => {
+                        ProxyError::from(UpstreamError::UpstreamConnectTimeout)
+                    }
+                    _ => ProxyError::from(UpstreamError::UpstreamConnect),
                 };
                 tracing::debug!(error = %e, reason = err.reason(), "upstream connect failed");
                 Err(err)
@@ -75,9 +77,9 @@ impl UpstreamClient {
                     .any(|h| h.is_incomplete_message() || h.is_canceled());
                 tracing::debug!(error = %e, closed, "upstream request failed");
                 Err(if closed {
-                    ProxyError::UpstreamClosed
+                    ProxyError::from(UpstreamError::UpstreamClosed)
                 } else {
-                    ProxyError::UpstreamProtocol
+                    ProxyError::from(UpstreamError::UpstreamProtocol)
                 })
             }
         }

@@ -636,7 +636,7 @@ fn audit_verify_prints_its_head_and_checks_from_and_expect() {
     let key = || {
         AuditKey::new(
             "k1".into(),
-            ring.derive_subkey("k1", fieldseal::state::AUDIT_KEY_PURPOSE)
+            ring.derive_subkey("k1", fieldseal::audit::KEY_PURPOSE)
                 .expect("audit key"),
         )
     };

@@ -268,10 +268,10 @@ async fn sni_selects_the_certificate_by_name() {
     let (sc, sk) =
         fieldseal::tls::write_self_signed(&sni_dir, &names(&["api.test", "*.wild.test"]), false)
             .expect("sni pair");
-    let settings = fieldseal::config::TlsSettings {
+    let settings = fieldseal::tls::TlsSettings {
         cert: dc.clone(),
         key: dk,
-        sni: vec![fieldseal::config::SniCert {
+        sni: vec![fieldseal::tls::SniCert {
             names: names(&["api.test", "*.wild.test"]),
             cert: sc.clone(),
             key: sk,

@@ -3,28 +3,14 @@
 //! no listener is an upstream or shares a socket with another.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::admin::AdminSettings;
 use super::locate::At;
 use super::{address, addresses, duration, invalid, invalid_shown, raw, resolve, Invalid};
 use super::{IpNet, Upstream};
-
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub sni: Vec<SniCert>,
-    pub handshake_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct SniCert {
-    pub names: Vec<String>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+use crate::tls::{SniCert, TlsSettings};
 
 /// `listen`: the address and the certificates.
 pub(super) fn compile(

@@ -31,11 +31,12 @@ use std::time::Duration;
 use crate::crypto::KeyringSpec;
 use crate::headers::SecurityHeaders;
 use crate::routes::RouteTable;
+use crate::tls::TlsSettings;
 use locate::At;
 
+pub use admin::DEFAULT_ADDRESS as DEFAULT_ADMIN_ADDRESS;
 pub use audit::AuditSettings;
 pub use limits::Limits;
-pub use listen::{SniCert, TlsSettings};
 pub use log::{LogFormat, LogLevel, LogSettings, TrustRequestId};
 pub use rate_limit::GlobalRateLimit;
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};

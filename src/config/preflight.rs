@@ -10,10 +10,11 @@ use std::path::Path;
 
 use super::addresses::{self, Target};
 use super::locate::At;
-use super::{Config, ConfigError, TlsSettings};
+use super::{Config, ConfigError};
 use crate::audit::AuditSink;
 use crate::crypto::{KeyError, KeySource, SaltSource};
 use crate::tls::TlsError;
+use crate::tls::TlsSettings;
 
 /// Problems that refuse the config, and warnings about this host.
 #[derive(Debug, Default)]
@@ -157,7 +158,7 @@ impl Preflight<'_> {
         let Some(path) = &self.cfg.admin_token_file else {
             return;
         };
-        if let Err(e) = crate::admin::AdminToken::load(path) {
+        if let Err(e) = crate::crypto::AdminToken::load(path) {
             self.error(&At::top("admin").key("token_file"), e);
         }
     }

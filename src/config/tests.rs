@@ -456,10 +456,8 @@ routes:
     assert!(e.message.starts_with("redirect_http.address"), "{e}");
     assert_eq!((e.line, e.column), (Some(4), Some(27)), "{e}");
 
-    let text = text.replace(
-        "redirect_http: { address: \"0.0.0.0:8443\" }\n",
-        "",
-    ) + "    max_age: soon\n";
+    let text =
+        text.replace("redirect_http: { address: \"0.0.0.0:8443\" }\n", "") + "    max_age: soon\n";
     let e = load(&text).unwrap_err();
     assert!(e.message.starts_with("routes[0] (users).max_age"), "{e}");
     assert_eq!(e.line, Some(text.lines().count()), "{e}");

@@ -104,10 +104,10 @@ fn read_salt(id: &str, source: &SaltSource) -> Result<Zeroizing<Vec<u8>>, KeyErr
             )
         }
         SaltSource::File(path) => {
-            let read_err = |source| KeyError::Read {
+            let read_err = |error| KeyError::Read {
                 id: id.to_owned(),
                 path: path.clone(),
-                source,
+                error,
             };
             let file = std::fs::File::open(path).map_err(read_err)?;
             let mut buf = Zeroizing::new(Vec::new());
@@ -130,10 +130,10 @@ fn read_salt(id: &str, source: &SaltSource) -> Result<Zeroizing<Vec<u8>>, KeyErr
 }
 
 fn key_file_master(id: &str, path: &Path) -> Result<Master, KeyError> {
-    let read_err = |source| KeyError::Read {
+    let read_err = |error| KeyError::Read {
         id: id.to_owned(),
         path: path.to_owned(),
-        source,
+        error,
     };
     let bad = |problem| KeyError::KeyFile {
         id: id.to_owned(),
@@ -226,7 +226,7 @@ pub fn write_key_file(path: &Path) -> Result<(), KeyError> {
         } else {
             KeyError::Write {
                 path: path.to_owned(),
-                source,
+                error: source,
             }
         }
     })?;
@@ -239,7 +239,7 @@ pub fn write_key_file(path: &Path) -> Result<(), KeyError> {
         let _ = std::fs::remove_file(path);
         return Err(KeyError::Write {
             path: path.to_owned(),
-            source,
+            error: source,
         });
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! - `envelope`: the `fs1:` string format and its associated data.
 //! - `keys`: reading key material (PBKDF2 passphrases, key files) and HKDF.
 //! - `keyring`: the loaded keys, `seal` / `open`.
+//! - `token`: the admin bearer token, a secret read like a key file.
 //!
 //! The byte layout, derivations and test vectors are in `docs/envelope.md`.
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 mod envelope;
 mod keyring;
 mod keys;
+mod token;
 
 pub use envelope::{
     is_valid_key_id, max_plaintext_len, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX,
@@ -21,6 +23,7 @@ pub use envelope::{
 pub use keyring::{Keyring, SealingKey, MAX_SEAL_DEPTH};
 pub(crate) use keys::looser_than_0600;
 pub use keys::{check_source, write_key_file, MIN_SALT_LEN};
+pub use token::AdminToken;
 
 /// How the keyring is described once the YAML is validated (no secret in it,
 /// only where to find one).
@@ -55,7 +58,8 @@ pub const DEFAULT_PBKDF2_ITERATIONS: u32 = 600_000;
 pub const MIN_PBKDF2_ITERATIONS: u32 = 100_000;
 
 /// Why a keyring could not be built. Messages name the key id and the
-/// environment variable or file involved, never a secret or salt value.
+/// environment variable or file involved, never a secret or salt value,
+/// and say the whole of it (no `source` to print a second time).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("the keyring has no keys")]
@@ -84,11 +88,11 @@ pub enum KeyError {
         len: usize,
         min: usize,
     },
-    #[error("key {id:?}: cannot read {}: {source}", path.display())]
+    #[error("key {id:?}: cannot read {}: {error}", path.display())]
     Read {
         id: String,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "key {id:?}: key file {} has mode {mode:04o}; it must be 0600 or stricter (chmod 600 {})",
@@ -108,10 +112,10 @@ pub enum KeyError {
     },
     #[error("{} already exists; refusing to overwrite a key file", path.display())]
     Exists { path: PathBuf },
-    #[error("cannot write key file {}: {source}", path.display())]
+    #[error("cannot write key file {}: {error}", path.display())]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the operating system random number generator failed")]
     Rng,

@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::Version;
 
 use super::Exchange;
-use crate::error::ProxyError;
+use crate::error::{ClientError, ProxyError};
 use crate::headers;
 use crate::routes::{canonical_path, CanonicalPath};
 use crate::state::{RouteRuntime, Runtime};
@@ -37,12 +37,12 @@ pub(super) fn admit(
 ) -> Result<Admitted, ProxyError> {
     let config = &rt.config;
     if headers::header_bytes(&parts.headers) > config.limits.max_header_bytes {
-        return Err(ProxyError::HeadersTooLarge);
+        return Err(ProxyError::from(ClientError::HeadersTooLarge));
     }
     check_transfer_coding(&parts.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
     if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
-        return Err(ProxyError::HostRequired);
+        return Err(ProxyError::from(ClientError::HostRequired));
     }
     let host = request_host(parts)?;
     if let Some(allowed) = &config.allowed_hosts {
@@ -50,18 +50,18 @@ pub(super) fn admit(
             .as_ref()
             .is_some_and(|(h, _)| allowed.iter().any(|a| a == h));
         if !ok {
-            return Err(ProxyError::MisdirectedHost);
+            return Err(ProxyError::from(ClientError::MisdirectedHost));
         }
     }
-    let path = canonical_path(parts.uri.path()).map_err(ProxyError::BadPath)?;
+    let path = canonical_path(parts.uri.path()).map_err(ClientError::BadPath)?;
     if config.log.access_log {
         ex.path.clone_from(&path.path);
     }
 
     let host_name = host.as_ref().map(|(h, _)| h.as_str());
     let route = crate::routes::select(&rt.routes, host_name, &path.match_path, &parts.method)
-        .map_err(|_| ProxyError::HostRequired)?
-        .ok_or(ProxyError::NoRoute)?;
+        .map_err(|_| ProxyError::from(ClientError::HostRequired))?
+        .ok_or(ProxyError::from(ClientError::NoRoute))?;
     ex.route = Some(Arc::clone(route));
     tracing::debug!(request_id = ex.id(), route = %route.route.name, "route matched");
 
@@ -69,11 +69,11 @@ pub(super) fn admit(
     ex.client =
         headers::client_address(&parts.headers, peer.ip(), |ip| config.is_trusted_proxy(ip));
     if let Some(limiter) = &route.limiter {
-        limiter
-            .check(ex.client)
-            .map_err(|wait| ProxyError::RateLimited {
+        limiter.check(ex.client).map_err(|wait| {
+            ProxyError::from(ClientError::RateLimited {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-            })?;
+            })
+        })?;
     }
     Ok(Admitted {
         route: Arc::clone(route),
@@ -105,13 +105,19 @@ pub(super) fn transfer_codings(h: &HeaderMap) -> Option<Vec<String>> {
 /// `chunked` twice is malformed.
 fn check_transfer_coding(h: &HeaderMap) -> Result<(), ProxyError> {
     let Some(codings) = transfer_codings(h) else {
-        return Err(ProxyError::TransferCodingNotImplemented);
+        return Err(ProxyError::Client(
+            ClientError::TransferCodingNotImplemented,
+        ));
     };
     if codings.iter().any(|c| c != "chunked") {
-        return Err(ProxyError::TransferCodingNotImplemented);
+        return Err(ProxyError::Client(
+            ClientError::TransferCodingNotImplemented,
+        ));
     }
     if codings.len() > 1 {
-        return Err(ProxyError::BadRequest("chunked applied more than once"));
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "chunked applied more than once",
+        )));
     }
     Ok(())
 }
@@ -122,30 +128,36 @@ fn request_host(parts: &Parts) -> Result<Option<(String, HeaderValue)>, ProxyErr
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "more than one Host header",
+        )));
     }
     let uri_host = parts.uri.authority();
     let raw = match (uri_host, header_host) {
         (Some(a), Some(h)) => {
             if !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
-                return Err(ProxyError::BadRequest(
+                return Err(ProxyError::from(ClientError::BadRequest(
                     "Host header and request target disagree",
-                ));
+                )));
             }
             h.clone()
         }
         (Some(a), None) => HeaderValue::from_str(a.as_str())
-            .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            .map_err(|_| ProxyError::from(ClientError::BadRequest("invalid authority")))?,
         (None, Some(h)) => h.clone(),
         (None, None) => return Ok(None),
     };
-    let auth: http::uri::Authority = raw
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ProxyError::BadRequest("invalid Host header"))?;
+    let auth: http::uri::Authority =
+        raw.to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ProxyError::from(ClientError::BadRequest(
+                "invalid Host header",
+            )))?;
     if auth.as_str().contains('@') {
-        return Err(ProxyError::BadRequest("userinfo is not allowed in Host"));
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "userinfo is not allowed in Host",
+        )));
     }
     Ok(Some((
         auth.host().trim_end_matches('.').to_ascii_lowercase(),
@@ -192,7 +204,7 @@ mod tests {
             http::Request::get("/x").header("host", "a example"),
         ] {
             match request_host(&parts(req)) {
-                Err(ProxyError::BadRequest(_)) => {}
+                Err(ProxyError::Client(ClientError::BadRequest(_))) => {}
                 other => panic!("{other:?}"),
             }
         }
@@ -215,13 +227,18 @@ mod tests {
         assert!(te(&["Chunked "]).is_ok());
         for bad in [&["gzip, chunked"][..], &["gzip", "chunked"], &["identity"]] {
             assert!(
-                matches!(te(bad), Err(ProxyError::TransferCodingNotImplemented)),
+                matches!(
+                    te(bad),
+                    Err(ProxyError::Client(
+                        ClientError::TransferCodingNotImplemented
+                    ))
+                ),
                 "{bad:?}"
             );
         }
         assert!(matches!(
             te(&["chunked", "chunked"]),
-            Err(ProxyError::BadRequest(_))
+            Err(ProxyError::Client(ClientError::BadRequest(_)))
         ));
     }
 }

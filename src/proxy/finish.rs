@@ -10,7 +10,7 @@ use http::Response;
 use super::Exchange;
 use crate::audit::{AuditEvent, AuditFailureMode};
 use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers::X_REQUEST_ID;
 use crate::metrics::{RouteLabel, RouteStatus, UpstreamKind};
 use crate::state::{Runtime, Shared};
@@ -100,10 +100,10 @@ pub(super) fn count_refusal(shared: &Shared, ex: &Exchange, e: &ProxyError) {
             .inc();
     }
     match e {
-        ProxyError::BufferLimit => {
+        ProxyError::Local(LocalError::BufferLimit) => {
             shared.metrics.buffer_limit_refusals.inc();
         }
-        ProxyError::RateLimited { .. } => {
+        ProxyError::Client(ClientError::RateLimited { .. }) => {
             if let Some(r) = route {
                 r.metrics.rate_limited.inc();
             }
@@ -163,7 +163,7 @@ pub(super) fn audit(
             shared.metrics.audit_failures.inc();
             tracing::error!(request_id = ex.id(), error = %e, "audit log write failed");
             match audit.on_failure {
-                AuditFailureMode::Refuse => Err(ProxyError::AuditUnavailable),
+                AuditFailureMode::Refuse => Err(ProxyError::from(LocalError::AuditUnavailable)),
                 AuditFailureMode::Serve => Ok(()),
             }
         }

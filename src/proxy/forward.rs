@@ -9,7 +9,7 @@ use http::{Request, Uri, Version};
 use std::net::IpAddr;
 
 use crate::config::{HostHeader, Upstream};
-use crate::error::ProxyError;
+use crate::error::{ClientError, ProxyError};
 use crate::headers::{self, X_REQUEST_ID};
 
 /// Where an admitted request goes, and what the upstream request says of it.
@@ -50,7 +50,11 @@ pub(super) fn forward<B>(
         .authority(upstream.authority.clone())
         .path_and_query(pq)
         .build()
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        .map_err(|_| {
+            ProxyError::from(ClientError::BadRequest(
+                "request target cannot be forwarded",
+            ))
+        })?;
     let mut headers = std::mem::take(&mut parts.headers);
     headers::remove_hop_by_hop(&mut headers);
     headers::remove_routing_overrides(&mut headers);

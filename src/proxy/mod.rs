@@ -31,7 +31,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{BufferLimits, ConnBuffers, ProxyBody};
-use crate::error::ProxyError;
+use crate::error::{LocalError, ProxyError, UpstreamError};
 use crate::state::{RouteRuntime, Runtime, Shared};
 use crate::transform::TransformReport;
 
@@ -96,7 +96,7 @@ pub async fn handle(
     let result = match stages(&shared, &rt, req, peer, &buffers, &mut ex).await {
         Ok(resp) => finish::audit(&shared, &rt, &ex, "ok").map(|()| resp),
         Err(e) => {
-            if matches!(e, ProxyError::Decrypt(_)) {
+            if matches!(e, ProxyError::Upstream(UpstreamError::Decrypt(_))) {
                 // The refusal itself is worth an audit line; its failure can't make it worse.
                 let _ = finish::audit(&shared, &rt, &ex, "decrypt_failed");
             }
@@ -182,5 +182,5 @@ where
     }
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| ProxyError::Internal("transform task failed"))
+        .map_err(|_| ProxyError::from(LocalError::Internal("transform task failed")))
 }

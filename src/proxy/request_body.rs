@@ -10,7 +10,7 @@ use http::request::Parts;
 use super::{offload, Exchange, Held};
 use crate::body::{self, CollectError, ProxyBody};
 use crate::crypto::{unix_now, Keyring};
-use crate::error::ProxyError;
+use crate::error::{ClientError, LocalError, ProxyError};
 use crate::routes::Route;
 use crate::state::{RouteRuntime, Runtime, Shared};
 use crate::transform::{self, SealSpec, TransformError, TransformReport};
@@ -32,7 +32,9 @@ where
     let max_body = route.route.max_body;
     let declared_len = content_length(&parts.headers)?;
     if declared_len.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::BodyTooLarge { limit: max_body });
+        return Err(ProxyError::from(ClientError::BodyTooLarge {
+            limit: max_body,
+        }));
     }
     let read_timeout = rt.config.limits.body_read_timeout;
     let Some(seal) = &route.seal else {
@@ -67,19 +69,23 @@ where
         .nth(1)
         .is_some()
     {
-        return Err(ProxyError::BadRequest("more than one Content-Type"));
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "more than one Content-Type",
+        )));
     }
     if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
-        return Err(ProxyError::UnsupportedMediaType);
+        return Err(ProxyError::from(ClientError::UnsupportedMediaType));
     }
     // Every Content-Encoding line counts (`identity` then `gzip` is gzip);
     // one coding at most, and the value is never echoed.
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
         .filter(|c| c.len() <= 1)
-        .ok_or(ProxyError::UnsupportedEncoding)?;
+        .ok_or(ProxyError::from(ClientError::UnsupportedEncoding))?;
     let plain = body::decode_all(raw, &codings, max_body).map_err(|e| match e {
-        CollectError::TooLarge => ProxyError::BodyTooLarge { limit: max_body },
-        _ => ProxyError::BadRequest("request body could not be decompressed"),
+        CollectError::TooLarge => ProxyError::from(ClientError::BodyTooLarge { limit: max_body }),
+        _ => ProxyError::from(ClientError::BadRequest(
+            "request body could not be decompressed",
+        )),
     })?;
     reservation.set(plain.len() as u64);
     let (sealed, report) = {
@@ -162,10 +168,10 @@ where
     body::collect_reserved(incoming, limit, timeout, held)
         .await
         .map_err(|e| match e {
-            CollectError::TooLarge => ProxyError::BodyTooLarge { limit },
-            CollectError::Timeout => ProxyError::ClientTimeout,
-            CollectError::Broken => ProxyError::ClientBody,
-            CollectError::OverBudget => ProxyError::BufferLimit,
+            CollectError::TooLarge => ProxyError::from(ClientError::BodyTooLarge { limit }),
+            CollectError::Timeout => ProxyError::from(ClientError::ClientTimeout),
+            CollectError::Broken => ProxyError::from(ClientError::ClientBody),
+            CollectError::OverBudget => ProxyError::from(LocalError::BufferLimit),
         })
 }
 
@@ -175,12 +181,16 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Content-Length"));
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "more than one Content-Length",
+        )));
     }
     first
         .to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(Some)
-        .ok_or(ProxyError::BadRequest("invalid Content-Length"))
+        .ok_or(ProxyError::from(ClientError::BadRequest(
+            "invalid Content-Length",
+        )))
 }

@@ -13,7 +13,7 @@ use super::admit::transfer_codings;
 use super::{offload, Exchange, Held};
 use crate::body::{self, CollectError, ProxyBody};
 use crate::crypto::{unix_now, Keyring};
-use crate::error::ProxyError;
+use crate::error::{LocalError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::metrics::RouteReason;
 use crate::routes::Route;
@@ -34,12 +34,12 @@ pub(super) async fn response_body(
     // We never ask the upstream for an upgrade (Upgrade is hop-by-hop and
     // removed), so a 101 is a broken upstream; on HTTP/2 it is forbidden.
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamProtocol);
+        return Err(ProxyError::from(UpstreamError::UpstreamProtocol));
     }
     // A transfer coding hyper does not undo (`gzip, chunked`) would reach
     // the client as coded bytes with nothing saying so.
     if !transfer_codings(&parts.headers).is_some_and(|t| t.is_empty() || t == ["chunked"]) {
-        return Err(ProxyError::UpstreamProtocol);
+        return Err(ProxyError::from(UpstreamError::UpstreamProtocol));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
@@ -63,7 +63,7 @@ pub(super) async fn response_body(
         .nth(1)
         .is_some()
     {
-        return Err(ProxyError::UpstreamProtocol);
+        return Err(ProxyError::from(UpstreamError::UpstreamProtocol));
     }
     if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
         return Ok(Response::from_parts(
@@ -75,20 +75,20 @@ pub(super) async fn response_body(
     // refused without holding it.
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
         .filter(|c| c.len() <= body::MAX_STACKED_CODINGS)
-        .ok_or(ProxyError::UpstreamProtocol)?;
+        .ok_or(ProxyError::from(UpstreamError::UpstreamProtocol))?;
     let limit = rt.config.limits.max_response_body;
     let mut reservation = held.reserve();
     let raw = body::collect_reserved(incoming, limit, timeout, &mut reservation)
         .await
         .map_err(|e| match e {
-            CollectError::TooLarge => ProxyError::UpstreamTooLarge { limit },
-            CollectError::Timeout => ProxyError::UpstreamTimeout,
-            CollectError::Broken => ProxyError::UpstreamBody,
-            CollectError::OverBudget => ProxyError::BufferLimit,
+            CollectError::TooLarge => ProxyError::from(UpstreamError::UpstreamTooLarge { limit }),
+            CollectError::Timeout => ProxyError::from(UpstreamError::UpstreamTimeout),
+            CollectError::Broken => ProxyError::from(UpstreamError::UpstreamBody),
+            CollectError::OverBudget => ProxyError::from(LocalError::BufferLimit),
         })?;
     let plain = body::decode_all(raw, &codings, limit).map_err(|e| match e {
-        CollectError::TooLarge => ProxyError::UpstreamTooLarge { limit },
-        _ => ProxyError::UpstreamBody,
+        CollectError::TooLarge => ProxyError::from(UpstreamError::UpstreamTooLarge { limit }),
+        _ => ProxyError::from(UpstreamError::UpstreamBody),
     })?;
     reservation.set(plain.len() as u64);
     let (out, report) = {
@@ -124,7 +124,7 @@ pub(super) async fn response_body(
         Ok(out) => out,
         Err(failure) => {
             ex.response_report = report;
-            return Err(ProxyError::Decrypt(failure));
+            return Err(ProxyError::from(UpstreamError::Decrypt(failure)));
         }
     };
     tracing::debug!(

@@ -138,9 +138,6 @@ pub struct DemoDir {
     files: Vec<PathBuf>,
 }
 
-/// Names of the files `DemoDir::write` creates.
-pub const DEMO_FILES: [&str; 4] = ["server.crt", "server.key", "demo.key", "fieldseal.yaml"];
-
 impl DemoDir {
     /// Takes `dir` (or a fresh temporary folder) for the demo, or refuses a
     /// folder that holds anything or is not a folder.

@@ -174,88 +174,58 @@ impl ProxyError {
     /// Coarse label of `fieldseal_upstream_errors_total{kind}` (kept stable
     /// for dashboards; the access log's [`reason`](Self::reason) is finer).
     pub fn kind(&self) -> &'static str {
-        use ClientError::*;
-        use LocalError::*;
-        use UpstreamError::*;
-        match self {
-            ProxyError::Client(e) => match e {
-                NoRoute => "no_route",
-                MisdirectedHost => "misdirected_host",
-                BadPath(_) => "bad_path",
-                BadRequest(_) => "bad_request",
-                HostRequired => "host_required",
-                TransferCodingNotImplemented => "transfer_coding",
-                BodyTooLarge { .. } => "body_too_large",
-                HeadersTooLarge => "headers_too_large",
-                UnsupportedMediaType => "unsupported_media_type",
-                UnsupportedEncoding => "unsupported_encoding",
-                InvalidJson => "invalid_json",
-                TooDeep { .. } => "too_deep",
-                LookAlike => "look_alike",
-                Schema(_) => "schema",
-                FieldTooLarge => "field_too_large",
-                RateLimited { .. } => "rate_limited",
-                ClientBody => "client_body",
-                ClientTimeout => "client_timeout",
-            },
-            ProxyError::Upstream(e) => match e {
-                UpstreamConnect | UpstreamConnectRefused | UpstreamConnectTimeout => "connect",
-                UpstreamTimeout => "timeout",
-                UpstreamProtocol | UpstreamClosed => "protocol",
-                UpstreamBody => "body",
-                UpstreamTooLarge { .. } => "too_large",
-                Decrypt(_) => "decrypt",
-            },
-            ProxyError::Local(e) => match e {
-                BufferLimit => "buffer_limit",
-                AuditUnavailable => "audit_unavailable",
-                Internal(_) => "internal",
-            },
-        }
+        self.labels().0
     }
 
     /// The access log's `reason`: one stable code per variant, listed in
     /// [`REASON_CODES`] and documented in README.md ("Reason codes").
     pub fn reason(&self) -> &'static str {
+        self.labels().1
+    }
+
+    /// (kind, reason) of each variant.
+    fn labels(&self) -> (&'static str, &'static str) {
         use ClientError::*;
         use LocalError::*;
         use UpstreamError::*;
         match self {
             ProxyError::Client(e) => match e {
-                NoRoute => "no_route",
-                MisdirectedHost => "misdirected_host",
-                BadPath(_) => "bad_path",
-                BadRequest(_) => "bad_request",
-                HostRequired => "host_required",
-                TransferCodingNotImplemented => "transfer_coding_not_implemented",
-                BodyTooLarge { .. } => "body_too_large",
-                HeadersTooLarge => "headers_too_large",
-                UnsupportedMediaType => "unsupported_media_type",
-                UnsupportedEncoding => "unsupported_encoding",
-                InvalidJson => "invalid_json",
-                TooDeep { .. } => "json_too_deep",
-                LookAlike => "look_alike",
-                Schema(_) => "schema_mismatch",
-                FieldTooLarge => "field_too_large",
-                RateLimited { .. } => "rate_limited",
-                ClientBody => "client_body_broken",
-                ClientTimeout => "client_body_timeout",
+                NoRoute => ("no_route", "no_route"),
+                MisdirectedHost => ("misdirected_host", "misdirected_host"),
+                BadPath(_) => ("bad_path", "bad_path"),
+                BadRequest(_) => ("bad_request", "bad_request"),
+                HostRequired => ("host_required", "host_required"),
+                TransferCodingNotImplemented => {
+                    ("transfer_coding", "transfer_coding_not_implemented")
+                }
+                BodyTooLarge { .. } => ("body_too_large", "body_too_large"),
+                HeadersTooLarge => ("headers_too_large", "headers_too_large"),
+                UnsupportedMediaType => ("unsupported_media_type", "unsupported_media_type"),
+                UnsupportedEncoding => ("unsupported_encoding", "unsupported_encoding"),
+                InvalidJson => ("invalid_json", "invalid_json"),
+                TooDeep { .. } => ("too_deep", "json_too_deep"),
+                LookAlike => ("look_alike", "look_alike"),
+                Schema(_) => ("schema", "schema_mismatch"),
+                FieldTooLarge => ("field_too_large", "field_too_large"),
+                RateLimited { .. } => ("rate_limited", "rate_limited"),
+                ClientBody => ("client_body", "client_body_broken"),
+                ClientTimeout => ("client_timeout", "client_body_timeout"),
             },
             ProxyError::Upstream(e) => match e {
-                UpstreamConnect => "upstream_connect_failed",
-                UpstreamConnectRefused => "upstream_connect_refused",
-                UpstreamConnectTimeout => "upstream_connect_timeout",
-                UpstreamTimeout => "upstream_timeout",
-                UpstreamProtocol => "upstream_protocol_error",
-                UpstreamClosed => "upstream_closed",
-                UpstreamBody => "upstream_body_broken",
-                UpstreamTooLarge { .. } => "upstream_body_too_large",
-                Decrypt(_) => "decrypt_failed",
+                UpstreamConnect => ("connect", "upstream_connect_failed"),
+                UpstreamConnectRefused => ("connect", "upstream_connect_refused"),
+                UpstreamConnectTimeout => ("connect", "upstream_connect_timeout"),
+                UpstreamTimeout => ("timeout", "upstream_timeout"),
+                UpstreamProtocol => ("protocol", "upstream_protocol_error"),
+                UpstreamClosed => ("protocol", "upstream_closed"),
+                UpstreamBody => ("body", "upstream_body_broken"),
+                UpstreamTooLarge { .. } => ("too_large", "upstream_body_too_large"),
+                Decrypt(_) => ("decrypt", "decrypt_failed"),
             },
             ProxyError::Local(e) => match e {
-                BufferLimit => "buffer_limit",
-                AuditUnavailable => "audit_unavailable",
-                Internal(_) => "internal",
+                BufferLimit => ("buffer_limit", "buffer_limit"),
+                AuditUnavailable => ("audit_unavailable", "audit_unavailable"),
+                Internal(_) => ("internal", "internal"),
             },
         }
     }

@@ -136,6 +136,11 @@ impl SecurityHeaders {
     }
 }
 
+/// More than one `name` line: a message a reader could take two ways.
+pub fn repeated(map: &HeaderMap, name: header::HeaderName) -> bool {
+    map.get_all(name).iter().nth(1).is_some()
+}
+
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use common::*;
-use fieldseal::crypto::{KeySource, KeySpec, Keyring, KeyringSpec};
+use fieldseal::crypto::Keyring;
 use http::{Request, StatusCode, Version};
 use serde_json::{json, Value};
 
@@ -18,27 +18,8 @@ use serde_json::{json, Value};
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Writes a fresh key file (mode 0600) named `<id>.key` into `dir`.
-fn key_file(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join(format!("{id}.key"));
-    fieldseal::crypto::write_key_file(&path).expect("write key file");
-    path
-}
-
-/// A keyring over the same key files the proxy reads, for making envelopes.
 fn ring(active: &str, files: &[(&str, &Path)]) -> Keyring {
-    Keyring::load(&KeyringSpec {
-        active: active.to_string(),
-        keys: files
-            .iter()
-            .map(|(id, p)| KeySpec {
-                id: id.to_string(),
-                source: KeySource::File(p.to_path_buf()),
-            })
-            .collect(),
-        pbkdf2_iterations: 100_000,
-    })
-    .expect("test keyring")
+    file_ring(active, files)
 }
 
 /// A reqwest answer read completely.

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use fieldseal::crypto::{looks_like_envelope, KeySource, KeySpec, Keyring, KeyringSpec};
+use fieldseal::crypto::{looks_like_envelope, Keyring};
 use serde_json::Value;
 
 /// Compact, as the offline commands write a document: a repeated `ssn`
@@ -23,8 +23,7 @@ struct Setup {
 impl Setup {
     async fn start() -> Setup {
         let keys = tempfile::tempdir().expect("tempdir");
-        let k1 = keys.path().join("k1.key");
-        fieldseal::crypto::write_key_file(&k1).expect("key file");
+        let k1 = key_file(keys.path(), "k1");
         let backend = ScriptedBackend::start().await;
         let yaml = format!(
             r#"upstreams:
@@ -52,15 +51,7 @@ routes:
     }
 
     fn ring(&self) -> Keyring {
-        Keyring::load(&KeyringSpec {
-            active: "k1".into(),
-            keys: vec![KeySpec {
-                id: "k1".into(),
-                source: KeySource::File(self.keys.path().join("k1.key")),
-            }],
-            pbkdf2_iterations: 100_000,
-        })
-        .expect("ring")
+        file_ring("k1", &[("k1", &self.keys.path().join("k1.key"))])
     }
 
     /// `fieldseal <verb> --route users` over `input`: its one output line.

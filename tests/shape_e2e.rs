@@ -8,30 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-use fieldseal::crypto::{KeySource, KeySpec, Keyring, KeyringSpec};
+use fieldseal::crypto::Keyring;
 use fieldseal::Config;
 use http::{StatusCode, Version};
 use serde_json::Value;
 
-fn key_file(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join(format!("{id}.key"));
-    fieldseal::crypto::write_key_file(&path).expect("write key file");
-    path
-}
-
 fn ring(id: &str, file: &Path) -> Keyring {
-    Keyring::load(&KeyringSpec {
-        active: id.to_string(),
-        keys: vec![KeySpec {
-            id: id.to_string(),
-            source: KeySource::File(file.to_path_buf()),
-        }],
-        pbkdf2_iterations: 100_000,
-    })
-    .expect("test keyring")
+    file_ring(id, &[(id, file)])
 }
 
 struct Answer {

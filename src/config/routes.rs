@@ -11,7 +11,7 @@ use http::Method;
 use super::limits::{check_buffers, Limits};
 use super::locate::At;
 use super::rate_limit::{self, GlobalRateLimit};
-use super::raw::{RawConfig, RawDecrypt, RawFieldRule, RawRoute, Word};
+use super::raw::{RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawRoute, Word};
 use super::Upstream;
 use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
 use crate::crypto::KeyringSpec;
@@ -84,13 +84,44 @@ fn route(
             )
         })?;
     let m = &r.matcher;
-    let m_at = at.key("match");
+    let (path, methods) = matcher(&at.key("match"), m)?;
+    let global = raw.rate_limit.as_ref();
+    let limit = rate_limit::route(
+        &at.key("rate_limit"),
+        r.rate_limit.as_ref(),
+        global,
+        rate_limit.default,
+    )?;
+    let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
+    let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
+
+    let (seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let route = Route {
+        name: r.name.clone(),
+        host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        path,
+        methods,
+        case_insensitive: m.case_insensitive.unwrap_or(false),
+        upstream,
+        rate_limit: limit,
+        own_rate_limit: r
+            .rate_limit
+            .as_ref()
+            .is_some_and(|rl| rl.enabled != Some(false)),
+        headers,
+        max_body,
+        seal,
+        open,
+    };
+    Ok((route, warnings))
+}
+
+/// `match`: the path (exact, prefix or any) and the methods.
+fn matcher(at: &At, m: &RawMatch) -> Result<(PathMatch, Option<Vec<Method>>), Invalid> {
     let path = match (&m.path, &m.path_prefix) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(&m_at, "set either path or path_prefix, not both"))
-        }
-        (Some(p), None) => PathMatch::Exact(route_path(&m_at.key("path"), p)?),
-        (None, Some(p)) => PathMatch::Prefix(route_path(&m_at.key("path_prefix"), p)?),
+        (Some(_), Some(_)) => return Err(invalid(at, "set either path or path_prefix, not both")),
+        (Some(p), None) => PathMatch::Exact(route_path(&at.key("path"), p)?),
+        (None, Some(p)) => PathMatch::Prefix(route_path(&at.key("path_prefix"), p)?),
         (None, None) => PathMatch::Any,
     };
     let methods = m
@@ -102,25 +133,32 @@ fn route(
                 .map(|(j, s)| {
                     Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
                         invalid_shown(
-                            m_at.key("methods").shown(),
+                            at.key("methods").shown(),
                             format!("{s:?} is not an HTTP method"),
-                            Some(&m_at.key("methods").index(j)),
+                            Some(&at.key("methods").index(j)),
                         )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    let global = raw.rate_limit.as_ref();
-    let limit = rate_limit::route(
-        &at.key("rate_limit"),
-        r.rate_limit.as_ref(),
-        global,
-        rate_limit.default,
-    )?;
-    let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
-    let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
+    Ok((path, methods))
+}
 
+/// A route's transforms, and the warnings its rules deserve.
+type Rules = (Option<SealSpec>, Option<OpenSpec>, Vec<String>);
+
+/// The field rules: what request bodies get sealed (with the look-alike
+/// model and schema) and what answers get opened, and the warnings they
+/// deserve.
+fn rules(
+    at: &At,
+    r: &RawRoute,
+    limits: &Limits,
+    keys: Option<&KeyringSpec>,
+    max_body: u64,
+    base: &Path,
+) -> Result<Rules, Invalid> {
     let encrypt = r
         .encrypt
         .iter()
@@ -168,33 +206,18 @@ fn route(
         Some(w) => word(&at.key("on_decrypt_failure"), w, "")?,
     };
     let max_age = duration(&at.key("max_age"), &r.max_age, Duration::ZERO)?;
-    let route = Route {
-        name: r.name.clone(),
-        host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
-        path,
-        methods,
-        case_insensitive: m.case_insensitive.unwrap_or(false),
-        upstream,
-        rate_limit: limit,
-        own_rate_limit: r
-            .rate_limit
-            .as_ref()
-            .is_some_and(|rl| rl.enabled != Some(false)),
-        headers,
-        max_body,
-        seal: (!encrypt.is_empty()).then(|| SealSpec {
-            rules: encrypt,
-            shape: request_shape,
-            named_contexts: Vec::new(),
-            max_depth: limits.max_json_depth,
-        }),
-        open: decrypt.map(|selection| OpenSpec {
-            selection,
-            on_failure,
-            max_age: (!max_age.is_zero()).then_some(max_age),
-        }),
-    };
-    Ok((route, warnings))
+    let seal = (!encrypt.is_empty()).then(|| SealSpec {
+        rules: encrypt,
+        shape: request_shape,
+        named_contexts: Vec::new(),
+        max_depth: limits.max_json_depth,
+    });
+    let open = decrypt.map(|selection| OpenSpec {
+        selection,
+        on_failure,
+        max_age: (!max_age.is_zero()).then_some(max_age),
+    });
+    Ok((seal, open, warnings))
 }
 
 fn route_path(at: &At, p: &str) -> Result<String, Invalid> {

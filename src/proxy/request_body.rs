@@ -62,13 +62,7 @@ where
     }
     // Two Content-Types could let the backend read the body as something
     // other than the JSON we sealed.
-    if parts
-        .headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    if crate::headers::repeated(&parts.headers, header::CONTENT_TYPE) {
         return Err(ProxyError::from(ClientError::BadRequest(
             "more than one Content-Type",
         )));

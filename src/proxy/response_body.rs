@@ -17,7 +17,7 @@ use crate::error::{LocalError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::metrics::RouteReason;
 use crate::routes::Route;
-use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::state::{RouteRuntime, Runtime, Shared, Transform};
 use crate::transform::{self, DecryptFailure, OpenSpec, TransformError, TransformReport};
 
 /// The answer to send the client for the upstream's `answer` to `method`.
@@ -56,13 +56,7 @@ pub(super) async fn response_body(
     };
     // Two Content-Types: a client could read the answer as JSON where we
     // did not, and get envelopes still sealed.
-    if parts
-        .headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    if crate::headers::repeated(&parts.headers, header::CONTENT_TYPE) {
         return Err(ProxyError::from(UpstreamError::UpstreamProtocol));
     }
     if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
@@ -71,6 +65,23 @@ pub(super) async fn response_body(
             body::boxed(body::IdleTimeout::new(incoming, timeout)),
         ));
     }
+    opened(shared, rt, route, open, parts, incoming, held, ex).await
+}
+
+/// The answer of a route that opens answers, JSON: buffered within
+/// `limits.max_response_body`, decoded, its envelopes opened.
+#[allow(clippy::too_many_arguments)]
+async fn opened(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &Arc<RouteRuntime>,
+    open: &Arc<Transform<OpenSpec>>,
+    mut parts: http::response::Parts,
+    incoming: Incoming,
+    held: &Held<'_>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let timeout = route.upstream.timeout();
     // Read before buffering: an answer with codings we can't undo is
     // refused without holding it.
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))

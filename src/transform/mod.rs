@@ -187,6 +187,7 @@ pub struct TransformReport {
 }
 
 impl TransformReport {
+    #[inline]
     pub(crate) fn note_key(&mut self, id: &str) {
         if !self.key_ids.iter().any(|k| k == id) {
             self.key_ids.push(id.to_owned());
@@ -232,6 +233,7 @@ impl From<crate::crypto::SealError> for TransformError {
 }
 
 /// The rule paths (as written, without repeats) of the rules in `hit`.
+#[inline]
 fn matched_paths(rules: &[FieldRule], hit: &[bool]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (rule, _) in rules.iter().zip(hit).filter(|(_, h)| **h) {

@@ -13,6 +13,9 @@ pub(crate) enum Verdict {
     Keep,
     /// This value is written in its place.
     Replace(Value),
+    /// This envelope is written in its place (a string, without the
+    /// detour through a `Value`).
+    Sealed(String),
     /// `null` is written in its place.
     Null,
     /// The document fails.
@@ -23,6 +26,7 @@ pub(crate) enum Verdict {
 /// string that already opens under the ring with this context is a genuine
 /// envelope for its place and stays; anything else, a mere look-alike of an
 /// envelope included, is sealed.
+#[inline]
 pub(crate) fn seal(
     value: Value,
     context: &str,
@@ -44,6 +48,7 @@ pub(crate) fn seal(
 /// too, so stored data holds only real envelopes. It then cannot be made to
 /// fail decryption (a 502 for every reader on `decrypt: auto` routes), and
 /// reads back as the string the client sent.
+#[inline]
 pub(crate) fn guard(
     s: &str,
     context: &str,
@@ -62,6 +67,7 @@ pub(crate) fn guard(
     sealed(&Value::String(s.to_owned()), context, keys, now, report)
 }
 
+#[inline]
 fn sealed(
     value: &Value,
     context: &str,
@@ -72,7 +78,7 @@ fn sealed(
     match keys.seal.seal_at(value, context, now) {
         Ok(sealed) => {
             report.encrypted += 1;
-            Verdict::Replace(Value::String(sealed))
+            Verdict::Sealed(sealed)
         }
         Err(e) => Verdict::Fail(e.into()),
     }
@@ -82,6 +88,7 @@ fn sealed(
 /// opened with `context` and the route's `max_age`. Other strings stay. A
 /// failure is located at `path` showing only the member names in `names`
 /// (the rule's), and handled as `on_decrypt_failure` says.
+#[inline]
 pub(crate) fn open(
     s: &str,
     context: &str,
@@ -121,6 +128,7 @@ pub(crate) fn open(
 /// it is already under the sealing key, sealed again under it with the same
 /// context and type, keeping its first sealing time so `max_age` still
 /// counts from there. Plaintext never leaves this function.
+#[inline]
 pub(crate) fn rewrap(
     s: &str,
     context: &str,
@@ -144,7 +152,7 @@ pub(crate) fn rewrap(
     match keys.seal.seal_at(&opened.value, context, opened.issued_at) {
         Ok(sealed) => {
             report.encrypted += 1;
-            Verdict::Replace(Value::String(sealed))
+            Verdict::Sealed(sealed)
         }
         Err(e) => Verdict::Fail(e.into()),
     }

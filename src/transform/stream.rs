@@ -268,6 +268,7 @@ type ScanFn<'r> = dyn FnMut(&str, StringKind) + 'r;
 static NO_LOOK_ALIKES: LookAlikes = LookAlikes::OFF;
 
 impl<'a, 'r> Walker<'a, 'r> {
+    #[inline]
     fn new(src: &'a str, rules: &'r [FieldRule], mode: Mode<'r>, now: u64) -> Walker<'a, 'r> {
         // Room for the envelopes of the fields a request usually has.
         let grows = match mode {
@@ -471,6 +472,13 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
     }
 
+    /// Do the unescaped string contents `from..to` start with `fs1:`?
+    fn reserved(&self, from: usize, to: usize) -> bool {
+        self.b
+            .get(from..to)
+            .is_some_and(|raw| raw.starts_with(PREFIX.as_bytes()))
+    }
+
     /// The text of string contents `from..to` (validated by `string`).
     fn text(&self, from: usize, to: usize, escaped: bool) -> Result<Cow<'a, str>, TransformError> {
         unescaped(self.src, from, to, escaped)
@@ -496,7 +504,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 if let Some(h) = self.hit.get_mut(r) {
                     *h = true;
                 }
-                match self.mode {
+                match &self.mode {
                     Mode::Encrypt { .. } => {
                         self.value(depth, hi, false, la)?;
                         return self.seal_value(r, start, false);
@@ -532,9 +540,14 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'{') => self.object(depth + 1, lo, hi, track, la),
             Some(b'[') => self.array(depth + 1, lo, hi, track, la),
             Some(b'"') => {
-                let s = self.string()?;
-                if track && self.checks_strings {
-                    self.at_string(None, lo, hi, start, s)?;
+                let (from, to, escaped) = self.string()?;
+                // Most strings are plain data: only one that spells the
+                // reserved prefix (or any string, for a scan) goes further.
+                if track
+                    && self.checks_strings
+                    && (escaped || self.scan.is_some() || self.reserved(from, to))
+                {
+                    self.at_string(None, lo, hi, start, (from, to, escaped))?;
                 }
                 Ok(())
             }
@@ -544,6 +557,15 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(TransformError::InvalidJson),
         }
+    }
+
+    fn within_depth(&self, depth: usize) -> Result<(), TransformError> {
+        if depth > self.max_depth {
+            return Err(TransformError::TooDeep {
+                limit: self.max_depth,
+            });
+        }
+        Ok(())
     }
 
     /// After a member or element: `,` (true) or the closing `close` (false).
@@ -571,11 +593,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         track: bool,
         la: u32,
     ) -> Result<(), TransformError> {
-        if depth > self.max_depth {
-            return Err(TransformError::TooDeep {
-                limit: self.max_depth,
-            });
-        }
+        self.within_depth(depth)?;
         self.pos += 1;
         self.ws();
         if self.peek() == Some(b'}') {
@@ -628,11 +646,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         track: bool,
         la: u32,
     ) -> Result<(), TransformError> {
-        if depth > self.max_depth {
-            return Err(TransformError::TooDeep {
-                limit: self.max_depth,
-            });
-        }
+        self.within_depth(depth)?;
         let open = self.pos;
         let n = if track && hi > lo && self.rs.needs_len(lo, hi) {
             self.element_count(depth, hi)?
@@ -720,6 +734,7 @@ impl<'a, 'r> Walker<'a, 'r> {
 
     /// Writes what `verdict` says for the value `src[start..pos]`, whose
     /// rule states are `lo..hi`.
+    #[inline]
     fn apply(
         &mut self,
         verdict: Verdict,
@@ -736,6 +751,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 self.open_within(v, start, lo, hi)
             }
             Verdict::Replace(v) => self.replace(start, &v),
+            Verdict::Sealed(envelope) => self.replace(start, &envelope),
             Verdict::Fail(e) => {
                 self.failed = Some(e);
                 Ok(())
@@ -744,7 +760,7 @@ impl<'a, 'r> Walker<'a, 'r> {
     }
 
     /// Replaces `src[start..pos]` in the output by the JSON of `v`.
-    fn replace(&mut self, start: usize, v: &Value) -> Result<(), TransformError> {
+    fn replace(&mut self, start: usize, v: &impl serde::Serialize) -> Result<(), TransformError> {
         let before = self.b.get(self.copied..start).unwrap_or(&[]);
         self.out.extend_from_slice(before);
         serde_json::to_writer(&mut self.out, v).map_err(|_| TransformError::Seal)?;
@@ -871,11 +887,10 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'n') => return self.literal(b"null"),
             Some(b'"') => {
                 let (from, to, escaped) = self.string()?;
-                let raw = self.b.get(from..to).unwrap_or(&[]);
                 let reserved = if escaped {
                     looks_like_envelope(&self.text(from, to, escaped)?)
                 } else {
-                    raw.starts_with(PREFIX.as_bytes())
+                    self.reserved(from, to)
                 };
                 if reserved {
                     return self.at_string(None, lo, hi, start, (from, to, escaped));
@@ -909,10 +924,9 @@ impl<'a, 'r> Walker<'a, 'r> {
             scan(&s, StringKind::Value);
             return Ok(());
         }
-        let raw = self.b.get(from..to).unwrap_or(&[]);
         // Only a string that starts with the reserved prefix can be an
         // envelope (an escape may spell the prefix).
-        if (!escaped && !raw.starts_with(PREFIX.as_bytes())) || self.failed.is_some() {
+        if (!escaped && !self.reserved(from, to)) || self.failed.is_some() {
             return Ok(());
         }
         let s = self.text(from, to, escaped)?;

@@ -1008,3 +1008,31 @@ pub fn run_bin(args: &[&str], stdin: &[u8]) -> std::process::Output {
         stderr: err_t.join().expect("stderr reader"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Key files
+// ---------------------------------------------------------------------------
+
+/// Writes a fresh key file (mode 0600) named `<id>.key` into `dir`.
+pub fn key_file(dir: &Path, id: &str) -> PathBuf {
+    let path = dir.join(format!("{id}.key"));
+    fieldseal::crypto::write_key_file(&path).expect("write key file");
+    path
+}
+
+/// A keyring over the same key files the proxy reads, for making envelopes.
+pub fn file_ring(active: &str, files: &[(&str, &Path)]) -> fieldseal::crypto::Keyring {
+    use fieldseal::crypto::{KeySource, KeySpec, Keyring, KeyringSpec};
+    Keyring::load(&KeyringSpec {
+        active: active.to_string(),
+        keys: files
+            .iter()
+            .map(|(id, p)| KeySpec {
+                id: id.to_string(),
+                source: KeySource::File(p.to_path_buf()),
+            })
+            .collect(),
+        pbkdf2_iterations: 100_000,
+    })
+    .expect("test keyring")
+}

@@ -10,6 +10,57 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+// The `log` section's words live here, below the config compiler, so the raw
+// structs and the compiled settings both use them without a cycle.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Lines for people.
+    Text,
+}
+
+/// Whose `X-Request-Id` the proxy keeps (`log.trust_request_id`) instead of
+/// making its own: a well-formed id from such a peer joins our log lines to
+/// the trace it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustRequestId {
+    /// Only from peers in `trusted_proxies` (the default).
+    #[default]
+    TrustedProxies,
+    /// Never: every request gets an id of ours.
+    Never,
+    /// From any client (only when every client is a proxy of yours).
+    Always,
+}
+
 /// The environment variable that overrides `log.level`.
 pub const ENV: &str = "FIELDSEAL_LOG";
 

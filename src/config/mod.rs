@@ -34,10 +34,11 @@ use crate::routes::RouteTable;
 use crate::tls::TlsSettings;
 use locate::At;
 
+pub use crate::logging::{LogFormat, LogLevel, TrustRequestId};
 pub use admin::DEFAULT_ADDRESS as DEFAULT_ADMIN_ADDRESS;
 pub use audit::AuditSettings;
 pub use limits::Limits;
-pub use log::{LogFormat, LogLevel, LogSettings, TrustRequestId};
+pub use log::LogSettings;
 pub use rate_limit::GlobalRateLimit;
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
 pub use upstreams::{HostHeader, Upstream};

@@ -7,9 +7,9 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::log::{LogFormat, LogLevel};
 use crate::audit::AuditFailureMode;
 use crate::headers::{SecurityHeader, UpstreamPolicy};
+use crate::logging::{LogFormat, LogLevel, TrustRequestId};
 use crate::transform::{LookAlikeMode, OnDecryptFailure};
 
 // Doc comments on these structs are the descriptions of the JSON Schema
@@ -396,7 +396,7 @@ pub struct RawLog {
     #[serde(default)]
     pub access_log: Option<bool>,
     #[serde(default)]
-    pub trust_request_id: Option<super::log::TrustRequestId>,
+    pub trust_request_id: Option<TrustRequestId>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -20,6 +20,8 @@ mod forward;
 mod request_body;
 mod request_id;
 mod response_body;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use super::admit::transfer_codings;
 use super::{offload, Exchange, Held};
@@ -21,15 +20,19 @@ use crate::state::{RouteRuntime, Runtime, Shared, Transform};
 use crate::transform::{self, DecryptFailure, OpenSpec, TransformError, TransformReport};
 
 /// The answer to send the client for the upstream's `answer` to `method`.
-pub(super) async fn response_body(
+pub(super) async fn response_body<B>(
     shared: &Shared,
     rt: &Runtime,
     route: &Arc<RouteRuntime>,
     method: &Method,
-    answer: Response<Incoming>,
+    answer: Response<B>,
     held: &Held<'_>,
     ex: &mut Exchange,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut parts, incoming) = answer.into_parts();
     // We never ask the upstream for an upgrade (Upgrade is hop-by-hop and
     // removed), so a 101 is a broken upstream; on HTTP/2 it is forbidden.
@@ -71,16 +74,19 @@ pub(super) async fn response_body(
 /// The answer of a route that opens answers, JSON: buffered within
 /// `limits.max_response_body`, decoded, its envelopes opened.
 #[allow(clippy::too_many_arguments)]
-async fn opened(
+async fn opened<B>(
     shared: &Shared,
     rt: &Runtime,
     route: &Arc<RouteRuntime>,
     open: &Arc<Transform<OpenSpec>>,
     mut parts: http::response::Parts,
-    incoming: Incoming,
+    incoming: B,
     held: &Held<'_>,
     ex: &mut Exchange,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let timeout = route.upstream.timeout();
     // Read before buffering: an answer with codings we can't undo is
     // refused without holding it.

@@ -214,12 +214,27 @@ async fn answer(
     resp
 }
 
-/// An address nothing listens on: bound, then released.
+/// An address nothing listens on: bound, then released, for a child
+/// process to bind. The port comes from below the kernel's ephemeral range
+/// (32768-60999 on Linux), which port 0 would draw from: there, any
+/// outgoing connection of a test running beside this one could take it
+/// between our release and the child's bind.
 pub fn dead_address() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            let addr = l.local_addr().expect("addr");
+            drop(l);
+            return addr;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 // ---------------------------------------------------------------------------

@@ -229,22 +229,8 @@ impl DemoDir {
     }
 
     fn create(&mut self, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, String> {
-        use std::io::Write;
         let path = self.path.join(name);
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(mode);
-        }
-        let _ = mode;
-        let mut f = o
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        self.files.push(path.clone());
-        f.write_all(bytes)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::init::create_new(&path, bytes, mode, &mut self.files)?;
         Ok(path)
     }
 

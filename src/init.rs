@@ -140,9 +140,7 @@ fn write_files(dir: &Path, text: &str, written: &mut Vec<PathBuf>) -> Result<(),
         (SCHEMA_FILE, schema.as_bytes(), 0o644),
         (CONFIG_FILE, text.as_bytes(), 0o644),
     ] {
-        let p = dir.join(name);
-        create_new(&p, bytes, mode)?;
-        written.push(p);
+        create_new(&dir.join(name), bytes, mode, written)?;
     }
     Ok(())
 }
@@ -161,7 +159,15 @@ fn private_dir(p: &Path) -> Result<(), String> {
     b.create(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+/// Creates `path` with `mode` (never over an existing file) and writes
+/// `bytes`. The path goes into `created` as soon as the file exists, so a
+/// caller that cleans up also removes a file whose write failed.
+pub(crate) fn create_new(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), String> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
@@ -174,6 +180,7 @@ fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     let mut f = o
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    created.push(path.to_path_buf());
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -64,6 +64,30 @@ struct Exchange {
 }
 
 impl Exchange {
+    fn new(
+        request_id: HeaderValue,
+        method: Method,
+        client: IpAddr,
+        user_agent: Option<HeaderValue>,
+    ) -> Exchange {
+        Exchange {
+            request_id,
+            method,
+            // Set to the canonical path once it is known: a path refused as
+            // malformed is never logged (it is client input, and may be anything).
+            path: String::new(),
+            route: None,
+            client,
+            user_agent,
+            upstream_status: None,
+            upstream_elapsed: None,
+            refusal: None,
+            bytes_in: 0,
+            request_report: TransformReport::default(),
+            response_report: TransformReport::default(),
+        }
+    }
+
     fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
     }
@@ -79,22 +103,12 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let rt = shared.runtime.load_full();
-    let mut ex = Exchange {
-        request_id: request_id::for_request(&rt, &req, peer),
-        method: req.method().clone(),
-        // Set to the canonical path once it is known: a path refused as
-        // malformed is never logged (it is client input, and may be anything).
-        path: String::new(),
-        route: None,
-        client: peer.ip(),
-        user_agent: req.headers().get(header::USER_AGENT).cloned(),
-        upstream_status: None,
-        upstream_elapsed: None,
-        refusal: None,
-        bytes_in: 0,
-        request_report: TransformReport::default(),
-        response_report: TransformReport::default(),
-    };
+    let mut ex = Exchange::new(
+        request_id::for_request(&rt, &req, peer),
+        req.method().clone(),
+        peer.ip(),
+        req.headers().get(header::USER_AGENT).cloned(),
+    );
     let result = match stages(&shared, &rt, req, peer, &buffers, &mut ex).await {
         Ok(resp) => finish::audit(&shared, &rt, &ex, "ok").map(|()| resp),
         Err(e) => {

@@ -18,7 +18,6 @@ use crate::demo::DemoDir;
 use crate::error::{ClientError, ProxyError, UpstreamError};
 use crate::metrics::{Metrics, RouteStatus};
 use crate::state::{RouteRuntime, Runtime, Shared};
-use crate::transform::TransformReport;
 
 const SSN: &str = "078-05-1120";
 const CARD: &str = "4111111111111111";
@@ -76,20 +75,15 @@ impl Fixture {
     }
 
     fn exchange(&self, route: Option<Arc<RouteRuntime>>) -> Exchange {
-        Exchange {
-            request_id: HeaderValue::from_static("test-request-1"),
-            method: Method::POST,
-            path: "/api/users".into(),
-            route,
-            client: "127.0.0.1".parse().expect("address"),
-            user_agent: None,
-            upstream_status: None,
-            upstream_elapsed: None,
-            refusal: None,
-            bytes_in: 0,
-            request_report: TransformReport::default(),
-            response_report: TransformReport::default(),
-        }
+        let mut ex = Exchange::new(
+            HeaderValue::from_static("test-request-1"),
+            Method::POST,
+            "127.0.0.1".parse().expect("address"),
+            None,
+        );
+        ex.path = "/api/users".into();
+        ex.route = route;
+        ex
     }
 
     /// Runs the request-body stage on `body` with `headers`; the bytes it

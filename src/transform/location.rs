@@ -79,7 +79,7 @@ fn render(path: &[Step<'_>], key: &mut dyn FnMut(&mut String, &str)) -> String {
 fn shown_name(key: &str, names: &[String]) -> Option<String> {
     let n = normalized_name(key);
     let mut parts = n
-        .split(['.', '[', ']'])
+        .split(['.', '/', '[', ']'])
         .filter(|p| !p.is_empty())
         .peekable();
     parts.peek()?;
@@ -125,13 +125,14 @@ mod tests {
         ];
         assert_eq!(
             redacted(&d, path.names()),
-            "$['by_ssn'][*][2]['card.number']"
+            "$['byssn'][*][2]['card.number']",
+            "normalized: without word separators"
         );
         assert_eq!(redacted(&d, &[]), "$[*][*][2][*]");
         assert_eq!(redacted(&[key("by_ssn.078-05-1120")], path.names()), "$[*]");
         assert_eq!(
             redacted(&[key("by_ssn\u{0}078-05-1120")], path.names()),
-            "$['by_ssn']"
+            "$['byssn']"
         );
     }
 

@@ -1,18 +1,34 @@
 //! Member names as backends bind them: the one normalization (NUL cut,
-//! case folding) shared by the rule matcher, the look-alike automaton and
-//! redacted locations, and the parts a binder expands a name into.
+//! word separators, case folding) shared by the rule matcher, the
+//! look-alike automaton and redacted locations, and the parts a binder
+//! expands a name into.
+
+use std::borrow::Cow;
 
 /// The one normalization of member names, shared by the rule matcher and
 /// the look-alike check (`shape`): the name up to its first NUL (C parsers
 /// and the libraries built on them stop there, so `"ssn\u0000x"` is `ssn`
-/// to them), each character folded by [`fold_char`].
+/// to them), without the ASCII word separators `_` and `-` (pydantic's
+/// `to_camel` aliases, Rails' `underscore`/`camelize` key transforms,
+/// Jackson and .NET naming policies bind `card_number`, `cardNumber`,
+/// `CardNumber` and `card-number` to one field), each other character
+/// folded by [`fold_char`].
 pub fn normalized_name(name: &str) -> String {
     fold_name(name).collect()
 }
 
 /// [`normalized_name`] as an iterator, allocation-free.
 pub(crate) fn fold_name(name: &str) -> impl Iterator<Item = char> + '_ {
-    until_nul(name).chars().map(fold_char)
+    until_nul(name)
+        .chars()
+        .filter(|c| !is_word_separator(*c))
+        .map(fold_char)
+}
+
+/// `_` and `-`: dropped from names by [`normalized_name`].
+#[inline]
+pub(crate) fn is_word_separator(c: char) -> bool {
+    c == '_' || c == '-'
 }
 
 pub(crate) fn until_nul(name: &str) -> &str {
@@ -60,43 +76,111 @@ pub(crate) fn fold_char(c: char) -> char {
 
 /// Does member `key` match the rule name `folded` (already normalized)?
 /// Backends written with Go's encoding/json, Json.NET, ASP.NET, Jackson
-/// (case-insensitive) or C parsers bind `"SSN"`, `"ſſn"`, `"ssn\u0000"`
-/// to an `ssn` field, so a rule for `ssn` must seal every such spelling.
+/// (case-insensitive), pydantic aliases or C parsers bind `"SSN"`, `"ſſn"`,
+/// `"s_sn"`, `"ssn\u0000"` to an `ssn` field, so a rule for `ssn` must seal
+/// every such spelling.
 pub(crate) fn names_match(folded: &str, key: &str) -> bool {
-    let (f, k) = (folded.as_bytes(), key.as_bytes());
-    // The common case, without a scan for the NUL: the member spells the
-    // rule's name (ASCII letters in any case, other characters as folded)
-    // and ends there or at a NUL.
-    if let Some(head) = k.get(..f.len()) {
-        if head.eq_ignore_ascii_case(f) && k.get(f.len()).is_none_or(|&b| b == 0) {
-            return true;
-        }
-    }
-    // An ASCII member folds to its lower case, which was just compared.
+    let key = until_nul(key);
     if key.is_ascii() {
-        return false;
+        // An ASCII member folds to its lower case without separators: one
+        // pass, no allocation.
+        let mut f = folded.bytes();
+        for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+            if f.next() != Some(b.to_ascii_lowercase()) {
+                return false;
+            }
+        }
+        return f.next().is_none();
     }
-    until_nul(key).chars().map(fold_char).eq(folded.chars())
+    fold_name(key).eq(folded.chars())
 }
 
 /// The parts a backend could expand member `name` into: the name up to its
-/// first NUL, split at `.`, `[` and `]` (MongoDB `$set`, Mongoose and
+/// first NUL, split at `.`, `/`, `[` and `]` (MongoDB `$set`, Mongoose and
 /// lodash expand `card.number` and `contacts.0.phone`; Spring's and
-/// ASP.NET's binders read `contacts[0].phone`), quotes around a part
-/// removed, empty parts and array indices (all digits) dropped. Not folded.
-pub(crate) fn name_parts(name: &str) -> impl Iterator<Item = &str> + '_ {
-    until_nul(name)
-        .split(['.', '[', ']'])
-        .map(|p| {
-            let b = p.as_bytes();
-            match (b.first(), b.last()) {
-                (Some(q @ (b'"' | b'\'')), Some(e)) if b.len() >= 2 && q == e => {
-                    p.get(1..p.len() - 1).unwrap_or(p)
-                }
-                _ => p,
+/// ASP.NET's binders read `contacts[0].phone`; JSON-Pointer-like names
+/// `card/number`), array indices (all digits) and empty parts dropped. A
+/// quoted bracket part (`card["number"]`, `card['a.b']`) is one part with
+/// its quotes removed and its backslash escapes undone, as lodash's
+/// `_.toPath` reads it (`card["n\umber"]` is `card`,`number`); elsewhere
+/// backslashes and stray quotes are dropped (`dot-prop` reads `a\.b`).
+/// Not folded.
+pub(crate) fn name_parts(name: &str) -> impl Iterator<Item = Cow<'_, str>> + '_ {
+    let s = until_nul(name);
+    let b = s.as_bytes();
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'.' | b'/' | b']' => {
+                push_plain(s.get(start..i).unwrap_or(""), &mut out);
+                i += 1;
+                start = i;
             }
-        })
+            b'[' => {
+                push_plain(s.get(start..i).unwrap_or(""), &mut out);
+                i += 1;
+                start = i;
+                if let Some((part, end)) = quoted(s, i) {
+                    if b.get(end) == Some(&b']') {
+                        out.push(part);
+                        i = end + 1;
+                        start = i;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    push_plain(s.get(start..).unwrap_or(""), &mut out);
+    out.into_iter()
         .filter(|p| !p.is_empty() && !p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An unquoted part: backslashes and quotes dropped.
+fn push_plain<'a>(p: &'a str, out: &mut Vec<Cow<'a, str>>) {
+    if p.contains(['\\', '"', '\'']) {
+        out.push(Cow::Owned(
+            p.chars()
+                .filter(|c| !matches!(c, '\\' | '"' | '\''))
+                .collect(),
+        ));
+    } else {
+        out.push(Cow::Borrowed(p));
+    }
+}
+
+/// The quoted part starting at `s[i]` (a `"` or `'`), unescaped, and the
+/// index after its closing quote; None if `s[i]` is no quote or it is not
+/// closed.
+fn quoted(s: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
+    let q = *s.as_bytes().get(i)?;
+    if q != b'"' && q != b'\'' {
+        return None;
+    }
+    let body = s.get(i + 1..)?;
+    let mut out: Option<String> = None;
+    let mut chars = body.char_indices();
+    while let Some((k, c)) = chars.next() {
+        if c == char::from(q) {
+            let part = match out {
+                Some(o) => Cow::Owned(o),
+                None => Cow::Borrowed(body.get(..k)?),
+            };
+            return Some((part, i + 1 + k + 1));
+        }
+        if c == '\\' {
+            let o = out.get_or_insert_with(|| body.get(..k).unwrap_or("").to_owned());
+            if let Some((_, e)) = chars.next() {
+                o.push(e);
+            }
+            continue;
+        }
+        if let Some(o) = out.as_mut() {
+            o.push(c);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -141,8 +225,8 @@ mod tests {
 
     #[test]
     fn name_parts_split_what_binders_expand() {
-        fn parts(s: &str) -> Vec<&str> {
-            name_parts(s).collect()
+        fn parts(s: &str) -> Vec<String> {
+            name_parts(s).map(|p| p.into_owned()).collect()
         }
         assert_eq!(parts("card.number"), ["card", "number"]);
         assert_eq!(parts("contacts.0.phone"), ["contacts", "phone"]);
@@ -151,7 +235,44 @@ mod tests {
         assert_eq!(parts("card[\"number\"]"), ["card", "number"]);
         assert_eq!(parts(".ssn."), ["ssn"]);
         assert_eq!(parts("ssn\u{0}.x"), ["ssn"]);
-        assert_eq!(parts("123"), Vec::<&str>::new());
-        assert_eq!(parts("'"), ["'"]);
+        assert_eq!(parts("123"), Vec::<String>::new());
+        assert_eq!(parts("'"), Vec::<String>::new());
+        // JSON-Pointer-like names, lodash escapes in quoted parts, quoted
+        // parts holding separators, dot-prop's `\.`.
+        assert_eq!(parts("card/number"), ["card", "number"]);
+        assert_eq!(parts("/contacts/0/phone"), ["contacts", "phone"]);
+        assert_eq!(parts("card[\"n\\umber\"]"), ["card", "number"]);
+        assert_eq!(parts("card['nu\\mber']"), ["card", "number"]);
+        assert_eq!(parts("user[\"\\ssn\"]"), ["user", "ssn"]);
+        assert_eq!(parts("contacts[0][\"pho\\ne\"]"), ["contacts", "phone"]);
+        assert_eq!(parts("a[\"x.y]z\"].b"), ["a", "x.y]z", "b"]);
+        assert_eq!(parts("a[\"b\\\"c\"]"), ["a", "b\"c"]);
+        assert_eq!(parts("card\\.number"), ["card", "number"]);
+        assert_eq!(parts("card[\"number"), ["card", "number"]);
+        assert_eq!(parts("'ssn'"), ["ssn"]);
+    }
+
+    #[test]
+    fn word_separators_are_dropped() {
+        for (a, b) in [
+            ("card_number", "cardNumber"),
+            ("card-number", "CardNumber"),
+            ("cardnumber", "CARD_NUMBER"),
+            ("postal_code", "postalCode"),
+            ("_ssn_", "ssn"),
+            ("s-s-n", "SSN"),
+        ] {
+            assert_eq!(normalized_name(a), normalized_name(b), "{a} {b}");
+            assert!(names_match(&normalized_name(b), a), "{a} {b}");
+            assert!(names_match(&normalized_name(a), b), "{a} {b}");
+        }
+        assert_eq!(normalized_name("card_number"), "cardnumber");
+        // Only ASCII `_` and `-`: other punctuation stays a difference.
+        assert!(!names_match("ssn", "s.sn"));
+        assert!(!names_match("ssn", "s sn"));
+        assert!(!names_match("ssn", "s\u{2010}sn"));
+        assert!(!names_match("ssn", "ssn2"));
+        assert!(names_match("ssn", "Ss_N\u{0}x"));
+        assert!(names_match("ssn", "ſ_ſn"));
     }
 }

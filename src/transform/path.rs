@@ -69,7 +69,7 @@ impl FieldPath {
             for sel in &seg.selectors {
                 if let Selector::Name(n) = sel {
                     let parts = until_nul(n)
-                        .split(['.', '[', ']'])
+                        .split(['.', '/', '[', ']'])
                         .filter(|p| !p.is_empty());
                     for name in std::iter::once(n.as_str()).chain(parts) {
                         if !names.iter().any(|m| m == name) {
@@ -98,7 +98,7 @@ impl FieldPath {
                 };
                 for sel in &seg.selectors {
                     let seq: Vec<String> = match sel {
-                        Selector::Name(n) => name_parts(n).map(normalized_name).collect(),
+                        Selector::Name(n) => name_parts(n).map(|p| normalized_name(&p)).collect(),
                         Selector::Wildcard => {
                             step.any = true;
                             Vec::new()

@@ -352,7 +352,7 @@ impl LookAlikes {
             let sym = self
                 .names
                 .iter()
-                .position(|n| names_match(n, part))
+                .position(|n| names_match(n, &part))
                 .unwrap_or(self.names.len());
             s = self.trans_to(s, sym);
             if self.accepting(s).is_some() {
@@ -371,12 +371,8 @@ impl LookAlikes {
                 break;
             }
             let sym = e as usize - 1;
-            // An ASCII part folds to its lower case.
-            if self
-                .names
-                .get(sym)
-                .is_some_and(|n| n.eq_ignore_ascii_case(part))
-            {
+            // An ASCII part folds to its lower case without separators.
+            if self.names.get(sym).is_some_and(|n| names_match(n, part)) {
                 return sym;
             }
             slot = (slot + 1) & mask;
@@ -408,7 +404,8 @@ static CLASS: [u8; 256] = {
     while b < 128 {
         t[b] = if b >= b'0' as usize && b <= b'9' as usize {
             DIGIT
-        } else if b == b'.' as usize || b == b'[' as usize || b == b']' as usize {
+        } else if matches!(b as u8, b'.' | b'/' | b'[' | b']' | b'\\' | b'"' | b'\'') {
+            // Separators of name parts, escapes and quotes (`name_parts`).
             0
         } else {
             PLAIN
@@ -418,12 +415,17 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Hash of an ASCII name, the same for every letter case.
+/// Hash of an ASCII name, the same for every letter case and without the
+/// word separators `_` and `-` (as `names::normalized_name` drops them).
 fn ascii_hash(b: &[u8]) -> u32 {
     b.iter().fold(0, |h, &c| ascii_hash_step(h, c))
 }
 
+#[inline]
 fn ascii_hash_step(h: u32, c: u8) -> u32 {
+    if c == b'_' || c == b'-' {
+        return h;
+    }
     (h ^ u32::from(c | 0x20)).wrapping_mul(0x0100_0193)
 }
 

@@ -863,7 +863,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         for s in self.path.iter().rev() {
             if let Step::Key(k) = s {
                 return match name_parts(k).last() {
-                    Some(p) if p.len() < k.len() => Cow::Owned(p.to_owned()),
+                    Some(p) if p.len() < k.len() => Cow::Owned(p.into_owned()),
                     _ => k.clone(),
                 };
             }

@@ -467,6 +467,16 @@ pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
     })
 }
 
+/// Is the media type JSON Patch (RFC 6902, `application/json-patch+json`)?
+/// Only meaningful once `is_json` accepted it.
+pub fn is_json_patch(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .map(|m| m.trim_matches([' ', '\t']))
+        .is_some_and(|m| m.eq_ignore_ascii_case("application/json-patch+json"))
+}
+
 /// RFC 9110 `token`: one or more tchar.
 fn is_token(s: &str) -> bool {
     !s.is_empty()

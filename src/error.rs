@@ -260,6 +260,14 @@ impl ProxyError {
             TransformError::DuplicateMember => {
                 ClientError::Schema("it repeats a member name").into()
             }
+            TransformError::Reference => ClientError::BadRequest(
+                "request body holds JSON reference metadata ($ref, $values), which this route does not accept",
+            )
+            .into(),
+            TransformError::InvalidPatch => {
+                ClientError::BadRequest("request body is not a well-formed JSON Patch document")
+                    .into()
+            }
             TransformError::FieldTooLarge => ClientError::FieldTooLarge.into(),
             TransformError::FieldTooDeep => ClientError::TooDeep {
                 limit: crate::crypto::MAX_SEAL_DEPTH,

@@ -1,10 +1,13 @@
 //! Property tests for the look-alike check of encrypting routes (`shape`),
 //! against an oracle written here from the rule of the README: a value's
 //! name path is its member names from the root, array steps dropped, each
-//! name cut at a NUL, split at `.`, `[`, `]` (quotes around a part removed,
-//! empty and all-digit parts dropped) and case-folded; it is a look-alike of
-//! a rule when the name path of the value or of one holding it ends with a
-//! name sequence the rule stands for.
+//! name cut at a NUL, split at `.`, `/`, `[`, `]` (a quoted bracket part
+//! kept whole, its quotes removed and backslash escapes undone; elsewhere
+//! quotes and backslashes dropped; empty and all-digit parts dropped),
+//! without `_` and `-`, and case-folded; it is a look-alike of a rule when
+//! the name path of the value or of one holding it ends with a name
+//! sequence the rule stands for. Member names inside a look-alike are data
+//! too, unless a rule selects the member's value.
 //!
 //! On random documents spelled with random case folds, NULs, dotted and
 //! bracketed names, wrappers and arrays, and random rules:
@@ -21,8 +24,10 @@ mod engine;
 
 use engine::{encrypt_json, encrypt_request};
 use fieldseal::crypto::{looks_like_envelope, Keyring};
+use fieldseal::transform::location::{self, Step};
 use fieldseal::transform::{
-    FieldPath, FieldRule, LookAlikeMode, LookAlikes, RequestShape, TransformError as StreamError,
+    locations, FieldPath, FieldRule, LookAlikeMode, LookAlikes, RequestShape,
+    TransformError as StreamError,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -94,6 +99,16 @@ const KEYS: &[&str] = &[
     "card.0.number",
     "ID.kind",
     ".id.",
+    "s_sn",
+    "S-S-N",
+    "card_number",
+    "card/number",
+    "card[\"n\\umber\"]",
+    "x['k\\ind']",
+    "u[\"a.ssn\"]",
+    "card\\.number",
+    "'id'",
+    "_",
 ];
 
 /// Names the generated rules use (normalized by the proxy).
@@ -105,6 +120,7 @@ const RULE_NAMES: &[&str] = &[
 // The oracle
 
 fn canonical(part: &str) -> String {
+    let part: String = part.chars().filter(|c| !matches!(c, '_' | '-')).collect();
     SPELLINGS
         .iter()
         .find(|(s, _)| *s == part)
@@ -112,17 +128,52 @@ fn canonical(part: &str) -> String {
 }
 
 /// The name parts of one member name, as sent (not folded).
-fn split(name: &str) -> Vec<&str> {
-    let name = name.split('\0').next().unwrap_or("");
-    name.split(['.', '[', ']'])
-        .map(|p| {
-            for q in ['\'', '"'] {
-                if p.len() >= 2 && p.starts_with(q) && p.ends_with(q) {
-                    return &p[1..p.len() - 1];
+fn split(name: &str) -> Vec<String> {
+    let c: Vec<char> = name.split('\0').next().unwrap_or("").chars().collect();
+    let plain = |p: &[char]| -> String {
+        p.iter()
+            .filter(|c| !matches!(c, '\\' | '"' | '\''))
+            .collect()
+    };
+    let mut parts = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < c.len() {
+        match c[i] {
+            '.' | '/' | ']' => {
+                parts.push(plain(&c[start..i]));
+                i += 1;
+                start = i;
+            }
+            '[' => {
+                parts.push(plain(&c[start..i]));
+                i += 1;
+                start = i;
+                // A quoted part, closed by its quote and then `]`.
+                if let Some(&q) = c.get(i).filter(|q| matches!(q, '"' | '\'')) {
+                    let mut part = String::new();
+                    let mut j = i + 1;
+                    while j < c.len() && c[j] != q {
+                        if c[j] == '\\' {
+                            j += 1;
+                        }
+                        if let Some(&d) = c.get(j) {
+                            part.push(d);
+                        }
+                        j += 1;
+                    }
+                    if j < c.len() && c.get(j + 1) == Some(&']') {
+                        parts.push(part);
+                        i = j + 2;
+                        start = i;
+                    }
                 }
             }
-            p
-        })
+            _ => i += 1,
+        }
+    }
+    parts.push(plain(&c[start..]));
+    parts
+        .into_iter()
         .filter(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))
         .collect()
 }
@@ -193,7 +244,10 @@ fn look_alike_of(rules: &[TestRule], names: &[String]) -> Option<usize> {
 }
 
 fn name_path(keys: &[&str]) -> Vec<String> {
-    keys.iter().flat_map(|k| split(k)).map(canonical).collect()
+    keys.iter()
+        .flat_map(|k| split(k))
+        .map(|p| canonical(&p))
+        .collect()
 }
 
 fn is_data(v: &Value) -> bool {
@@ -204,24 +258,39 @@ fn is_data(v: &Value) -> bool {
     }
 }
 
-/// Keys (as sent) of every plaintext data leaf of `v` that is a look-alike.
+/// Keys (as sent) of every plaintext data leaf of `v` that is a look-alike,
+/// and of every member of a look-alike object whose value no rule selects
+/// (`selected`: the normalized locations the rules select).
 fn plaintext_look_alikes(
     v: &Value,
     keys: &mut Vec<String>,
-    rules: &[TestRule],
+    steps: &mut Vec<Step<'static>>,
+    ctx: (&[TestRule], &[String]),
     out: &mut Vec<Vec<String>>,
 ) {
+    let (rules, selected) = ctx;
     match v {
         Value::Object(o) => {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let inside = look_alike_of(rules, &name_path(&refs)).is_some();
             for (k, x) in o {
                 keys.push(k.clone());
-                plaintext_look_alikes(x, keys, rules, out);
+                steps.push(Step::Key(k.clone().into()));
+                if inside && !selected.contains(&location::normalized(steps)) {
+                    out.push(keys.clone());
+                }
+                plaintext_look_alikes(x, keys, steps, ctx, out);
+                steps.pop();
                 keys.pop();
             }
         }
-        Value::Array(a) => a
-            .iter()
-            .for_each(|x| plaintext_look_alikes(x, keys, rules, out)),
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                steps.push(Step::Index(i));
+                plaintext_look_alikes(x, keys, steps, ctx, out);
+                steps.pop();
+            }
+        }
         v if is_data(v) => {
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             if look_alike_of(rules, &name_path(&refs)).is_some() {
@@ -236,7 +305,7 @@ fn carries_data(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Array(a) => a.iter().any(carries_data),
-        Value::Object(o) => o.values().any(carries_data),
+        Value::Object(o) => !o.is_empty(),
         _ => true,
     }
 }
@@ -395,6 +464,7 @@ fn compiled(rules: &[TestRule], mode: LookAlikeMode) -> (Vec<FieldRule>, Request
         RequestShape {
             look_alikes,
             schema: None,
+            ..RequestShape::default()
         },
     )
 }
@@ -415,8 +485,9 @@ proptest! {
         let input = serde_json::to_vec(&d).expect("doc");
         let (plain, _) = encrypt_json(&input, &fr, &r, NOW, &[], 64).expect("plain transform");
         let plain = parse(&plain);
+        let selected = locations(&input, &fr).expect("locations");
         let mut leaks = Vec::new();
-        plaintext_look_alikes(&plain, &mut Vec::new(), &rs, &mut leaks);
+        plaintext_look_alikes(&plain, &mut Vec::new(), &mut Vec::new(), (&rs, &selected), &mut leaks);
         match encrypt_request(&input, &fr, &shape, &r, NOW, &[], 64) {
             Err(StreamError::LookAlike { rule, location }) => {
                 prop_assert!(!leaks.is_empty(), "refused for nothing: {} {} doc {}", rule, location, d);
@@ -441,8 +512,9 @@ proptest! {
         let plain = parse(&plain);
         let (out, _) = encrypt_request(&input, &fr, &shape, &r, NOW, &[], 64).expect("seal mode");
         let out = parse(&out);
+        let selected = locations(&input, &fr).expect("locations");
         let mut leaks = Vec::new();
-        plaintext_look_alikes(&out, &mut Vec::new(), &rs, &mut leaks);
+        plaintext_look_alikes(&out, &mut Vec::new(), &mut Vec::new(), (&rs, &selected), &mut leaks);
         prop_assert!(leaks.is_empty(), "left in plaintext: {:?} doc {} rules {:?} out {}", leaks, d, rs, out);
         if let Err(e) = compare_sealed(&d, &plain, &out, &mut Vec::new(), &rs, &r) {
             prop_assert!(false, "{} doc {} rules {:?} out {}", e, d, rs, out);

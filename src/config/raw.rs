@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::audit::AuditFailureMode;
 use crate::headers::{SecurityHeader, UpstreamPolicy};
 use crate::logging::{LogFormat, LogLevel, TrustRequestId};
-use crate::transform::{LookAlikeMode, OnDecryptFailure};
+use crate::transform::{JsonReferences, LookAlikeMode, OnDecryptFailure};
 
 // Doc comments on these structs are the descriptions of the JSON Schema
 // (`fieldseal config-schema`) that editors show: write them for users.
@@ -448,6 +448,11 @@ pub struct RawRoute {
     /// file, or the schema inline. Needs encrypt rules on the route.
     #[serde(default)]
     pub request_schema: Option<RawSchema>,
+    /// Json.NET / System.Text.Json reference metadata (`$ref`, `$values`)
+    /// in request bodies, which binds a field to data written under other
+    /// names: `refuse` (400, default) or `allow`. Needs encrypt rules.
+    #[serde(default)]
+    pub json_references: Option<Word<JsonReferences>>,
 }
 
 /// A JSON Schema: the path of a JSON file (relative to this config), or

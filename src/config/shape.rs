@@ -8,7 +8,7 @@ use super::raw::Word;
 use super::{invalid, invalid_shown, raw, resolve, word, Invalid, Limits};
 use crate::crypto::{max_plaintext_len, KeyringSpec, MAX_SEAL_DEPTH};
 use crate::transform::shape::{
-    matches_everything, LookAlikeMode, LookAlikes, RequestSchema, RequestShape,
+    matches_everything, JsonReferences, LookAlikeMode, LookAlikes, RequestSchema, RequestShape,
 };
 use crate::transform::FieldRule;
 
@@ -64,6 +64,12 @@ pub(super) fn compile_route(
                 "applies to encrypt rules, and this route has none",
             ));
         }
+        if r.json_references.is_some() {
+            return Err(invalid(
+                &at.key("json_references"),
+                "applies to encrypting routes, and this route has no encrypt rules",
+            ));
+        }
         if r.request_schema.is_some() {
             return Err(invalid(
                 &at.key("request_schema"),
@@ -74,6 +80,13 @@ pub(super) fn compile_route(
     }
     let look_alikes = LookAlikes::compile(encrypt, checked, mode)
         .map_err(|e| invalid(&at.key("encrypt"), e.to_string()))?;
+    // JSON Patch operations are judged against every rule, refusing.
+    let patches = LookAlikes::compile(encrypt, &[], LookAlikeMode::Refuse)
+        .map_err(|e| invalid(&at.key("encrypt"), e.to_string()))?;
+    let references = match &r.json_references {
+        None => JsonReferences::default(),
+        Some(w) => word(&at.key("json_references"), w, "")?,
+    };
     let mut warnings = Vec::new();
     for (j, rule) in encrypt.iter().enumerate() {
         let on = checked.get(j).copied().unwrap_or(true);
@@ -96,7 +109,9 @@ pub(super) fn compile_route(
     Ok((
         RequestShape {
             look_alikes,
+            patches,
             schema,
+            references,
         },
         warnings,
     ))

@@ -70,6 +70,7 @@ where
     if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
         return Err(ProxyError::from(ClientError::UnsupportedMediaType));
     }
+    let json_patch = body::is_json_patch(parts.headers.get(header::CONTENT_TYPE));
     // Every Content-Encoding line counts (`identity` then `gzip` is gzip);
     // one coding at most, and the value is never echoed.
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
@@ -85,6 +86,12 @@ where
     let (sealed, report) = {
         let (route, seal) = (Arc::clone(route), Arc::clone(seal));
         offload(rt, plain.len(), move || {
+            // A JSON Patch names the fields it writes in data: judged
+            // before the walk, which reads it as plain JSON.
+            transform::check_patch(&plain, &seal.spec, json_patch).map_err(|e| {
+                tracing::debug!(route = %route.route.name, error = %e, "request refused");
+                ProxyError::from_request_transform(e)
+            })?;
             seal_with(&plain, &route.route, &seal.spec, &seal.keys)
         })
         .await??

@@ -18,6 +18,7 @@
 
 pub mod location;
 mod names;
+mod patch;
 pub mod path;
 mod policy;
 mod select;
@@ -28,10 +29,12 @@ use std::time::Duration;
 
 use crate::crypto::{Keyring, SealingKey};
 
+pub(crate) use names::fold_char;
 pub(crate) use names::name_parts;
 pub use names::normalized_name;
+pub use patch::check_patch;
 pub use path::{FieldPath, PathError};
-pub use shape::{LookAlikeMode, LookAlikes, RequestSchema, RequestShape};
+pub use shape::{JsonReferences, LookAlikeMode, LookAlikes, RequestSchema, RequestShape};
 pub use stream::{
     decrypt, encrypt, encrypt_request, locations, rewrap, scan_strings, validate, StringKind,
     SERDE_MAX_DEPTH,
@@ -108,7 +111,9 @@ impl SealSpec {
             rules: self.rules.clone(),
             shape: RequestShape {
                 look_alikes: self.shape.look_alikes.clone(),
+                patches: LookAlikes::off(),
                 schema: None,
+                references: self.shape.references,
             },
             named_contexts: self.named_contexts.clone(),
             max_depth: SERDE_MAX_DEPTH,
@@ -213,6 +218,12 @@ pub enum TransformError {
     Schema,
     #[error("the body repeats a member name, which the route's schema cannot judge")]
     DuplicateMember,
+    /// A member named `$ref` or `$values` on a route that refuses them.
+    #[error("the body holds JSON reference metadata ($ref, $values)")]
+    Reference,
+    /// A JSON Patch document that is not one (or is ambiguous).
+    #[error("the body is not a well-formed JSON Patch document")]
+    InvalidPatch,
     /// The value would seal into more than `crypto::MAX_ENVELOPE_LEN`.
     #[error("a field is too large to seal")]
     FieldTooLarge,

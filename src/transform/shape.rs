@@ -42,6 +42,19 @@ pub enum LookAlikeMode {
     Seal,
 }
 
+/// What an encrypting route does with Json.NET / System.Text.Json
+/// reference metadata (`$ref`, `$values`) in request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonReferences {
+    /// Refuse the request (400): a reference binds a protected field to
+    /// data written under other names.
+    #[default]
+    Refuse,
+    /// Forward them (the backend resolves no references).
+    Allow,
+}
+
 /// No state accepts (a `u32` index into `LookAlikes::accepts`).
 const NONE: u32 = u32::MAX;
 /// Refuse rule sets whose automaton would be larger than this many states.
@@ -436,15 +449,17 @@ pub fn matches_everything(rule: &FieldRule) -> bool {
         .is_ok_and(|l| l.accepting(l.start()).is_some())
 }
 
-/// Does `v` hold data: a string, a number or a boolean, at any depth? A
-/// `null` or an empty container at a look-alike's place carries nothing.
+/// Does `v` hold data: a string, a number, a boolean or a member name, at
+/// any depth? A `null`, an empty object or an array of those at a
+/// look-alike's place carries nothing; a member name can be data
+/// (`{"ssn": {"078-05-1120": null}}`).
 pub fn carries_data(v: &Value) -> bool {
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
         match v {
             Value::Null => {}
             Value::Array(a) => stack.extend(a.iter()),
-            Value::Object(o) => stack.extend(o.values()),
+            Value::Object(o) if o.is_empty() => {}
             _ => return true,
         }
     }
@@ -488,7 +503,11 @@ impl RequestSchema {
 #[derive(Debug, Clone, Default)]
 pub struct RequestShape {
     pub look_alikes: LookAlikes,
+    /// Every encrypt rule (`look_alikes: allow` or not), refusing: what a
+    /// JSON Patch operation may not write (`patch`).
+    pub patches: LookAlikes,
     pub schema: Option<RequestSchema>,
+    pub references: JsonReferences,
 }
 
 #[cfg(test)]
@@ -589,7 +608,9 @@ mod tests {
 
     #[test]
     fn data() {
-        assert!(!carries_data(&serde_json::json!({"a": [null, {}, []]})));
+        assert!(!carries_data(&serde_json::json!([null, {}, []])));
+        assert!(carries_data(&serde_json::json!({"a": null})));
+        assert!(carries_data(&serde_json::json!({"a": [null, {}, []]})));
         assert!(carries_data(
             &serde_json::json!({"a": [null, {"b": false}]})
         ));

@@ -28,9 +28,10 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::location::{self, Step};
+use super::names::names_match;
 use super::policy::{self, Verdict};
 use super::select::{RuleStates, UNKNOWN_LEN};
-use super::shape::{carries_data, LookAlikeMode, LookAlikes};
+use super::shape::{carries_data, JsonReferences, LookAlikeMode, LookAlikes};
 use super::{
     matched_paths, name_parts, FieldRule, Keys, OpenSpec, SealSpec, TransformError, TransformReport,
 };
@@ -86,6 +87,7 @@ fn encrypt_counting(
     let mut w = Walker::new(src, &spec.rules, Mode::Encrypt { spec, keys }, now);
     w.max_depth = spec.max_depth.min(SERDE_MAX_DEPTH);
     w.look = &spec.shape.look_alikes;
+    w.refuses_references = spec.shape.references == JsonReferences::Refuse;
     let mut report = w.run(input)?;
     if report.encrypted > 0 {
         report.key_ids.push(keys.seal.id().to_owned());
@@ -158,6 +160,21 @@ pub fn validate(input: &[u8], max_depth: usize) -> Result<(), TransformError> {
     let mut w = Walker::new(src, &[], Mode::Validate, 0);
     w.max_depth = max_depth.min(SERDE_MAX_DEPTH);
     w.run(input).map(|_| ())
+}
+
+/// `validate`, and then: does a tree of `input` (`doc`) hold every object
+/// member of it? A tree keeps one of each repeated member, the walk sees
+/// them all.
+pub(crate) fn tree_is_whole(
+    input: &[u8],
+    doc: &Value,
+    max_depth: usize,
+) -> Result<bool, TransformError> {
+    let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    let mut w = Walker::new(src, &[], Mode::Validate, 0);
+    w.max_depth = max_depth.min(SERDE_MAX_DEPTH);
+    w.run(input)?;
+    Ok(w.members == member_count(doc))
 }
 
 /// Normalized paths (RFC 9535 §2.7) of the values `rules` select in the
@@ -254,6 +271,8 @@ struct Walker<'a, 'r> {
     recording: bool,
     /// The route's look-alike automaton (off unless encrypting).
     look: &'r LookAlikes,
+    /// Members named `$ref` or `$values` fail the walk (`json_references`).
+    refuses_references: bool,
     /// Object members seen (each once).
     members: usize,
     /// `Select`: the locations found.
@@ -297,6 +316,7 @@ impl<'a, 'r> Walker<'a, 'r> {
             counts: HashMap::new(),
             recording: false,
             look: &NO_LOOK_ALIKES,
+            refuses_references: false,
             members: 0,
             found: Vec::new(),
             scan: None,
@@ -525,7 +545,13 @@ impl<'a, 'r> Walker<'a, 'r> {
                 // inside it; its members are look-alikes too.
                 let container = matches!(self.peek(), Some(b'{' | b'['));
                 match self.look.mode() {
-                    LookAlikeMode::Seal if !container || hi == lo => {
+                    // A container no rule selects inside is sealed whole
+                    // (if it carries data); one a rule may select inside is
+                    // sealed whole only if it carries data, else walked so
+                    // the rule seals what it selects.
+                    LookAlikeMode::Seal
+                        if !container || hi == lo || self.carries_data_ahead(depth, hi, la)? =>
+                    {
                         self.value(depth, hi, false, la)?;
                         return self.seal_value(r, start, true);
                     }
@@ -557,6 +583,30 @@ impl<'a, 'r> Walker<'a, 'r> {
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(TransformError::InvalidJson),
         }
+    }
+
+    /// Does the value at `pos` carry data (`shape::carries_data`)? The
+    /// position is left unmoved and nothing is counted.
+    fn carries_data_ahead(
+        &mut self,
+        depth: usize,
+        hi: usize,
+        la: u32,
+    ) -> Result<bool, TransformError> {
+        let start = self.pos;
+        let was = self.recording;
+        self.recording = true;
+        let res = self.value(depth, hi, false, la);
+        self.recording = was;
+        let end = self.pos;
+        self.pos = start;
+        res?;
+        let raw = self
+            .src
+            .get(start..end)
+            .ok_or(TransformError::InvalidJson)?;
+        let v: Value = serde_json::from_str(raw).map_err(|_| TransformError::InvalidJson)?;
+        Ok(carries_data(&v))
     }
 
     fn within_depth(&self, depth: usize) -> Result<(), TransformError> {
@@ -624,6 +674,20 @@ impl<'a, 'r> Walker<'a, 'r> {
                 } else {
                     hi
                 };
+                if let Some(r) = self.look.accepting(la) {
+                    // A member name inside a look-alike is data
+                    // (`{"ssn": {"078-05-1120": null}}`) and cannot be
+                    // sealed where it stands: unless a rule seals the
+                    // member's value (and so names the member), the
+                    // request is refused. (Seal mode seals such an object
+                    // whole before it gets here.)
+                    if self.rs.selected(start, self.rs.len()).is_none() {
+                        self.look_alike_failure(r);
+                    }
+                }
+                if self.refuses_references && is_reference_member(&key) {
+                    self.fail(TransformError::Reference);
+                }
                 let la = self.look.step(la, &key);
                 self.path.push(Step::Key(key));
                 self.value(depth, start, true, la)?;
@@ -898,6 +962,13 @@ impl<'a, 'r> Walker<'a, 'r> {
             }
             _ => self.value(depth, hi, false, 0)?,
         }
+        self.look_alike_failure(r);
+        Ok(())
+    }
+
+    /// The request fails as a look-alike of rule `r` at the current place
+    /// (shown with the rule's own names only), unless it failed already.
+    fn look_alike_failure(&mut self, r: usize) {
         if self.failed.is_none() {
             let rule = self.rules.get(r);
             self.failed = Some(TransformError::LookAlike {
@@ -905,7 +976,13 @@ impl<'a, 'r> Walker<'a, 'r> {
                 location: location::redacted(&self.path, self.rule_names(Some(r))),
             });
         }
-        Ok(())
+    }
+
+    /// The first failure is the one reported.
+    fn fail(&mut self, e: TransformError) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
     }
 
     /// The string `src[start..pos]` (contents `from..to`, `escaped` if it
@@ -980,6 +1057,14 @@ impl<'a, 'r> Walker<'a, 'r> {
         };
         self.apply(verdict, start, lo, hi)
     }
+}
+
+/// Json.NET's and System.Text.Json's reference metadata (`$ref`, and
+/// `$values` of a preserved array), in any spelling the name matcher
+/// folds: `{"card": {"$ref": "1"}}` binds `card` to the object whose `$id`
+/// is `1`, wherever it stands and under whatever names.
+fn is_reference_member(key: &str) -> bool {
+    key.starts_with('$') && (names_match("$ref", key) || names_match("$values", key))
 }
 
 fn unescaped(

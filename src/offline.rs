@@ -534,12 +534,12 @@ pub fn transform_stream(
     mut opts: RunOptions<'_>,
 ) -> Result<Stats, OfflineError> {
     let plan = match mode {
-        Mode::Encrypt(r) => Plan::Encrypt(
+        Mode::Encrypt(r) => Plan::Encrypt(Box::new(
             r.seal
                 .as_ref()
                 .map(SealSpec::for_stored_data)
                 .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "encrypt"))?,
-        ),
+        )),
         Mode::Decrypt(r) => Plan::Decrypt(
             r.open
                 .as_ref()
@@ -592,7 +592,7 @@ pub fn transform_stream(
 
 /// A `Mode` made ready to run: the specs the engine takes.
 enum Plan<'a> {
-    Encrypt(SealSpec),
+    Encrypt(Box<SealSpec>),
     Decrypt(&'a OpenSpec),
     Rewrap(Option<&'a [FieldRule]>),
 }

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use http::Method;
 
 use crate::headers::SecurityHeaders;
+use crate::transform::fold_char;
 use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 
 pub mod shadow;
@@ -31,7 +32,11 @@ pub struct Route {
     pub name: String,
     pub host: Option<String>,
     pub path: PathMatch,
+    /// Compared case-insensitively (Django, Werkzeug and ASP.NET Core read
+    /// `post` as POST).
     pub methods: Option<Vec<Method>>,
+    /// The path is compared under the name fold (`transform::fold_char`),
+    /// escapes decoded. The default for routes that seal or open fields.
     pub case_insensitive: bool,
     pub upstream: usize,
     /// Effective limit for the route (route override, else the global one); None: unlimited.
@@ -89,7 +94,10 @@ impl Route {
     /// Everything but the host.
     pub fn matches_path_and_method(&self, path: &str, method: &Method) -> bool {
         if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m == method) {
+            // `post` is POST to Django (`REQUEST_METHOD.upper()`), Flask and
+            // ASP.NET Core: a case variant must not fall through.
+            let m = method.as_str();
+            if !methods.iter().any(|x| x.as_str().eq_ignore_ascii_case(m)) {
                 return false;
             }
         }
@@ -98,10 +106,9 @@ impl Route {
             PathMatch::Exact(p) => (p.trim_end_matches('/'), true),
             PathMatch::Prefix(p) => (p.trim_end_matches('/'), false),
         };
-        if path.len() < p.len() || !path.is_char_boundary(p.len()) {
+        let Some(rest) = strip_route_prefix(path, p, self.case_insensitive) else {
             return false;
-        }
-        let (head, rest) = path.split_at(p.len());
+        };
         // Rails (`(.:format)`) and older Spring MVC route `/api/users.json`
         // to `/api/users`, Spring's suffix matching even `/api/users.json.gz`,
         // and many frameworks ignore a trailing slash: every dotted suffix on
@@ -111,21 +118,65 @@ impl Route {
             let ext = ext.strip_suffix('/').unwrap_or(ext);
             !ext.contains('/')
         });
-        let rest_ok = if exact {
+        if exact {
             rest.is_empty() || rest == "/" || format_suffix
         } else {
             rest.is_empty() || rest.starts_with('/') || format_suffix
-        };
-        eq(p, head, self.case_insensitive) && rest_ok
+        }
     }
 }
 
-fn eq(a: &str, b: &str, case_insensitive: bool) -> bool {
-    if case_insensitive {
-        a.eq_ignore_ascii_case(b)
-    } else {
-        a == b
+/// What is left of the canonical `path` after the route's `prefix`, if it
+/// starts with it. Case-insensitive routes compare decoded characters under
+/// the one name fold, the folds backends apply to paths: ASP.NET Core and
+/// IIS (`OrdinalIgnoreCase`: `ı`, `ſ` are `I`, `S`), Spring
+/// (`equalsIgnoreCase`, `toLowerCase`: `İ` is `i`, the Kelvin sign `k`).
+fn strip_route_prefix<'p>(path: &'p str, prefix: &str, case_insensitive: bool) -> Option<&'p str> {
+    if !case_insensitive {
+        return path.strip_prefix(prefix);
     }
+    let (mut i, mut j) = (0, 0);
+    while j < prefix.len() {
+        let (want, used) = decoded_char(prefix, j)?;
+        let (got, len) = decoded_char(path, i)?;
+        if fold_char(want) != fold_char(got) {
+            return None;
+        }
+        i += len;
+        j += used;
+    }
+    path.get(i..)
+}
+
+/// The character at byte `i` of a canonical path, `%XX` escapes decoded
+/// (a UTF-8 sequence of them is one character), and the bytes it takes.
+fn decoded_char(s: &str, i: usize) -> Option<(char, usize)> {
+    let b = s.as_bytes();
+    let byte_at = |k: usize| -> Option<u8> {
+        let hex = b.get(k..k + 3)?;
+        if hex[0] != b'%' {
+            return None;
+        }
+        Some(hex_val(hex[1])? * 16 + hex_val(hex[2])?)
+    };
+    if b.get(i) != Some(&b'%') {
+        let c = s.get(i..)?.chars().next()?;
+        return Some((c, c.len_utf8()));
+    }
+    let lead = byte_at(i)?;
+    let n = match lead {
+        0..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => return None,
+    };
+    let mut bytes = [0u8; 4];
+    for (k, slot) in bytes.iter_mut().enumerate().take(n) {
+        *slot = byte_at(i + 3 * k)?;
+    }
+    let c = std::str::from_utf8(bytes.get(..n)?).ok()?.chars().next()?;
+    Some((c, 3 * n))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -226,6 +277,12 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
                     // A backend or framework that decodes twice would read
                     // `%2575` as `u`: a second spelling of every path.
                     return Err("encoded percent sign");
+                } else if v == b'?' || v == b'#' {
+                    // The same class: decoded once more (or by a router
+                    // that decodes before it splits), `%3F` ends the path
+                    // and `%23` starts a fragment, so `/api/users%3Fx`
+                    // reaches a backend as `/api/users`.
+                    return Err("encoded question mark or number sign");
                 } else {
                     if v >= 0x80 {
                         utf8_run.push(v);
@@ -284,13 +341,22 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
 }
 
 /// A run of escaped non-ASCII bytes must be UTF-8 (an overlong `%C0%AE` is a
-/// `.` to some old decoders) and hold no fullwidth form of an ASCII
-/// character (`%EF%BC%8F`, `／`, is `/` after NFKC or Windows best-fit
-/// mapping).
+/// `.` to some old decoders) and hold no character whose compatibility form
+/// (NFKC) contains ASCII: fullwidth forms (`%EF%BC%8F`, `／`, is `/`),
+/// `‥` (U+2025) is `..`, `․` (U+2024) and `﹒` (U+FE52) are `.`, `﹨`
+/// (U+FE68) is `\`, `ﬁ` is `fi`, `Ｋ`/`K` (Kelvin) is `K` — each a second
+/// spelling of path syntax or of a name to a backend that normalizes (Python
+/// and .NET `normalize`, Windows best-fit mapping).
 fn check_utf8_run(run: &mut Vec<u8>) -> Result<(), &'static str> {
     let ok = std::str::from_utf8(run).map_err(|_| "escaped bytes are not UTF-8")?;
-    if ok.chars().any(|c| ('\u{FF01}'..='\u{FF5E}').contains(&c)) {
-        return Err("fullwidth form of an ASCII character in path");
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let mut buf = [0u8; 4];
+    if ok.chars().any(|c| {
+        nfkc.normalize(c.encode_utf8(&mut buf))
+            .bytes()
+            .any(|b| b.is_ascii())
+    }) {
+        return Err("compatibility form of an ASCII character in path");
     }
     run.clear();
     Ok(())
@@ -397,6 +463,52 @@ pub(crate) mod tests {
         let mut r = route(PathMatch::Prefix("/api/users".into()));
         r.case_insensitive = true;
         assert!(r.matches(None, "/API/Users/1", &Method::GET));
+        // The name fold, escapes decoded: ı, İ, ſ, the Kelvin sign.
+        let mut k = route(PathMatch::Exact("/api/kyc".into()));
+        k.case_insensitive = true;
+        for p in [
+            "/api/u%C5%BFers",
+            "/API/U%C5%BFERS/7",
+            "/api/us%c3%89rs",
+            "/api/users.json",
+        ] {
+            let want = !p.contains("%c3");
+            assert_eq!(r.matches(None, p, &Method::POST), want, "{p}");
+        }
+        assert!(k.matches(None, "/api/%E2%84%AAyc", &Method::POST));
+        let mut p = route(PathMatch::Prefix("/api/patients".into()));
+        p.case_insensitive = true;
+        assert!(p.matches(None, "/api/pat%C4%B1ents", &Method::POST));
+        assert!(p.matches(None, "/api/PAT%C4%B0ENTS", &Method::POST));
+        assert!(!p.matches(None, "/api/pat%C4%B1ent", &Method::POST));
+        assert!(!p.matches(None, "/api/pat%C4%B1entsX", &Method::POST));
+        // Case-sensitive routes compare the canonical bytes.
+        assert!(!route(PathMatch::Prefix("/api/users".into())).matches(
+            None,
+            "/api/u%C5%BFers",
+            &Method::POST
+        ));
+        // A route written with an escape matches its folds too.
+        let mut e = route(PathMatch::Prefix("/caf%C3%A9".into()));
+        e.case_insensitive = true;
+        assert!(e.matches(None, "/CAF%C3%89/x", &Method::GET));
+        assert!(!e.matches(None, "/cafe", &Method::GET));
+    }
+
+    #[test]
+    fn methods_match_in_any_case() {
+        let mut r = route(PathMatch::Prefix("/api/orders".into()));
+        r.methods = Some(vec![Method::POST, Method::PUT]);
+        for m in ["post", "Post", "pOST", "put", "POST"] {
+            let m = Method::from_bytes(m.as_bytes()).expect("method");
+            assert!(r.matches(None, "/api/orders", &m), "{m}");
+        }
+        assert!(!r.matches(None, "/api/orders", &Method::GET));
+        assert!(!r.matches(
+            None,
+            "/api/orders",
+            &Method::from_bytes(b"posts").expect("method")
+        ));
     }
 
     #[test]
@@ -480,13 +592,24 @@ pub(crate) mod tests {
             assert!(canon(p).is_err(), "{p}");
         }
         // Escapes that are not UTF-8 (overlong `.`, lone bytes, surrogates)
-        // and fullwidth forms of ASCII.
+        // and characters whose NFKC form holds ASCII: fullwidth forms, the
+        // two-dot leader, one-dot leader, small full stop, small reverse
+        // solidus, ligatures, the Kelvin sign; encoded `?` and `#`.
         for p in [
             "/api/users%C0%AE",
             "/api/users%C0",
             "/api/%ED%A0%80",
             "/api/%EF%BD%95sers",
             "/api%EF%BC%8Fusers",
+            "/api/x/%E2%80%A5/users",
+            "/api/users%E2%80%A4json",
+            "/api/users%EF%B9%92json",
+            "/api%EF%B9%A8users",
+            "/api/%EF%AC%81le",
+            "/api/%E2%84%AAyc",
+            "/api/users%3Fx",
+            "/api/users%3f",
+            "/api/users%23x",
         ] {
             assert!(canon(p).is_err(), "{p}");
         }

@@ -481,7 +481,9 @@ pub struct RawMatch {
     /// Default: any method. On an encrypting route, other methods fall through to later routes.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
-    /// For backends that ignore path case.
+    /// Match the path under the name fold (every case spelling, escapes
+    /// decoded). Default: true on routes that encrypt or decrypt fields,
+    /// false elsewhere.
     #[serde(default)]
     pub case_insensitive: Option<bool>,
 }

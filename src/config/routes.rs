@@ -56,6 +56,7 @@ pub(super) fn compile(
     let mut all = method_fall_through(&routes);
     all.extend(shadowing::check(&routes, &raw.routes, upstreams)?);
     all.extend(host_fall_through(&routes));
+    all.extend(case_fall_through(&routes));
     all.extend(warnings);
     Ok(Routes {
         routes: with_named_contexts(routes),
@@ -101,7 +102,13 @@ fn route(
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
         path,
         methods,
-        case_insensitive: m.case_insensitive.unwrap_or(false),
+        // A route that seals or opens fields owns every case spelling of
+        // its path by default: Express, ASP.NET Core and IIS route
+        // `/API/Users` to the `/api/users` handler, and a narrower match
+        // would send that body to a later route in plaintext.
+        case_insensitive: m
+            .case_insensitive
+            .unwrap_or(seal.is_some() || open.is_some()),
         upstream,
         rate_limit: limit,
         own_rate_limit: r
@@ -309,6 +316,64 @@ fn method_fall_through(routes: &[Route]) -> Vec<String> {
         }
     }
     out
+}
+
+/// A route that seals or opens fields but says `case_insensitive: false`
+/// lets other case spellings of its paths fall through to a later route
+/// that seals nothing (a backend that ignores path case then stores the
+/// body in plaintext). A warning: the operator chose it, for a backend
+/// that routes case-sensitively.
+fn case_fall_through(routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        if r.case_insensitive || !(r.transforms_request() || r.transforms_response()) {
+            continue;
+        }
+        let base = match &r.path {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
+            PathMatch::Any => continue,
+        };
+        let method = r
+            .methods
+            .as_ref()
+            .and_then(|ms| ms.first().cloned())
+            .unwrap_or(Method::POST);
+        let host = r.host.as_deref();
+        let probes = [
+            base.to_ascii_uppercase(),
+            base.to_ascii_lowercase(),
+            alternating_case(base),
+        ];
+        let behind = probes
+            .iter()
+            .filter(|p| !r.matches(host, p, &method))
+            .find_map(|p| {
+                routes[i + 1..]
+                    .iter()
+                    .find(|l| l.matches(host, p, &method) && !l.transforms_request())
+            });
+        if let Some(later) = behind {
+            out.push(format!(
+                "route {:?} matches its path case-sensitively (case_insensitive: false) although it encrypts or decrypts fields; other case spellings of its paths go to route {:?}, which forwards their bodies unencrypted (remove case_insensitive: false unless the backend routes paths case-sensitively)",
+                r.name, later.name
+            ));
+        }
+    }
+    out
+}
+
+/// `/api/users` as `/ApI/UsErS`: a spelling neither all upper nor all lower.
+fn alternating_case(p: &str) -> String {
+    p.chars()
+        .enumerate()
+        .map(|(k, c)| {
+            if k % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
 }
 
 /// Host-less requests can't skip a host-bound route (`routes::select`),

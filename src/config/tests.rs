@@ -173,6 +173,40 @@ fn encrypting_route_with_methods_before_a_catch_all_warns() {
 
 const KEYS: &str = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
 
+#[test]
+fn routes_that_seal_or_open_own_every_case_spelling_by_default() {
+    let text = format!(
+        "{}    encrypt: [\"$.ssn\"]\n  - name: opens\n    match: {{ path_prefix: /api/opens }}\n    upstream: legacy\n    decrypt: [\"$.ssn\"]\n  - name: plain\n    match: {{ path_prefix: /api/plain }}\n    upstream: legacy\n  - name: rest\n    match: {{ path_prefix: / }}\n    upstream: legacy\n{KEYS}",
+        MINIMAL.replace(", methods: [GET, POST]", "")
+    );
+    let c = load(&text).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let ci: Vec<bool> = c.routes.routes.iter().map(|r| r.case_insensitive).collect();
+    assert_eq!(ci, [true, true, false, false]);
+    // Opting out on an encrypting route with a catch-all behind it warns.
+    let opted_out = text.replacen(
+        "path_prefix: /api/users }",
+        "path_prefix: /api/users, case_insensitive: false }",
+        1,
+    );
+    let c = load(&opted_out).unwrap();
+    assert!(!c.routes.routes[0].case_insensitive);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("\"users\"")
+            && c.warnings[0].contains("\"rest\"")
+            && c.warnings[0].contains("case_insensitive: false"),
+        "{:?}",
+        c.warnings
+    );
+    // No warning without a later route to take the other spellings.
+    let alone = opted_out.replace(
+        "  - name: rest\n    match: { path_prefix: / }\n    upstream: legacy\n",
+        "",
+    );
+    assert!(load(&alone).unwrap().warnings.is_empty());
+}
+
 /// `/api` (no rules) before `/api/patients` (encrypt rules): the case.
 fn shadowed(first_extra: &str) -> String {
     format!(
@@ -201,8 +235,16 @@ fn an_encrypting_route_shadowed_by_an_earlier_route_is_refused_where_it_is_writt
         m.starts_with("routes[0] (api): shadows routes[1] (patients)"),
         "{e}"
     );
-    assert!(m.contains("every request"), "{e}");
+    // `patients` owns every case spelling of its path (it seals), the
+    // case-sensitive `api` takes the ones it spells.
+    assert!(m.contains("some of the requests"), "{e}");
     assert!(m.contains("POST /api/patients"), "{e}");
+    let all = load(&text.replace(
+        "match: { path_prefix: /api }",
+        "match: { path_prefix: /api, case_insensitive: true }",
+    ))
+    .unwrap_err();
+    assert!(all.message.contains("every request"), "{all}");
     assert!(m.contains("($.ssn)") && m.contains("plaintext"), "{e}");
     assert!(m.contains("shadows_ok: [patients]"), "{e}");
     // Located at the earlier route's name, where the fix goes.

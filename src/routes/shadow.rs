@@ -403,8 +403,9 @@ mod tests {
     /// goes to the earlier one.
     #[test]
     fn path_analysis_agrees_with_the_matcher() {
+        // `%C4%B1` is `ı`, which case-insensitive routes fold to `i`.
         let segments = [
-            "a", "A", "b", "B", "a.json", "A.json", "b.json", "B.json", "x",
+            "a", "A", "b", "B", "a.json", "A.json", "b.json", "B.json", "x", "i", "%C4%B1",
         ];
         let mut universe = vec!["/".to_string()];
         let mut level = vec![String::new()];
@@ -433,6 +434,8 @@ mod tests {
             "/a/B",
             "/a.json",
             "/a/b.json",
+            "/i",
+            "/%C4%B1",
         ];
         let mut routes = vec![route("any", PathMatch::Any)];
         for p in paths {

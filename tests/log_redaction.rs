@@ -178,7 +178,8 @@ routes:
     );
     // The locations are there, with only the rules' names.
     for loc in [
-        r#"$['by_ssn'][*]"#,
+        // The rule's name, normalized (word separators dropped).
+        r#"$['byssn'][*]"#,
         r#"$[*][*]['phone']"#,
         r#"$[*][*][0]['phone']"#,
         r#"$[*][*]"#,

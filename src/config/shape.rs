@@ -88,6 +88,12 @@ pub(super) fn compile_route(
         Some(w) => word(&at.key("json_references"), w, "")?,
     };
     let mut warnings = Vec::new();
+    if references == JsonReferences::Allow {
+        warnings.push(format!(
+            "route {:?}: json_references: allow forwards $ref/$values members; a backend that resolves references (Json.NET PreserveReferencesHandling, System.Text.Json ReferenceHandler.Preserve) binds the protected fields to data written under other names, in plaintext",
+            r.name
+        ));
+    }
     for (j, rule) in encrypt.iter().enumerate() {
         let on = checked.get(j).copied().unwrap_or(true);
         if on && rule.path.min_depth() > 0 && matches_everything(rule) {

@@ -174,6 +174,34 @@ fn encrypting_route_with_methods_before_a_catch_all_warns() {
 const KEYS: &str = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: k1.key }\n";
 
 #[test]
+fn json_references_refused_by_default_allow_warns() {
+    let text = format!("{MINIMAL}    encrypt: [\"$.ssn\"]\n{KEYS}");
+    let c = load(&text).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let seal = c.routes.routes[0].seal.as_ref().unwrap();
+    assert_eq!(
+        seal.shape.references,
+        crate::transform::JsonReferences::Refuse
+    );
+    let allow = text.replace(
+        "    encrypt: [\"$.ssn\"]\n",
+        "    encrypt: [\"$.ssn\"]\n    json_references: allow\n",
+    );
+    let c = load(&allow).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("json_references: allow"),
+        "{:?}",
+        c.warnings
+    );
+    // Only on encrypting routes; only the two words.
+    let e = load(&format!("{MINIMAL}    json_references: allow\n")).unwrap_err();
+    assert!(e.message.contains("json_references"), "{e}");
+    let e = load(&allow.replace("json_references: allow", "json_references: maybe")).unwrap_err();
+    assert!(e.message.contains("refuse or allow"), "{e}");
+}
+
+#[test]
 fn routes_that_seal_or_open_own_every_case_spelling_by_default() {
     let text = format!(
         "{}    encrypt: [\"$.ssn\"]\n  - name: opens\n    match: {{ path_prefix: /api/opens }}\n    upstream: legacy\n    decrypt: [\"$.ssn\"]\n  - name: plain\n    match: {{ path_prefix: /api/plain }}\n    upstream: legacy\n  - name: rest\n    match: {{ path_prefix: / }}\n    upstream: legacy\n{KEYS}",

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::names::{name_parts, names_match, normalized_name};
 use super::shape::{carries_data, LookAlikes};
-use super::stream::tree_is_whole;
+use super::stream::{scan_strings, tree_is_whole, StringKind};
 use super::{FieldRule, SealSpec, TransformError};
 
 /// Refuses a JSON Patch body that writes a field `spec`'s rules protect.
@@ -34,6 +34,17 @@ pub fn check_patch(input: &[u8], spec: &SealSpec, declared: bool) -> Result<(), 
     let look = &spec.shape.patches;
     if !declared && first_byte(input) != Some(b'[') {
         return Ok(());
+    }
+    // A root array without any member named `op` (bulk documents) is no
+    // patch: found with one walk, without building a tree.
+    if !declared {
+        let mut op_named = false;
+        let scanned = scan_strings(input, |s, kind| {
+            op_named |= kind == StringKind::MemberName && names_match("op", s);
+        });
+        if scanned.is_err() || !op_named {
+            return Ok(());
+        }
     }
     // Invalid JSON and depth are the walk's to report, in its order.
     let Ok(doc) = serde_json::from_slice::<Value>(input) else {

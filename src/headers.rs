@@ -152,6 +152,88 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// End-to-end headers: what the message means to the backend, and what the
+/// proxy reads to decide (Host, Content-*, Authorization...). The standard
+/// fields (the IANA registry's common ones), by name or by family prefix,
+/// plus the ones this proxy sets or a backend trusts it for.
+static END_TO_END: [&str; 40] = [
+    "age",
+    "allow",
+    "authorization",
+    "baggage",
+    "cache-control",
+    "cookie",
+    "date",
+    "digest",
+    "dnt",
+    "etag",
+    "expect",
+    "expires",
+    "forwarded",
+    "from",
+    "host",
+    "idempotency-key",
+    "last-modified",
+    "link",
+    "location",
+    "max-forwards",
+    "origin",
+    "pragma",
+    "priority",
+    "range",
+    "referer",
+    "repr-digest",
+    "signature",
+    "signature-input",
+    "traceparent",
+    "tracestate",
+    "upgrade-insecure-requests",
+    "user-agent",
+    "via",
+    "want-digest",
+    "warning",
+    "x-api-key",
+    "x-csrf-token",
+    "x-request-id",
+    "x-requested-with",
+    "x-xsrf-token",
+];
+
+static END_TO_END_PREFIXES: [&str; 7] = [
+    "content-",
+    "accept",
+    "access-control-",
+    "if-",
+    "sec-",
+    "x-forwarded-",
+    "x-original-",
+];
+
+/// The first `Connection` token of a request that names an end-to-end
+/// header (see [`END_TO_END`]), if any. Hop-by-hop removal would drop it
+/// after the proxy judged the request with it: `Connection: content-type`
+/// makes the backend get a sealed JSON body without its type, which Rack
+/// and CGI then parse as a form. Such a request is refused, never
+/// forwarded without the header. Connection options (`close`,
+/// `keep-alive`, `upgrade`, `te`...) and extension names (`X-Hop`) stay
+/// allowed; the latter are removed as hop-by-hop headers.
+pub fn connection_names_end_to_end(map: &HeaderMap) -> Option<HeaderName> {
+    for v in map.get_all(header::CONNECTION) {
+        // A value that is not text names nothing hyper or we would remove.
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+                continue;
+            };
+            let n = name.as_str();
+            if END_TO_END.contains(&n) || END_TO_END_PREFIXES.iter().any(|p| n.starts_with(p)) {
+                return Some(name);
+            }
+        }
+    }
+    None
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): Connection and every header
 /// it names, plus the fixed list and any `Proxy-*` header.
 pub fn remove_hop_by_hop(map: &mut HeaderMap) {
@@ -196,6 +278,78 @@ pub fn remove_routing_overrides(map: &mut HeaderMap) {
     }
 }
 
+/// Headers by which a client claims an address, scheme, port, host or path
+/// prefix for itself (Rails' `remote_ip` believes Client-IP, nginx setups
+/// X-Real-IP, CDN setups True-Client-IP / CF-Connecting-IP...). Believed
+/// only from a trusted proxy; from anyone else they are removed, with every
+/// `X-Forwarded-*` and `X-Original-*` header (the prefixes are the class:
+/// -Port, -Scheme, -Ssl, -Prefix, -Server, -Uri...).
+static CLIENT_CLAIMS: [HeaderName; 14] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-originating-ip"),
+    HeaderName::from_static("x-remote-ip"),
+    HeaderName::from_static("x-remote-addr"),
+    HeaderName::from_static("x-proxyuser-ip"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+];
+
+const CLIENT_CLAIM_PREFIXES: [&str; 2] = ["x-forwarded-", "x-original-"];
+
+/// Removes what an untrusted client claims about where it is (see
+/// [`CLIENT_CLAIMS`]); the proxy's own X-Forwarded-For/-Proto/-Host are set
+/// after this.
+pub fn remove_client_claims(map: &mut HeaderMap) {
+    for name in &CLIENT_CLAIMS {
+        map.remove(name);
+    }
+    let prefixed: Vec<HeaderName> = map
+        .keys()
+        .filter(|k| {
+            CLIENT_CLAIM_PREFIXES
+                .iter()
+                .any(|p| k.as_str().starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for name in prefixed {
+        map.remove(name);
+    }
+    map.remove(header::FORWARDED);
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split Cookie into several fields;
+/// they are joined with "; " before the message goes on as HTTP/1.1. Lines
+/// from an HTTP/1.1 client are joined the same way: several Cookie lines are
+/// read as the first, the last or all of them by different servers.
+pub fn join_cookies(map: &mut HeaderMap) {
+    if !repeated(map, header::COOKIE) {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in map.get_all(header::COOKIE) {
+        if v.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    map.remove(header::COOKIE);
+    // Joined valid field values are a valid field value.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        map.insert(header::COOKIE, v);
+    }
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -219,6 +373,9 @@ pub fn set_forwarded(map: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, host
     } else {
         peer.to_string()
     };
+    if !peer_trusted {
+        remove_client_claims(map);
+    }
     map.remove(&X_FORWARDED_FOR);
     map.remove(header::FORWARDED);
     if let Ok(v) = HeaderValue::from_str(&chain) {
@@ -285,6 +442,86 @@ mod tests {
         remove_hop_by_hop(&mut m);
         assert_eq!(m.len(), 1);
         assert!(m.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_may_name_options_and_extensions_but_no_end_to_end_header() {
+        let named = |conn: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONNECTION, HeaderValue::from_str(conn).unwrap());
+            connection_names_end_to_end(&m).map(|n| n.to_string())
+        };
+        for ok in [
+            "close",
+            "Keep-Alive, TE",
+            "Upgrade, HTTP2-Settings",
+            "close, X-Secret-Hop",
+            "trailer, transfer-encoding, proxy-connection",
+        ] {
+            assert_eq!(named(ok), None, "{ok}");
+        }
+        for h in [
+            "Content-Type",
+            "content-length",
+            "CONTENT-ENCODING",
+            "host",
+            "authorization",
+            "cookie",
+            "x-forwarded-for",
+            "x-request-id",
+            "accept",
+            "if-match",
+            "origin",
+        ] {
+            assert_eq!(
+                named(&format!("keep-alive, {h}")),
+                Some(h.to_ascii_lowercase()),
+                "{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_claims_from_an_untrusted_peer_are_removed_and_kept_from_a_trusted_one() {
+        let claims = [
+            "x-real-ip",
+            "client-ip",
+            "x-forwarded-port",
+            "x-forwarded-anything",
+            "x-original-forwarded-for",
+            "forwarded",
+        ];
+        for trusted in [false, true] {
+            let mut m = HeaderMap::new();
+            for c in claims {
+                m.insert(
+                    HeaderName::from_static(c),
+                    HeaderValue::from_static("6.6.6.6"),
+                );
+            }
+            m.insert("x-keep", HeaderValue::from_static("yes"));
+            set_forwarded(&mut m, "10.0.0.9".parse().unwrap(), trusted, None);
+            assert!(m.contains_key("x-keep"));
+            for c in claims {
+                // Forwarded is replaced by X-Forwarded-For either way.
+                let kept = trusted && c != "forwarded";
+                assert_eq!(m.contains_key(c), kept, "{c} trusted={trusted}");
+            }
+        }
+    }
+
+    #[test]
+    fn cookie_lines_are_joined() {
+        let mut m = HeaderMap::new();
+        m.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        m.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        join_cookies(&mut m);
+        let lines: Vec<_> = m.get_all(header::COOKIE).iter().collect();
+        assert_eq!(lines, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
     }
 
     #[test]

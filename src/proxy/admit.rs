@@ -40,6 +40,11 @@ pub(super) fn admit(
         return Err(ProxyError::from(ClientError::HeadersTooLarge));
     }
     check_transfer_coding(&parts.headers)?;
+    if headers::connection_names_end_to_end(&parts.headers).is_some() {
+        return Err(ProxyError::from(ClientError::BadRequest(
+            "Connection names an end-to-end header",
+        )));
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
     if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
         return Err(ProxyError::from(ClientError::HostRequired));

@@ -59,6 +59,7 @@ pub(super) fn forward<B>(
     headers::remove_hop_by_hop(&mut headers);
     headers::remove_routing_overrides(&mut headers);
     headers.remove(header::EXPECT);
+    headers::join_cookies(&mut headers);
     let host = to.host;
     headers::set_forwarded(
         &mut headers,

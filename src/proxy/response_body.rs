@@ -45,6 +45,13 @@ where
         return Err(ProxyError::from(UpstreamError::UpstreamProtocol));
     }
     headers::remove_hop_by_hop(&mut parts.headers);
+    // RFC 9110 §8.6: a server must not send Content-Length in a 1xx or 204
+    // answer (which never has content). Legacy upstreams do; relayed to
+    // HTTP/2 it is a stream curl rejects as a protocol error. A 304's
+    // Content-Length describes the selected representation and may stay.
+    if parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     parts.version = Version::HTTP_11;
     let timeout = route.upstream.timeout();
     let open = route

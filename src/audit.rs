@@ -226,11 +226,20 @@ impl AuditLog {
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::OpenOptionsExt;
-                    // Client addresses and user agents are personal data.
+                    // Client addresses are personal data.
                     opts.mode(0o600);
                 }
                 let mut file = opts.open(path)?;
-                let (seq, mac) = match read_last_line(&mut file)? {
+                // Only a regular file has a last line to resume from: a
+                // FIFO or a device (a log shipper's pipe, /dev/stderr)
+                // starts a new chain like stdout, instead of a read that
+                // would block the load.
+                let last = if file.metadata()?.is_file() {
+                    read_last_line(&mut file)?
+                } else {
+                    None
+                };
+                let (seq, mac) = match last {
                     None => (0, GENESIS),
                     Some(last) => resume_point(&last, &key).map_err(|why| {
                         io::Error::new(

@@ -19,6 +19,7 @@ pub mod transform;
 mod admin;
 mod body;
 mod build_info;
+mod files;
 mod headers;
 mod listener;
 mod metrics;

@@ -59,31 +59,38 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// Certificates and keys are small; a larger file is not one.
+const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads a PEM private key (from a regular file only, see
+/// [`crate::files::open_regular`]). The error text never contains key bytes.
+pub(crate) fn read_private_key(key: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = zeroize::Zeroizing::new(
+        crate::files::read_regular(key, MAX_PEM_FILE).map_err(|e| e.to_string())?,
+    );
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| e.to_string())
+}
+
 fn load_pair(
     cert: &Path,
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Cert {
-            path: cert.display().to_string(),
-            reason: e.to_string(),
-        })?
+    let cert_err = |reason: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        reason,
+    };
+    let pem =
+        crate::files::read_regular(cert, MAX_PEM_FILE).map_err(|e| cert_err(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert {
-            path: cert.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| cert_err(e.to_string()))?;
     if chain.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert.display().to_string(),
-            reason: "no certificate found".into(),
-        });
+        return Err(cert_err("no certificate found".into()));
     }
-    // The error text of a key parse never contains key bytes.
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+    let der = read_private_key(key).map_err(|reason| TlsError::Key {
         path: key.display().to_string(),
-        reason: e.to_string(),
+        reason,
     })?;
     let ck = CertifiedKey::from_der(chain, der, provider).map_err(|e| TlsError::Pair {
         cert: cert.display().to_string(),

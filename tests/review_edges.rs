@@ -411,7 +411,6 @@ async fn an_upstream_204_with_content_length_is_a_clean_http2_answer() {
 /// certificate path that is a FIFO (or any special file that never reaches
 /// EOF) makes `check`, `run` and a reload hang instead of naming the key.
 #[test]
-#[ignore = "finding 15: check (and run, reload) hang on a certificate path that is a FIFO"]
 fn check_names_a_certificate_that_is_not_a_regular_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_certs(dir.path());

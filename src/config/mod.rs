@@ -90,16 +90,20 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// A config file is text a person wrote; larger is not one.
+pub(crate) const MAX_CONFIG_FILE: u64 = 16 << 20;
+
 impl Config {
     /// Reads and compiles a config file. Relative paths inside it are taken
     /// relative to the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: None,
-            column: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text =
+            crate::files::read_regular_text(path, MAX_CONFIG_FILE).map_err(|e| ConfigError {
+                file: path.display().to_string(),
+                line: None,
+                column: None,
+                message: format!("cannot read: {e}"),
+            })?;
         Config::from_yaml(&text, path)
     }
 

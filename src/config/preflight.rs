@@ -25,7 +25,8 @@ pub struct Report {
 
 /// Checks `cfg` on this host; its file is re-read only to locate problems.
 pub fn check(cfg: &Config) -> Report {
-    let text = std::fs::read_to_string(&cfg.source).unwrap_or_default();
+    let text =
+        crate::files::read_regular_text(&cfg.source, super::MAX_CONFIG_FILE).unwrap_or_default();
     check_text(cfg, &text)
 }
 
@@ -93,8 +94,7 @@ impl Preflight<'_> {
                 );
                 // The key is read after the chain: check it on its own too,
                 // so both problems show at once.
-                use rustls_pki_types::pem::PemObject;
-                if let Err(e) = rustls_pki_types::PrivateKeyDer::from_pem_file(private) {
+                if let Err(e) = crate::tls::read_private_key(private) {
                     self.error(
                         &at.key("key"),
                         format!("{}: cannot read private key: {e}", private.display()),

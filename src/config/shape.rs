@@ -146,7 +146,7 @@ fn compile_schema(
 
 fn read_limited(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = crate::files::open_regular(path).map_err(|e| e.to_string())?;
     let mut text = String::new();
     file.take(MAX_SCHEMA_FILE + 1)
         .read_to_string(&mut text)

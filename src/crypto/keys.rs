@@ -109,7 +109,7 @@ fn read_salt(id: &str, source: &SaltSource) -> Result<Zeroizing<Vec<u8>>, KeyErr
                 path: path.clone(),
                 error,
             };
-            let file = std::fs::File::open(path).map_err(read_err)?;
+            let file = crate::files::open_regular(path).map_err(read_err)?;
             let mut buf = Zeroizing::new(Vec::new());
             file.take(MAX_SALT_FILE_LEN)
                 .read_to_end(&mut buf)
@@ -140,7 +140,7 @@ fn key_file_master(id: &str, path: &Path) -> Result<Master, KeyError> {
         path: path.to_owned(),
         problem,
     };
-    let file = std::fs::File::open(path).map_err(read_err)?;
+    let file = crate::files::open_regular(path).map_err(read_err)?;
     // Checked on the open handle, so a swap between check and read is moot.
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {

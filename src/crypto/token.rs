@@ -31,7 +31,8 @@ impl AdminToken {
     /// file, never its content.
     pub fn load(path: &Path) -> Result<AdminToken, String> {
         let at = path.display();
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {at}: {e}"))?;
+        let file =
+            crate::files::open_regular(path).map_err(|e| format!("cannot read {at}: {e}"))?;
         let meta = file
             .metadata()
             .map_err(|e| format!("cannot read {at}: {e}"))?;

@@ -19,6 +19,7 @@ pub mod transform;
 mod admin;
 mod body;
 mod build_info;
+mod client_slots;
 mod files;
 mod headers;
 mod listener;

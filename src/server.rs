@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BufferPool, ConnBuffers};
+use crate::client_slots::ClientSlots;
 use crate::error::{ClientError, ProxyError};
 use crate::listener::Listeners;
 use crate::metrics::CloseReason;
@@ -136,6 +137,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
     // open connections, handshakes included.
     let (phase_tx, _) = watch::channel(Phase::Serving);
     let pool = Arc::new(BufferPool::new(shared.metrics.buffered_bytes.clone()));
+    let client_slots = Arc::new(ClientSlots::default());
     tokio::pin!(shutdown);
     let https = listeners.https;
     loop {
@@ -156,6 +158,17 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                     tracing::warn!(%peer, "connection limit reached; closing new connection");
                     continue;
                 }
+                let slot = if rt.config.is_trusted_proxy(peer.ip()) {
+                    None
+                } else {
+                    let cap = rt.config.limits.max_connections_per_client;
+                    let Some(slot) = client_slots.take(peer.ip(), cap) else {
+                        closed(&shared.metrics, "client_connection_limit");
+                        tracing::debug!(%peer, "client connection limit reached; closing new connection");
+                        continue;
+                    };
+                    Some(slot)
+                };
                 let _ = tcp.set_nodelay(true);
                 let conn = Accepted {
                     shared: Arc::clone(&shared),
@@ -166,7 +179,11 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                     phase: phase_tx.subscribe(),
                 };
                 drop(rt);
-                tokio::spawn(conn.run(tcp));
+                tokio::spawn(async move {
+                    // Held until the connection is closed.
+                    let _slot = slot;
+                    conn.run(tcp).await;
+                });
             }
         }
     }

@@ -105,7 +105,8 @@ fn closed_count(text: &str, reason: &str) -> f64 {
 async fn silent_and_stalled_sockets_are_closed_and_a_real_client_gets_served() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let yaml = format!(
-        "limits: {{ max_connections: 5, header_read_timeout: 1s }}\n{}",
+        // One client holds every slot here, so its share is all of them.
+        "limits: {{ max_connections: 5, max_connections_per_client: 5, header_read_timeout: 1s }}\n{}",
         catch_all(&backend.url())
     );
     let proxy = TestProxy::start_tls(&yaml, "handshake_timeout: 1s").await;

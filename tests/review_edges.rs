@@ -237,7 +237,6 @@ async fn http2_cookie_fields_are_joined_into_one_line_upstream() {
 /// production edge needs a per-client share (nginx `limit_conn`, HAProxy
 /// `src_conn_cur`, Envoy's per-downstream limits) below the global cap.
 #[tokio::test]
-#[ignore = "finding 12: one client address can hold every max_connections slot"]
 async fn one_client_cannot_take_every_connection_slot() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let yaml = format!(
@@ -281,7 +280,6 @@ async fn one_client_cannot_take_every_connection_slot() {
 /// An explicit share is exactly what one address gets, and given back on
 /// close; a trusted proxy (many clients behind one address) is exempt.
 #[tokio::test]
-#[ignore = "finding 12: no per-client connection share"]
 async fn the_per_client_share_is_exact_and_trusted_proxies_are_exempt() {
     let backend = Backend::start("a", Behavior::echo()).await;
     let me = Ipv4Addr::new(127, 0, 0, 1);

@@ -19,6 +19,9 @@ pub struct Limits {
     /// Bodies larger than this are transformed on the blocking pool.
     pub offload_threshold: usize,
     pub max_connections: usize,
+    /// What one client address (IPv4 address, IPv6 /64) may hold of
+    /// `max_connections`; trusted proxies are exempt.
+    pub max_connections_per_client: usize,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// A response the client takes no bytes of for this long closes its
@@ -40,6 +43,7 @@ pub(super) fn compile(l: &RawLimits) -> Result<Limits, Invalid> {
         duration(&at.key(key), v, Duration::from_secs(default))
     };
     let bytes = |key: &str, v: &Option<String>, default: u64| size(&at.key(key), v, default);
+    let max_connections = l.max_connections.unwrap_or(10_000);
     let limits = Limits {
         max_body: bytes("max_body", &l.max_body, 1 << 20)?,
         max_response_body: bytes("max_response_body", &l.max_response_body, 16 << 20)?,
@@ -48,7 +52,10 @@ pub(super) fn compile(l: &RawLimits) -> Result<Limits, Invalid> {
         max_header_bytes: bytes("max_header_bytes", &l.max_header_bytes, 32 << 10)? as usize,
         max_json_depth: l.max_json_depth.unwrap_or(64),
         offload_threshold: bytes("offload_threshold", &l.offload_threshold, 64 << 10)? as usize,
-        max_connections: l.max_connections.unwrap_or(10_000),
+        max_connections,
+        max_connections_per_client: l
+            .max_connections_per_client
+            .unwrap_or_else(|| default_per_client(max_connections)),
         idle_timeout: secs("idle_timeout", &l.idle_timeout, 60)?,
         send_timeout: secs("send_timeout", &l.send_timeout, 30)?,
         max_connection_age: secs("max_connection_age", &l.max_connection_age, 3600)?,
@@ -77,6 +84,17 @@ pub(super) fn compile(l: &RawLimits) -> Result<Limits, Invalid> {
     {
         return Err(invalid(&at, "timeouts must be greater than zero"));
     }
+    if limits.max_connections == 0 {
+        return Err(invalid(&at.key("max_connections"), "must be at least 1"));
+    }
+    if limits.max_connections_per_client == 0
+        || limits.max_connections_per_client > limits.max_connections
+    {
+        return Err(invalid(
+            &at.key("max_connections_per_client"),
+            "must be between 1 and limits.max_connections",
+        ));
+    }
     if limits.max_json_depth == 0 || limits.max_json_depth > 128 {
         return Err(invalid(
             &at.key("max_json_depth"),
@@ -84,6 +102,25 @@ pub(super) fn compile(l: &RawLimits) -> Result<Limits, Invalid> {
         ));
     }
     Ok(limits)
+}
+
+/// Limits that load but leave the proxy open to one client.
+pub(super) fn warnings(limits: &Limits) -> Vec<String> {
+    let mut out = Vec::new();
+    if limits.max_connections_per_client == limits.max_connections && limits.max_connections > 1 {
+        out.push(
+            "limits.max_connections_per_client equals limits.max_connections: one client address \
+             can hold every connection slot and lock every other client out"
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// A quarter of the slots, at most 256: enough for a NAT or an office
+/// behind one address, while one address can never take every slot.
+fn default_per_client(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(1, 256)
 }
 
 /// Every buffered body must fit the connection's budget, and one connection

@@ -193,6 +193,8 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         &raw.shutdown.grace_period,
         Duration::from_secs(30),
     )?;
+    let mut warnings = routes.warnings;
+    warnings.extend(limits::warnings(&limits));
     Ok(Config {
         source: source.to_path_buf(),
         listen,
@@ -213,7 +215,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             routes: routes.routes,
         },
         default_headers,
-        warnings: routes.warnings,
+        warnings,
     })
 }
 

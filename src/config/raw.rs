@@ -303,6 +303,12 @@ pub struct RawLimits {
     /// Past this, new connections are closed at accept. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Connections one client address (IPv4 address, IPv6 /64) may hold at
+    /// once; past this, its new connections are closed at accept. Peers in
+    /// trusted_proxies are exempt. Default a quarter of max_connections, at
+    /// most 256.
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
     /// A connection with no request in flight this long is closed (HTTP/1.1
     /// and HTTP/2). Default 60s.
     #[serde(default)]

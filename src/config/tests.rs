@@ -532,3 +532,37 @@ routes:
     assert!(e.message.starts_with("routes[0] (users).max_age"), "{e}");
     assert_eq!(e.line, Some(text.lines().count()), "{e}");
 }
+
+#[test]
+fn the_per_client_connection_share_defaults_below_the_total_and_is_checked() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.limits.max_connections_per_client, 256);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let with = |limits: &str| load(&format!("{MINIMAL}limits: {limits}\n"));
+    let c = with("{ max_connections: 8 }").unwrap();
+    assert_eq!(c.limits.max_connections_per_client, 2);
+    assert_eq!(
+        with("{ max_connections: 1 }")
+            .unwrap()
+            .limits
+            .max_connections_per_client,
+        1
+    );
+    for bad in [
+        "{ max_connections: 8, max_connections_per_client: 9 }",
+        "{ max_connections: 8, max_connections_per_client: 0 }",
+        "{ max_connections: 0 }",
+    ] {
+        let e = with(bad).unwrap_err();
+        assert!(e.message.contains("max_connections"), "{bad}: {e}");
+    }
+    let all = with("{ max_connections: 8, max_connections_per_client: 8 }").unwrap();
+    assert!(
+        all.warnings
+            .iter()
+            .any(|w| w.contains("max_connections_per_client")),
+        "{:?}",
+        all.warnings
+    );
+}

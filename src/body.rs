@@ -274,23 +274,13 @@ impl Reservation {
         true
     }
 
-    /// Sets the count to `n` bytes, the size of what is held now (a body
-    /// after decoding or transforming). Never refuses: the limit was checked
-    /// while the body was read, and a transform changes its size by a bounded
-    /// factor.
-    pub fn set(&mut self, n: u64) {
-        if n >= self.bytes {
-            let more = n - self.bytes;
-            self.conn.used.fetch_add(more, Ordering::AcqRel);
-            self.conn.pool.used.fetch_add(more, Ordering::AcqRel);
-            self.conn
-                .pool
-                .gauge
-                .inc_by(i64::try_from(more).unwrap_or(i64::MAX));
-        } else {
+    /// Gives back all but `n` bytes: what is held shrank (the input of a
+    /// decoding or a transform, dropped once its output is counted).
+    pub fn shrink_to(&mut self, n: u64) {
+        if n < self.bytes {
             self.release(self.bytes - n);
+            self.bytes = n;
         }
-        self.bytes = n;
     }
 
     pub fn bytes(&self) -> u64 {
@@ -392,21 +382,40 @@ pub fn codings<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>) -> O
 pub const MAX_STACKED_CODINGS: usize = 2;
 
 /// Undoes `codings` (as listed by `codings`, last applied first), each step
-/// bounded by `limit`.
-pub fn decode_all(data: Bytes, codings: &[Coding], limit: u64) -> Result<Bytes, CollectError> {
+/// bounded by `limit`. `data` is counted in `reservation`; every block of
+/// output is counted before it is kept (input and output both, while both
+/// are held), so a small compressed body can't hold more than the budget,
+/// and when it is done only the output stays counted.
+pub fn decode_all(
+    data: Bytes,
+    codings: &[Coding],
+    limit: u64,
+    reservation: &mut Reservation,
+) -> Result<Bytes, CollectError> {
     if codings.len() > MAX_STACKED_CODINGS {
         return Err(CollectError::Broken);
     }
     let mut data = data;
     for c in codings.iter().rev() {
-        data = decode(&data, *c, limit)?;
+        let out = decode(&data, *c, limit, reservation)?;
+        reservation.shrink_to(reservation.bytes().saturating_sub(data.len() as u64));
+        data = out;
     }
     Ok(data)
 }
 
-/// Decodes `data`; Err(TooLarge) once the output passes `limit`.
-pub fn decode(data: &[u8], coding: Coding, limit: u64) -> Result<Bytes, CollectError> {
-    let reader: Box<dyn Read + '_> = match coding {
+/// How much decoded output is read (and counted) at a time.
+const DECODE_BLOCK: usize = 64 * 1024;
+
+/// Decodes `data`; Err(TooLarge) once the output passes `limit`,
+/// Err(OverBudget) once it would pass `reservation`'s budget.
+fn decode(
+    data: &[u8],
+    coding: Coding,
+    limit: u64,
+    reservation: &mut Reservation,
+) -> Result<Bytes, CollectError> {
+    let mut reader: Box<dyn Read + '_> = match coding {
         Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
         // "deflate" is zlib-wrapped per RFC 9110; some servers send raw deflate.
         Coding::Deflate if data.first().is_some_and(|b| b & 0x0f == 8) => {
@@ -415,13 +424,22 @@ pub fn decode(data: &[u8], coding: Coding, limit: u64) -> Result<Bytes, CollectE
         Coding::Deflate => Box::new(flate2::read::DeflateDecoder::new(data)),
         Coding::Brotli => Box::new(brotli::Decompressor::new(data, 8192)),
     };
-    let mut out = Vec::new();
-    reader
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|_| CollectError::Broken)?;
-    if out.len() as u64 > limit {
-        return Err(CollectError::TooLarge);
+    let mut out: Vec<u8> = Vec::new();
+    let mut block = vec![0u8; DECODE_BLOCK];
+    loop {
+        let n = match reader.read(&mut block) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(CollectError::Broken),
+        };
+        if (out.len() + n) as u64 > limit {
+            return Err(CollectError::TooLarge);
+        }
+        if !reservation.try_grow(n as u64) {
+            return Err(CollectError::OverBudget);
+        }
+        out.extend_from_slice(&block[..n]);
     }
     Ok(Bytes::from(out))
 }
@@ -517,8 +535,64 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![b'a'; 1 << 20]).unwrap();
         let gz = enc.finish().unwrap();
-        assert_eq!(decode(&gz, Coding::Gzip, 1000), Err(CollectError::TooLarge));
-        assert_eq!(decode(&gz, Coding::Gzip, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(
+            decode(&gz, Coding::Gzip, 1000, &mut roomy()),
+            Err(CollectError::TooLarge)
+        );
+        assert_eq!(
+            decode(&gz, Coding::Gzip, 1 << 20, &mut roomy())
+                .unwrap()
+                .len(),
+            1 << 20
+        );
+    }
+
+    fn roomy() -> Reservation {
+        let conn = Arc::new(ConnBuffers::new(Arc::new(BufferPool::default())));
+        conn.reserve(BufferLimits {
+            per_connection: u64::MAX / 2,
+            total: u64::MAX / 2,
+        })
+    }
+
+    /// Finding 17 of the review of issues 8/9: decoded bytes are counted
+    /// as they are produced, input and output together while both are held,
+    /// so a small compressed body can't take more than the budget.
+    #[test]
+    fn decoding_is_counted_as_it_goes_and_refused_past_the_budget() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'a'; 1 << 20]).unwrap();
+        let gz = Bytes::from(enc.finish().unwrap());
+        let pool = Arc::new(BufferPool::default());
+        let conn = Arc::new(ConnBuffers::new(Arc::clone(&pool)));
+        let limits = BufferLimits {
+            per_connection: 512 << 10,
+            total: 1 << 30,
+        };
+        let mut r = conn.reserve(limits);
+        assert!(r.try_grow(gz.len() as u64));
+        // Within the size limit, past the connection's budget: refused.
+        assert_eq!(
+            decode_all(gz.clone(), &[Coding::Gzip], 2 << 20, &mut r),
+            Err(CollectError::OverBudget)
+        );
+        assert!(conn.used() <= limits.per_connection);
+        drop(r);
+        assert_eq!((conn.used(), pool.used()), (0, 0));
+        // With room: only the output stays counted.
+        let limits = BufferLimits {
+            per_connection: 4 << 20,
+            total: 1 << 30,
+        };
+        let mut r = conn.reserve(limits);
+        assert!(r.try_grow(gz.len() as u64));
+        let out = decode_all(gz, &[Coding::Gzip], 2 << 20, &mut r).unwrap();
+        assert_eq!(out.len(), 1 << 20);
+        assert_eq!(
+            (r.bytes(), conn.used(), pool.used()),
+            (1 << 20, 1 << 20, 1 << 20)
+        );
     }
 
     #[test]
@@ -559,15 +633,21 @@ mod tests {
             let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
             w.write_all(&gz).unwrap();
         }
-        let out = decode_all(Bytes::from(br), &[Coding::Gzip, Coding::Brotli], 1000).unwrap();
+        let out = decode_all(
+            Bytes::from(br),
+            &[Coding::Gzip, Coding::Brotli],
+            1000,
+            &mut roomy(),
+        )
+        .unwrap();
         assert_eq!(&out[..], b"{\"a\":1}");
         let three = [Coding::Gzip, Coding::Gzip, Coding::Gzip];
         assert_eq!(
-            decode_all(Bytes::from(gz.clone()), &three, 1000),
+            decode_all(Bytes::from(gz.clone()), &three, 1000, &mut roomy()),
             Err(CollectError::Broken)
         );
         assert_eq!(
-            decode_all(Bytes::from_static(b"plain"), &[], 1000).unwrap(),
+            decode_all(Bytes::from_static(b"plain"), &[], 1000, &mut roomy()).unwrap(),
             Bytes::from_static(b"plain")
         );
     }
@@ -589,8 +669,10 @@ mod tests {
         assert!(rb.try_grow(50));
         assert!(!rb.try_grow(1), "past the total of 150");
         assert_eq!((a.used(), b.used(), pool.used()), (100, 50, 150));
-        ra.set(10);
+        ra.shrink_to(10);
         assert_eq!((a.used(), pool.used()), (10, 60));
+        ra.shrink_to(20);
+        assert_eq!(ra.bytes(), 10, "shrink_to never grows");
         assert!(rb.try_grow(50));
         drop(ra);
         drop(rb);

@@ -76,13 +76,17 @@ where
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
         .filter(|c| c.len() <= 1)
         .ok_or(ProxyError::from(ClientError::UnsupportedEncoding))?;
-    let plain = body::decode_all(raw, &codings, max_body).map_err(|e| match e {
-        CollectError::TooLarge => ProxyError::from(ClientError::BodyTooLarge { limit: max_body }),
-        _ => ProxyError::from(ClientError::BadRequest(
-            "request body could not be decompressed",
-        )),
-    })?;
-    reservation.set(plain.len() as u64);
+    let plain =
+        body::decode_all(raw, &codings, max_body, &mut reservation).map_err(|e| match e {
+            CollectError::TooLarge => {
+                ProxyError::from(ClientError::BodyTooLarge { limit: max_body })
+            }
+            CollectError::OverBudget => ProxyError::from(LocalError::BufferLimit),
+            _ => ProxyError::from(ClientError::BadRequest(
+                "request body could not be decompressed",
+            )),
+        })?;
+    let input = plain.len() as u64;
     let (sealed, report) = {
         let (route, seal) = (Arc::clone(route), Arc::clone(seal));
         offload(rt, plain.len(), move || {
@@ -115,7 +119,12 @@ where
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(sealed.len()));
-    reservation.set(sealed.len() as u64);
+    // The sealed body is counted before it is held: with the input (which
+    // the transform held alongside it), then alone.
+    if !reservation.try_grow(sealed.len() as u64) {
+        return Err(ProxyError::from(LocalError::BufferLimit));
+    }
+    reservation.shrink_to(reservation.bytes().saturating_sub(input));
     Ok(body::reserved(Bytes::from(sealed), reservation))
 }
 

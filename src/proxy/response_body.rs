@@ -110,11 +110,12 @@ where
             CollectError::Broken => ProxyError::from(UpstreamError::UpstreamBody),
             CollectError::OverBudget => ProxyError::from(LocalError::BufferLimit),
         })?;
-    let plain = body::decode_all(raw, &codings, limit).map_err(|e| match e {
+    let plain = body::decode_all(raw, &codings, limit, &mut reservation).map_err(|e| match e {
         CollectError::TooLarge => ProxyError::from(UpstreamError::UpstreamTooLarge { limit }),
+        CollectError::OverBudget => ProxyError::from(LocalError::BufferLimit),
         _ => ProxyError::from(UpstreamError::UpstreamBody),
     })?;
-    reservation.set(plain.len() as u64);
+    let input = plain.len() as u64;
     let (out, report) = {
         let (route, open) = (Arc::clone(route), Arc::clone(open));
         offload(rt, plain.len(), move || {
@@ -164,7 +165,12 @@ where
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     weaken_etag(&mut parts.headers);
-    reservation.set(out.len() as u64);
+    // The opened body is counted before it is held: with the input (which
+    // the transform held alongside it), then alone.
+    if !reservation.try_grow(out.len() as u64) {
+        return Err(ProxyError::from(LocalError::BufferLimit));
+    }
+    reservation.shrink_to(reservation.bytes().saturating_sub(input));
     Ok(Response::from_parts(
         parts,
         body::reserved(Bytes::from(out), reservation),

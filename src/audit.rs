@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {"audit":1,"seq":N,"ts":"…Z","kid":"k2","prev":"<hex>","request_id":"…","route":"…",
-//!  "client":"…","user_agent":"…"|null,"method":"…","fields":[…],"key_ids":[…],
+//!  "client":"…","user_agent":"ua1:<hex>"|null,"method":"…","fields":[…],"key_ids":[…],
 //!  "encrypted":N,"decrypted":N,"outcome":"…","mac":"<hex>"}
 //! ```
 //!
@@ -84,11 +84,32 @@ pub enum AuditFailureMode {
 pub struct AuditKey {
     id: String,
     key: Zeroizing<[u8; 32]>,
+    /// Derived from `key`, for user-agent fingerprints only.
+    fingerprint_key: Zeroizing<[u8; 32]>,
 }
+
+/// What the fingerprint sub-key is derived for (never a chain input).
+const FINGERPRINT_PURPOSE: &[u8] = b"fieldseal audit user-agent fingerprint v1";
 
 impl AuditKey {
     pub fn new(id: String, key: Zeroizing<[u8; 32]>) -> Self {
-        AuditKey { id, key }
+        let fingerprint_key = Zeroizing::new(hmac_sha256(&key, FINGERPRINT_PURPOSE));
+        AuditKey {
+            id,
+            key,
+            fingerprint_key,
+        }
+    }
+
+    /// The keyed fingerprint written in place of a User-Agent: `ua1:` and
+    /// the first 8 bytes (16 hex digits) of HMAC-SHA256 under a sub-key of
+    /// this audit key. The same agent gives the same fingerprint under one
+    /// key (`kid`), so lines correlate; the string the client sent is never
+    /// written (it is client-supplied, and can be anything: a token, a
+    /// field value, a line of forged log).
+    pub fn user_agent_fingerprint(&self, user_agent: &str) -> String {
+        let mac = hmac_sha256(&self.fingerprint_key, user_agent.as_bytes());
+        format!("ua1:{}", hex_encode(&mac[..8]))
     }
     pub fn id(&self) -> &str {
         &self.id
@@ -112,6 +133,8 @@ pub struct AuditEvent {
     pub request_id: String,
     pub route: String,
     pub client: String,
+    /// The client's User-Agent, as sent. Written as its keyed fingerprint
+    /// ([`AuditKey::user_agent_fingerprint`]), never as it is.
     pub user_agent: Option<String>,
     pub method: String,
     pub fields: Vec<String>,
@@ -283,11 +306,15 @@ impl AuditLog {
     /// and flushes. Blocking, but the critical section is one short write.
     pub fn append(&self, event: &AuditEvent) -> io::Result<()> {
         // Serialize the event members before taking the lock.
+        let user_agent = event
+            .user_agent
+            .as_deref()
+            .map(|ua| self.key.user_agent_fingerprint(ua));
         let body = serde_json::to_vec(&EventOut {
             request_id: &event.request_id,
             route: &event.route,
             client: &event.client,
-            user_agent: event.user_agent.as_deref(),
+            user_agent: user_agent.as_deref(),
             method: &event.method,
             fields: &event.fields,
             key_ids: &event.key_ids,
@@ -482,6 +509,15 @@ fn parse_line(raw: &[u8]) -> Result<Parsed, String> {
         prev,
         mac,
     })
+}
+
+fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+    // HMAC takes a key of any length: this cannot fail.
+    let Ok(mut m) = HmacSha256::new_from_slice(key) else {
+        unreachable!("HMAC accepts a key of any length")
+    };
+    m.update(data);
+    m.finalize().into_bytes().into()
 }
 
 fn compute_mac(key: &[u8; 32], prev: &[u8; MAC_LEN], content: &[u8]) -> io::Result<[u8; MAC_LEN]> {

@@ -137,7 +137,10 @@ fn hostile_header_text_stays_on_one_line() {
     let lines = read_lines(&path);
     assert_eq!(lines.len(), 1);
     let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-    assert_eq!(v["user_agent"], "evil\n{\"audit\":1,\"seq\":99}\r\n\"");
+    // Never written as sent: the keyed fingerprint stands for it.
+    let fp = key("k1", 1).user_agent_fingerprint("evil\n{\"audit\":1,\"seq\":99}\r\n\"");
+    assert_eq!(v["user_agent"], fp.as_str());
+    assert!(!lines[0].contains("evil"));
     assert_eq!(verify_file(&path).unwrap(), 1);
 }
 
@@ -348,4 +351,32 @@ fn sink_parses_from_config_text() {
 fn stdout_sink_opens_at_genesis() {
     let log = AuditLog::open(AuditSink::Stdout, key("k1", 1)).unwrap();
     assert_eq!(log.head().unwrap().seq, 0);
+}
+
+/// Finding 18 of the review of issues 8/9: the User-Agent is client input
+/// and is never written; its fingerprint is keyed (no dictionary of agents
+/// maps it back without the key), stable under one key, and short.
+#[test]
+fn the_user_agent_is_written_as_a_keyed_fingerprint() {
+    let (k1, k2) = (key("k1", 1), key("k2", 2));
+    let a = k1.user_agent_fingerprint("curl/8.5.0");
+    assert_eq!(a, k1.user_agent_fingerprint("curl/8.5.0"), "stable");
+    assert_ne!(a, k1.user_agent_fingerprint("curl/8.5.1"));
+    assert_ne!(a, k2.user_agent_fingerprint("curl/8.5.0"), "keyed");
+    assert!(a.starts_with("ua1:") && a.len() == 20, "{a}");
+    assert!(a[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = open(&path, key("k1", 1)).unwrap();
+    log.append(&AuditEvent {
+        user_agent: Some("curl/8.5.0".into()),
+        ..event(0)
+    })
+    .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("curl"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(v["user_agent"], a.as_str());
+    assert_eq!(verify_file(&path).unwrap(), 1);
 }

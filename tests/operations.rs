@@ -1189,6 +1189,19 @@ async fn audit_log_has_one_line_per_transforming_request_and_never_a_value() {
         expected.len(),
         "one line per transforming request"
     );
+    let audit_key = file_ring("k1", &[("k1", &keys.path("k1"))])
+        .derive_subkey("k1", fieldseal::audit::KEY_PURPOSE)
+        .expect("audit key");
+    let fingerprint =
+        fieldseal::audit::AuditKey::new("k1".into(), audit_key).user_agent_fingerprint(UA);
+    assert!(
+        fingerprint.starts_with("ua1:") && fingerprint.len() == 20,
+        "{fingerprint}"
+    );
+    assert!(
+        !contains(&bytes, "ops-test"),
+        "the user agent text is logged"
+    );
     for (i, (line, (rid, method, enc, dec))) in lines.iter().zip(&expected).enumerate() {
         assert_eq!(line["seq"], i as u64 + 1);
         assert_eq!(line["kid"], "k1");
@@ -1200,12 +1213,14 @@ async fn audit_log_has_one_line_per_transforming_request_and_never_a_value() {
         assert_eq!(line["encrypted"], *enc);
         assert_eq!(line["decrypted"], *dec);
         assert_eq!(line["outcome"], "ok");
+        // The client's User-Agent is client-supplied text, never logged:
+        // its keyed fingerprint under the audit key stands for it.
         let ua = if *method == "POST" {
-            json!(UA)
+            json!(fingerprint)
         } else {
             Value::Null
         };
-        assert_eq!(line["user_agent"], ua, "user agent kept, escaped");
+        assert_eq!(line["user_agent"], ua, "user agent fingerprinted");
     }
     #[cfg(unix)]
     {

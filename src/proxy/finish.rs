@@ -145,11 +145,11 @@ pub(super) fn audit(
         request_id: ex.id().to_string(),
         route: route.route.name.clone(),
         client: ex.client.to_string(),
+        // Fingerprinted by the audit log, never written as sent.
         user_agent: ex
             .user_agent
             .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         method: ex.method.to_string(),
         fields: union(&req.paths, &resp.paths),
         key_ids: union(&req.key_ids, &resp.key_ids),

@@ -61,6 +61,22 @@ pub enum TrustRequestId {
     Always,
 }
 
+/// What the access log says of a request's path (`log.paths`). A path is a
+/// client-supplied string: it can hold an id, an e-mail address, a token or
+/// a field value (`/api/users/078-05-1120`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogPaths {
+    /// The matched route's pattern (`/api/users/*`), and `path_hash`: a
+    /// short keyed hash of the canonical path, to tell requests to one path
+    /// apart without the path.
+    #[default]
+    Pattern,
+    /// The canonical path as matched (a risk: whatever the client put in it
+    /// is in the log).
+    Full,
+}
+
 /// The environment variable that overrides `log.level`.
 pub const ENV: &str = "FIELDSEAL_LOG";
 

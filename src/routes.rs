@@ -21,6 +21,19 @@ pub enum PathMatch {
     Any,
 }
 
+impl PathMatch {
+    /// The pattern as the access log shows it: `/api/users` (exact),
+    /// `/api/users/*` (prefix), `*` (any path).
+    pub fn pattern(&self) -> String {
+        match self {
+            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Prefix(p) if p.ends_with('/') => format!("{p}*"),
+            PathMatch::Prefix(p) => format!("{p}/*"),
+            PathMatch::Any => "*".to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitSettings {
     pub requests_per_second: NonZeroU32,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use zeroize::Zeroizing;
 
 use crate::audit::AuditFailureMode;
 use crate::audit::{AuditKey, AuditLog, AuditSink};
@@ -57,6 +58,49 @@ pub struct Runtime {
     pub audit: Option<Audit>,
     /// `admin.token_file`, read at each load so a reload rotates it.
     pub admin_token: Option<crate::crypto::AdminToken>,
+    /// Keys the access log's `path_hash`.
+    pub path_key: PathKey,
+}
+
+/// The access log's path hash key: a sub-key of the active key (so
+/// replicas sharing a ring hash alike), or, without keys, random for the
+/// process (kept across reloads).
+#[derive(Clone)]
+pub struct PathKey(Arc<Zeroizing<[u8; 32]>>);
+
+/// The sub-key purpose of [`PathKey`].
+const PATH_KEY_PURPOSE: &str = "fieldseal access log path v1";
+
+impl PathKey {
+    fn for_runtime(
+        keyring: Option<&Keyring>,
+        previous: Option<&Runtime>,
+    ) -> Result<PathKey, LoadError> {
+        if let Some(k) = keyring.and_then(|r| r.derive_subkey(r.active_id(), PATH_KEY_PURPOSE)) {
+            return Ok(PathKey(Arc::new(k)));
+        }
+        if let Some(p) = previous {
+            return Ok(p.path_key.clone());
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(k.as_mut()).map_err(|_| LoadError::Keys(KeyError::Rng))?;
+        Ok(PathKey(Arc::new(k)))
+    }
+
+    /// `path_hash`: the first 6 bytes (12 hex digits) of HMAC-SHA256 of the
+    /// canonical path: enough to tell paths apart in a log, too short to
+    /// be a lookup key into anything but this log.
+    pub fn hash(&self, path: &str) -> String {
+        use hmac::Mac;
+        let Ok(mut m) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0[..]) else {
+            return String::new();
+        };
+        m.update(path.as_bytes());
+        m.finalize().into_bytes()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// One route, compiled once with everything a request on it uses: the
@@ -182,7 +226,9 @@ impl Runtime {
                 }))
             })
             .collect::<Result<_, LoadError>>()?;
+        let path_key = PathKey::for_runtime(keyring.as_deref(), previous)?;
         Ok(Runtime {
+            path_key,
             config,
             tls,
             keyring,

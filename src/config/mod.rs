@@ -34,7 +34,7 @@ use crate::routes::RouteTable;
 use crate::tls::TlsSettings;
 use locate::At;
 
-pub use crate::logging::{LogFormat, LogLevel, TrustRequestId};
+pub use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 pub use admin::DEFAULT_ADDRESS as DEFAULT_ADMIN_ADDRESS;
 pub use audit::AuditSettings;
 pub use limits::Limits;
@@ -195,6 +195,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     )?;
     let mut warnings = routes.warnings;
     warnings.extend(limits::warnings(&limits));
+    warnings.extend(log::warnings(&log));
     Ok(Config {
         source: source.to_path_buf(),
         listen,

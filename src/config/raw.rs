@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::audit::AuditFailureMode;
 use crate::headers::{SecurityHeader, UpstreamPolicy};
-use crate::logging::{LogFormat, LogLevel, TrustRequestId};
+use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 use crate::transform::{JsonReferences, LookAlikeMode, OnDecryptFailure};
 
 // Doc comments on these structs are the descriptions of the JSON Schema
@@ -401,6 +401,11 @@ pub struct RawLog {
     /// One line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// What the access log says of the path: pattern (default: the route's
+    /// match pattern and a short keyed hash of the path) or full (the
+    /// canonical path, a client-supplied string).
+    #[serde(default)]
+    pub paths: Option<Word<LogPaths>>,
     #[serde(default)]
     pub trust_request_id: Option<TrustRequestId>,
 }

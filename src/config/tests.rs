@@ -566,3 +566,18 @@ fn the_per_client_connection_share_defaults_below_the_total_and_is_checked() {
         all.warnings
     );
 }
+
+#[test]
+fn full_paths_in_the_access_log_are_a_warning() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.log.paths, LogPaths::Pattern);
+    let full = load(&format!("{MINIMAL}log: {{ paths: full }}\n")).unwrap();
+    assert_eq!(full.log.paths, LogPaths::Full);
+    assert!(
+        full.warnings.iter().any(|w| w.contains("log.paths: full")),
+        "{:?}",
+        full.warnings
+    );
+    let e = load(&format!("{MINIMAL}log: {{ paths: everything }}\n")).unwrap_err();
+    assert!(e.message.contains("pattern or full"), "{e}");
+}

@@ -10,6 +10,7 @@ use http::Response;
 use super::Exchange;
 use crate::audit::{AuditEvent, AuditFailureMode};
 use crate::body::ProxyBody;
+use crate::config::LogPaths;
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers::X_REQUEST_ID;
 use crate::metrics::{RouteLabel, RouteStatus, UpstreamKind};
@@ -57,11 +58,20 @@ pub(super) fn finish(
             .and_then(|v| v.parse::<u64>().ok());
         let upstream = route.map(|r| &r.upstream.spec);
         let (reason, detail) = ex.refusal.map_or((None, None), |(r, d)| (Some(r), d));
+        // The path is client input: by default only the route's pattern and
+        // a keyed hash of it are logged (`log.paths`).
+        let known = !ex.path.is_empty();
+        let path = match rt.config.log.paths {
+            LogPaths::Full => known.then(|| ex.path.clone()),
+            LogPaths::Pattern => route.map(|r| r.route.path.pattern()),
+        };
+        let path_hash = known.then(|| rt.path_key.hash(&ex.path));
         tracing::info!(
             target: "fieldseal::access",
             request_id = ex.id(),
             method = %ex.method,
-            path = %ex.path,
+            path,
+            path_hash,
             route = route_name,
             status,
             reason,

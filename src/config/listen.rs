@@ -89,6 +89,29 @@ pub(super) fn trusted_proxies(list: &[String]) -> Result<Vec<IpNet>, Invalid> {
         .collect()
 }
 
+/// Trusted networks wider than an IPv4 /8 or an IPv6 /32 load, with a
+/// warning: every client in them is believed about its address and scheme
+/// (X-Forwarded-For, X-Real-IP, Client-IP...) and is exempt from
+/// `limits.max_connections_per_client`.
+pub(super) fn trusted_proxy_warnings(written: &[String], nets: &[IpNet]) -> Vec<String> {
+    written
+        .iter()
+        .zip(nets)
+        .enumerate()
+        .filter(|(_, (_, n))| match n.prefix() {
+            (p, true) => p < 8,
+            (p, false) => p < 32,
+        })
+        .map(|(i, (w, _))| {
+            format!(
+                "trusted_proxies[{i}] ({w}) is wider than an IPv4 /8 or IPv6 /32: every client in it \
+                 is believed about its own address (X-Forwarded-For, X-Real-IP, Client-IP...) and \
+                 is exempt from limits.max_connections_per_client"
+            )
+        })
+        .collect()
+}
+
 /// Listeners that are upstreams, or share a socket, are refused at load.
 pub(super) fn check_listeners(
     listen: SocketAddr,

@@ -194,6 +194,10 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         Duration::from_secs(30),
     )?;
     let mut warnings = routes.warnings;
+    warnings.extend(listen::trusted_proxy_warnings(
+        &raw.trusted_proxies,
+        &trusted_proxies,
+    ));
     warnings.extend(limits::warnings(&limits));
     warnings.extend(log::warnings(&log));
     Ok(Config {

@@ -581,3 +581,24 @@ fn full_paths_in_the_access_log_are_a_warning() {
     let e = load(&format!("{MINIMAL}log: {{ paths: everything }}\n")).unwrap_err();
     assert!(e.message.contains("pattern or full"), "{e}");
 }
+
+#[test]
+fn trusted_networks_wider_than_a_slash_8_are_a_warning() {
+    let with = |list: &str| load(&format!("{MINIMAL}trusted_proxies: {list}\n")).unwrap();
+    assert!(with("[10.0.0.0/8, \"fd00::/32\", 192.0.2.7]")
+        .warnings
+        .is_empty());
+    for wide in [
+        "[0.0.0.0/0]",
+        "[\"::/0\"]",
+        "[10.0.0.1, 8.0.0.0/7]",
+        "[\"2000::/3\"]",
+    ] {
+        let c = with(wide);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("trusted_proxies[")),
+            "{wide}: {:?}",
+            c.warnings
+        );
+    }
+}

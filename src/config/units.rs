@@ -42,6 +42,12 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// How many addresses it covers, as a share of its family's space:
+    /// the prefix length, and whether it is IPv4.
+    pub fn prefix(&self) -> (u8, bool) {
+        (self.prefix, self.addr.is_ipv4())
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.addr, ip) {

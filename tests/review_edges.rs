@@ -224,6 +224,22 @@ async fn http2_cookie_fields_are_joined_into_one_line_upstream() {
         .filter_map(|v| v.to_str().ok())
         .collect();
     assert_eq!(lines, ["a=1; b=2"], "cookie lines upstream");
+
+    // The class: several Cookie lines from an HTTP/1.1 client are the same
+    // ambiguity (servers read the first, the last or all of them).
+    let r = s
+        .proxy
+        .raw_h1(b"GET /c HTTP/1.1\r\nHost: localhost\r\nCookie: a=1\r\nCookie: b=2; c=3\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rec = s.backend.seen().pop().expect("forwarded");
+    let lines: Vec<&str> = rec
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(lines, ["a=1; b=2; c=3"], "HTTP/1.1 cookie lines upstream");
 }
 
 // ---------------------------------------------------------------------------
@@ -313,6 +329,14 @@ async fn the_per_client_share_is_exact_and_trusted_proxies_are_exempt() {
             }
         }
         assert_eq!(held.len(), share, "trusted: {trusted:?}");
+        let (_, metrics) = admin_get(&proxy, "/metrics").await;
+        let refused = metric_value(
+            &metrics,
+            "fieldseal_connections_closed_total",
+            &[("reason", "client_connection_limit")],
+        )
+        .unwrap_or(0.0);
+        assert_eq!(refused, (8 - share) as f64, "trusted: {trusted:?}");
         // Closing one gives its slot back.
         if share == 3 {
             drop(held.pop());

@@ -190,7 +190,12 @@ fn routes(shared: &Shared) -> Value {
                 PathMatch::Any => ("any", None),
             };
             let upstream = config.upstream(r.upstream).map(|u| {
-                json!({ "name": u.name, "address": u.authority.as_str(), "base_path": u.base_path })
+                json!({
+                    "name": u.name,
+                    "address": u.authority().as_str(),
+                    "servers": u.servers.iter().map(|s| format!("{}://{}", u.scheme, s.authority)).collect::<Vec<_>>(),
+                    "base_path": u.base_path,
+                })
             });
             let decrypt = match r.decrypt_selection() {
                 None => Value::Null,

@@ -35,6 +35,7 @@ pub const REASON_CODES: &[&str] = &[
     "upstream_connect_failed",
     "upstream_connect_refused",
     "upstream_connect_timeout",
+    "upstream_tls_failed",
     "upstream_timeout",
     "upstream_protocol_error",
     "upstream_closed",
@@ -115,6 +116,10 @@ pub enum UpstreamError {
     UpstreamConnectRefused,
     #[error("upstream unreachable")]
     UpstreamConnectTimeout,
+    /// The TLS handshake failed: an untrusted or wrong-name certificate,
+    /// or a backend that refused our client certificate.
+    #[error("upstream unreachable")]
+    UpstreamTls,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     #[error("upstream failed")]
@@ -215,6 +220,7 @@ impl ProxyError {
                 UpstreamConnect => ("connect", "upstream_connect_failed"),
                 UpstreamConnectRefused => ("connect", "upstream_connect_refused"),
                 UpstreamConnectTimeout => ("connect", "upstream_connect_timeout"),
+                UpstreamTls => ("connect", "upstream_tls_failed"),
                 UpstreamTimeout => ("timeout", "upstream_timeout"),
                 UpstreamProtocol => ("protocol", "upstream_protocol_error"),
                 UpstreamClosed => ("protocol", "upstream_closed"),
@@ -346,6 +352,7 @@ mod tests {
             UpstreamConnect,
             UpstreamConnectRefused,
             UpstreamConnectTimeout,
+            UpstreamTls,
             UpstreamTimeout,
             UpstreamProtocol,
             UpstreamClosed,
@@ -387,6 +394,7 @@ mod tests {
                 UpstreamConnect
                 | UpstreamConnectRefused
                 | UpstreamConnectTimeout
+                | UpstreamTls
                 | UpstreamTimeout
                 | UpstreamProtocol
                 | UpstreamClosed

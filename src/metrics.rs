@@ -33,6 +33,20 @@ pub struct UpstreamLabel {
     pub upstream: String,
 }
 
+/// One server of an upstream (`scheme://host:port`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub upstream: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerOutcome {
+    pub upstream: String,
+    pub server: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteReason {
     pub route: String,
@@ -92,6 +106,16 @@ pub struct Metrics {
     pub decrypt_failures: Family<RouteReason, Counter>,
     pub rate_limited: Family<RouteLabel, Counter>,
     pub upstream_errors: Family<UpstreamKind, Counter>,
+    /// Requests sent again to another server of their upstream.
+    pub upstream_retries: Family<UpstreamLabel, Counter>,
+    /// Failed attempts (connect, TLS, closed, timeout), by server.
+    pub upstream_server_failures: Family<ServerLabel, Counter>,
+    /// Times a server was put in back-off.
+    pub upstream_server_backoffs: Family<ServerLabel, Counter>,
+    /// 1 while a server takes requests, 0 while in back-off.
+    pub upstream_server_up: Family<ServerLabel, Gauge>,
+    /// Active health checks, by server and outcome (`ok` / `failed`).
+    pub upstream_health_checks: Family<ServerOutcome, Counter>,
     pub open_connections: Gauge,
     pub tls_handshake_failures: Counter,
     pub encryptions: Family<KeyLabel, Counter>,
@@ -123,6 +147,11 @@ impl Metrics {
             decrypt_failures: Family::default(),
             rate_limited: Family::default(),
             upstream_errors: Family::default(),
+            upstream_retries: Family::default(),
+            upstream_server_failures: Family::default(),
+            upstream_server_backoffs: Family::default(),
+            upstream_server_up: Family::default(),
+            upstream_health_checks: Family::default(),
             open_connections: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             encryptions: Family::default(),
@@ -187,6 +216,31 @@ impl Metrics {
             "upstream_errors",
             "Upstream failures, by upstream and kind",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests sent again to another server of the upstream after a failed attempt",
+            m.upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_server_failures",
+            "Failed attempts on an upstream server (connect, TLS, closed, timeout)",
+            m.upstream_server_failures.clone(),
+        );
+        registry.register(
+            "upstream_server_backoffs",
+            "Times an upstream server was taken out of rotation for its back-off",
+            m.upstream_server_backoffs.clone(),
+        );
+        registry.register(
+            "upstream_server_up",
+            "1 while an upstream server takes requests, 0 during its back-off",
+            m.upstream_server_up.clone(),
+        );
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks of upstream servers, by outcome",
+            m.upstream_health_checks.clone(),
         );
         registry.register(
             "open_connections",

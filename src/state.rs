@@ -29,6 +29,8 @@ pub enum LoadError {
     Keys(KeyError),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream::UpstreamTlsError),
     #[error("admin.token_file: {0}")]
     AdminToken(String),
     #[error("{0} cannot change on reload; restart to apply it")]
@@ -204,8 +206,8 @@ impl Runtime {
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamClient::new(u, metrics.upstream_handle(&u.name))))
-            .collect();
+            .map(|u| UpstreamClient::new(u, metrics).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         // Buckets survive a reload: clients don't get a fresh burst from it.
         let (limits, limiters) = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
         let routes = config

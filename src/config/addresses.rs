@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{canonical_ip, Upstream};
+use super::{canonical_ip, Server, Upstream};
 
 /// One listener of the config: its key (`listen.address`) and address.
 #[derive(Debug, Clone, Copy)]
@@ -30,10 +30,15 @@ pub(crate) enum Target {
     Name,
 }
 
-/// The upstream's host and port (80 when the URL has none).
-pub(crate) fn target(u: &Upstream) -> (Target, u16) {
-    let host = u.authority.host();
-    let port = u.authority.port_u16().unwrap_or(80);
+/// A server's host and port (80 or 443 when the URL has none).
+pub(crate) fn target(u: &Upstream, server: &Server) -> (Target, u16) {
+    let host = server.authority.host();
+    let default = if u.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let port = server.authority.port_u16().unwrap_or(default);
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let t = match bare.parse::<IpAddr>() {
         Ok(ip) => Target::Ip(canonical_ip(ip)),
@@ -119,8 +124,11 @@ pub(crate) fn clash(listeners: &[Listener], upstreams: &[Upstream]) -> Option<Cl
                 });
             }
         }
-        for u in upstreams {
-            let (t, port) = target(u);
+        for (u, server) in upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter().map(move |s| (u, s)))
+        {
+            let (t, port) = target(u, server);
             if reaches(l.address, t, port) {
                 let wildcard = if l.address.ip().is_unspecified() {
                     format!(" ({} listens on every local address)", l.address.ip())
@@ -133,7 +141,7 @@ pub(crate) fn clash(listeners: &[Listener], upstreams: &[Upstream]) -> Option<Cl
                     written: l.written,
                     message: format!(
                         "{}{wildcard} is also where upstream {:?} ({}://{}) is reached: fieldseal would send requests to itself; move the listener or the upstream to another port",
-                        l.address, u.name, u.scheme, u.authority
+                        l.address, u.name, u.scheme, server.authority
                     ),
                 });
             }

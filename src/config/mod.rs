@@ -41,7 +41,7 @@ pub use limits::Limits;
 pub use log::LogSettings;
 pub use rate_limit::GlobalRateLimit;
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
-pub use upstreams::{HostHeader, Upstream};
+pub use upstreams::{ActiveCheck, Balance, Health, HostHeader, Server, Upstream, UpstreamTls};
 
 /// A configuration error, located in the file when we can tell where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +171,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     let admin = admin::compile(raw.admin.as_ref(), base)?;
     let allowed_hosts = listen::allowed_hosts(raw.allowed_hosts.as_deref())?;
     let trusted_proxies = listen::trusted_proxies(&raw.trusted_proxies)?;
-    let upstreams = upstreams::compile(&raw.upstreams)?;
+    let upstreams = upstreams::compile(&raw.upstreams, base)?;
     let rate_limit = rate_limit::compile(raw.rate_limit.as_ref())?;
     let limits = limits::compile(&raw.limits)?;
     let keys = raw

@@ -204,8 +204,13 @@ impl Preflight<'_> {
                 );
             }
         }
-        for u in &self.cfg.upstreams {
-            let (Target::Ip(ip), port) = addresses::target(u) else {
+        for (u, server) in self
+            .cfg
+            .upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter().map(move |s| (u, s)))
+        {
+            let (Target::Ip(ip), port) = addresses::target(u, server) else {
                 continue;
             };
             if ip.is_loopback() || ip.is_unspecified() || !is_local(ip) {
@@ -214,7 +219,7 @@ impl Preflight<'_> {
             for &(section, addr) in &listeners {
                 let wildcard = addr.ip().is_unspecified() && (addr.is_ipv6() || ip.is_ipv4());
                 if wildcard && addr.port() == port && port != 0 {
-                    let url = format!("{}://{}", u.scheme, u.authority);
+                    let url = format!("{}://{}", u.scheme, server.authority);
                     self.error(
                         &At::top("upstreams").key(&u.name).key("url"),
                         format!("{url}: {ip} is an address of this host, where {section}.address {addr} listens: fieldseal would send requests to itself"),

@@ -179,8 +179,22 @@ impl<'de> Deserialize<'de> for RawAdmin {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// `http://host:port`, optionally with a path prefixed to every request.
-    pub url: String,
+    /// `http://host:port` or `https://host:port`, optionally with a path
+    /// prefixed to every request. One server; `servers` lists several.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several servers of one service (same scheme and path), balanced.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
+    /// `round_robin` (default) or `least_requests`.
+    #[serde(default)]
+    pub balance: Option<String>,
+    /// Passive (and optionally active) health of each server.
+    #[serde(default)]
+    pub health: Option<RawHealth>,
+    /// Trust and client certificate for `https://` servers.
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
     /// Connect failure or timeout: 502. Default 2s.
     #[serde(default)]
     pub connect_timeout: Option<String>,
@@ -197,6 +211,37 @@ pub struct RawUpstream {
     /// Default 256.
     #[serde(default)]
     pub pool_max_idle_per_host: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Failures in a row that take a server out of rotation. Default 3.
+    #[serde(default)]
+    pub fails: Option<u32>,
+    /// How long a failing server is skipped. Default 10s.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Active checks: `GET` this path on every server each `interval`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Default 5s; only with `path`.
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle the servers' certificates must chain to (instead of the system roots).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM client certificate chain for mutual TLS (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// A header value (overwrites the upstream's), `false` (not sent), or

@@ -1,27 +1,78 @@
-//! `upstreams`: the backends, by name, with their timeouts and Host policy.
+//! `upstreams`: the backends, by name, with their servers, balancing,
+//! health, TLS, timeouts and Host policy.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::Uri;
 
 use super::locate::At;
-use super::raw::{RawUpstream, Word};
-use super::{duration, invalid, Invalid};
+use super::raw::{RawHealth, RawUpstream, RawUpstreamTls, Word};
+use super::{duration, invalid, resolve, word, Invalid};
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// `http://host:port`, no path.
-    pub authority: http::uri::Authority,
+    /// The servers, in the order written; at least one. All have the same
+    /// scheme and path.
+    pub servers: Vec<Server>,
     pub scheme: http::uri::Scheme,
     pub base_path: String,
+    pub balance: Balance,
+    pub health: Health,
+    /// Set for `https://` servers.
+    pub tls: Option<UpstreamTls>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub host: HostHeader,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+}
+
+impl Upstream {
+    /// The first server's authority (what the upstream request is built
+    /// with; the client points it at the server it picks).
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.servers[0].authority
+    }
+}
+
+/// One server of an upstream: `scheme://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub authority: http::uri::Authority,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Failures in a row that put a server in back-off.
+    pub fails: u32,
+    pub backoff: Duration,
+    /// Active checks: `GET path` on each server every `interval`.
+    pub check: Option<ActiveCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+}
+
+/// Trust for `https://` servers. No `ca`: the system's roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    /// Certificate chain and key for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +94,13 @@ enum HostWord {
 
 /// The upstreams in a stable order (by name); routes refer to them by
 /// their index in it.
-pub(super) fn compile(raw: &BTreeMap<String, RawUpstream>) -> Result<Vec<Upstream>, Invalid> {
+pub(super) fn compile(
+    raw: &BTreeMap<String, RawUpstream>,
+    base: &Path,
+) -> Result<Vec<Upstream>, Invalid> {
     let upstreams = raw
         .iter()
-        .map(|(name, u)| upstream(&At::top("upstreams").key(name), name, u))
+        .map(|(name, u)| upstream(&At::top("upstreams").key(name), name, u, base))
         .collect::<Result<Vec<_>, _>>()?;
     if upstreams.is_empty() {
         return Err(invalid(
@@ -57,26 +111,75 @@ pub(super) fn compile(raw: &BTreeMap<String, RawUpstream>) -> Result<Vec<Upstrea
     Ok(upstreams)
 }
 
-fn upstream(at: &At, name: &str, u: &RawUpstream) -> Result<Upstream, Invalid> {
-    let url = at.key("url");
-    let uri: Uri = u
-        .url
+/// One server URL: its scheme, authority and path.
+fn server_url(at: &At, s: &str) -> Result<(http::uri::Scheme, Server, String), Invalid> {
+    let uri: Uri = s
         .parse()
-        .map_err(|_| invalid(&url, format!("{:?} is not a URL", u.url)))?;
+        .map_err(|_| invalid(at, format!("{s:?} is not a URL")))?;
     let scheme = uri
         .scheme()
         .cloned()
-        .ok_or_else(|| invalid(&url, "needs a scheme (http://)"))?;
-    if scheme != http::uri::Scheme::HTTP {
-        return Err(invalid(&url, "only http:// upstreams are supported (fieldseal terminates TLS in front of a local legacy service)"));
+        .ok_or_else(|| invalid(at, "needs a scheme (http:// or https://)"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(invalid(
+            at,
+            "only http:// and https:// upstreams are supported",
+        ));
     }
     let authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| invalid(&url, "needs a host"))?;
-    if uri.query().is_some() {
-        return Err(invalid(&url, "must not have a query"));
+        .ok_or_else(|| invalid(at, "needs a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(at, "must not carry user credentials"));
     }
+    if uri.query().is_some() {
+        return Err(invalid(at, "must not have a query"));
+    }
+    let path = uri.path().trim_end_matches('/').to_string();
+    Ok((scheme, Server { authority }, path))
+}
+
+fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstream, Invalid> {
+    let written: Vec<(At, &String)> = match (&u.url, &u.servers) {
+        (Some(url), None) => vec![(at.key("url"), url)],
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (at.key("servers").index(i), s))
+            .collect(),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                at,
+                "has both url and servers; write one (servers for several)",
+            ))
+        }
+        (None, None) => return Err(invalid(at, "needs url or servers")),
+    };
+    if written.is_empty() {
+        return Err(invalid(&at.key("servers"), "lists no server"));
+    }
+    let mut servers: Vec<Server> = Vec::with_capacity(written.len());
+    let mut first: Option<(http::uri::Scheme, String)> = None;
+    for (sat, s) in &written {
+        let (scheme, server, path) = server_url(sat, s)?;
+        match &first {
+            None => first = Some((scheme, path)),
+            Some((sch, p)) => {
+                if *sch != scheme || *p != path {
+                    return Err(invalid(
+                        sat,
+                        "all servers of an upstream need the same scheme and path",
+                    ));
+                }
+            }
+        }
+        if servers.contains(&server) {
+            return Err(invalid(sat, "is listed twice"));
+        }
+        servers.push(server);
+    }
+    let (scheme, base_path) = first.ok_or_else(|| invalid(at, "needs url or servers"))?;
     let host = match u.host.as_deref().map(Word::<HostWord>::parse) {
         None | Some(Word::Known(HostWord::Preserve)) => HostHeader::Preserve,
         Some(Word::Known(HostWord::Upstream)) => HostHeader::Upstream,
@@ -94,11 +197,20 @@ fn upstream(at: &At, name: &str, u: &RawUpstream) -> Result<Upstream, Invalid> {
     if connect_timeout.is_zero() || timeout.is_zero() {
         return Err(invalid(at, "timeouts must be greater than zero"));
     }
+    let balance = match &u.balance {
+        None => Balance::RoundRobin,
+        Some(b) => word(&at.key("balance"), &Word::<Balance>::parse(b), "")?,
+    };
+    let health = health(&at.key("health"), u.health.as_ref())?;
+    let tls = tls(&at.key("tls"), u.tls.as_ref(), &scheme, base)?;
     Ok(Upstream {
         name: name.to_string(),
-        authority,
+        servers,
         scheme,
-        base_path: uri.path().trim_end_matches('/').to_string(),
+        base_path,
+        balance,
+        health,
+        tls,
         connect_timeout,
         timeout,
         host,
@@ -109,4 +221,81 @@ fn upstream(at: &At, name: &str, u: &RawUpstream) -> Result<Upstream, Invalid> {
         )?,
         pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(256),
     })
+}
+
+fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
+    let empty = RawHealth {
+        fails: None,
+        backoff: None,
+        path: None,
+        interval: None,
+    };
+    let h = h.unwrap_or(&empty);
+    let fails = h.fails.unwrap_or(3);
+    if fails == 0 {
+        return Err(invalid(&at.key("fails"), "must be at least 1"));
+    }
+    let backoff = duration(&at.key("backoff"), &h.backoff, Duration::from_secs(10))?;
+    if backoff.is_zero() {
+        return Err(invalid(&at.key("backoff"), "must be greater than zero"));
+    }
+    let check = match &h.path {
+        None => {
+            if h.interval.is_some() {
+                return Err(invalid(&at.key("interval"), "needs health.path"));
+            }
+            None
+        }
+        Some(p) => {
+            let path: http::uri::PathAndQuery = p
+                .parse()
+                .ok()
+                .filter(|_| p.starts_with('/'))
+                .ok_or_else(|| invalid(&at.key("path"), "must be a path starting with /"))?;
+            let interval = duration(&at.key("interval"), &h.interval, Duration::from_secs(5))?;
+            if interval < Duration::from_millis(100) {
+                return Err(invalid(&at.key("interval"), "must be at least 100ms"));
+            }
+            Some(ActiveCheck { path, interval })
+        }
+    };
+    Ok(Health {
+        fails,
+        backoff,
+        check,
+    })
+}
+
+fn tls(
+    at: &At,
+    t: Option<&RawUpstreamTls>,
+    scheme: &http::uri::Scheme,
+    base: &Path,
+) -> Result<Option<UpstreamTls>, Invalid> {
+    if *scheme != http::uri::Scheme::HTTPS {
+        return match t {
+            Some(_) => Err(invalid(at, "is only for https:// servers")),
+            None => Ok(None),
+        };
+    }
+    let Some(t) = t else {
+        return Ok(Some(UpstreamTls {
+            ca: None,
+            client: None,
+        }));
+    };
+    let client = match (&t.client_cert, &t.client_key) {
+        (Some(c), Some(k)) => Some((resolve(base, c), resolve(base, k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(&at.key("client_key"), "is needed with client_cert"))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(&at.key("client_cert"), "is needed with client_key"))
+        }
+    };
+    Ok(Some(UpstreamTls {
+        ca: t.ca.as_deref().map(|c| resolve(base, c)),
+        client,
+    }))
 }

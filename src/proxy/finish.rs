@@ -80,7 +80,7 @@ pub(super) fn finish(
             // Only when the request went (or tried to go) there.
             upstream_addr = upstream
                 .filter(|_| ex.upstream_elapsed.is_some())
-                .map(|u| u.authority.as_str()),
+                .map(|u| ex.upstream_server.as_ref().unwrap_or(u.authority()).as_str()),
             upstream_status = ex.upstream_status,
             upstream_ms = ex.upstream_elapsed.map(millis),
             latency_ms = millis(elapsed),

@@ -47,7 +47,7 @@ pub(super) fn forward<B>(
     }
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
+        .authority(upstream.authority().clone())
         .path_and_query(pq)
         .build()
         .map_err(|_| {
@@ -103,9 +103,18 @@ mod tests {
     fn upstream(host: HostHeader) -> Upstream {
         Upstream {
             name: "legacy".into(),
-            authority: "10.0.0.1:8080".parse().expect("authority"),
+            servers: vec![crate::config::Server {
+                authority: "10.0.0.1:8080".parse().expect("authority"),
+            }],
             scheme: http::uri::Scheme::HTTP,
             base_path: "/base".into(),
+            balance: crate::config::Balance::RoundRobin,
+            health: crate::config::Health {
+                fails: 3,
+                backoff: Duration::from_secs(10),
+                check: None,
+            },
+            tls: None,
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             host,

@@ -54,6 +54,8 @@ struct Exchange {
     client: IpAddr,
     user_agent: Option<HeaderValue>,
     upstream_status: Option<u16>,
+    /// The server of the upstream that answered.
+    upstream_server: Option<http::uri::Authority>,
     /// From sending the request upstream to its answer's head (or failure).
     upstream_elapsed: Option<std::time::Duration>,
     /// Why the proxy answered with its own error instead of the upstream's answer.
@@ -80,6 +82,7 @@ impl Exchange {
             client,
             user_agent,
             upstream_status: None,
+            upstream_server: None,
             upstream_elapsed: None,
             refusal: None,
             bytes_in: 0,
@@ -169,6 +172,10 @@ async fn stages(
     ex.upstream_elapsed = Some(sent.elapsed());
     let answer = answer?;
     ex.upstream_status = Some(answer.status().as_u16());
+    ex.upstream_server = answer
+        .extensions()
+        .get::<crate::upstream::ServedBy>()
+        .map(|s| s.0.clone());
 
     response_body::response_body(shared, rt, &route, &method, answer, &held, ex).await
 }

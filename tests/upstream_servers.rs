@@ -1,0 +1,404 @@
+//! Upstreams of several servers: balancing, passive health with back-off,
+//! and retries only where they are safe. Real backends on 127.0.0.1 that
+//! can be killed (every connection dropped) and brought back.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A backend whose `kill` drops its listener and every open connection,
+/// like a crashed process. Answers `{"backend": name, "body": ...}` after
+/// `delay`, so requests are in flight when it dies.
+struct Killable {
+    addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Killable {
+    async fn start(name: &'static str, at: Option<SocketAddr>, delay: Duration) -> Killable {
+        let listener =
+            TcpListener::bind(at.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr")))
+                .await
+                .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let count = Arc::clone(&count);
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let count = Arc::clone(&count);
+                        async move {
+                            let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                            tokio::time::sleep(delay).await;
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let echo = serde_json::json!({
+                                "backend": name,
+                                "body": String::from_utf8_lossy(&body.unwrap_or_default()),
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                echo.to_string(),
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Killable { addr, served, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Drops the listener and every connection (aborting the task drops its
+    /// JoinSet, which aborts each connection task).
+    async fn kill(self) -> SocketAddr {
+        self.task.abort();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+fn upstream_yaml(servers: &[String], extra: &str) -> String {
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  legacy:\n    servers: [{list}]\n{extra}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: legacy\n"
+    )
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    bounded(what, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Idempotent requests from `workers` clients until `stop`; every status
+/// that is not 200 is kept.
+fn load(
+    proxy: &TestProxy,
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+    sent: &Arc<AtomicUsize>,
+    failed: &Arc<Mutex<Vec<String>>>,
+) -> Vec<JoinHandle<()>> {
+    (0..workers)
+        .map(|w| {
+            let client = proxy.h1();
+            let url = proxy.url("/items/1");
+            let (stop, sent, failed) = (Arc::clone(stop), Arc::clone(sent), Arc::clone(failed));
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    // Idempotent and without a body: a PUT whose body went
+                    // out to the dying server is (rightly) not sent again.
+                    let method = ["GET", "DELETE", "HEAD", "OPTIONS"][(w + i) % 4];
+                    let req = client.request(method.parse().expect("method"), &url);
+                    match req.send().await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            let _ = r.bytes().await;
+                        }
+                        Ok(r) => {
+                            let line = format!(
+                                "{method} {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
+                            failed.lock().expect("lock").push(line);
+                        }
+                        Err(e) => failed
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{method}: client error: {e}")),
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_three_backends_killed_mid_load_fails_no_idempotent_request() {
+    let delay = Duration::from_millis(5);
+    let a = Killable::start("a", None, delay).await;
+    let b = Killable::start("b", None, delay).await;
+    let c = Killable::start("c", None, delay).await;
+    let b_addr = b.addr;
+    let yaml = upstream_yaml(
+        &[a.url(), b.url(), c.url()],
+        "    balance: round_robin\n    health: { fails: 2, backoff: 500ms }\n",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let workers = load(&proxy, 8, &stop, &sent, &failed);
+
+    wait_until("every backend to take traffic", || {
+        a.served() >= 20 && b.served() >= 20 && c.served() >= 20
+    })
+    .await;
+    let (a_before, c_before) = (a.served(), c.served());
+    b.kill().await;
+    wait_until("traffic to move to the others", || {
+        a.served() >= a_before + 100 && c.served() >= c_before + 100
+    })
+    .await;
+
+    // Brought back on the same address: its back-off over, it is tried
+    // again and takes traffic again.
+    let b = Killable::start("b", Some(b_addr), delay).await;
+    wait_until(
+        "the revived backend to be retried after its back-off",
+        || b.served() >= 10,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        bounded("load worker", w).await.expect("worker");
+    }
+    let failed = failed.lock().expect("lock").clone();
+    assert!(
+        failed.is_empty(),
+        "{} of {} idempotent requests failed: {:?}",
+        failed.len(),
+        sent.load(Ordering::SeqCst),
+        &failed[..failed.len().min(5)]
+    );
+
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    let server = format!("http://{b_addr}");
+    let labels = [("upstream", "legacy"), ("server", server.as_str())];
+    let backoffs = metric_value(
+        &metrics,
+        "fieldseal_upstream_server_backoffs_total",
+        &labels,
+    );
+    assert!(backoffs.unwrap_or(0.0) >= 1.0, "{metrics}");
+    let failures = metric_value(
+        &metrics,
+        "fieldseal_upstream_server_failures_total",
+        &labels,
+    );
+    assert!(failures.unwrap_or(0.0) >= 2.0, "{metrics}");
+    let retries = metric_value(
+        &metrics,
+        "fieldseal_upstream_retries_total",
+        &[("upstream", "legacy")],
+    );
+    assert!(retries.unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "fieldseal_upstream_server_up", &labels),
+        Some(1.0),
+        "the revived server is up again: {metrics}"
+    );
+}
+
+/// Accepts connections, reads a request head, and closes without answering
+/// (a backend crashing on each request). Counts the requests it read.
+async fn closer() -> (SocketAddr, Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let first = line.lines().next().unwrap_or_default().to_string();
+                log.lock().expect("lock").push(first);
+                // Dropped: the connection closes with no answer.
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_reached_a_server_is_retried_only_when_idempotent() {
+    let (dead, seen, _task) = closer().await;
+    let good = Backend::start("good", Behavior::echo()).await;
+    // fails: high, so the closing server stays in rotation for every request.
+    let yaml = upstream_yaml(
+        &[format!("http://{dead}"), good.url()],
+        "    health: { fails: 1000, backoff: 1s }\n",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let client = proxy.h1();
+    let n = 10;
+    for i in 0..n {
+        let r = client
+            .get(proxy.url(&format!("/get/{i}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "a GET is retried on the other server"
+        );
+    }
+    let gets_closed = seen.lock().expect("lock").len();
+    assert!(
+        gets_closed >= 1,
+        "round robin sent some GETs to the closing server"
+    );
+
+    let mut bad_gateway = 0;
+    for i in 0..n {
+        let r = client
+            .post(proxy.url(&format!("/post/{i}")))
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .expect("post");
+        match r.status() {
+            StatusCode::OK => {}
+            StatusCode::BAD_GATEWAY => bad_gateway += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    let posts_closed = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|l| l.starts_with("POST "))
+        .count();
+    let posts_good = good
+        .seen()
+        .iter()
+        .filter(|r| r.method == http::Method::POST)
+        .count();
+    assert!(
+        posts_closed >= 1,
+        "round robin sent some POSTs to the closing server"
+    );
+    assert_eq!(
+        bad_gateway, posts_closed,
+        "every POST the closing server read is a 502, never sent again"
+    );
+    assert_eq!(posts_good + posts_closed, n, "no POST reached two servers");
+}
+
+#[tokio::test]
+async fn a_connect_failure_is_retried_for_any_method_with_the_body_whole() {
+    let good = Backend::start("good", Behavior::echo()).await;
+    let yaml = upstream_yaml(
+        &[format!("http://{}", dead_address()), good.url()],
+        "    health: { fails: 1000, backoff: 1s }\n",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let client = proxy.h1();
+    for i in 0..6 {
+        let sent = format!("{{\"post\":{i}}}");
+        let r = client
+            .post(proxy.url("/p"))
+            .body(sent.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), StatusCode::OK);
+        let echo: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(echo["backend"], "good");
+        assert_eq!(
+            echo["body"],
+            sent.as_str(),
+            "the body reached the server whole"
+        );
+    }
+    assert_eq!(good.count(), 6);
+}
+
+#[tokio::test]
+async fn a_502_comes_only_when_no_server_can_take_the_request() {
+    let yaml = upstream_yaml(
+        &[
+            format!("http://{}", dead_address()),
+            format!("http://{}", dead_address()),
+        ],
+        "",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let r = proxy.h1().get(proxy.url("/x")).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], 502, "{body}");
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "fieldseal_upstream_retries_total",
+            &[("upstream", "legacy")]
+        ),
+        Some(1.0),
+        "the second server was tried once: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_every_server() {
+    let backends = [
+        Backend::start("a", Behavior::echo()).await,
+        Backend::start("b", Behavior::echo()).await,
+        Backend::start("c", Behavior::echo()).await,
+    ];
+    let urls: Vec<String> = backends.iter().map(Backend::url).collect();
+    let proxy = TestProxy::start(&upstream_yaml(&urls, "")).await;
+    let client = proxy.h1();
+    for _ in 0..30 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    for b in &backends {
+        assert_eq!(b.count(), 10, "{}", b.name);
+    }
+}

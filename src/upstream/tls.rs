@@ -61,7 +61,7 @@ pub fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?
         .with_root_certificates(roots);
-    let mut config = match &t.client {
+    let config = match &t.client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -86,7 +86,7 @@ pub fn client_config(
                 .map_err(|e| fail(format!("client_cert and client_key: {e}")))?
         }
     };
-    // fieldseal speaks HTTP/1.1 to upstreams.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN stays empty here: the connector sets `http/1.1` (and refuses a
+    // config that already has protocols).
     Ok(Arc::new(config))
 }

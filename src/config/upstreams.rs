@@ -246,6 +246,25 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
             }
             None
         }
+        Some(_) => {
+            // Refused rather than ignored: the checks are not built yet.
+            return Err(invalid(
+                &at.key("path"),
+                "active health checks are not implemented yet; remove health.path and health.interval (passive health applies)",
+            ));
+        }
+    };
+    Ok(Health {
+        fails,
+        backoff,
+        check,
+    })
+}
+
+#[allow(dead_code)] // kept for the active checks
+fn active_check(at: &At, h: &RawHealth) -> Result<Option<ActiveCheck>, Invalid> {
+    Ok(match &h.path {
+        None => None,
         Some(p) => {
             let path: http::uri::PathAndQuery = p
                 .parse()
@@ -258,11 +277,6 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
             }
             Some(ActiveCheck { path, interval })
         }
-    };
-    Ok(Health {
-        fails,
-        backoff,
-        check,
     })
 }
 

@@ -41,13 +41,6 @@ pub struct ServerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerOutcome {
-    pub upstream: String,
-    pub server: String,
-    pub outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteReason {
     pub route: String,
     pub reason: String,
@@ -114,8 +107,6 @@ pub struct Metrics {
     pub upstream_server_backoffs: Family<ServerLabel, Counter>,
     /// 1 while a server takes requests, 0 while in back-off.
     pub upstream_server_up: Family<ServerLabel, Gauge>,
-    /// Active health checks, by server and outcome (`ok` / `failed`).
-    pub upstream_health_checks: Family<ServerOutcome, Counter>,
     pub open_connections: Gauge,
     pub tls_handshake_failures: Counter,
     pub encryptions: Family<KeyLabel, Counter>,
@@ -151,7 +142,6 @@ impl Metrics {
             upstream_server_failures: Family::default(),
             upstream_server_backoffs: Family::default(),
             upstream_server_up: Family::default(),
-            upstream_health_checks: Family::default(),
             open_connections: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             encryptions: Family::default(),
@@ -236,11 +226,6 @@ impl Metrics {
             "upstream_server_up",
             "1 while an upstream server takes requests, 0 during its back-off",
             m.upstream_server_up.clone(),
-        );
-        registry.register(
-            "upstream_health_checks",
-            "Active health checks of upstream servers, by outcome",
-            m.upstream_health_checks.clone(),
         );
         registry.register(
             "open_connections",

@@ -1,8 +1,10 @@
-//! The `fs1` envelope: byte layout, associated data and a parser that never
+//! The envelopes: byte layout, associated data and a parser that never
 //! panics. No keys here; `keyring.rs` does the AEAD.
 //!
 //! ```text
-//! envelope = "fs1:" key-id ":" base64url-nopad(payload)
+//! fs1      = "fs1:" key-id ":" base64url-nopad(payload)          (a ring key)
+//! fs2      = "fs2:" reference ":" version ":" base64url-nopad(payload)
+//!                                                       (a tenant's or subject's data key)
 //! payload  = type (1) || issued_at (u64 BE, 8) || nonce (12) || ciphertext || tag (16)
 //! ```
 //! See `docs/envelope.md` for the full description.
@@ -15,8 +17,18 @@ use super::DecryptError;
 
 /// Text before the key id; the digit is the format version.
 pub const PREFIX: &str = "fs1:";
+/// Text before the subject reference of a version 2 envelope.
+pub const PREFIX_V2: &str = "fs2:";
 /// Domain separation for the AEAD associated data of format version 1.
 pub(crate) const AAD_DOMAIN: &[u8] = b"fieldseal-envelope-v1\0";
+/// Domain separation for the AEAD associated data of format version 2.
+pub(crate) const AAD_DOMAIN_V2: &[u8] = b"fieldseal-envelope-v2\0";
+
+/// Does `b` start with a reserved envelope prefix (`fs1:` or `fs2:`)?
+#[inline]
+pub fn has_prefix(b: &[u8]) -> bool {
+    b.len() >= 4 && b[..2] == *b"fs" && (b[2] == b'1' || b[2] == b'2') && b[3] == b':'
+}
 
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
@@ -33,6 +45,7 @@ pub const MAX_ENVELOPE_LEN: usize = 4 * 1024 * 1024;
 /// seals into at most `MAX_ENVELOPE_LEN` bytes under a key id of
 /// `key_id_len` bytes.
 pub fn max_plaintext_len(key_id_len: usize) -> usize {
+    // Both prefixes are 4 bytes; for `fs2` the "label" is `reference:version`.
     let room = MAX_ENVELOPE_LEN.saturating_sub(PREFIX.len() + key_id_len + 1);
     // 4 base64 characters carry 3 bytes; a partial group of 2 or 3
     // characters carries 1 or 2.
@@ -120,21 +133,47 @@ pub fn is_valid_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Syntactic split of an envelope into key id and base64 part; no decoding.
-pub(crate) fn split(s: &str) -> Option<(&str, &str)> {
-    let rest = s.strip_prefix(PREFIX)?;
-    let (id, b64) = rest.split_once(':')?;
-    if is_valid_key_id(id) {
-        Some((id, b64))
-    } else {
-        None
+/// A subject key's version in an `fs2` envelope: decimal, 1 to 4294967295,
+/// no sign, no leading zero (one text form per version).
+pub fn parse_version(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
     }
+    s.parse::<u32>().ok().filter(|v| *v > 0)
+}
+
+/// Which key an envelope names, as it names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head<'a> {
+    /// `fs1`: a key of the ring.
+    V1 { key_id: &'a str },
+    /// `fs2`: version `version` of the data key behind the opaque `reference`.
+    V2 { reference: &'a str, version: u32 },
+}
+
+/// Syntactic split of an envelope into its head, its label (`key-id`, or
+/// `reference:version`) and its base64 part; no decoding.
+pub(crate) fn split(s: &str) -> Option<(Head<'_>, &str, &str)> {
+    if let Some(rest) = s.strip_prefix(PREFIX) {
+        let (id, b64) = rest.split_once(':')?;
+        return is_valid_key_id(id).then_some((Head::V1 { key_id: id }, id, b64));
+    }
+    let rest = s.strip_prefix(PREFIX_V2)?;
+    let (reference, tail) = rest.split_once(':')?;
+    let (version, b64) = tail.split_once(':')?;
+    if !is_valid_key_id(reference) {
+        return None;
+    }
+    let version = parse_version(version)?;
+    let label = &rest[..reference.len() + 1 + tail.len() - b64.len() - 1];
+    Some((Head::V2 { reference, version }, label, b64))
 }
 
 /// A decoded envelope. The payload buffer is decrypted in place later, so it
 /// is handed out by value.
 pub(crate) struct Parsed<'a> {
-    pub key_id: &'a str,
+    pub head: Head<'a>,
     pub tag: TypeTag,
     pub issued_at: u64,
     /// Whole payload; nonce at `HEADER_LEN - NONCE_LEN..HEADER_LEN`,
@@ -154,7 +193,7 @@ pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
     if s.len() > MAX_ENVELOPE_LEN {
         return Err(DecryptError::Malformed);
     }
-    let (key_id, b64) = split(s).ok_or(DecryptError::Malformed)?;
+    let (head, _, b64) = split(s).ok_or(DecryptError::Malformed)?;
     // Cheap length check before allocating: 4 base64 chars per 3 bytes, no padding.
     if b64.len() < encoded_len(MIN_PAYLOAD_LEN) {
         return Err(DecryptError::Malformed);
@@ -171,7 +210,7 @@ pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&payload[1..9]);
     Ok(Parsed {
-        key_id,
+        head,
         tag,
         issued_at: u64::from_be_bytes(ts),
         payload,
@@ -188,14 +227,28 @@ pub(crate) fn encoded_len(n: usize) -> usize {
         }
 }
 
-/// Associated data: binds version, key id, type, time and the field context,
-/// each length-prefixed where variable so no two headers share an encoding.
-pub(crate) fn aad(key_id: &str, tag: TypeTag, issued_at: u64, context: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 1 + key_id.len() + 1 + 8 + 8 + context.len());
-    a.extend_from_slice(AAD_DOMAIN);
-    // Key ids are at most 64 bytes (validated before we get here).
-    a.push(key_id.len() as u8);
-    a.extend_from_slice(key_id.as_bytes());
+/// Associated data: binds version, key (id, or reference and key version),
+/// type, time and the field context, each length-prefixed where variable so
+/// no two headers share an encoding.
+pub(crate) fn aad(head: Head<'_>, tag: TypeTag, issued_at: u64, context: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(
+        AAD_DOMAIN_V2.len() + 1 + MAX_KEY_ID_LEN + 4 + 1 + 8 + 8 + context.len(),
+    );
+    match head {
+        Head::V1 { key_id } => {
+            a.extend_from_slice(AAD_DOMAIN);
+            // Key ids are at most 64 bytes (validated before we get here).
+            a.push(key_id.len() as u8);
+            a.extend_from_slice(key_id.as_bytes());
+        }
+        Head::V2 { reference, version } => {
+            a.extend_from_slice(AAD_DOMAIN_V2);
+            // References are at most 64 bytes, like key ids.
+            a.push(reference.len() as u8);
+            a.extend_from_slice(reference.as_bytes());
+            a.extend_from_slice(&version.to_be_bytes());
+        }
+    }
     a.push(tag.byte());
     a.extend_from_slice(&issued_at.to_be_bytes());
     a.extend_from_slice(&(context.len() as u64).to_be_bytes());
@@ -203,12 +256,16 @@ pub(crate) fn aad(key_id: &str, tag: TypeTag, issued_at: u64, context: &str) -> 
     a
 }
 
-/// Writes `fs1:<id>:<base64url(payload)>`.
-pub(crate) fn encode(key_id: &str, payload: &[u8]) -> String {
+/// Writes `fs1:<id>:<base64url(payload)>` or `fs2:<reference>:<version>:<...>`.
+pub(crate) fn encode(head: Head<'_>, label: &str, payload: &[u8]) -> String {
+    let prefix = match head {
+        Head::V1 { .. } => PREFIX,
+        Head::V2 { .. } => PREFIX_V2,
+    };
     let mut out =
-        String::with_capacity(PREFIX.len() + key_id.len() + 1 + encoded_len(payload.len()));
-    out.push_str(PREFIX);
-    out.push_str(key_id);
+        String::with_capacity(prefix.len() + label.len() + 1 + encoded_len(payload.len()));
+    out.push_str(prefix);
+    out.push_str(label);
     out.push(':');
     URL_SAFE_NO_PAD.encode_string(payload, &mut out);
     out
@@ -261,6 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn split_v2_label() {
+        let (head, label, b64) = split("fs2:abc_-:42:AAAA").unwrap();
+        assert_eq!(
+            head,
+            Head::V2 {
+                reference: "abc_-",
+                version: 42
+            }
+        );
+        assert_eq!(label, "abc_-:42");
+        assert_eq!(b64, "AAAA");
+        assert_eq!(parse_version("4294967295"), Some(u32::MAX));
+        assert!(
+            has_prefix(b"fs2:x")
+                && has_prefix(b"fs1:")
+                && !has_prefix(b"fs3:")
+                && !has_prefix(b"fs1")
+        );
+    }
+
+    #[test]
     fn key_ids() {
         assert!(is_valid_key_id("k1"));
         assert!(is_valid_key_id("A-z_09"));
@@ -285,6 +363,13 @@ mod tests {
             "fs2:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "fs1:k:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "fs1:k1:@@@@AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r:0:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r:01:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r:+1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r:4294967296:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2:r.x:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "fs2::1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert!(parse(s).is_err(), "{s}");
         }

@@ -9,8 +9,9 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::envelope::{self, TypeTag, HEADER_LEN, NONCE_LEN, TAG_LEN};
+use super::envelope::{self, Head, TypeTag, HEADER_LEN, NONCE_LEN, TAG_LEN};
 use super::keys::{self, Master, FIELD_KEY_INFO, SUBKEY_INFO_PREFIX};
+use super::subject::SubjectKeys;
 use super::{DecryptError, KeyError, KeyIdProblem, KeyringSpec, Opened, SealError};
 
 /// `derive_subkey` purpose and HMAC message of `Keyring::fingerprint`.
@@ -27,21 +28,48 @@ struct KeyEntry {
     cipher: Aes256Gcm,
     /// Kept only for `derive_subkey`.
     master: Master,
+    /// Where the master came from: `file`, `passphrase` or `raw`.
+    kind: &'static str,
 }
 
-/// The key a value is sealed under, chosen by the caller (today the ring's
-/// active key, `Keyring::sealing_key`). Sealing takes this value, not the
-/// ring, so the key can come from elsewhere (a tenant's or a subject's data
-/// key) without the transforms knowing.
+impl KeyEntry {
+    fn view(&self) -> KeyView<'_> {
+        KeyView {
+            head: Head::V1 { key_id: &self.id },
+            label: &self.id,
+            cipher: &self.cipher,
+        }
+    }
+}
+
+/// What sealing and opening need of a key, whichever kind it is: how
+/// envelopes name it (`fs1` key id, or `fs2` reference and version) and
+/// its AEAD.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyView<'k> {
+    pub(crate) head: Head<'k>,
+    pub(crate) label: &'k str,
+    pub(crate) cipher: &'k Aes256Gcm,
+}
+
+/// The key a value is sealed under, chosen by the caller: the ring's
+/// active key (`Keyring::sealing_key`, `fs1`) or a tenant's or subject's
+/// data key (`SubjectKey::sealing_key`, `fs2`). Sealing takes this value,
+/// not the ring, so the transforms never know which it is.
 #[derive(Clone, Copy)]
 pub struct SealingKey<'r> {
-    entry: &'r KeyEntry,
+    key: KeyView<'r>,
 }
 
 impl<'r> SealingKey<'r> {
-    /// The key id written into the envelopes.
+    pub(crate) fn new(key: KeyView<'r>) -> SealingKey<'r> {
+        SealingKey { key }
+    }
+
+    /// How the envelopes name the key: the key id (`fs1`), or
+    /// `reference:version` (`fs2`).
     pub fn id(&self) -> &'r str {
-        &self.entry.id
+        self.key.label
     }
 
     /// Seals with a fresh random nonce, stamped `issued_at`.
@@ -52,7 +80,20 @@ impl<'r> SealingKey<'r> {
         issued_at: u64,
     ) -> Result<String, SealError> {
         let nonce = fresh_nonce().ok_or(SealError::Rng)?;
-        seal_with(self.entry, value, context, issued_at, &nonce)
+        seal_with(self.key, value, context, issued_at, &nonce)
+    }
+
+    /// Deterministic sealing for known-answer test vectors ONLY (see
+    /// `Keyring::seal_with_nonce`).
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        value: &Value,
+        context: &str,
+        issued_at: u64,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<String, SealError> {
+        seal_with(self.key, value, context, issued_at, &nonce)
     }
 }
 
@@ -80,7 +121,11 @@ impl Keyring {
         let mut masters = Vec::with_capacity(spec.keys.len());
         for k in &spec.keys {
             let master = keys::load_master(&k.id, &k.source, spec.pbkdf2_iterations)?;
-            masters.push((k.id.clone(), master));
+            let kind = match k.source {
+                super::KeySource::File(_) => "file",
+                super::KeySource::Passphrase { .. } => "passphrase",
+            };
+            masters.push((k.id.clone(), master, kind));
         }
         Keyring::build(&spec.active, masters)
     }
@@ -88,27 +133,35 @@ impl Keyring {
     /// A ring from raw 32-byte masters (tests, benches, tools). The same
     /// HKDF step as `load` is applied, so envelopes are interchangeable.
     pub fn from_raw_keys(active: &str, keys: Vec<(String, [u8; 32])>) -> Result<Keyring, KeyError> {
-        let masters: Vec<(String, Master)> = keys
+        let masters: Vec<(String, Master, &'static str)> = keys
             .into_iter()
             .map(|(id, mut raw)| {
                 let m = Zeroizing::new(raw);
                 zeroize::Zeroize::zeroize(&mut raw);
-                (id, m)
+                (id, m, "raw")
             })
             .collect();
-        check_ids(active, masters.iter().map(|(id, _)| id.as_str()))?;
+        check_ids(active, masters.iter().map(|(id, _, _)| id.as_str()))?;
         Keyring::build(active, masters)
     }
 
-    fn build(active: &str, masters: Vec<(String, Master)>) -> Result<Keyring, KeyError> {
+    fn build(
+        active: &str,
+        masters: Vec<(String, Master, &'static str)>,
+    ) -> Result<Keyring, KeyError> {
         warn_on_shared_material(&masters);
         let mut keys = Vec::with_capacity(masters.len());
-        for (id, master) in masters {
+        for (id, master, kind) in masters {
             let aes = keys::hkdf(&master, &[FIELD_KEY_INFO])
                 .ok_or_else(|| KeyError::Derive { id: id.clone() })?;
             let cipher = Aes256Gcm::new_from_slice(aes.as_ref())
                 .map_err(|_| KeyError::Derive { id: id.clone() })?;
-            keys.push(KeyEntry { id, cipher, master });
+            keys.push(KeyEntry {
+                id,
+                cipher,
+                master,
+                kind,
+            });
         }
         let active =
             keys.iter()
@@ -148,9 +201,7 @@ impl Keyring {
 
     /// The key new envelopes are sealed under: the active one.
     pub fn sealing_key(&self) -> SealingKey<'_> {
-        SealingKey {
-            entry: self.active_entry(),
-        }
+        SealingKey::new(self.active_entry().view())
     }
 
     /// Deterministic sealing for known-answer test vectors ONLY: reusing a
@@ -165,7 +216,7 @@ impl Keyring {
         nonce: [u8; NONCE_LEN],
     ) -> Result<String, SealError> {
         let k = self.entry(key_id).ok_or(SealError::UnknownKey)?;
-        seal_with(k, value, context, issued_at, &nonce)
+        seal_with(k.view(), value, context, issued_at, &nonce)
     }
 
     pub fn open(
@@ -180,6 +231,7 @@ impl Keyring {
     /// Opens an envelope sealed for `context`. `max_age` of None or zero means
     /// no limit; otherwise `issued_at + max_age < now` is `Expired`. The age is
     /// checked only after authentication, so an edited time is `AuthFailed`.
+    /// An `fs2` envelope needs its data key: see `open_with`.
     pub fn open_at(
         &self,
         envelope: &str,
@@ -187,10 +239,36 @@ impl Keyring {
         max_age: Option<Duration>,
         now: u64,
     ) -> Result<Opened, DecryptError> {
+        self.open_with(SubjectKeys::none(), envelope, context, max_age, now)
+    }
+
+    /// Opens an `fs1` envelope with the ring, or an `fs2` one with the data
+    /// key `subjects` holds for its reference and version. An `fs2`
+    /// envelope whose reference `subjects` knows as erased is `Erased`; one
+    /// whose key it does not hold is `ForeignSubject`.
+    pub fn open_with(
+        &self,
+        subjects: &SubjectKeys,
+        envelope: &str,
+        context: &str,
+        max_age: Option<Duration>,
+        now: u64,
+    ) -> Result<Opened, DecryptError> {
         let p = envelope::parse(envelope)?;
-        let k = self.entry(p.key_id).ok_or(DecryptError::UnknownKey)?;
+        let (key, subject) = match p.head {
+            Head::V1 { key_id } => (
+                self.entry(key_id).ok_or(DecryptError::UnknownKey)?.view(),
+                None,
+            ),
+            Head::V2 { reference, version } => match subjects.get(reference, version) {
+                Some(k) => (k.view(), Some(reference)),
+                None if subjects.is_erased(reference) => return Err(DecryptError::Erased),
+                None => return Err(DecryptError::ForeignSubject),
+            },
+        };
+        let subject = subject.map(str::to_owned);
         let (tag, issued_at) = (p.tag, p.issued_at);
-        let plaintext = decrypt(k, p, context)?;
+        let plaintext = decrypt(key, p, context)?;
         if let Some(limit) = max_age.map(|d| d.as_secs()).filter(|s| *s > 0) {
             if issued_at.saturating_add(limit) < now {
                 return Err(DecryptError::Expired);
@@ -199,8 +277,9 @@ impl Keyring {
         let body = &plaintext[HEADER_LEN..plaintext.len() - TAG_LEN];
         Ok(Opened {
             value: tag.rebuild(body)?,
-            key_id: k.id.clone(),
+            key_id: key.label.to_owned(),
             issued_at,
+            subject,
         })
     }
 
@@ -235,6 +314,11 @@ impl Keyring {
         Some(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// Where key `id` came from: `file`, `passphrase` or `raw` (tests, tools).
+    pub fn source_kind(&self, id: &str) -> Option<&'static str> {
+        self.entry(id).map(|k| k.kind)
+    }
+
     fn entry(&self, id: &str) -> Option<&KeyEntry> {
         self.keys.iter().find(|k| k.id == id)
     }
@@ -259,9 +343,9 @@ fn check_ids<'a>(active: &str, ids: impl Iterator<Item = &'a str> + Clone) -> Re
 
 /// Two ids with the same material make a rotation meaningless; say so (ids
 /// only) but do not refuse, as it is not unsafe. Compared in constant time.
-fn warn_on_shared_material(masters: &[(String, Master)]) {
-    for (i, (a, ma)) in masters.iter().enumerate() {
-        for (b, mb) in &masters[i + 1..] {
+fn warn_on_shared_material(masters: &[(String, Master, &'static str)]) {
+    for (i, (a, ma, _)) in masters.iter().enumerate() {
+        for (b, mb, _) in &masters[i + 1..] {
             if bool::from(ma.as_ref().ct_eq(mb.as_ref())) {
                 tracing::warn!(key_a = %a, key_b = %b, "two key ids have the same key material");
             }
@@ -286,7 +370,7 @@ thread_local! {
 /// A fresh 96-bit nonce from the OS CSPRNG. One syscall fills a thread's
 /// pool of 32; each nonce is handed out exactly once. (A syscall per value
 /// cost more than the AES-GCM work itself on short fields.)
-fn fresh_nonce() -> Option<[u8; NONCE_LEN]> {
+pub(crate) fn fresh_nonce() -> Option<[u8; NONCE_LEN]> {
     NONCES.with(|pool| {
         let mut pool = pool.try_borrow_mut().ok()?;
         if pool.used == NONCE_BATCH {
@@ -304,7 +388,7 @@ fn fresh_nonce() -> Option<[u8; NONCE_LEN]> {
 }
 
 fn seal_with(
-    k: &KeyEntry,
+    k: KeyView<'_>,
     value: &Value,
     context: &str,
     issued_at: u64,
@@ -328,27 +412,27 @@ fn seal_with(
         other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,
     }
     let total =
-        envelope::PREFIX.len() + k.id.len() + 1 + envelope::encoded_len(buf.len() + TAG_LEN);
+        envelope::PREFIX.len() + k.label.len() + 1 + envelope::encoded_len(buf.len() + TAG_LEN);
     if total > envelope::MAX_ENVELOPE_LEN {
         return Err(SealError::TooLarge);
     }
-    let aad = envelope::aad(&k.id, tag, issued_at, context);
+    let aad = envelope::aad(k.head, tag, issued_at, context);
     let auth = k
         .cipher
         .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut buf[HEADER_LEN..])
         .map_err(|_| SealError::TooLarge)?;
     buf.extend_from_slice(&auth);
-    Ok(envelope::encode(&k.id, &buf))
+    Ok(envelope::encode(k.head, k.label, &buf))
 }
 
 /// Authenticates and decrypts in place; returns the payload buffer with the
 /// plaintext between `HEADER_LEN` and the (now meaningless) tag.
 fn decrypt(
-    k: &KeyEntry,
+    k: KeyView<'_>,
     p: envelope::Parsed<'_>,
     context: &str,
 ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-    let aad = envelope::aad(p.key_id, p.tag, p.issued_at, context);
+    let aad = envelope::aad(p.head, p.tag, p.issued_at, context);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(p.nonce());
     let mut payload = Zeroizing::new(p.payload);
@@ -369,8 +453,8 @@ fn decrypt(
 fn self_test_one(ring: &Keyring, k: &KeyEntry, probe: &Value, now: u64) -> Result<(), String> {
     const CONTEXT: &str = "fieldseal-self-test";
     let nonce = fresh_nonce().ok_or_else(|| "random number generator failed".to_owned())?;
-    let sealed =
-        seal_with(k, probe, CONTEXT, now, &nonce).map_err(|e| format!("seal failed: {e}"))?;
+    let sealed = seal_with(k.view(), probe, CONTEXT, now, &nonce)
+        .map_err(|e| format!("seal failed: {e}"))?;
     let opened = ring
         .open_at(&sealed, CONTEXT, None, now)
         .map_err(|e| format!("open failed: {}", e.reason()))?;

@@ -1,28 +1,39 @@
 //! Field encryption core: envelope format, AEAD, key loading and the keyring.
 //! Pure: bytes and JSON values in and out, no HTTP types.
 //!
-//! - `envelope`: the `fs1:` string format and its associated data.
+//! - `envelope`: the `fs1:` and `fs2:` string formats and their associated data.
 //! - `keys`: reading key material (PBKDF2 passphrases, key files) and HKDF.
 //! - `keyring`: the loaded keys, `seal` / `open`.
+//! - `datakey`: data keys and the key-encryption-key interface that wraps
+//!   them (`KeyEncryptionKey`; the ring's keys implement it).
+//! - `subject`: tenant and subject data keys as field keys, and references.
 //! - `token`: the admin bearer token, a secret read like a key file.
 //!
-//! The byte layout, derivations and test vectors are in `docs/envelope.md`.
+//! The byte layout, derivations and test vectors are in `docs/envelope.md`;
+//! the key hierarchy and how to add a key provider in `docs/keys.md`.
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
+mod datakey;
 mod envelope;
 mod keyring;
 mod keys;
+mod subject;
 mod token;
 
+pub use datakey::{DataKey, Keks, KeyEncryptionKey, RingKek, WrapError, RING_WRAPPED_LEN};
 pub use envelope::{
-    is_valid_key_id, max_plaintext_len, MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX,
+    has_prefix as has_envelope_prefix, is_valid_key_id, max_plaintext_len, parse_version,
+    MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX, PREFIX_V2,
 };
 pub use keyring::{Keyring, SealingKey, MAX_SEAL_DEPTH};
 pub(crate) use keys::looser_than_0600;
 pub use keys::{check_source, write_key_file, MIN_SALT_LEN};
+pub use subject::{
+    data_key_aad, RefScope, SubjectKey, SubjectKeys, SubjectRefKey, REFERENCE_BYTES,
+};
 pub use token::AdminToken;
 
 /// How the keyring is described once the YAML is validated (no secret in it,
@@ -133,6 +144,13 @@ pub enum DecryptError {
     AuthFailed,
     #[error("envelope older than max_age")]
     Expired,
+    /// An `fs2` envelope sealed for a tenant or subject whose key this
+    /// request does not hold.
+    #[error("sealed for another subject")]
+    ForeignSubject,
+    /// An `fs2` envelope whose subject's keys were erased.
+    #[error("the subject's keys were erased")]
+    Erased,
 }
 
 impl DecryptError {
@@ -143,6 +161,8 @@ impl DecryptError {
             DecryptError::UnknownKey => "unknown_key",
             DecryptError::AuthFailed => "auth_failed",
             DecryptError::Expired => "expired",
+            DecryptError::ForeignSubject => "foreign_subject",
+            DecryptError::Erased => "erased",
         }
     }
 }
@@ -167,22 +187,35 @@ pub enum SealError {
 /// A successfully opened envelope. Deliberately no `Debug`: it holds plaintext.
 pub struct Opened {
     pub value: Value,
+    /// The ring key id (`fs1`), or `reference:version` (`fs2`).
     pub key_id: String,
     pub issued_at: u64,
+    /// The reference of the tenant or subject (`fs2` only).
+    pub subject: Option<String>,
 }
 
-/// Cheap syntactic check, no crypto: does the string have the envelope prefix?
+/// Cheap syntactic check, no crypto: does the string have an envelope
+/// prefix (`fs1:` or `fs2:`)?
 ///
-/// Only the prefix is checked on purpose: `fs1:` is reserved, so a damaged or
+/// Only the prefix is checked on purpose: both are reserved, so a damaged or
 /// truncated envelope still counts as one and is reported as a decrypt
 /// failure instead of being passed on as if it were plain data.
 pub fn looks_like_envelope(s: &str) -> bool {
-    s.starts_with(PREFIX)
+    envelope::has_prefix(s.as_bytes())
 }
 
-/// The key id an envelope names, if the prefix and id are well formed.
+/// The key an envelope names, if the prefix and name are well formed: the
+/// key id (`fs1`) or `reference:version` (`fs2`).
 pub fn envelope_key_id(s: &str) -> Option<&str> {
-    envelope::split(s).map(|(id, _)| id)
+    envelope::split(s).map(|(_, label, _)| label)
+}
+
+/// The tenant or subject reference and key version of an `fs2` envelope.
+pub fn envelope_subject(s: &str) -> Option<(&str, u32)> {
+    match envelope::split(s)?.0 {
+        envelope::Head::V2 { reference, version } => Some((reference, version)),
+        envelope::Head::V1 { .. } => None,
+    }
 }
 
 /// Why a ring's key ids are refused, with the index of the id at fault.

@@ -27,7 +27,7 @@ mod stream;
 
 use std::time::Duration;
 
-use crate::crypto::{Keyring, SealingKey};
+use crate::crypto::{DecryptError, Keyring, Opened, SealingKey, SubjectKeys};
 
 pub(crate) use names::fold_char;
 pub(crate) use names::name_parts;
@@ -36,8 +36,8 @@ pub use patch::check_patch;
 pub use path::{FieldPath, PathError};
 pub use shape::{JsonReferences, LookAlikeMode, LookAlikes, RequestSchema, RequestShape};
 pub use stream::{
-    decrypt, encrypt, encrypt_request, locations, rewrap, scan_strings, validate, StringKind,
-    SERDE_MAX_DEPTH,
+    decrypt, decrypt_with, encrypt, encrypt_request, locations, rewrap, scan_strings, validate,
+    StringKind, SERDE_MAX_DEPTH,
 };
 
 /// One rule: a path and the context its values are bound to.
@@ -149,20 +149,37 @@ impl OpenSpec {
 }
 
 /// The keys one transform uses: the key values are sealed under, resolved
-/// by the caller (today the ring's active key), and the ring that opens.
+/// by the caller (the ring's active key, or a tenant's or subject's data
+/// key), the ring that opens `fs1` envelopes and the data keys that open
+/// `fs2` ones.
 #[derive(Clone, Copy)]
 pub struct Keys<'k> {
     pub seal: SealingKey<'k>,
     pub ring: &'k Keyring,
+    pub subjects: &'k SubjectKeys,
 }
 
 impl<'k> From<&'k Keyring> for Keys<'k> {
-    /// Seal under the ring's active key.
+    /// Seal under the ring's active key; no data keys.
     fn from(ring: &'k Keyring) -> Keys<'k> {
         Keys {
             seal: ring.sealing_key(),
             ring,
+            subjects: SubjectKeys::none(),
         }
+    }
+}
+
+impl Keys<'_> {
+    #[inline]
+    pub(crate) fn open_at(
+        &self,
+        s: &str,
+        context: &str,
+        max_age: Option<Duration>,
+        now: u64,
+    ) -> Result<Opened, DecryptError> {
+        self.ring.open_with(self.subjects, s, context, max_age, now)
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::location::{redacted, Step};
 use super::{DecryptFailure, Keys, OnDecryptFailure, OpenSpec, TransformError, TransformReport};
-use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring};
+use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring, SubjectKeys};
 
 pub(crate) enum Verdict {
     /// The value's bytes stay as they are.
@@ -35,7 +35,7 @@ pub(crate) fn seal(
     report: &mut TransformReport,
 ) -> Verdict {
     if let Value::String(s) = &value {
-        if looks_like_envelope(s) && keys.ring.open_at(s, context, None, now).is_ok() {
+        if looks_like_envelope(s) && keys.open_at(s, context, None, now).is_ok() {
             return Verdict::Keep;
         }
     }
@@ -60,7 +60,7 @@ pub(crate) fn guard(
     if !looks_like_envelope(s) {
         return Verdict::Keep;
     }
-    let opens = |c: &str| keys.ring.open_at(s, c, None, now).is_ok();
+    let opens = |c: &str| keys.open_at(s, c, None, now).is_ok();
     if opens(context) || named_contexts.iter().any(|c| opens(c)) {
         return Verdict::Keep;
     }
@@ -93,7 +93,7 @@ pub(crate) fn open(
     s: &str,
     context: &str,
     spec: &OpenSpec,
-    ring: &Keyring,
+    (ring, subjects): (&Keyring, &SubjectKeys),
     now: u64,
     report: &mut TransformReport,
     at: (&[Step<'_>], &[String]),
@@ -101,7 +101,7 @@ pub(crate) fn open(
     if !looks_like_envelope(s) {
         return Verdict::Keep;
     }
-    match ring.open_at(s, context, spec.max_age, now) {
+    match ring.open_with(subjects, s, context, spec.max_age, now) {
         Ok(opened) => {
             report.note_key(&opened.key_id);
             report.decrypted += 1;
@@ -140,7 +140,7 @@ pub(crate) fn rewrap(
     if !looks_like_envelope(s) {
         return Verdict::Keep;
     }
-    let opened = match keys.ring.open_at(s, context, None, now) {
+    let opened = match keys.open_at(s, context, None, now) {
         Ok(o) => o,
         Err(e) => return Verdict::Fail(TransformError::Decrypt(failure(s, e, at))),
     };

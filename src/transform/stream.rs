@@ -35,7 +35,9 @@ use super::shape::{carries_data, JsonReferences, LookAlikeMode, LookAlikes};
 use super::{
     matched_paths, name_parts, FieldRule, Keys, OpenSpec, SealSpec, TransformError, TransformReport,
 };
-use crate::crypto::{envelope_key_id, exceeds_depth, looks_like_envelope, Keyring, PREFIX};
+use crate::crypto::{
+    envelope_key_id, exceeds_depth, has_envelope_prefix, looks_like_envelope, Keyring, SubjectKeys,
+};
 
 /// The deepest nesting serde_json parses (its recursion limit): no
 /// transform accepts deeper documents.
@@ -116,9 +118,29 @@ fn member_count(v: &Value) -> usize {
 /// rule's context (or the place's) and `max_age`; other values stay.
 /// `InvalidJson` / `TooDeep` mean nothing was opened.
 pub fn decrypt(input: &[u8], spec: &OpenSpec, ring: &Keyring, now: u64) -> Out {
+    decrypt_with(input, spec, ring, SubjectKeys::none(), now)
+}
+
+/// `decrypt`, with the tenant or subject keys that open `fs2` envelopes.
+pub fn decrypt_with(
+    input: &[u8],
+    spec: &OpenSpec,
+    ring: &Keyring,
+    subjects: &SubjectKeys,
+    now: u64,
+) -> Out {
     let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
     let rules = spec.rules();
-    let mut w = Walker::new(src, rules, Mode::Decrypt { spec, ring }, now);
+    let mut w = Walker::new(
+        src,
+        rules,
+        Mode::Decrypt {
+            spec,
+            ring,
+            subjects,
+        },
+        now,
+    );
     let mut report = w.run(input)?;
     if !rules.is_empty() {
         report.paths = matched_paths(rules, &w.hit);
@@ -225,6 +247,7 @@ enum Mode<'r> {
     Decrypt {
         spec: &'r OpenSpec,
         ring: &'r Keyring,
+        subjects: &'r SubjectKeys,
     },
     Rewrap {
         keys: Keys<'r>,
@@ -492,11 +515,9 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
     }
 
-    /// Do the unescaped string contents `from..to` start with `fs1:`?
+    /// Do the unescaped string contents `from..to` start with `fs1:` or `fs2:`?
     fn reserved(&self, from: usize, to: usize) -> bool {
-        self.b
-            .get(from..to)
-            .is_some_and(|raw| raw.starts_with(PREFIX.as_bytes()))
+        self.b.get(from..to).is_some_and(has_envelope_prefix)
     }
 
     /// The text of string contents `from..to` (validated by `string`).
@@ -1023,14 +1044,18 @@ impl<'a, 'r> Walker<'a, 'r> {
                     &mut self.report,
                 )
             }
-            Mode::Decrypt { spec, ring } => {
+            Mode::Decrypt {
+                spec,
+                ring,
+                subjects,
+            } => {
                 let context = self.rule_context(rule);
                 let names = self.rule_names(rule);
                 policy::open(
                     &s,
                     &context,
                     spec,
-                    ring,
+                    (ring, subjects),
                     now,
                     &mut self.report,
                     (&self.path, names),

@@ -32,6 +32,8 @@ pub const REASON_CODES: &[&str] = &[
     "rate_limited",
     "client_body_broken",
     "client_body_timeout",
+    "token_missing",
+    "token_invalid",
     "upstream_connect_failed",
     "upstream_connect_refused",
     "upstream_connect_timeout",
@@ -44,6 +46,7 @@ pub const REASON_CODES: &[&str] = &[
     "decrypt_failed",
     "buffer_limit",
     "audit_unavailable",
+    "identity_keys_unavailable",
     "internal",
 ];
 
@@ -105,6 +108,10 @@ pub enum ClientError {
     ClientBody,
     #[error("timed out reading the request body")]
     ClientTimeout,
+    /// No valid bearer token on a route with `auth: required` (or a bad
+    /// one on `auth: optional`): 401 with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(crate::identity::AuthError),
 }
 
 /// Caused by the upstream: a 502, or a 504 when it was too slow.
@@ -143,6 +150,9 @@ pub enum LocalError {
     BufferLimit,
     #[error("audit log unavailable")]
     AuditUnavailable,
+    /// No verification key set of the token's provider could be loaded.
+    #[error("the identity provider's keys are unavailable")]
+    IdentityUnavailable,
     #[error("internal error")]
     Internal(&'static str),
 }
@@ -168,6 +178,7 @@ impl ProxyError {
                 UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+                Unauthorized(_) => StatusCode::UNAUTHORIZED,
             },
             ProxyError::Upstream(UpstreamError::UpstreamTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -215,6 +226,7 @@ impl ProxyError {
                 RateLimited { .. } => ("rate_limited", "rate_limited"),
                 ClientBody => ("client_body", "client_body_broken"),
                 ClientTimeout => ("client_timeout", "client_body_timeout"),
+                Unauthorized(e) => ("unauthorized", e.reason()),
             },
             ProxyError::Upstream(e) => match e {
                 UpstreamConnect => ("connect", "upstream_connect_failed"),
@@ -231,6 +243,7 @@ impl ProxyError {
             ProxyError::Local(e) => match e {
                 BufferLimit => ("buffer_limit", "buffer_limit"),
                 AuditUnavailable => ("audit_unavailable", "audit_unavailable"),
+                IdentityUnavailable => ("identity_unavailable", "identity_keys_unavailable"),
                 Internal(_) => ("internal", "internal"),
             },
         }
@@ -312,6 +325,12 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
     if let ProxyError::Client(ClientError::RateLimited { retry_after_secs }) = e {
         h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
     }
+    if let ProxyError::Client(ClientError::Unauthorized(a)) = e {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(a.challenge()),
+        );
+    }
     resp
 }
 
@@ -347,6 +366,8 @@ mod tests {
             },
             ClientBody,
             ClientTimeout,
+            Unauthorized(crate::identity::AuthError::Missing),
+            Unauthorized(crate::identity::AuthError::Invalid("x")),
         ];
         let upstream = vec![
             UpstreamConnect,
@@ -364,7 +385,12 @@ mod tests {
                 reason: "auth_failed",
             }),
         ];
-        let local = vec![BufferLimit, AuditUnavailable, Internal("i")];
+        let local = vec![
+            BufferLimit,
+            AuditUnavailable,
+            IdentityUnavailable,
+            Internal("i"),
+        ];
         // The exhaustive matches make a new variant a compile error here
         // until it is added, so it cannot go without a reason code.
         for e in &client {
@@ -386,7 +412,8 @@ mod tests {
                 | FieldTooLarge
                 | RateLimited { .. }
                 | ClientBody
-                | ClientTimeout => {}
+                | ClientTimeout
+                | Unauthorized(_) => {}
             }
         }
         for e in &upstream {
@@ -405,7 +432,7 @@ mod tests {
         }
         for e in &local {
             match e {
-                BufferLimit | AuditUnavailable | Internal(_) => {}
+                BufferLimit | AuditUnavailable | IdentityUnavailable | Internal(_) => {}
             }
         }
         let client = client.into_iter().map(ProxyError::from);

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod demo;
 pub mod error;
 pub mod healthcheck;
+pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod offline;

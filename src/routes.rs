@@ -63,6 +63,8 @@ pub struct Route {
     pub seal: Option<SealSpec>,
     /// What answers get opened (None: no decrypt rules).
     pub open: Option<OpenSpec>,
+    /// `auth`: whether a bearer token is looked at.
+    pub auth: crate::identity::AuthMode,
 }
 
 impl Route {
@@ -444,6 +446,7 @@ pub(crate) mod tests {
             max_body: 1024,
             seal: None,
             open: None,
+            auth: crate::identity::AuthMode::None,
         }
     }
 

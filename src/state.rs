@@ -33,6 +33,8 @@ pub enum LoadError {
     UpstreamTls(#[from] crate::upstream::UpstreamTlsError),
     #[error("admin.token_file: {0}")]
     AdminToken(String),
+    #[error("{0}")]
+    Identity(String),
     #[error("{0} cannot change on reload; restart to apply it")]
     NeedsRestart(&'static str),
     #[error("the reload task failed before finishing")]
@@ -62,6 +64,11 @@ pub struct Runtime {
     pub admin_token: Option<crate::crypto::AdminToken>,
     /// Keys the access log's `path_hash`.
     pub path_key: PathKey,
+    /// The JWT verifiers (`identity`), with their key sets and token cache.
+    pub identity: Option<Arc<crate::identity::Identity>>,
+    /// Headers some provider forwards claims in: removed from every client
+    /// request on routes that look at tokens.
+    pub identity_headers: Vec<http::HeaderName>,
 }
 
 /// The access log's path hash key: a sub-key of the active key (so
@@ -203,6 +210,17 @@ impl Runtime {
             .map(crate::crypto::AdminToken::load)
             .transpose()
             .map_err(LoadError::AdminToken)?;
+        let identity = config
+            .identity
+            .as_ref()
+            .map(|spec| crate::identity::Identity::load(spec).map(Arc::new))
+            .transpose()
+            .map_err(LoadError::Identity)?;
+        let identity_headers = config
+            .identity
+            .as_ref()
+            .map(|i| i.forwarded_headers())
+            .unwrap_or_default();
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
@@ -238,6 +256,8 @@ impl Runtime {
             limits,
             audit,
             admin_token,
+            identity,
+            identity_headers,
         })
     }
 }

@@ -9,6 +9,7 @@ mod addresses;
 mod admin;
 mod audit;
 mod headers;
+mod identity;
 mod keys;
 mod limits;
 mod listen;
@@ -82,6 +83,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub keys: Option<KeyringSpec>,
     pub audit: Option<AuditSettings>,
+    /// `identity`: the JWT providers (None: no route verifies tokens).
+    pub identity: Option<crate::identity::IdentitySpec>,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Headers for answers that match no route.
@@ -184,9 +187,22 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         .as_ref()
         .map(|a| audit::compile(a, keys.as_ref(), base))
         .transpose()?;
+    let identity = raw
+        .identity
+        .as_ref()
+        .map(|i| identity::compile(i, base))
+        .transpose()?;
     let log = log::compile(&raw.log)?;
     let default_headers = headers::compile(&At::top("headers"), &raw.headers, None)?;
     let routes = routes::compile(&raw, &upstreams, &rate_limit, &limits, keys.as_ref(), base)?;
+    for (i, (r, raw_r)) in routes.routes.iter().zip(&raw.routes).enumerate() {
+        if r.auth != crate::identity::AuthMode::None && identity.is_none() {
+            return Err(invalid(
+                &At::top("routes").item(i, &raw_r.name).key("auth"),
+                "needs an `identity` section with at least one jwt provider",
+            ));
+        }
+    }
     listen::check_listeners(listen, redirect_http, &admin, &upstreams)?;
     let shutdown_grace = duration(
         &At::top("shutdown").key("grace_period"),
@@ -215,6 +231,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         shutdown_grace,
         keys,
         audit,
+        identity,
         log,
         routes: RouteTable {
             routes: routes.routes,

@@ -56,6 +56,10 @@ pub struct RawConfig {
     /// Tamper-evident audit log of requests that encrypted or decrypted fields.
     #[serde(default)]
     pub audit: Option<RawAudit>,
+    /// Who the caller is: JWT providers whose bearer tokens routes with
+    /// `auth: required | optional` verify.
+    #[serde(default)]
+    pub identity: Option<RawIdentity>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -509,6 +513,71 @@ pub struct RawRoute {
     /// names: `refuse` (400, default) or `allow`. Needs encrypt rules.
     #[serde(default)]
     pub json_references: Option<Word<JsonReferences>>,
+    /// Bearer token: `none` (default, not looked at), `optional` (verified
+    /// when sent) or `required` (401 without a valid one, nothing forwarded).
+    #[serde(default)]
+    pub auth: Option<Word<crate::identity::AuthMode>>,
+}
+
+/// `identity`: JWT providers.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// The providers; a token is verified by the one whose `issuer` it names.
+    pub jwt: Vec<RawJwtProvider>,
+    /// Tolerance for `exp`, `nbf` and `iat` against this host's clock. Default 60s, at most 5m.
+    #[serde(default)]
+    pub clock_skew: Option<String>,
+}
+
+/// One JWT issuer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtProvider {
+    /// Unique name, for logs.
+    pub name: String,
+    /// The `iss` claim tokens must carry, exactly.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted: RS256, RS384, RS512, PS256, PS384,
+    /// PS512, ES256, ES384, EdDSA; HS256/384/512 only with `hmac_secret_file`.
+    /// `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// Verification keys from a JWKS file (read at load and on reload).
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Verification keys from a JWKS URL (http or https): fetched when first
+    /// needed, refetched on an unknown `kid` at most once per
+    /// `jwks_min_refresh`; the last good set is kept when a fetch fails.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// For HS* algorithms only: a file (mode 0600) holding the shared secret, at least 32 bytes.
+    #[serde(default)]
+    pub hmac_secret_file: Option<String>,
+    /// The claim that names the subject. Default `sub`.
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// The claim that names the tenant (required in tokens when set).
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+    /// Longest accepted `exp - iat` (tokens then need `iat`). Default: no limit.
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
+    /// Accepted `typ` header values (case-insensitive; `""` accepts a token
+    /// without `typ`). Default: any.
+    #[serde(default)]
+    pub typ: Option<Vec<String>>,
+    /// Claims every token must carry (not null).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claims sent to the backend as headers (`claim: header-name`); any
+    /// copy of those headers the client sent is removed first.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Shortest time between two fetches of `jwks_url`. Default 60s, at least 1s.
+    #[serde(default)]
+    pub jwks_min_refresh: Option<String>,
 }
 
 /// A JSON Schema: the path of a JSON file (relative to this config), or

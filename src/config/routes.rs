@@ -97,6 +97,10 @@ fn route(
     let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
 
     let (seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let auth = match &r.auth {
+        None => crate::identity::AuthMode::None,
+        Some(w) => super::word(&at.key("auth"), w, "")?,
+    };
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -119,6 +123,7 @@ fn route(
         max_body,
         seal,
         open,
+        auth,
     };
     Ok((route, warnings))
 }

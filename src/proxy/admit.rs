@@ -9,8 +9,9 @@ use http::request::Parts;
 use http::Version;
 
 use super::Exchange;
-use crate::error::{ClientError, ProxyError};
+use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers;
+use crate::identity::{AuthError, AuthMode, Principal};
 use crate::routes::{canonical_path, CanonicalPath};
 use crate::state::{RouteRuntime, Runtime};
 
@@ -24,6 +25,64 @@ pub(super) struct Admitted {
     /// The peer (the TCP connection's), and whether its X-Forwarded-For is believed.
     pub peer: IpAddr,
     pub peer_trusted: bool,
+}
+
+/// On a route with `auth`, who the caller is: the bearer token verified
+/// (401 when it is missing on `required`, or bad on either), claims set as
+/// the configured headers after every client copy of them was removed.
+pub(super) async fn identify(
+    rt: &Runtime,
+    route: &RouteRuntime,
+    parts: &mut Parts,
+) -> Result<Option<Principal>, ProxyError> {
+    let mode = route.route.auth;
+    if mode == AuthMode::None {
+        return Ok(None);
+    }
+    for h in &rt.identity_headers {
+        parts.headers.remove(h);
+    }
+    let identity = rt
+        .identity
+        .as_ref()
+        .ok_or(ProxyError::from(LocalError::Internal(
+            "identity is not configured",
+        )))?;
+    let unauthorized = |e: AuthError| ProxyError::from(ClientError::Unauthorized(e));
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(unauthorized(AuthError::Invalid(
+            "more than one Authorization header",
+        )));
+    }
+    let Some(value) = first else {
+        return match mode {
+            AuthMode::Optional => Ok(None),
+            _ => Err(unauthorized(AuthError::Missing)),
+        };
+    };
+    let token = bearer(value).ok_or(unauthorized(AuthError::Invalid("not a bearer token")))?;
+    match identity.verify(token).await {
+        Ok(p) => {
+            for (name, value) in &p.forwarded {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+            Ok(Some(p))
+        }
+        Err(AuthError::KeysUnavailable) => Err(ProxyError::from(LocalError::IdentityUnavailable)),
+        Err(e) => Err(unauthorized(e)),
+    }
+}
+
+/// The credential of `Authorization: Bearer <token>` (scheme case-insensitive,
+/// RFC 7235 §2.1), or None.
+fn bearer(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    let (scheme, token) = s.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
 }
 
 /// Checks the request head, finds its route and takes a token from the

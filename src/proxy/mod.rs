@@ -2,7 +2,8 @@
 //!
 //! 1. [`admit`]: the request as it will be matched and forwarded (header
 //!    limits, transfer codings, host, canonical path), its route, the
-//!    client's rate limit;
+//!    client's rate limit; then, on routes with `auth`, who the caller is
+//!    (a verified bearer JWT, or 401);
 //! 2. [`request_body`]: streamed as is, or buffered and sealed;
 //! 3. [`forward`]: the upstream request, built from the canonical form that
 //!    was matched;
@@ -63,6 +64,8 @@ struct Exchange {
     bytes_in: u64,
     request_report: TransformReport,
     response_report: TransformReport,
+    /// Who the verified token says the caller is (routes with `auth`).
+    principal: Option<crate::identity::Principal>,
 }
 
 impl Exchange {
@@ -88,6 +91,7 @@ impl Exchange {
             bytes_in: 0,
             request_report: TransformReport::default(),
             response_report: TransformReport::default(),
+            principal: None,
         }
     }
 
@@ -145,6 +149,7 @@ async fn stages(
     let (mut parts, incoming) = req.into_parts();
     let admitted = admit::admit(rt, &parts, peer, ex)?;
     let route = Arc::clone(&admitted.route);
+    ex.principal = admit::identify(rt, &route, &mut parts).await?;
     let limits = &rt.config.limits;
     let held = Held {
         buffers,

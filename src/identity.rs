@@ -1,0 +1,719 @@
+//! Identity at the edge: bearer JWTs verified against configured providers
+//! (`identity.jwt`), with their keys from a JWKS file, a JWKS URL (cached,
+//! refetched on an unknown `kid` at most once per `jwks_min_refresh`, the
+//! last good set kept when a fetch fails) or, for HMAC only, a secret file.
+//!
+//! What a verified token gives the request: its provider, subject and
+//! optional tenant, and the claims a route forwards as headers. Verified
+//! tokens are cached (by SHA-256 of the token) until their `exp`, at most
+//! `VERIFIED_CACHE_MAX` of them, so a repeated token is not verified again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Most verified tokens kept; at the bound, expired ones are dropped and,
+/// if still full, new tokens are verified but not cached.
+pub const VERIFIED_CACHE_MAX: usize = 10_000;
+/// Longest token looked at (bigger ones are refused unread).
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Largest JWKS document read (file or URL).
+const MAX_JWKS_LEN: usize = 1024 * 1024;
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `auth:` of a route.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No token is looked at (the default).
+    #[default]
+    None,
+    /// A token is verified if there is one; none is fine, a bad one is 401.
+    Optional,
+    /// A valid token is needed: 401 otherwise, nothing forwarded.
+    Required,
+}
+
+/// Where a provider's verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceSpec {
+    JwksFile(PathBuf),
+    JwksUrl(String),
+    /// HMAC secret (HS256/384/512 only), mode 0600.
+    HmacSecretFile(PathBuf),
+}
+
+/// One `identity.jwt` entry, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtProviderSpec {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySourceSpec,
+    pub subject_claim: String,
+    pub tenant_claim: Option<String>,
+    pub max_lifetime: Option<Duration>,
+    /// Accepted `typ` header values (compared case-insensitively); None: any.
+    pub typ: Option<Vec<String>>,
+    pub required_claims: Vec<String>,
+    /// Claim → header sent to the backend (client copies removed first).
+    pub forward_claims: Vec<(String, http::HeaderName)>,
+    pub jwks_min_refresh: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentitySpec {
+    pub providers: Vec<JwtProviderSpec>,
+    pub clock_skew: Duration,
+}
+
+impl IdentitySpec {
+    /// Every header some provider forwards (removed from client requests on
+    /// every route that looks at tokens).
+    pub fn forwarded_headers(&self) -> Vec<http::HeaderName> {
+        let mut out: Vec<http::HeaderName> = Vec::new();
+        for p in &self.providers {
+            for (_, h) in &p.forward_claims {
+                if !out.contains(h) {
+                    out.push(h.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Parses an algorithm name of the config. `none` is never one.
+pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    Some(match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => return None,
+    })
+}
+
+pub fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// Who a verified token says the caller is. No `Debug`: it holds claims.
+#[derive(Clone)]
+pub struct Principal {
+    pub provider: Arc<str>,
+    pub subject: String,
+    pub tenant: Option<String>,
+    /// (header, value) pairs to forward, already validated as header values.
+    pub forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The token's `exp`, Unix seconds.
+    pub expires: u64,
+}
+
+/// Why a request gets 401 (or, for `KeysUnavailable`, 503). Reasons are
+/// fixed strings: never token content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the bearer token is invalid: {0}")]
+    Invalid(&'static str),
+    /// No verification key set could be loaded for the token's provider.
+    #[error("the identity provider's keys are unavailable")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// The `error` parameter of `WWW-Authenticate` (RFC 6750 §3.1).
+    pub fn challenge(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "Bearer realm=\"fieldseal\"",
+            _ => "Bearer realm=\"fieldseal\", error=\"invalid_token\"",
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Invalid(_) => "token_invalid",
+            AuthError::KeysUnavailable => "identity_keys_unavailable",
+        }
+    }
+}
+
+/// A provider's current verification keys.
+enum Keys {
+    Hmac(DecodingKey),
+    Jwks(Vec<JwksKey>),
+}
+
+struct JwksKey {
+    kid: Option<String>,
+    /// The JWK's own `alg`, when it names one.
+    alg: Option<Algorithm>,
+    /// Key family, to pick a key for a token without `kid`.
+    family: Family,
+    key: DecodingKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+    Okp,
+}
+
+fn family_of(a: Algorithm) -> Option<Family> {
+    match a {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Some(Family::Rsa),
+        Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
+        Algorithm::EdDSA => Some(Family::Okp),
+        _ => None,
+    }
+}
+
+struct Provider {
+    spec: JwtProviderSpec,
+    name: Arc<str>,
+    /// The last good key set (None: never loaded).
+    keys: Mutex<Option<Arc<Keys>>>,
+    /// When the URL was last fetched (success or not), to bound refetches.
+    last_fetch: Mutex<Option<Instant>>,
+    /// One fetch at a time; others wait and then use its result.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+struct CachedPrincipal {
+    principal: Principal,
+    /// `exp` + skew: not valid after this (Unix seconds).
+    valid_until: u64,
+    provider: usize,
+}
+
+/// The verifiers of one configuration.
+pub struct Identity {
+    providers: Vec<Provider>,
+    skew: Duration,
+    cache: Mutex<HashMap<[u8; 32], CachedPrincipal>>,
+    /// Counters for tests and metrics: (verifications, cache hits, JWKS fetches).
+    stats: Mutex<(u64, u64, u64)>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("providers", &self.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads JWKS files and HMAC secrets now (a bad one fails the load);
+    /// JWKS URLs are fetched when first needed.
+    pub fn load(spec: &IdentitySpec) -> Result<Identity, String> {
+        let mut providers = Vec::with_capacity(spec.providers.len());
+        for p in &spec.providers {
+            let keys = match &p.keys {
+                KeySourceSpec::JwksFile(path) => {
+                    let text = read_limited(path, false)
+                        .map_err(|e| format!("identity.jwt {:?}: {e}", p.name))?;
+                    let text = String::from_utf8_lossy(&text);
+                    Some(Arc::new(parse_jwks(&text).map_err(|e| {
+                        format!("identity.jwt {:?}: {}: {e}", p.name, path.display())
+                    })?))
+                }
+                KeySourceSpec::HmacSecretFile(path) => {
+                    let secret = read_limited(path, true)
+                        .map_err(|e| format!("identity.jwt {:?}: {e}", p.name))?;
+                    let secret = secret.trim_ascii();
+                    if secret.len() < 32 {
+                        return Err(format!(
+                            "identity.jwt {:?}: {} holds fewer than 32 bytes; an HMAC secret must be at least 32",
+                            p.name,
+                            path.display()
+                        ));
+                    }
+                    Some(Arc::new(Keys::Hmac(DecodingKey::from_secret(secret))))
+                }
+                KeySourceSpec::JwksUrl(_) => None,
+            };
+            providers.push(Provider {
+                name: Arc::from(p.name.as_str()),
+                spec: p.clone(),
+                keys: Mutex::new(keys),
+                last_fetch: Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+            });
+        }
+        Ok(Identity {
+            providers,
+            skew: spec.clock_skew,
+            cache: Mutex::new(HashMap::new()),
+            stats: Mutex::new((0, 0, 0)),
+        })
+    }
+
+    /// (full verifications, cache hits, JWKS fetches) so far.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        self.stats.lock().map(|s| *s).unwrap_or((0, 0, 0))
+    }
+
+    /// Verifies `token` (the bearer credential, without `Bearer `).
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Invalid("malformed"));
+        }
+        let now = crate::crypto::unix_now();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.cached(&digest, now) {
+            self.count(|s| s.1 += 1);
+            return Ok(p);
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed"))?;
+        let issuer = unverified_issuer(token).ok_or(AuthError::Invalid("malformed"))?;
+        let (index, provider) = self
+            .providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.spec.issuer == issuer)
+            .ok_or(AuthError::Invalid("unknown issuer"))?;
+        if !provider.spec.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid("algorithm not allowed"));
+        }
+        if let Some(allowed) = &provider.spec.typ {
+            let ok = match &header.typ {
+                Some(t) => allowed.iter().any(|a| a.eq_ignore_ascii_case(t)),
+                None => allowed.iter().any(|a| a.is_empty()),
+            };
+            if !ok {
+                return Err(AuthError::Invalid("typ not allowed"));
+            }
+        }
+        let key = self
+            .key_for(provider, header.alg, header.kid.as_deref())
+            .await?;
+        self.count(|s| s.0 += 1);
+        let claims = self.check(provider, token, &key, header.alg, now)?;
+        let principal = principal(provider, &claims)?;
+        self.remember(digest, &principal, index, now);
+        Ok(principal)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut (u64, u64, u64))) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn cached(&self, digest: &[u8; 32], now: u64) -> Option<Principal> {
+        let cache = self.cache.lock().ok()?;
+        let c = cache.get(digest)?;
+        (now <= c.valid_until && c.provider < self.providers.len()).then(|| c.principal.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], p: &Principal, provider: usize, now: u64) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.retain(|_, c| c.valid_until >= now);
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                return;
+            }
+        }
+        cache.insert(
+            digest,
+            CachedPrincipal {
+                principal: p.clone(),
+                valid_until: p.expires.saturating_add(self.skew.as_secs()),
+                provider,
+            },
+        );
+    }
+
+    /// The signature, `exp` (required), `nbf`, `iat`, issuer, audience,
+    /// lifetime and required claims.
+    fn check(
+        &self,
+        provider: &Provider,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+        now: u64,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let spec = &provider.spec;
+        let mut v = Validation::new(alg);
+        v.leeway = self.skew.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[spec.issuer.as_str()]);
+        v.set_audience(&spec.audiences);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            AuthError::Invalid(match e.kind() {
+                K::ExpiredSignature => "expired",
+                K::ImmatureSignature => "not yet valid",
+                K::InvalidAudience => "wrong audience",
+                K::InvalidIssuer => "wrong issuer",
+                K::InvalidSignature => "bad signature",
+                K::InvalidAlgorithm => "algorithm not allowed",
+                K::MissingRequiredClaim(_) => "a required claim is missing",
+                _ => "malformed",
+            })
+        })?;
+        let claims = data.claims;
+        let num = |name: &str| claims.get(name).and_then(Value::as_u64);
+        let exp = num("exp").ok_or(AuthError::Invalid("malformed"))?;
+        let skew = self.skew.as_secs();
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat.as_u64().ok_or(AuthError::Invalid("malformed"))?;
+            if iat > now.saturating_add(skew) {
+                return Err(AuthError::Invalid("issued in the future"));
+            }
+        }
+        if let Some(max) = spec.max_lifetime {
+            let iat = num("iat").ok_or(AuthError::Invalid("a required claim is missing"))?;
+            if exp.saturating_sub(iat) > max.as_secs() {
+                return Err(AuthError::Invalid("lifetime too long"));
+            }
+        }
+        for c in &spec.required_claims {
+            if claims.get(c).is_none_or(Value::is_null) {
+                return Err(AuthError::Invalid("a required claim is missing"));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The key for a token's `alg` and `kid`: from the current set, else
+    /// (JWKS URL only) from a refetch, at most once per `jwks_min_refresh`.
+    async fn key_for(
+        &self,
+        provider: &Provider,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<DecodingKey, AuthError> {
+        let current = provider.keys.lock().ok().and_then(|k| k.clone());
+        if let Some(keys) = &current {
+            if let Some(k) = pick(keys, alg, kid) {
+                return Ok(k);
+            }
+        }
+        let KeySourceSpec::JwksUrl(url) = &provider.spec.keys else {
+            return Err(AuthError::Invalid("unknown key"));
+        };
+        let _one = provider.fetching.lock().await;
+        // Another request may have fetched while this one waited.
+        let fresh = provider.keys.lock().ok().and_then(|k| k.clone());
+        if let Some(keys) = &fresh {
+            if !same(&fresh, &current) {
+                if let Some(k) = pick(keys, alg, kid) {
+                    return Ok(k);
+                }
+            }
+        }
+        let due = provider
+            .last_fetch
+            .lock()
+            .ok()
+            .map(|t| t.is_none_or(|t| t.elapsed() >= provider.spec.jwks_min_refresh))
+            .unwrap_or(false);
+        if due {
+            if let Ok(mut t) = provider.last_fetch.lock() {
+                *t = Some(Instant::now());
+            }
+            self.count(|s| s.2 += 1);
+            match fetch_jwks(url).await.and_then(|t| parse_jwks(&t)) {
+                Ok(keys) => {
+                    let keys = Arc::new(keys);
+                    if let Ok(mut k) = provider.keys.lock() {
+                        *k = Some(Arc::clone(&keys));
+                    }
+                    return pick(&keys, alg, kid).ok_or(AuthError::Invalid("unknown key"));
+                }
+                Err(e) => {
+                    // The last good set stays; the problem is logged, not shown.
+                    tracing::warn!(provider = %provider.name, error = %e, "JWKS fetch failed");
+                }
+            }
+        }
+        match provider.keys.lock().ok().and_then(|k| k.clone()) {
+            Some(keys) => pick(&keys, alg, kid).ok_or(AuthError::Invalid("unknown key")),
+            None => Err(AuthError::KeysUnavailable),
+        }
+    }
+}
+
+fn same(a: &Option<Arc<Keys>>, b: &Option<Arc<Keys>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The key of `keys` for `alg` and `kid`. Without `kid`, only when exactly
+/// one key of the algorithm's family could be meant.
+fn pick(keys: &Keys, alg: Algorithm, kid: Option<&str>) -> Option<DecodingKey> {
+    match keys {
+        Keys::Hmac(k) => is_hmac(alg).then(|| k.clone()),
+        Keys::Jwks(set) => {
+            let family = family_of(alg)?;
+            let fits = |k: &&JwksKey| k.family == family && k.alg.is_none_or(|a| a == alg);
+            match kid {
+                Some(kid) => set
+                    .iter()
+                    .filter(fits)
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                    .map(|k| k.key.clone()),
+                None => {
+                    let mut it = set.iter().filter(fits);
+                    let first = it.next()?;
+                    it.next().is_none().then(|| first.key.clone())
+                }
+            }
+        }
+    }
+}
+
+/// A JWKS document's asymmetric keys; `oct` (symmetric) keys are refused
+/// (HMAC secrets come from a file only, so a public JWKS can't carry one).
+fn parse_jwks(text: &str) -> Result<Keys, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut out = Vec::new();
+    for jwk in &set.keys {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Family::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => Family::Okp,
+            AlgorithmParameters::OctetKey(_) => continue,
+        };
+        if let Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) = jwk.common.public_key_use {
+            continue;
+        }
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| parse_algorithm(&format!("{a:?}")));
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a key is unusable: {e}"))?;
+        out.push(JwksKey {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            family,
+            key,
+        });
+    }
+    if out.is_empty() {
+        return Err("the key set holds no signature key".into());
+    }
+    Ok(Keys::Jwks(out))
+}
+
+/// The `iss` claim of a token, before its signature is checked: only to
+/// choose the provider whose keys then verify it.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}
+
+fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+    let spec = &provider.spec;
+    let text = |name: &str| -> Option<String> {
+        match claims.get(name)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let subject =
+        text(&spec.subject_claim).ok_or(AuthError::Invalid("the subject claim is missing"))?;
+    let tenant = match &spec.tenant_claim {
+        Some(c) => Some(text(c).ok_or(AuthError::Invalid("the tenant claim is missing"))?),
+        None => None,
+    };
+    let mut forwarded = Vec::new();
+    for (claim, header) in &spec.forward_claims {
+        let Some(v) = claims.get(claim) else { continue };
+        let s = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        // A claim that is not a valid header value is not forwarded at all.
+        if let Ok(hv) = http::HeaderValue::from_str(&s) {
+            forwarded.push((header.clone(), hv));
+        }
+    }
+    Ok(Principal {
+        provider: Arc::clone(&provider.name),
+        subject,
+        tenant,
+        forwarded,
+        expires: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+fn read_limited(path: &Path, secret: bool) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let at = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {at}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {at}: {e}"))?;
+    if secret {
+        if let Some(mode) = crate::crypto::looser_than_0600(&meta) {
+            return Err(format!(
+                "{at} has mode {mode:04o}; it must be 0600 or stricter (chmod 600 {at})"
+            ));
+        }
+    }
+    let mut buf = Vec::new();
+    file.take(MAX_JWKS_LEN as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {at}: {e}"))?;
+    if buf.len() > MAX_JWKS_LEN {
+        return Err(format!("{at} is larger than {MAX_JWKS_LEN} bytes"));
+    }
+    Ok(buf)
+}
+
+/// GET `url` (http or https; https verified against the system's CA
+/// bundle), within `JWKS_FETCH_TIMEOUT`, at most `MAX_JWKS_LEN` bytes.
+async fn fetch_jwks(url: &str) -> Result<String, String> {
+    tokio::time::timeout(JWKS_FETCH_TIMEOUT, fetch(url))
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+async fn fetch(url: &str) -> Result<String, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let uri: http::Uri = url.parse().map_err(|_| "invalid URL".to_string())?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("the URL must be http or https".into()),
+    };
+    let host = uri.host().ok_or("the URL has no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let req = http::Request::get(path)
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|_| "invalid URL".to_string())?;
+    let resp = if https {
+        let stream = tls_connect(&host, tcp).await?;
+        send(hyper_util::rt::TokioIo::new(stream), req).await?
+    } else {
+        send(hyper_util::rt::TokioIo::new(tcp), req).await?
+    };
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status().as_u16()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_JWKS_LEN)
+        .collect()
+        .await
+        .map_err(|_| "the answer could not be read or is too large".to_string())?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8".to_string())
+}
+
+async fn send<T>(
+    io: T,
+    req: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+async fn tls_connect(
+    host: &str,
+    tcp: tokio::net::TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for path in CA_BUNDLES {
+        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
+            for cert in iter.flatten() {
+                let _ = roots.add(cert);
+            }
+            break;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA bundle found to verify the JWKS server".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|_| "invalid host name".to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))
+}

@@ -330,6 +330,25 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
             );
         }
     }
+    if let Some(service) = &rt.key_service {
+        // One round trip to the store (SQLite: a local read).
+        let store = service.store();
+        match store.ping() {
+            Ok(()) => {
+                checks.insert(
+                    "key_store".into(),
+                    json!({ "status": "ok", "kind": store.kind() }),
+                );
+            }
+            Err(e) => {
+                ready = false;
+                checks.insert(
+                    "key_store".into(),
+                    json!({ "status": "failed", "kind": store.kind(), "reason": e.to_string() }),
+                );
+            }
+        }
+    }
     if let Some(a) = &rt.audit {
         checks.insert(
             "audit".into(),

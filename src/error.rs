@@ -34,6 +34,9 @@ pub const REASON_CODES: &[&str] = &[
     "client_body_timeout",
     "token_missing",
     "token_invalid",
+    "foreign_subject",
+    "subject_erased",
+    "subject_erased_write",
     "upstream_connect_failed",
     "upstream_connect_refused",
     "upstream_connect_timeout",
@@ -47,6 +50,7 @@ pub const REASON_CODES: &[&str] = &[
     "buffer_limit",
     "audit_unavailable",
     "identity_keys_unavailable",
+    "key_store_unavailable",
     "internal",
 ];
 
@@ -112,6 +116,16 @@ pub enum ClientError {
     /// one on `auth: optional`): 401 with `WWW-Authenticate`.
     #[error("{0}")]
     Unauthorized(crate::identity::AuthError),
+    /// An answer's field belongs to another tenant or subject
+    /// (`on_foreign_subject: error`).
+    #[error("a field of the answer belongs to another subject")]
+    ForeignSubject,
+    /// An answer's field belongs to an erased subject (`on_erased: error`).
+    #[error("the data of this subject was erased")]
+    Erased,
+    /// A write for an erased subject (`on_erased_write: refuse`).
+    #[error("this subject was erased; new data is not accepted")]
+    ErasedSubjectWrite,
 }
 
 /// Caused by the upstream: a 502, or a 504 when it was too slow.
@@ -153,6 +167,9 @@ pub enum LocalError {
     /// No verification key set of the token's provider could be loaded.
     #[error("the identity provider's keys are unavailable")]
     IdentityUnavailable,
+    /// The key store (or the key provider) could not give an uncached key.
+    #[error("the key store is unavailable")]
+    KeyStoreUnavailable,
     #[error("internal error")]
     Internal(&'static str),
 }
@@ -179,6 +196,8 @@ impl ProxyError {
                 RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ClientTimeout => StatusCode::REQUEST_TIMEOUT,
                 Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                ForeignSubject => StatusCode::FORBIDDEN,
+                Erased | ErasedSubjectWrite => StatusCode::GONE,
             },
             ProxyError::Upstream(UpstreamError::UpstreamTimeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -227,6 +246,9 @@ impl ProxyError {
                 ClientBody => ("client_body", "client_body_broken"),
                 ClientTimeout => ("client_timeout", "client_body_timeout"),
                 Unauthorized(e) => ("unauthorized", e.reason()),
+                ForeignSubject => ("foreign_subject", "foreign_subject"),
+                Erased => ("erased", "subject_erased"),
+                ErasedSubjectWrite => ("erased", "subject_erased_write"),
             },
             ProxyError::Upstream(e) => match e {
                 UpstreamConnect => ("connect", "upstream_connect_failed"),
@@ -244,6 +266,7 @@ impl ProxyError {
                 BufferLimit => ("buffer_limit", "buffer_limit"),
                 AuditUnavailable => ("audit_unavailable", "audit_unavailable"),
                 IdentityUnavailable => ("identity_unavailable", "identity_keys_unavailable"),
+                KeyStoreUnavailable => ("key_store_unavailable", "key_store_unavailable"),
                 Internal(_) => ("internal", "internal"),
             },
         }
@@ -368,6 +391,9 @@ mod tests {
             ClientTimeout,
             Unauthorized(crate::identity::AuthError::Missing),
             Unauthorized(crate::identity::AuthError::Invalid("x")),
+            ForeignSubject,
+            Erased,
+            ErasedSubjectWrite,
         ];
         let upstream = vec![
             UpstreamConnect,
@@ -389,6 +415,7 @@ mod tests {
             BufferLimit,
             AuditUnavailable,
             IdentityUnavailable,
+            KeyStoreUnavailable,
             Internal("i"),
         ];
         // The exhaustive matches make a new variant a compile error here
@@ -413,7 +440,10 @@ mod tests {
                 | RateLimited { .. }
                 | ClientBody
                 | ClientTimeout
-                | Unauthorized(_) => {}
+                | Unauthorized(_)
+                | ForeignSubject
+                | Erased
+                | ErasedSubjectWrite => {}
             }
         }
         for e in &upstream {
@@ -432,7 +462,8 @@ mod tests {
         }
         for e in &local {
             match e {
-                BufferLimit | AuditUnavailable | IdentityUnavailable | Internal(_) => {}
+                BufferLimit | AuditUnavailable | IdentityUnavailable | KeyStoreUnavailable
+                | Internal(_) => {}
             }
         }
         let client = client.into_iter().map(ProxyError::from);

@@ -11,6 +11,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod identity;
 pub mod init;
+pub mod keystore;
 pub mod logging;
 pub mod offline;
 pub mod proxy;
@@ -59,6 +60,16 @@ impl Proxy {
     }
 
     /// Re-reads the config file; on error the running config stays.
+    /// The key service of the loaded config (tenant and subject keys), if any.
+    pub fn key_service(&self) -> Option<Arc<keystore::KeyService>> {
+        self.shared.runtime.load().key_service.clone()
+    }
+
+    /// The JWT verifiers of the loaded config, if any.
+    pub fn identity(&self) -> Option<Arc<identity::Identity>> {
+        self.shared.runtime.load().identity.clone()
+    }
+
     pub async fn reload(&self) -> Result<String, LoadError> {
         self.shared.reload().await
     }

@@ -11,6 +11,50 @@ use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 pub mod shadow;
 pub use shadow::{shadows, Shadow};
 
+/// `key_scope` of a route: whose key seals its fields.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// The ring's active key (`fs1`).
+    #[default]
+    Deployment,
+    /// The data key of the token's tenant (`fs2`).
+    Tenant,
+    /// The data key of the token's subject (`fs2`).
+    Subject,
+}
+
+/// `on_erased_write`: a write for an erased subject.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErasedWrite {
+    /// 410, nothing forwarded.
+    #[default]
+    Refuse,
+    /// A fresh key (version 1 again); the erased data stays unreadable.
+    NewKey,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     /// The whole path, exactly.
@@ -65,6 +109,8 @@ pub struct Route {
     pub open: Option<OpenSpec>,
     /// `auth`: whether a bearer token is looked at.
     pub auth: crate::identity::AuthMode,
+    pub key_scope: KeyScope,
+    pub on_erased_write: OnErasedWrite,
 }
 
 impl Route {
@@ -447,6 +493,8 @@ pub(crate) mod tests {
             seal: None,
             open: None,
             auth: crate::identity::AuthMode::None,
+            key_scope: KeyScope::Deployment,
+            on_erased_write: OnErasedWrite::Refuse,
         }
     }
 

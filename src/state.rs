@@ -35,6 +35,8 @@ pub enum LoadError {
     AdminToken(String),
     #[error("{0}")]
     Identity(String),
+    #[error("key_store: {0}")]
+    KeyStore(String),
     #[error("{0} cannot change on reload; restart to apply it")]
     NeedsRestart(&'static str),
     #[error("the reload task failed before finishing")]
@@ -69,6 +71,8 @@ pub struct Runtime {
     /// Headers some provider forwards claims in: removed from every client
     /// request on routes that look at tokens.
     pub identity_headers: Vec<http::HeaderName>,
+    /// Tenant and subject data keys (`key_store`), with their cache.
+    pub key_service: Option<Arc<crate::keystore::KeyService>>,
 }
 
 /// The access log's path hash key: a sub-key of the active key (so
@@ -221,6 +225,21 @@ impl Runtime {
             .as_ref()
             .map(|i| i.forwarded_headers())
             .unwrap_or_default();
+        let key_service = match (&config.key_store, &keyring) {
+            (Some(spec), Some(ring)) => {
+                let store = crate::keystore::SqliteStore::open(&spec.sqlite)
+                    .map_err(|e| LoadError::KeyStore(e.to_string()))?;
+                let service = crate::keystore::KeyService::open(
+                    Arc::new(store),
+                    crate::crypto::Keks::from_ring(ring),
+                    spec.cache_ttl,
+                    spec.cache_max,
+                )
+                .map_err(|e| LoadError::KeyStore(e.to_string()))?;
+                Some(Arc::new(service))
+            }
+            _ => None,
+        };
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
@@ -258,6 +277,7 @@ impl Runtime {
             admin_token,
             identity,
             identity_headers,
+            key_service,
         })
     }
 }

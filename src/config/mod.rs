@@ -85,6 +85,8 @@ pub struct Config {
     pub audit: Option<AuditSettings>,
     /// `identity`: the JWT providers (None: no route verifies tokens).
     pub identity: Option<crate::identity::IdentitySpec>,
+    /// `key_store`: where tenant and subject data keys live.
+    pub key_store: Option<KeyStoreSpec>,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Headers for answers that match no route.
@@ -150,6 +152,14 @@ impl Config {
     }
 }
 
+/// `key_store`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStoreSpec {
+    pub sqlite: PathBuf,
+    pub cache_ttl: Duration,
+    pub cache_max: usize,
+}
+
 /// The JSON Schema (draft 2020-12) of the config file, generated from the
 /// raw structs the loader parses (`fieldseal config-schema`). It describes
 /// the shape; values (durations, JSONPaths, addresses) are checked by `check`.
@@ -192,6 +202,36 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         .as_ref()
         .map(|i| identity::compile(i, base))
         .transpose()?;
+    let key_store = match &raw.key_store {
+        None => None,
+        Some(k) => {
+            let at = At::top("key_store");
+            let sqlite = match k.sqlite.as_deref() {
+                Some("") | None => {
+                    return Err(invalid(
+                        &at,
+                        "name the store: `sqlite: /var/lib/fieldseal/keys.db`",
+                    ))
+                }
+                Some(p) => resolve(base, p),
+            };
+            if keys.is_none() {
+                return Err(invalid(
+                    &at,
+                    "needs a `keys` section: its keys wrap the stored data keys",
+                ));
+            }
+            let cache_ttl = duration(&at.key("cache_ttl"), &k.cache_ttl, Duration::from_secs(60))?;
+            if cache_ttl.is_zero() {
+                return Err(invalid(&at.key("cache_ttl"), "must be more than 0s"));
+            }
+            Some(KeyStoreSpec {
+                sqlite,
+                cache_ttl,
+                cache_max: k.cache_max.unwrap_or(10_000).max(1),
+            })
+        }
+    };
     let log = log::compile(&raw.log)?;
     let default_headers = headers::compile(&At::top("headers"), &raw.headers, None)?;
     let routes = routes::compile(&raw, &upstreams, &rate_limit, &limits, keys.as_ref(), base)?;
@@ -232,6 +272,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         keys,
         audit,
         identity,
+        key_store,
         log,
         routes: RouteTable {
             routes: routes.routes,

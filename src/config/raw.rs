@@ -60,6 +60,9 @@ pub struct RawConfig {
     /// `auth: required | optional` verify.
     #[serde(default)]
     pub identity: Option<RawIdentity>,
+    /// Tenant and subject data keys, for routes with `key_scope: tenant | subject`.
+    #[serde(default)]
+    pub key_store: Option<RawKeyStore>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -517,6 +520,42 @@ pub struct RawRoute {
     /// when sent) or `required` (401 without a valid one, nothing forwarded).
     #[serde(default)]
     pub auth: Option<Word<crate::identity::AuthMode>>,
+    /// Whose key seals this route's fields: `deployment` (default: the ring's
+    /// active key, `fs1`), `tenant` or `subject` (a data key per tenant or
+    /// subject of the verified token, `fs2`; needs `auth: required` and `key_store`).
+    #[serde(default)]
+    pub key_scope: Option<Word<crate::routes::KeyScope>>,
+    /// An answer's envelope sealed for another tenant or subject: `error`
+    /// (403, default), `null` or `keep`.
+    #[serde(default, deserialize_with = "null_is_a_mode")]
+    pub on_foreign_subject: Option<Word<OnDecryptFailure>>,
+    /// An answer's envelope of an erased subject: `error` (410, default),
+    /// `null`, `keep` or `marker` (the `erased_marker` string).
+    #[serde(default, deserialize_with = "null_is_erased_null")]
+    pub on_erased: Option<Word<crate::transform::OnErased>>,
+    /// What `on_erased: marker` writes. Default `[erased]`.
+    #[serde(default)]
+    pub erased_marker: Option<String>,
+    /// A write for an erased subject: `refuse` (410, default) or `new_key`
+    /// (a fresh key; the old data stays unreadable).
+    #[serde(default)]
+    pub on_erased_write: Option<Word<crate::routes::OnErasedWrite>>,
+}
+
+/// `key_store`: where tenant and subject data keys are kept (wrapped).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyStore {
+    /// The embedded store: a SQLite file (created mode 0600).
+    #[serde(default)]
+    pub sqlite: Option<String>,
+    /// How long an unwrapped key stays cached (and so the bound for an
+    /// erasure through another replica to take effect here). Default 60s.
+    #[serde(default)]
+    pub cache_ttl: Option<String>,
+    /// Most references with cached keys. Default 10000.
+    #[serde(default)]
+    pub cache_max: Option<usize>,
 }
 
 /// `identity`: JWT providers.
@@ -665,6 +704,16 @@ where
 {
     let v: Option<Word<OnDecryptFailure>> = Option::deserialize(d)?;
     Ok(Some(v.unwrap_or(Word::Known(OnDecryptFailure::Null))))
+}
+
+fn null_is_erased_null<'de, D>(d: D) -> Result<Option<Word<crate::transform::OnErased>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v: Option<Word<crate::transform::OnErased>> = Option::deserialize(d)?;
+    Ok(Some(
+        v.unwrap_or(Word::Known(crate::transform::OnErased::Null)),
+    ))
 }
 
 /// An enumeration written as a word, read by the enum's own serde derive,

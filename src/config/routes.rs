@@ -101,6 +101,34 @@ fn route(
         None => crate::identity::AuthMode::None,
         Some(w) => super::word(&at.key("auth"), w, "")?,
     };
+    let key_scope = match &r.key_scope {
+        None => crate::routes::KeyScope::Deployment,
+        Some(w) => super::word(&at.key("key_scope"), w, "")?,
+    };
+    let on_erased_write = match &r.on_erased_write {
+        None => crate::routes::OnErasedWrite::Refuse,
+        Some(w) => super::word(&at.key("on_erased_write"), w, "")?,
+    };
+    if key_scope != crate::routes::KeyScope::Deployment {
+        if auth != crate::identity::AuthMode::Required {
+            return Err(invalid(
+                &at.key("key_scope"),
+                "a tenant or subject scope needs `auth: required` (the key belongs to the token's subject)",
+            ));
+        }
+        if raw.key_store.is_none() {
+            return Err(invalid(
+                &at.key("key_scope"),
+                "a tenant or subject scope needs a `key_store` section",
+            ));
+        }
+        if seal.is_none() && open.is_none() {
+            return Err(invalid(
+                &at.key("key_scope"),
+                "needs encrypt or decrypt rules on the route",
+            ));
+        }
+    }
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -124,6 +152,8 @@ fn route(
         seal,
         open,
         auth,
+        key_scope,
+        on_erased_write,
     };
     Ok((route, warnings))
 }
@@ -224,10 +254,21 @@ fn rules(
         named_contexts: Vec::new(),
         max_depth: limits.max_json_depth,
     });
+    let on_foreign = match &r.on_foreign_subject {
+        None => OnDecryptFailure::Error,
+        Some(w) => word(&at.key("on_foreign_subject"), w, "")?,
+    };
+    let on_erased = match &r.on_erased {
+        None => crate::transform::OnErased::Error,
+        Some(w) => word(&at.key("on_erased"), w, "")?,
+    };
     let open = decrypt.map(|selection| OpenSpec {
         selection,
         on_failure,
         max_age: (!max_age.is_zero()).then_some(max_age),
+        on_foreign,
+        on_erased,
+        erased_marker: r.erased_marker.clone().unwrap_or_else(|| "[erased]".into()),
     });
     Ok((seal, open, warnings))
 }

@@ -208,6 +208,12 @@ impl SubjectKeys {
             .map(|k| &**k)
     }
 
+    /// The key new values are sealed under: the first pushed (the store
+    /// lists versions newest first).
+    pub fn first(&self) -> Option<&SubjectKey> {
+        self.keys.first().map(|k| &**k)
+    }
+
     pub fn is_erased(&self, reference: &str) -> bool {
         self.erased.iter().any(|r| r == reference)
     }

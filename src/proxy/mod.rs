@@ -21,6 +21,7 @@ mod forward;
 mod request_body;
 mod request_id;
 mod response_body;
+mod subject_keys;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +67,9 @@ struct Exchange {
     response_report: TransformReport,
     /// Who the verified token says the caller is (routes with `auth`).
     principal: Option<crate::identity::Principal>,
+    /// The caller's data keys on a tenant- or subject-scoped route, once
+    /// resolved (and whether for a write, which may have created one).
+    subject_keys: Option<(bool, Arc<crate::crypto::SubjectKeys>)>,
 }
 
 impl Exchange {
@@ -92,6 +96,7 @@ impl Exchange {
             request_report: TransformReport::default(),
             response_report: TransformReport::default(),
             principal: None,
+            subject_keys: None,
         }
     }
 

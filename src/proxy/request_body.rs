@@ -9,11 +9,11 @@ use http::request::Parts;
 
 use super::{offload, Exchange, Held};
 use crate::body::{self, CollectError, ProxyBody};
-use crate::crypto::{unix_now, Keyring};
+use crate::crypto::{unix_now, Keyring, SubjectKeys};
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::routes::Route;
 use crate::state::{RouteRuntime, Runtime, Shared};
-use crate::transform::{self, SealSpec, TransformError, TransformReport};
+use crate::transform::{self, Keys, SealSpec, TransformError, TransformReport};
 
 /// The body to forward for `parts`. Refusals come before a byte is sent.
 pub(super) async fn request_body<B>(
@@ -87,6 +87,7 @@ where
             )),
         })?;
     let input = plain.len() as u64;
+    let subject = super::subject_keys::for_request(rt, route, ex, true).await?;
     let (sealed, report) = {
         let (route, seal) = (Arc::clone(route), Arc::clone(seal));
         offload(rt, plain.len(), move || {
@@ -96,7 +97,13 @@ where
                 tracing::debug!(route = %route.route.name, error = %e, "request refused");
                 ProxyError::from_request_transform(e)
             })?;
-            seal_with(&plain, &route.route, &seal.spec, &seal.keys)
+            seal_with(
+                &plain,
+                &route.route,
+                &seal.spec,
+                &seal.keys,
+                subject.as_deref(),
+            )
         })
         .await??
     };
@@ -104,7 +111,12 @@ where
         .metrics
         .fields_encrypted
         .inc_by(report.encrypted as u64);
-    let key_id = seal.keys.active_id();
+    // Subject keys are not metric labels (one per subject would be unbounded).
+    let key_id = match route.route.key_scope {
+        crate::routes::KeyScope::Deployment => seal.keys.active_id(),
+        crate::routes::KeyScope::Tenant => "tenant-keys",
+        crate::routes::KeyScope::Subject => "subject-keys",
+    };
     shared
         .metrics
         .count_encryptions(key_id, report.encrypted as u64);
@@ -136,7 +148,7 @@ pub fn encrypt_body(
     ring: &Keyring,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
     match &route.seal {
-        Some(spec) => seal_with(raw, route, spec, ring),
+        Some(spec) => seal_with(raw, route, spec, ring, None),
         None => Ok((raw.to_vec(), TransformReport::default())),
     }
 }
@@ -146,11 +158,26 @@ fn seal_with(
     route: &Route,
     spec: &SealSpec,
     ring: &Keyring,
+    subject: Option<&SubjectKeys>,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
+    let keys = match subject {
+        None => Keys::from(ring),
+        Some(sk) => {
+            let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
+                "no subject key to seal with",
+            )))?;
+            Keys {
+                seal: newest.sealing_key(),
+                ring,
+                subjects: sk,
+                subject_only: true,
+            }
+        }
+    };
     // One streaming pass over the bytes: strict JSON validation, depth
     // limit, the route's schema and look-alike check, sealing; unselected
     // bytes copied verbatim.
-    transform::encrypt_request(raw, spec, ring.into(), unix_now()).map_err(|e| {
+    transform::encrypt_request(raw, spec, keys, unix_now()).map_err(|e| {
         match &e {
             // The rule and a location showing only its own names: no
             // client content.

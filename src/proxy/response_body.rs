@@ -11,8 +11,8 @@ use http::{Method, Response, StatusCode, Version};
 use super::admit::transfer_codings;
 use super::{offload, Exchange, Held};
 use crate::body::{self, CollectError, ProxyBody};
-use crate::crypto::{unix_now, Keyring};
-use crate::error::{LocalError, ProxyError, UpstreamError};
+use crate::crypto::{unix_now, Keyring, SubjectKeys};
+use crate::error::{ClientError, LocalError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::metrics::RouteReason;
 use crate::routes::Route;
@@ -116,10 +116,12 @@ where
         _ => ProxyError::from(UpstreamError::UpstreamBody),
     })?;
     let input = plain.len() as u64;
+    let subject = super::subject_keys::for_request(rt, route, ex, false).await?;
     let (out, report) = {
         let (route, open) = (Arc::clone(route), Arc::clone(open));
         offload(rt, plain.len(), move || {
-            open_with(plain, &route.route, &open.spec, &open.keys)
+            let subjects = subject.as_deref().unwrap_or(SubjectKeys::none());
+            open_with(plain, &route.route, &open.spec, &open.keys, subjects)
         })
         .await?
     };
@@ -149,7 +151,11 @@ where
         Ok(out) => out,
         Err(failure) => {
             ex.response_report = report;
-            return Err(ProxyError::from(UpstreamError::Decrypt(failure)));
+            return Err(match failure.reason {
+                "erased" => ProxyError::from(ClientError::Erased),
+                "foreign_subject" => ProxyError::from(ClientError::ForeignSubject),
+                _ => ProxyError::from(UpstreamError::Decrypt(failure)),
+            });
         }
     };
     tracing::debug!(
@@ -183,13 +189,19 @@ type DecryptOutcome = (Result<Vec<u8>, DecryptFailure>, TransformReport);
 /// without a socket (benchmarks and tests call it).
 pub fn decrypt_body(raw: Bytes, route: &Route, ring: &Keyring) -> DecryptOutcome {
     match &route.open {
-        Some(spec) => open_with(raw, route, spec, ring),
+        Some(spec) => open_with(raw, route, spec, ring, SubjectKeys::none()),
         None => (Ok(raw.to_vec()), TransformReport::default()),
     }
 }
 
-fn open_with(raw: Bytes, route: &Route, spec: &OpenSpec, ring: &Keyring) -> DecryptOutcome {
-    match transform::decrypt(&raw, spec, ring, unix_now()) {
+fn open_with(
+    raw: Bytes,
+    route: &Route,
+    spec: &OpenSpec,
+    ring: &Keyring,
+    subjects: &SubjectKeys,
+) -> DecryptOutcome {
+    match transform::decrypt_with(&raw, spec, ring, subjects, unix_now()) {
         Ok((out, report)) => (Ok(out), report),
         Err(TransformError::InvalidJson | TransformError::TooDeep { .. }) => {
             // Not JSON after all (e.g. a truncated error page): it holds no

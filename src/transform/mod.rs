@@ -79,6 +79,32 @@ pub enum OnDecryptFailure {
     Keep,
 }
 
+/// What an answer gets where an envelope is sealed for an erased subject
+/// (`on_erased`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErased {
+    /// The answer is refused (410 Gone).
+    #[default]
+    Error,
+    /// The value becomes `null`.
+    Null,
+    /// The envelope stays as it is.
+    Keep,
+    /// The value becomes the route's `erased_marker` string.
+    Marker,
+}
+
 /// What a route seals in request bodies, compiled once at load.
 #[derive(Debug, Clone, Default)]
 pub struct SealSpec {
@@ -128,6 +154,12 @@ pub struct OpenSpec {
     pub on_failure: OnDecryptFailure,
     /// Envelopes sealed longer ago are refused.
     pub max_age: Option<Duration>,
+    /// An `fs2` envelope of another tenant or subject (`on_foreign_subject`).
+    pub on_foreign: OnDecryptFailure,
+    /// An `fs2` envelope of an erased subject (`on_erased`).
+    pub on_erased: OnErased,
+    /// The string `on_erased: marker` writes.
+    pub erased_marker: String,
 }
 
 impl OpenSpec {
@@ -136,6 +168,9 @@ impl OpenSpec {
             selection,
             on_failure: OnDecryptFailure::Error,
             max_age: None,
+            on_foreign: OnDecryptFailure::Error,
+            on_erased: OnErased::Error,
+            erased_marker: String::new(),
         }
     }
 
@@ -157,6 +192,10 @@ pub struct Keys<'k> {
     pub seal: SealingKey<'k>,
     pub ring: &'k Keyring,
     pub subjects: &'k SubjectKeys,
+    /// Only `fs2` envelopes under `subjects` count as genuine (request
+    /// bodies on a tenant- or subject-scoped route: a ring envelope or
+    /// another subject's, pasted in by the client, is sealed as a string).
+    pub subject_only: bool,
 }
 
 impl<'k> From<&'k Keyring> for Keys<'k> {
@@ -166,6 +205,7 @@ impl<'k> From<&'k Keyring> for Keys<'k> {
             seal: ring.sealing_key(),
             ring,
             subjects: SubjectKeys::none(),
+            subject_only: false,
         }
     }
 }
@@ -179,6 +219,9 @@ impl Keys<'_> {
         max_age: Option<Duration>,
         now: u64,
     ) -> Result<Opened, DecryptError> {
+        if self.subject_only && crate::crypto::envelope_subject(s).is_none() {
+            return Err(DecryptError::ForeignSubject);
+        }
         self.ring.open_with(self.subjects, s, context, max_age, now)
     }
 }

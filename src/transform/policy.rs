@@ -5,7 +5,9 @@
 use serde_json::Value;
 
 use super::location::{redacted, Step};
-use super::{DecryptFailure, Keys, OnDecryptFailure, OpenSpec, TransformError, TransformReport};
+use super::{
+    DecryptFailure, Keys, OnDecryptFailure, OnErased, OpenSpec, TransformError, TransformReport,
+};
 use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring, SubjectKeys};
 
 pub(crate) enum Verdict {
@@ -109,7 +111,20 @@ pub(crate) fn open(
         }
         Err(e) => {
             let f = failure(s, e, at);
-            match spec.on_failure {
+            let mode = match e {
+                DecryptError::ForeignSubject => spec.on_foreign,
+                DecryptError::Erased => match spec.on_erased {
+                    OnErased::Error => OnDecryptFailure::Error,
+                    OnErased::Null => OnDecryptFailure::Null,
+                    OnErased::Keep => OnDecryptFailure::Keep,
+                    OnErased::Marker => {
+                        report.failures.push(f);
+                        return Verdict::Replace(Value::String(spec.erased_marker.clone()));
+                    }
+                },
+                _ => spec.on_failure,
+            };
+            match mode {
                 OnDecryptFailure::Error => Verdict::Fail(TransformError::Decrypt(f)),
                 OnDecryptFailure::Null => {
                     report.failures.push(f);

@@ -5,6 +5,8 @@
 //! instead of hanging it.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod jwt;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

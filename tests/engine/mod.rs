@@ -62,9 +62,9 @@ pub fn decrypt_json(
     now: u64,
 ) -> Out {
     let spec = OpenSpec {
-        selection: selection.clone(),
         on_failure,
         max_age,
+        ..OpenSpec::new(selection.clone())
     };
     transform::decrypt(input, &spec, ring, now)
 }

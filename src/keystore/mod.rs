@@ -1,0 +1,103 @@
+//! The key store: tenant and subject data keys, kept only wrapped by a
+//! key-encryption key, versioned, with erasure tombstones. One blocking
+//! trait (`KeyStore`), implemented over embedded SQLite (`sqlite`); the
+//! service that resolves a request's keys through a bounded, expiring
+//! cache of unwrapped keys is `service`.
+//!
+//! Rows hold the opaque reference (never a raw subject id), the version,
+//! the id of the KEK that wrapped the key, the wrapped bytes and the
+//! creation time. The deployment's reference secret is one more row, under
+//! the reserved reference `_fieldseal_ref`.
+
+mod service;
+mod sqlite;
+
+pub use service::{KeyService, Resolved, ServiceStats};
+pub use sqlite::SqliteStore;
+
+/// The reserved reference of the deployment's subject-reference secret.
+/// Subject references are 22 base64url characters, so none can equal it.
+pub const REF_SECRET_REFERENCE: &str = "_fieldseal_ref";
+
+/// One wrapped version of a data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub version: u32,
+    pub kek_id: String,
+    pub wrapped: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// What the store holds for one reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectRecord {
+    /// No key yet, not erased.
+    Absent,
+    /// Its keys, newest version first.
+    Keys(Vec<StoredKey>),
+    /// Erased at this time (Unix seconds): no key, and none is created
+    /// unless the route's policy says so.
+    Erased { at: u64 },
+}
+
+/// A reference as `subjects list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectSummary {
+    pub reference: String,
+    pub versions: Vec<u32>,
+    pub kek_ids: Vec<String>,
+    pub created_at: Option<u64>,
+    pub erased_at: Option<u64>,
+    pub erased_by: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed; requests that need an
+    /// uncached key get 503.
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    /// A row is not what fieldseal writes.
+    #[error("key store holds a malformed row: {0}")]
+    Corrupt(String),
+}
+
+/// A store of wrapped data keys. Blocking calls: the key service runs them
+/// on the blocking pool. Implementations must make `create_first` atomic
+/// across every process sharing the store (two replicas seeing a subject's
+/// first write at once end up with one key: the loser gets the winner's).
+pub trait KeyStore: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+    /// Every version of `reference`, or its tombstone.
+    fn get(&self, reference: &str) -> Result<SubjectRecord, StoreError>;
+    /// Stores `key` as version 1 of `reference` unless it already has a key
+    /// or a tombstone (then nothing is written); returns what is stored
+    /// afterwards. With `revive`, a tombstone is replaced (a fresh key after
+    /// erasure, `on_erased_write: new_key`).
+    fn create_first(
+        &self,
+        reference: &str,
+        key: &StoredKey,
+        revive: bool,
+    ) -> Result<SubjectRecord, StoreError>;
+    /// Destroys every version of `reference` and records a tombstone, in one
+    /// transaction. Returns how many versions were destroyed.
+    fn erase(&self, reference: &str, requested_by: &str, at: u64) -> Result<usize, StoreError>;
+    /// Replaces the wrapping of one version (ring rotation), if it is still
+    /// wrapped by `old_kek`. Returns whether a row changed.
+    fn rewrap(
+        &self,
+        reference: &str,
+        version: u32,
+        old_kek: &str,
+        new_kek: &str,
+        wrapped: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// Every reference, with its versions or tombstone.
+    fn list(&self) -> Result<Vec<SubjectSummary>, StoreError>;
+    /// Every stored key (for `rewrap`).
+    fn all_keys(&self) -> Result<Vec<(String, StoredKey)>, StoreError>;
+    /// A cheap round trip, for `/readyz`.
+    fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,301 @@
+//! Key resolution for requests: scope → reference → data keys, through a
+//! bounded cache of unwrapped keys with a TTL, then the store, then the
+//! KEK. A warm request touches neither the store nor the KEK.
+//!
+//! Bounds: at most `max` references cached, each for at most `ttl`; an
+//! erasure done through another replica is in force here within `ttl` (the
+//! replica that erased evicts at once). Evicted keys are dropped, which
+//! wipes their AES key schedules (`aes`'s `zeroize` feature); data keys
+//! themselves are wiped right after the field key is derived.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::crypto::{
+    data_key_aad, unix_now, DataKey, Keks, RefScope, SubjectKey, SubjectRefKey, WrapError,
+};
+
+use super::{KeyStore, StoreError, StoredKey, SubjectRecord, REF_SECRET_REFERENCE};
+
+/// What a reference resolves to.
+#[derive(Clone)]
+pub enum Resolved {
+    /// Its keys, newest version first.
+    Keys(Vec<Arc<SubjectKey>>),
+    /// No key (and none was asked for).
+    Absent,
+    /// Erased; no key was created.
+    Erased,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Round trips to the store for request keys.
+    pub store_reads: u64,
+    /// Keys created (first writes).
+    pub created: u64,
+    /// Requests served from the cache.
+    pub hits: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+    #[error("the key task failed")]
+    Task,
+}
+
+struct Cached {
+    at: Instant,
+    value: Resolved,
+}
+
+pub struct KeyService {
+    store: Arc<dyn KeyStore>,
+    keks: Keks,
+    refs: SubjectRefKey,
+    cache: Mutex<HashMap<String, Cached>>,
+    ttl: Duration,
+    max: usize,
+    stats: Mutex<ServiceStats>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService")
+            .field("store", &self.store.kind())
+            .field("keks", &self.keks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyService {
+    /// Loads (or, on a new store, creates) the reference secret. Blocking.
+    pub fn open(
+        store: Arc<dyn KeyStore>,
+        keks: Keks,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<KeyService, ServiceError> {
+        let secret = match store.get(REF_SECRET_REFERENCE)? {
+            SubjectRecord::Keys(keys) => unwrap_one(&keks, REF_SECRET_REFERENCE, &keys[0])?,
+            _ => {
+                let fresh = DataKey::generate()?;
+                let row = wrap_row(&keks, REF_SECRET_REFERENCE, 1, &fresh)?;
+                match store.create_first(REF_SECRET_REFERENCE, &row, true)? {
+                    // The winner's secret, whoever that was.
+                    SubjectRecord::Keys(keys) => unwrap_one(&keks, REF_SECRET_REFERENCE, &keys[0])?,
+                    _ => {
+                        return Err(ServiceError::Store(StoreError::Corrupt(
+                            "the reference secret was not stored".into(),
+                        )))
+                    }
+                }
+            }
+        };
+        let refs = SubjectRefKey::new(&secret).ok_or(ServiceError::Task)?;
+        Ok(KeyService {
+            store,
+            keks,
+            refs,
+            cache: Mutex::new(HashMap::new()),
+            ttl,
+            max: max.max(1),
+            stats: Mutex::new(ServiceStats::default()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    pub fn keks(&self) -> &Keks {
+        &self.keks
+    }
+
+    pub fn stats(&self) -> ServiceStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// The opaque reference of a tenant or subject.
+    pub fn reference(
+        &self,
+        scope: RefScope,
+        tenant: Option<&str>,
+        subject: &str,
+    ) -> Option<String> {
+        self.refs.reference(scope, tenant, subject)
+    }
+
+    /// Drops `reference` from the cache (after an erasure here).
+    pub fn evict(&self, reference: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(reference);
+        }
+    }
+
+    /// The keys of `reference`. With `create`, a reference without keys gets
+    /// version 1 (one per reference, however many replicas race); an erased
+    /// one only when `revive` (else `Erased`).
+    pub async fn resolve(
+        self: &Arc<Self>,
+        reference: &str,
+        create: bool,
+        revive: bool,
+    ) -> Result<Resolved, ServiceError> {
+        if let Some(hit) = self.cached(reference) {
+            let usable = match &hit {
+                Resolved::Keys(_) => true,
+                Resolved::Erased => !(create && revive),
+                Resolved::Absent => !create,
+            };
+            if usable {
+                self.count(|s| s.hits += 1);
+                return Ok(hit);
+            }
+        }
+        let this = Arc::clone(self);
+        let reference = reference.to_owned();
+        tokio::task::spawn_blocking(move || this.resolve_blocking(&reference, create, revive))
+            .await
+            .map_err(|_| ServiceError::Task)?
+    }
+
+    fn resolve_blocking(
+        &self,
+        reference: &str,
+        create: bool,
+        revive: bool,
+    ) -> Result<Resolved, ServiceError> {
+        self.count(|s| s.store_reads += 1);
+        let mut record = self.store.get(reference)?;
+        let wants_key = match &record {
+            SubjectRecord::Absent => create,
+            SubjectRecord::Erased { .. } => create && revive,
+            SubjectRecord::Keys(_) => false,
+        };
+        if wants_key {
+            let dek = DataKey::generate()?;
+            let row = wrap_row(&self.keks, reference, 1, &dek)?;
+            record = self.store.create_first(reference, &row, revive)?;
+            self.count(|s| s.created += 1);
+        }
+        let resolved = match record {
+            SubjectRecord::Absent => Resolved::Absent,
+            SubjectRecord::Erased { .. } => Resolved::Erased,
+            SubjectRecord::Keys(rows) => {
+                let mut keys = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let dek = unwrap_one(&self.keks, reference, row)?;
+                    let key = SubjectKey::new(reference, row.version, &dek).ok_or_else(|| {
+                        StoreError::Corrupt(format!("bad reference or version {}", row.version))
+                    })?;
+                    keys.push(Arc::new(key));
+                }
+                Resolved::Keys(keys)
+            }
+        };
+        if !matches!(resolved, Resolved::Absent) {
+            self.remember(reference, resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut ServiceStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn cached(&self, reference: &str) -> Option<Resolved> {
+        let mut cache = self.cache.lock().ok()?;
+        let c = cache.get(reference)?;
+        if c.at.elapsed() < self.ttl {
+            return Some(c.value.clone());
+        }
+        cache.remove(reference);
+        None
+    }
+
+    fn remember(&self, reference: &str, value: Resolved) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= self.max && !cache.contains_key(reference) {
+            let ttl = self.ttl;
+            cache.retain(|_, c| c.at.elapsed() < ttl);
+            if cache.len() >= self.max {
+                if let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.at)
+                    .map(|(k, _)| k.clone())
+                {
+                    cache.remove(&oldest);
+                }
+            }
+        }
+        cache.insert(
+            reference.to_owned(),
+            Cached {
+                at: Instant::now(),
+                value,
+            },
+        );
+    }
+
+    /// Erases `reference` in the store and here. Blocking.
+    pub fn erase(&self, reference: &str, requested_by: &str) -> Result<usize, ServiceError> {
+        let n = self.store.erase(reference, requested_by, unix_now())?;
+        self.evict(reference);
+        Ok(n)
+    }
+
+    /// Rewraps every stored key not under the active KEK. Returns (moved,
+    /// already current). Blocking.
+    pub fn rewrap_all(&self) -> Result<(usize, usize), ServiceError> {
+        let active = self.keks.active();
+        let (mut moved, mut current) = (0, 0);
+        for (reference, row) in self.store.all_keys()? {
+            if row.kek_id == active.id() {
+                current += 1;
+                continue;
+            }
+            let dek = unwrap_one(&self.keks, &reference, &row)?;
+            let wrapped = active.wrap(&dek, &data_key_aad(&reference, row.version))?;
+            if self
+                .store
+                .rewrap(&reference, row.version, &row.kek_id, active.id(), &wrapped)?
+            {
+                moved += 1;
+            }
+        }
+        Ok((moved, current))
+    }
+}
+
+fn wrap_row(
+    keks: &Keks,
+    reference: &str,
+    version: u32,
+    dek: &DataKey,
+) -> Result<StoredKey, WrapError> {
+    let kek = keks.active();
+    Ok(StoredKey {
+        version,
+        kek_id: kek.id().to_owned(),
+        wrapped: kek.wrap(dek, &data_key_aad(reference, version))?,
+        created_at: unix_now(),
+    })
+}
+
+fn unwrap_one(keks: &Keks, reference: &str, row: &StoredKey) -> Result<DataKey, WrapError> {
+    keks.unwrap(
+        &row.kek_id,
+        &row.wrapped,
+        &data_key_aad(reference, row.version),
+    )
+}

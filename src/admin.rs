@@ -6,6 +6,9 @@
 //! `admin.token_file` they need `Authorization: Bearer <token>`; without
 //! one they are served only when the admin listener is bound to a loopback
 //! address (so only local processes reach them), and refused otherwise.
+//!
+//! `POST /subjects/erase` destroys a subject's keys: it always needs the
+//! token (`admin.token_file`), on any listener, as it cannot be undone.
 
 use std::sync::Arc;
 
@@ -21,7 +24,11 @@ use crate::state::Shared;
 use crate::transform::{DecryptSelection, FieldRule, OnDecryptFailure};
 
 /// Paths that need the token (or a loopback listener when there is none).
-const PROTECTED: &[&str] = &["/reload", "/routes", "/keys", "/info"];
+const PROTECTED: &[&str] = &["/reload", "/routes", "/keys", "/info", ERASE_PATH];
+/// Destroys a subject's keys; needs the admin token even on loopback.
+const ERASE_PATH: &str = "/subjects/erase";
+/// Largest erase request body read.
+const MAX_ERASE_BODY: usize = 4096;
 const OPEN: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
@@ -54,8 +61,18 @@ fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     )
 }
 
-async fn route<B>(shared: &Arc<Shared>, loopback: bool, req: Request<B>) -> Response<ProxyBody> {
+async fn route<B>(shared: &Arc<Shared>, loopback: bool, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let path = req.uri().path();
+    if path == ERASE_PATH && shared.runtime.load().admin_token.is_none() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "erasing a subject needs admin.token_file (a bearer token), on any listener",
+        );
+    }
     if PROTECTED.contains(&path) {
         if let Some(refused) = refusal(shared, loopback, &req) {
             return refused;
@@ -88,6 +105,7 @@ async fn route<B>(shared: &Arc<Shared>, loopback: bool, req: Request<B>) -> Resp
             StatusCode::OK,
             json!({ "last_reload": last_reload(shared) }),
         ),
+        (&Method::POST, ERASE_PATH) => erase(shared, req).await,
         (&Method::GET, "/routes") => json_response(StatusCode::OK, routes(shared)),
         (&Method::GET, "/keys") => json_response(StatusCode::OK, keys(shared)),
         (&Method::GET, "/info") => json_response(StatusCode::OK, info(shared, loopback)),
@@ -95,6 +113,103 @@ async fn route<B>(shared: &Arc<Shared>, loopback: bool, req: Request<B>) -> Resp
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    subject: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    /// `subject` (default) or `tenant`.
+    #[serde(default)]
+    scope: Option<String>,
+    /// Who asked (an operator or ticket id), recorded in the tombstone and audit.
+    #[serde(default)]
+    requested_by: Option<String>,
+}
+
+/// `POST /subjects/erase {"subject": "...", "tenant": "...", "requested_by": "..."}`.
+async fn erase<B>(shared: &Arc<Shared>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let rt = shared.runtime.load_full();
+    let Some(service) = rt.key_service.clone() else {
+        return error(StatusCode::CONFLICT, "no key_store is configured");
+    };
+    let Ok(collected) = http_body_util::Limited::new(req.into_body(), MAX_ERASE_BODY)
+        .collect()
+        .await
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read or is too large",
+        );
+    };
+    let Ok(ask) = serde_json::from_slice::<EraseRequest>(&collected.to_bytes()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"subject\": \"...\", \"tenant\": \"...\" (optional), \"scope\": \"subject\" | \"tenant\", \"requested_by\": \"...\"}",
+        );
+    };
+    let scope = match ask.scope.as_deref() {
+        None | Some("subject") => crate::crypto::RefScope::Subject,
+        Some("tenant") => crate::crypto::RefScope::Tenant,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "scope must be subject or tenant"),
+    };
+    if ask.subject.is_empty() && scope == crate::crypto::RefScope::Subject {
+        return error(StatusCode::BAD_REQUEST, "subject must not be empty");
+    }
+    let by = format!(
+        "admin:{}",
+        ask.requested_by
+            .as_deref()
+            .unwrap_or("token")
+            .chars()
+            .take(128)
+            .collect::<String>()
+    );
+    let by2 = by.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        service.erase_subject(scope, ask.tenant.as_deref(), &ask.subject, &by2)
+    })
+    .await;
+    match done {
+        Ok(Ok((reference, destroyed))) => {
+            shared.metrics.subject_erasures.inc();
+            // Audited by reference (never the raw id), with who asked.
+            tracing::warn!(reference = %reference, destroyed, requested_by = %by, "subject erased");
+            if let Some(a) = &rt.audit {
+                let _ = a.log.append(&crate::audit::AuditEvent {
+                    request_id: format!("erase-{}", crate::crypto::unix_now()),
+                    route: "admin".into(),
+                    client: by.clone(),
+                    user_agent: None,
+                    method: "ERASE".into(),
+                    fields: vec![],
+                    key_ids: vec![reference.clone()],
+                    encrypted: 0,
+                    decrypted: 0,
+                    outcome: "erased".into(),
+                });
+            }
+            json_response(
+                StatusCode::OK,
+                json!({ "status": "erased", "reference": reference, "versions_destroyed": destroyed }),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "subject erasure failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable",
+            )
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the erase task failed"),
     }
 }
 

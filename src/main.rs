@@ -157,6 +157,49 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tenant and subject keys in the key store: list, show, erase, rewrap
+    Subjects {
+        #[command(subcommand)]
+        command: SubjectsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubjectsCommand {
+    /// Every reference with its key versions, wrapping keys, creation and erasure times
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// One subject's reference, key versions and state
+    Show {
+        subject: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// subject (default) or tenant (then SUBJECT is ignored)
+        #[arg(long, default_value = "subject")]
+        scope: String,
+    },
+    /// Destroy every version of a subject's key and record a tombstone (cannot be undone)
+    Erase {
+        subject: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "subject")]
+        scope: String,
+        /// Who asked (operator, ticket), recorded in the tombstone
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+    },
+    /// Rewrap every stored key under the ring's active key (after a ring rotation)
+    Rewrap {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// What the offline tools do with a document they cannot transform.
@@ -319,6 +362,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             failures,
         ))),
         Command::Keys { config, scan } => Ok(offline_exit(keys_cmd(&config, scan))),
+        Command::Subjects { command } => Ok(offline_exit(subjects_cmd(command))),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -461,6 +505,117 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
 
 /// `keys`: the ring with sources and fingerprints. `keys --scan`: the
 /// census of envelopes per key id in stdin (needs the config, not the keys).
+fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
+    use fieldseal::crypto::RefScope;
+    let config = match &command {
+        SubjectsCommand::List { config }
+        | SubjectsCommand::Show { config, .. }
+        | SubjectsCommand::Erase { config, .. }
+        | SubjectsCommand::Rewrap { config } => config.clone(),
+    };
+    let cfg = Config::load(&config)?;
+    let spec = cfg
+        .key_store
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
+    let ring = load_ring(&cfg, &config)?;
+    let service = fieldseal::keystore::open_service(spec, &ring).map_err(|e| anyhow!(e))?;
+    let scope_of = |s: &str| match s {
+        "subject" => Ok(RefScope::Subject),
+        "tenant" => Ok(RefScope::Tenant),
+        _ => Err(anyhow!("--scope must be subject or tenant")),
+    };
+    let mut out = std::io::stdout().lock();
+    let time = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    match command {
+        SubjectsCommand::List { .. } => {
+            for s in service.store().list()? {
+                if s.reference == fieldseal::keystore::REF_SECRET_REFERENCE {
+                    continue;
+                }
+                match s.erased_at {
+                    Some(at) => writeln!(
+                        out,
+                        "{}  erased {} by {}",
+                        s.reference,
+                        time(at),
+                        s.erased_by.unwrap_or_default()
+                    )?,
+                    None => writeln!(
+                        out,
+                        "{}  versions {:?}  wrapped by {}  created {}",
+                        s.reference,
+                        s.versions,
+                        s.kek_ids.join(","),
+                        s.created_at.map(time).unwrap_or_default()
+                    )?,
+                }
+            }
+        }
+        SubjectsCommand::Show {
+            subject,
+            tenant,
+            scope,
+            ..
+        } => {
+            let reference = service
+                .reference(scope_of(&scope)?, tenant.as_deref(), &subject)
+                .ok_or_else(|| anyhow!("reference"))?;
+            match service.store().get(&reference)? {
+                fieldseal::keystore::SubjectRecord::Absent => writeln!(out, "{reference}  no key")?,
+                fieldseal::keystore::SubjectRecord::Erased { at, .. } => {
+                    writeln!(out, "{reference}  erased {}", time(at))?
+                }
+                fieldseal::keystore::SubjectRecord::Keys(keys) => {
+                    for k in keys {
+                        writeln!(
+                            out,
+                            "{reference}  version {}  wrapped by {}  created {}",
+                            k.version,
+                            k.kek_id,
+                            time(k.created_at)
+                        )?;
+                    }
+                }
+            }
+        }
+        SubjectsCommand::Erase {
+            subject,
+            tenant,
+            scope,
+            requested_by,
+            ..
+        } => {
+            let (reference, n) = service
+                .erase_subject(
+                    scope_of(&scope)?,
+                    tenant.as_deref(),
+                    &subject,
+                    &format!("cli:{requested_by}"),
+                )
+                .map_err(|e| anyhow!(e.to_string()))?;
+            writeln!(out, "{reference}  erased ({n} key versions destroyed)")?;
+            writeln!(
+                out,
+                "running proxies drop their cached keys within key_store.cache_ttl ({})",
+                humantime::format_duration(spec.cache_ttl)
+            )?;
+        }
+        SubjectsCommand::Rewrap { .. } => {
+            let (moved, current) = service.rewrap_all().map_err(|e| anyhow!(e.to_string()))?;
+            writeln!(
+                out,
+                "{moved} keys rewrapped under {}, {current} already under it",
+                service.keks().active().id()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn keys_cmd(config: &Path, scan: bool) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let spec = keys_of(&cfg, config)?;

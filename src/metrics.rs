@@ -116,6 +116,8 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub buffered_bytes: Gauge,
     pub buffer_limit_refusals: Counter,
+    /// Subjects erased through this process's admin endpoint.
+    pub subject_erasures: Counter,
     pub connections_closed: Family<CloseReason, Counter>,
 }
 
@@ -151,6 +153,7 @@ impl Metrics {
             audit_failures: Counter::default(),
             buffered_bytes: Gauge::default(),
             buffer_limit_refusals: Counter::default(),
+            subject_erasures: Counter::default(),
             connections_closed: Family::default(),
             registry: Registry::default(),
         };
@@ -271,6 +274,11 @@ impl Metrics {
             "buffer_limit_refusals",
             "Requests answered 503 because limits.max_buffered_per_connection or max_buffered_total was reached",
             m.buffer_limit_refusals.clone(),
+        );
+        registry.register(
+            "subject_erasures",
+            "Subjects whose keys were erased through the admin endpoint",
+            m.subject_erasures.clone(),
         );
         registry.register(
             "connections_closed",

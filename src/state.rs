@@ -226,18 +226,9 @@ impl Runtime {
             .map(|i| i.forwarded_headers())
             .unwrap_or_default();
         let key_service = match (&config.key_store, &keyring) {
-            (Some(spec), Some(ring)) => {
-                let store = crate::keystore::SqliteStore::open(&spec.sqlite)
-                    .map_err(|e| LoadError::KeyStore(e.to_string()))?;
-                let service = crate::keystore::KeyService::open(
-                    Arc::new(store),
-                    crate::crypto::Keks::from_ring(ring),
-                    spec.cache_ttl,
-                    spec.cache_max,
-                )
-                .map_err(|e| LoadError::KeyStore(e.to_string()))?;
-                Some(Arc::new(service))
-            }
+            (Some(spec), Some(ring)) => Some(Arc::new(
+                crate::keystore::open_service(spec, ring).map_err(LoadError::KeyStore)?,
+            )),
             _ => None,
         };
         let upstreams: Vec<Arc<UpstreamClient>> = config

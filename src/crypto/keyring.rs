@@ -262,7 +262,9 @@ impl Keyring {
             ),
             Head::V2 { reference, version } => match subjects.get(reference, version) {
                 Some(k) => (k.view(), Some(reference)),
-                None if subjects.is_erased(reference) => return Err(DecryptError::Erased),
+                None if subjects.is_erased_version(reference, version) => {
+                    return Err(DecryptError::Erased)
+                }
                 None => return Err(DecryptError::ForeignSubject),
             },
         };

@@ -214,6 +214,20 @@ impl SubjectKeys {
         self.keys.first().map(|k| &**k)
     }
 
+    /// Erased: the reference is marked so, or `version` is below the
+    /// oldest version held for it (only erasure destroys versions; a key
+    /// made after an erasure gets a higher version).
+    pub fn is_erased_version(&self, reference: &str, version: u32) -> bool {
+        self.is_erased(reference)
+            || self
+                .keys
+                .iter()
+                .filter(|k| k.reference == reference)
+                .map(|k| k.version)
+                .min()
+                .is_some_and(|oldest| version < oldest)
+    }
+
     pub fn is_erased(&self, reference: &str) -> bool {
         self.erased.iter().any(|r| r == reference)
     }

@@ -12,8 +12,24 @@
 mod service;
 mod sqlite;
 
-pub use service::{KeyService, Resolved, ServiceStats};
+pub use service::{KeyService, Resolved, ServiceError, ServiceStats};
 pub use sqlite::SqliteStore;
+
+/// Opens the key service a config describes (`key_store` + `keys`), for
+/// the proxy and the `subjects` commands alike. Blocking.
+pub fn open_service(
+    spec: &crate::config::KeyStoreSpec,
+    ring: &crate::crypto::Keyring,
+) -> Result<KeyService, String> {
+    let store = SqliteStore::open(&spec.sqlite).map_err(|e| e.to_string())?;
+    KeyService::open(
+        std::sync::Arc::new(store),
+        crate::crypto::Keks::from_ring(ring),
+        spec.cache_ttl,
+        spec.cache_max,
+    )
+    .map_err(|e| e.to_string())
+}
 
 /// The reserved reference of the deployment's subject-reference secret.
 /// Subject references are 22 base64url characters, so none can equal it.
@@ -37,8 +53,10 @@ pub enum SubjectRecord {
     /// Its keys, newest version first.
     Keys(Vec<StoredKey>),
     /// Erased at this time (Unix seconds): no key, and none is created
-    /// unless the route's policy says so.
-    Erased { at: u64 },
+    /// unless the route's policy says so. `last_version` is the newest
+    /// version destroyed, so a fresh key after erasure gets a higher one and
+    /// envelopes of the erased versions stay erased.
+    Erased { at: u64, last_version: u32 },
 }
 
 /// A reference as `subjects list` shows it.

@@ -179,8 +179,13 @@ impl KeyService {
             SubjectRecord::Keys(_) => false,
         };
         if wants_key {
+            // After an erasure, above every destroyed version.
+            let version = match &record {
+                SubjectRecord::Erased { last_version, .. } => last_version.saturating_add(1),
+                _ => 1,
+            };
             let dek = DataKey::generate()?;
-            let row = wrap_row(&self.keks, reference, 1, &dek)?;
+            let row = wrap_row(&self.keks, reference, version, &dek)?;
             record = self.store.create_first(reference, &row, revive)?;
             self.count(|s| s.created += 1);
         }
@@ -245,6 +250,23 @@ impl KeyService {
                 value,
             },
         );
+    }
+
+    /// Erases the keys of (scope, tenant, subject): every version destroyed,
+    /// a tombstone recorded with `requested_by`. Returns the reference and
+    /// how many versions were destroyed. Blocking.
+    pub fn erase_subject(
+        &self,
+        scope: RefScope,
+        tenant: Option<&str>,
+        subject: &str,
+        requested_by: &str,
+    ) -> Result<(String, usize), ServiceError> {
+        let reference = self
+            .reference(scope, tenant, subject)
+            .ok_or(ServiceError::Task)?;
+        let n = self.erase(&reference, requested_by)?;
+        Ok((reference, n))
     }
 
     /// Erases `reference` in the store and here. Blocking.

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS fieldseal_data_keys (
 CREATE TABLE IF NOT EXISTS fieldseal_erasures (
     reference    TEXT    PRIMARY KEY,
     erased_at    INTEGER NOT NULL,
-    requested_by TEXT    NOT NULL
+    requested_by TEXT    NOT NULL,
+    last_version INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -99,11 +100,11 @@ impl SqliteStore {
 }
 
 fn read(conn: &Connection, reference: &str) -> rusqlite::Result<SubjectRecord> {
-    let erased: Option<i64> = conn
+    let erased: Option<(i64, i64)> = conn
         .query_row(
-            "SELECT erased_at FROM fieldseal_erasures WHERE reference = ?1",
+            "SELECT erased_at, last_version FROM fieldseal_erasures WHERE reference = ?1",
             params![reference],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
     let mut stmt = conn.prepare_cached(
@@ -122,8 +123,9 @@ fn read(conn: &Connection, reference: &str) -> rusqlite::Result<SubjectRecord> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(match (keys.is_empty(), erased) {
         (false, _) => SubjectRecord::Keys(keys),
-        (true, Some(at)) => SubjectRecord::Erased {
+        (true, Some((at, last))) => SubjectRecord::Erased {
             at: at.max(0) as u64,
+            last_version: last.clamp(0, u32::MAX as i64) as u32,
         },
         (true, None) => SubjectRecord::Absent,
     })
@@ -178,15 +180,22 @@ impl KeyStore for SqliteStore {
     fn erase(&self, reference: &str, requested_by: &str, at: u64) -> Result<usize, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let newest: Option<i64> = tx.query_row(
+                "SELECT MAX(version) FROM fieldseal_data_keys WHERE reference = ?1",
+                params![reference],
+                |r| r.get(0),
+            )?;
             let n = tx.execute(
                 "DELETE FROM fieldseal_data_keys WHERE reference = ?1",
                 params![reference],
             )?;
             tx.execute(
-                "INSERT INTO fieldseal_erasures (reference, erased_at, requested_by) VALUES (?1, ?2, ?3)
+                "INSERT INTO fieldseal_erasures (reference, erased_at, requested_by, last_version)
+                 VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (reference) DO UPDATE SET erased_at = excluded.erased_at,
-                     requested_by = excluded.requested_by",
-                params![reference, at as i64, requested_by],
+                     requested_by = excluded.requested_by,
+                     last_version = MAX(fieldseal_erasures.last_version, excluded.last_version)",
+                params![reference, at as i64, requested_by, newest.unwrap_or(0)],
             )?;
             tx.commit()?;
             Ok(n)
@@ -291,6 +300,14 @@ impl KeyStore for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        // Reads both tables, so a lost or unreadable schema shows too.
+        self.with(|c| {
+            c.query_row(
+                "SELECT (SELECT COUNT(*) FROM fieldseal_data_keys WHERE reference = ?1)
+                      + (SELECT COUNT(*) FROM fieldseal_erasures WHERE reference = ?1)",
+                params![super::REF_SECRET_REFERENCE],
+                |_| Ok(()),
+            )
+        })
     }
 }

@@ -43,6 +43,7 @@ pub const REASON_CODES: &[&str] = &[
     "decrypt_failed",
     "buffer_limit",
     "audit_unavailable",
+    "rate_limit_store_unavailable",
     "internal",
 ];
 
@@ -138,6 +139,9 @@ pub enum LocalError {
     BufferLimit,
     #[error("audit log unavailable")]
     AuditUnavailable,
+    /// The shared rate-limit store gave no answer and `on_store_error: deny`.
+    #[error("rate limit store unavailable; retry later")]
+    RateLimitStore,
     #[error("internal error")]
     Internal(&'static str),
 }
@@ -225,6 +229,7 @@ impl ProxyError {
             ProxyError::Local(e) => match e {
                 BufferLimit => ("buffer_limit", "buffer_limit"),
                 AuditUnavailable => ("audit_unavailable", "audit_unavailable"),
+                RateLimitStore => ("rate_limit_store", "rate_limit_store_unavailable"),
                 Internal(_) => ("internal", "internal"),
             },
         }
@@ -357,7 +362,7 @@ mod tests {
                 reason: "auth_failed",
             }),
         ];
-        let local = vec![BufferLimit, AuditUnavailable, Internal("i")];
+        let local = vec![BufferLimit, AuditUnavailable, RateLimitStore, Internal("i")];
         // The exhaustive matches make a new variant a compile error here
         // until it is added, so it cannot go without a reason code.
         for e in &client {
@@ -397,7 +402,7 @@ mod tests {
         }
         for e in &local {
             match e {
-                BufferLimit | AuditUnavailable | Internal(_) => {}
+                BufferLimit | AuditUnavailable | RateLimitStore | Internal(_) => {}
             }
         }
         let client = client.into_iter().map(ProxyError::from);

@@ -29,6 +29,9 @@ pub enum LoadError {
     Keys(KeyError),
     #[error("audit log: {0}")]
     Audit(String),
+    /// Said whole: the message names its `redis.*` key, never the URL.
+    #[error("{0}")]
+    RateLimitStore(crate::redis_limit::StoreConfigError),
     #[error("admin.token_file: {0}")]
     AdminToken(String),
     #[error("{0} cannot change on reload; restart to apply it")]
@@ -207,7 +210,9 @@ impl Runtime {
             .map(|u| Arc::new(UpstreamClient::new(u, metrics.upstream_handle(&u.name))))
             .collect();
         // Buckets survive a reload: clients don't get a fresh burst from it.
-        let (limits, limiters) = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
+        let (limits, limiters) =
+            RateLimits::carry_over(&config, previous.map(|p| &p.limits), metrics)
+                .map_err(LoadError::RateLimitStore)?;
         let routes = config
             .routes
             .routes

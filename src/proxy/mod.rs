@@ -140,7 +140,7 @@ async fn stages(
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
-    let admitted = admit::admit(rt, &parts, peer, ex)?;
+    let admitted = admit::admit(rt, &parts, peer, ex).await?;
     let route = Arc::clone(&admitted.route);
     let limits = &rt.config.limits;
     let held = Held {

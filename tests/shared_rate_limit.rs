@@ -481,3 +481,85 @@ async fn store_config_is_checked_at_load_and_by_check() {
         "{all:?}"
     );
 }
+
+/// `rediss://`: the store talks TLS (rustls) to a redis-server with a test
+/// certificate, verified against `redis.ca`; a CA that did not sign it is
+/// never trusted, and the proxy keeps serving by `on_store_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_verifies_the_server_against_the_configured_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_certs(dir.path()); // server.crt / server.key for localhost and 127.0.0.1
+    let other = tempfile::tempdir().expect("tempdir");
+    write_certs(other.path()); // another self-signed certificate: the wrong CA
+    let port = free_port();
+    let mut server = Command::new(redis_server_binary())
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("server.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("server.key"))
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    let backend = Backend::start("legacy", Behavior::echo()).await;
+    let yaml = |ca: &Path| {
+        config(
+            &backend.url(),
+            &format!(
+                "redis: {{ url: \"rediss://127.0.0.1:{port}/0\", ca: \"{}\", timeout: 1s }}\n",
+                ca.display()
+            ),
+            "deny",
+        )
+    };
+    let good = TestProxy::start(&yaml(&dir.path().join("server.crt"))).await;
+    let bad = TestProxy::start(&yaml(&other.path().join("server.crt"))).await;
+    wait_until_up(&good).await;
+    let tally = flood(&[&good], Duration::from_secs(1)).await;
+    assert!(
+        tally.other.is_empty() && tally.unavailable == 0,
+        "{tally:?}"
+    );
+    assert!(
+        tally.ok > 0 && tally.limited > 0,
+        "limited over TLS: {tally:?}"
+    );
+
+    // The wrong CA: the store never comes up, and deny answers 503.
+    let s = wait_until_down(&bad).await;
+    assert_ne!(s["status"], "ok", "{s}");
+    let r = bad
+        .h1()
+        .get(bad.url("/api/x"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, s) = store_status(&bad).await;
+    assert_eq!(
+        s["status"], "down",
+        "an untrusted server is never used: {s}"
+    );
+    good.stop().await;
+    bad.stop().await;
+    let _ = server.kill();
+    let _ = server.wait();
+}

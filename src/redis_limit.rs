@@ -295,6 +295,9 @@ pub struct RedisStore {
     script: redis::Script,
     /// Set by a failed call; cleared by the probe when Redis answers.
     down: AtomicBool,
+    /// Becomes true at the first connection: until then a request waits
+    /// for it (within its budget) rather than fall back at start-up.
+    connected: tokio::sync::watch::Sender<bool>,
     probing: AtomicBool,
     /// Calls that failed or ran out of time, since start.
     failures: AtomicU64,
@@ -325,6 +328,7 @@ impl RedisStore {
             conn: ArcSwapOption::empty(),
             script: redis::Script::new(GCRA),
             down: AtomicBool::new(false),
+            connected: tokio::sync::watch::Sender::new(false),
             probing: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             health: Mutex::new(Health {
@@ -358,10 +362,7 @@ impl RedisStore {
         interval_us: &str,
         burst: u32,
     ) -> Result<Decision, Failure> {
-        let conn = self.conn.load_full();
-        let Some(conn) = conn.filter(|_| !self.down.load(Ordering::Acquire)) else {
-            // Started at creation when there was a runtime; else now.
-            self.start_probe(Duration::ZERO);
+        let Some(conn) = self.current().await else {
             return Err(Failure::Down);
         };
         let mut conn = (*conn).clone();
@@ -379,6 +380,28 @@ impl RedisStore {
             ))),
             Ok(Err(e)) => Err(self.failed(Failure::of(&e))),
             Err(_) => Err(self.failed(Failure::Timeout)),
+        }
+    }
+
+    /// The connection to use, or None while the store is down.
+    async fn current(&self) -> Option<Arc<MultiplexedConnection>> {
+        if !self.down.load(Ordering::Acquire) {
+            if let Some(c) = self.conn.load_full() {
+                return Some(c);
+            }
+        }
+        // Started at creation when there was a runtime; else now.
+        self.start_probe(Duration::ZERO);
+        if *self.connected.borrow() {
+            return None;
+        }
+        // Not connected yet since start: wait for it within the budget.
+        let mut first = self.connected.subscribe();
+        let _ = tokio::time::timeout(self.settings.timeout, first.wait_for(|c| *c)).await;
+        if self.down.load(Ordering::Acquire) {
+            None
+        } else {
+            self.conn.load_full()
         }
     }
 
@@ -477,6 +500,7 @@ impl RedisStore {
         self.metrics.up.set(1);
         self.down.store(false, Ordering::Release);
         self.probing.store(false, Ordering::Release);
+        self.connected.send_replace(true);
         let had_failed = self.failures.load(Ordering::Relaxed) > 0;
         if had_failed {
             tracing::info!(

@@ -52,6 +52,9 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {1, 0}
 ";
 
+const MAX_PASSWORD_FILE: u64 = 4096;
+const MAX_CA_FILE: u64 = 1 << 20;
+
 /// The probe's first wait after a failure, and its cap.
 const PROBE_FIRST: Duration = Duration::from_millis(100);
 const PROBE_MAX: Duration = Duration::from_secs(5);
@@ -175,11 +178,9 @@ pub fn resolve(s: &RedisSettings) -> Result<Resolved, StoreConfigError> {
         .password_file
         .as_ref()
         .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                config_error(
-                    "password_file",
-                    format!("cannot read {}: {}", p.display(), e.kind()),
-                )
+            // Opened as every file the config names: a FIFO can't hang a load.
+            let text = crate::files::read_regular_text(p, MAX_PASSWORD_FILE).map_err(|e| {
+                config_error("password_file", format!("cannot read {}: {e}", p.display()))
             })?;
             let pw = text.trim_end_matches(['\r', '\n']).to_owned();
             if pw.is_empty() {
@@ -200,9 +201,8 @@ pub fn resolve(s: &RedisSettings) -> Result<Resolved, StoreConfigError> {
             ))
         }
         Some(p) => {
-            let pem = std::fs::read(p).map_err(|e| {
-                config_error("ca", format!("cannot read {}: {}", p.display(), e.kind()))
-            })?;
+            let pem = crate::files::read_regular(p, MAX_CA_FILE)
+                .map_err(|e| config_error("ca", format!("cannot read {}: {e}", p.display())))?;
             if pem_certificates(&pem) == 0 {
                 return Err(config_error(
                     "ca",

@@ -11,6 +11,10 @@
 #   c  fieldseal, TLS, passing through            (route "plain")
 #   d  fieldseal, TLS, encrypting 4 request fields and decrypting 4 response fields (route "sealed")
 #   e  HAProxy, TLS, passing through (http-reuse always)
+#   f  fieldseal, TLS, passing through with a local rate limit  (route "limited")
+#   g  fieldseal, TLS, passing through with a Redis-shared rate limit (route "shared"):
+#      one EVALSHA per request to a redis-server on this machine; f and g's limits
+#      are too high to refuse anything, so (g) - (f) is the cost of the Redis stage
 #   HTTP/2 (TLS, ALPN h2), load tool h2load; the upstream side stays HTTP/1.1:
 #   b2 nginx, c2 fieldseal passing through, d2 fieldseal encrypting + decrypting, e2 HAProxy
 # All cases take turns for ROUNDS rounds (noise on a shared machine hits all alike).
@@ -21,7 +25,7 @@
 # Knobs (environment): ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 WRK_THREADS=2 WORKERS=$(nproc)
 #   H2_CONNS=16 H2_STREAMS=4 H2_THREADS=2 (HTTP/2: connections x concurrent streams each)
 #   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_OF=b RATE_CLIENTS=16 RATE_ROUNDS=3 RATE_DURATION=5
-#   H2=1 (0: leave out the HTTP/2 cases) HAPROXY=1 (0: leave out HAProxy)
+#   H2=1 (0: leave out the HTTP/2 cases) HAPROXY=1 (0: leave out HAProxy) REDIS=1 (0: leave out (g))
 #   BASE_PORT=18400 FIELDSEAL=target/release/fieldseal BUILD=0 (1: cargo build --release first)
 # Output: a Markdown report on stdout and in bench/out/results-<date>.md; the
 # run's configs, certificates and logs in bench/out/run-<date>/.
@@ -40,6 +44,7 @@ H2_STREAMS=${H2_STREAMS:-4}
 H2_THREADS=${H2_THREADS:-2}
 H2=${H2:-1}
 HAPROXY=${HAPROXY:-1}
+REDIS=${REDIS:-1}
 WORKERS=${WORKERS:-$(nproc)}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 HOLD_CONNS=${HOLD_CONNS:-1000}
@@ -58,6 +63,7 @@ FIELDSEAL_PORT=$((BASE_PORT + 2))
 ADMIN_PORT=$((BASE_PORT + 3))
 HAPROXY_PORT=$((BASE_PORT + 4))
 NGINX_H2_PORT=$((BASE_PORT + 5))
+REDIS_PORT=$((BASE_PORT + 6))
 
 STAMP=$(date +%Y-%m-%d-%H%M%S)
 OUT=$ROOT/bench/out
@@ -147,6 +153,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v curl >/dev/null || missing+=(curl)
 [ "$HAPROXY" = 1 ] && { command -v haproxy >/dev/null || missing+=(haproxy); }
+[ "$REDIS" = 1 ] && { command -v redis-server >/dev/null || missing+=(redis-server); }
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian packages)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null \
@@ -161,7 +168,7 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -gt $((HOLD_CONNS * 2 + 100)) ] || die "open-file limit $(ulimit -n) too low for $HOLD_CONNS connections"
 
-for p in $BACKEND_PORT $NGINX_PORT $FIELDSEAL_PORT $ADMIN_PORT $HAPROXY_PORT $NGINX_H2_PORT; do
+for p in $BACKEND_PORT $NGINX_PORT $FIELDSEAL_PORT $ADMIN_PORT $HAPROXY_PORT $NGINX_H2_PORT $REDIS_PORT; do
     if ss -Hltn "sport = :$p" | grep -q .; then die "port $p is in use (set BASE_PORT)"; fi
 done
 
@@ -181,13 +188,22 @@ render() { # template output: replace @NAME@ with $NAME
 }
 cat "$RUN/server.crt" "$RUN/server.key" >"$RUN/server.pem" # HAProxy wants both in one file
 chmod 600 "$RUN/server.pem"
-export RUN BACKEND_PORT NGINX_PORT NGINX_H2_PORT FIELDSEAL_PORT ADMIN_PORT HAPROXY_PORT WORKERS BACKEND_WORKERS
+export RUN BACKEND_PORT NGINX_PORT NGINX_H2_PORT FIELDSEAL_PORT ADMIN_PORT HAPROXY_PORT REDIS_PORT WORKERS BACKEND_WORKERS
 
-if [ "$SEALED" = 1 ]; then
-    render "$ROOT/bench/fieldseal.yaml.in" "$RUN/fieldseal.yaml"
-else
-    perl -ne 'print unless /^#SEALED-BEGIN/ .. /^#SEALED-END/' "$ROOT/bench/fieldseal.yaml.in" >"$RUN/fieldseal.yaml.in"
-    render "$RUN/fieldseal.yaml.in" "$RUN/fieldseal.yaml"
+cp "$ROOT/bench/fieldseal.yaml.in" "$RUN/fieldseal.yaml.in"
+strip() { # block: drop the #BLOCK-BEGIN .. #BLOCK-END lines of the template
+    perl -i -ne "print unless /^#$1-BEGIN/ .. /^#$1-END/" "$RUN/fieldseal.yaml.in"
+}
+[ "$SEALED" = 1 ] || strip SEALED
+[ "$REDIS" = 1 ] || strip REDIS
+render "$RUN/fieldseal.yaml.in" "$RUN/fieldseal.yaml"
+if [ "$REDIS" = 1 ]; then
+    # No persistence, loopback only: a cache for the buckets of case (g).
+    mkdir -p "$RUN/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN/redis" \
+        >"$RUN/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
 fi
 "$FIELDSEAL" check --config "$RUN/fieldseal.yaml" --load >&2 || die "fieldseal config rejected"
 
@@ -394,6 +410,8 @@ fi
 CASES="a b c"
 [ "$SEALED" = 1 ] && CASES="$CASES d"
 [ "$HAPROXY" = 1 ] && CASES="$CASES e"
+CASES="$CASES f"
+[ "$REDIS" = 1 ] && CASES="$CASES g"
 if [ "$H2" = 1 ]; then
     CASES="$CASES b2 c2"
     [ "$SEALED" = 1 ] && CASES="$CASES d2"
@@ -415,6 +433,8 @@ for round in $(seq "$ROUNDS"); do
             c) measure c "https://127.0.0.1:$FIELDSEAL_PORT/plain" pids_fieldseal "$round" ;;
             d) measure d "https://127.0.0.1:$FIELDSEAL_PORT/sealed" pids_fieldseal "$round" ;;
             e) measure e "https://127.0.0.1:$HAPROXY_PORT/plain" pids_haproxy "$round" ;;
+            f) measure f "https://127.0.0.1:$FIELDSEAL_PORT/limited" pids_fieldseal "$round" ;;
+            g) measure g "https://127.0.0.1:$FIELDSEAL_PORT/shared" pids_fieldseal "$round" ;;
             b2) measure b2 "https://127.0.0.1:$NGINX_H2_PORT/plain" pids_nginx "$round" ;;
             c2) measure c2 "https://127.0.0.1:$FIELDSEAL_PORT/plain" pids_fieldseal "$round" ;;
             d2) measure d2 "https://127.0.0.1:$FIELDSEAL_PORT/sealed" pids_fieldseal "$round" ;;
@@ -581,6 +601,8 @@ ratios() { # title, then pairs "x/y": one ratio table
     row c "(c) fieldseal pass-through"
     row d "(d) fieldseal encrypt 4 + decrypt 4"
     [ "$HAPROXY" = 1 ] && row e "(e) HAProxy pass-through"
+    row f "(f) fieldseal pass-through, local rate limit"
+    [ "$REDIS" = 1 ] && row g "(g) fieldseal pass-through, Redis-shared rate limit"
     if [ "$H2" = 1 ]; then
         row b2 "(b2) nginx pass-through, HTTP/2"
         row c2 "(c2) fieldseal pass-through, HTTP/2"
@@ -592,7 +614,7 @@ ratios() { # title, then pairs "x/y": one ratio table
     echo
     echo "| case | proxy | backend | load tool | others |"
     echo "|---|---:|---:|---:|---:|"
-    for c in a b c d e b2 c2 d2 e2; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
+    for c in a b c d e f g b2 c2 d2 e2; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
     echo
     echo "req/s: all measured requests / all measured time. p50, p99: wrk's (HTTP/2: nearest rank over h2load's per-request log), median over the rounds. Proxy CPU: utime+stime deltas from /proc/PID/stat over the measured runs (nginx: master + workers). Peak RSS: VmHWM, reset before each measured run (clear_refs 5), largest over the rounds (nginx: sum over workers). (c), (d), (c2) and (d2) are routes of one fieldseal process."
     [ -n "${R[d.fields]:-}" ] && echo "Check of (d): fieldseal's /metrics counted ${R[d.fields]}."
@@ -611,6 +633,10 @@ ratios() { # title, then pairs "x/y": one ratio table
         else
             ratios "HTTP/2:" c2/b2 d2/b2
         fi
+    fi
+    if [ "$REDIS" = 1 ]; then
+        ratios "Rate limits, the Redis stage beside the local one and pass-through:" g/f f/c g/c
+        awk -v f="${R[f.cpu]:-0}" -v g="${R[g.cpu]:-0}" 'BEGIN {if (f > 0 && g > 0) printf "Redis stage: %+.3f proxy CPU s / 10k req over the local limiter (redis-server CPU not included).\n\n", g - f}'
     fi
     echo "## Memory"
     echo

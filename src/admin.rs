@@ -470,6 +470,12 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
             json!({ "status": "ok", "key_id": a.key_id }),
         );
     }
+    if let Some(store) = rt.limits.store() {
+        // Shown, not counted against readiness: every replica shares the
+        // store, so failing them all would turn a rate-limit outage into a
+        // full one; `rate_limit.on_store_error` decides instead.
+        checks.insert("rate_limit_store".into(), store.status());
+    }
     checks.insert("last_reload".into(), last_reload(shared));
     if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
         ready = false;

@@ -51,6 +51,7 @@ pub const REASON_CODES: &[&str] = &[
     "audit_unavailable",
     "identity_keys_unavailable",
     "key_store_unavailable",
+    "rate_limit_store_unavailable",
     "internal",
 ];
 
@@ -170,6 +171,9 @@ pub enum LocalError {
     /// The key store (or the key provider) could not give an uncached key.
     #[error("the key store is unavailable")]
     KeyStoreUnavailable,
+    /// The shared rate-limit store gave no answer and `on_store_error: deny`.
+    #[error("rate limit store unavailable; retry later")]
+    RateLimitStore,
     #[error("internal error")]
     Internal(&'static str),
 }
@@ -267,6 +271,7 @@ impl ProxyError {
                 AuditUnavailable => ("audit_unavailable", "audit_unavailable"),
                 IdentityUnavailable => ("identity_unavailable", "identity_keys_unavailable"),
                 KeyStoreUnavailable => ("key_store_unavailable", "key_store_unavailable"),
+                RateLimitStore => ("rate_limit_store", "rate_limit_store_unavailable"),
                 Internal(_) => ("internal", "internal"),
             },
         }
@@ -416,6 +421,7 @@ mod tests {
             AuditUnavailable,
             IdentityUnavailable,
             KeyStoreUnavailable,
+            RateLimitStore,
             Internal("i"),
         ];
         // The exhaustive matches make a new variant a compile error here
@@ -463,7 +469,7 @@ mod tests {
         for e in &local {
             match e {
                 BufferLimit | AuditUnavailable | IdentityUnavailable | KeyStoreUnavailable
-                | Internal(_) => {}
+                | RateLimitStore | Internal(_) => {}
             }
         }
         let client = client.into_iter().map(ProxyError::from);

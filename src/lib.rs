@@ -27,6 +27,7 @@ mod headers;
 mod listener;
 mod metrics;
 mod ratelimit;
+mod redis_limit;
 mod routes;
 mod server;
 mod state;

@@ -70,6 +70,11 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseReason {
     pub reason: &'static str,
 }
@@ -119,6 +124,9 @@ pub struct Metrics {
     /// Subjects erased through this process's admin endpoint.
     pub subject_erasures: Counter,
     pub connections_closed: Family<CloseReason, Counter>,
+    pub rate_limit_store_errors: Family<StoreErrorLabel, Counter>,
+    pub rate_limit_store_fallback: Family<OutcomeLabel, Counter>,
+    pub rate_limit_store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -155,6 +163,9 @@ impl Metrics {
             buffer_limit_refusals: Counter::default(),
             subject_erasures: Counter::default(),
             connections_closed: Family::default(),
+            rate_limit_store_errors: Family::default(),
+            rate_limit_store_fallback: Family::default(),
+            rate_limit_store_up: Gauge::default(),
             registry: Registry::default(),
         };
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -284,6 +295,21 @@ impl Metrics {
             "connections_closed",
             "Client connections the proxy closed on a deadline or a limit, by reason",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "rate_limit_store_errors",
+            "Calls to the rate-limit store (Redis) that failed or ran past redis.timeout, by reason",
+            m.rate_limit_store_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_store_fallback",
+            "Requests decided by rate_limit.on_store_error because the store gave no answer, by outcome",
+            m.rate_limit_store_fallback.clone(),
+        );
+        registry.register(
+            "rate_limit_store_up",
+            "1 while the rate-limit store (Redis) answers, 0 while it is down or not yet connected",
+            m.rate_limit_store_up.clone(),
         );
         root.register_collector(Box::new(ProcessCollector));
         Metrics {

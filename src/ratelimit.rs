@@ -9,6 +9,17 @@
 //! admission raises all of them. Collisions only make it stricter, so an
 //! address in the sketch is never let through more than its own quota;
 //! memory does not grow with the number of addresses.
+//!
+//! With `store: redis` that local limiter is the first of two stages: a
+//! request it admits then takes a token from the client's bucket in Redis
+//! (`redis_limit`), shared by every replica. Both run GCRA with the same
+//! rate and burst. The local stage keeps one client's flood off Redis (it
+//! sends Redis at most what the shared limit could admit); it sees only
+//! this replica's part of the client's traffic, and can run ahead of the
+//! shared bucket only by the requests it passed that Redis refused, which
+//! bounds the difference at one emission interval (1/rate): it never
+//! refuses a request the shared limit would admit more than 1/rate seconds
+//! earlier. (Proof sketch in README, "Shared rate limits".)
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -24,7 +35,51 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::redis_limit::{Decision, RedisStore, StoreConfigError};
 use crate::routes::RateLimitSettings;
+
+/// `rate_limit.store`: where a bucket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStore {
+    /// In this process: each replica enforces the limit on its own.
+    #[default]
+    Local,
+    /// In the top-level `redis`, shared by every replica using it.
+    Redis,
+}
+
+/// `rate_limit.on_store_error`: the answer while Redis is down or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Admit what the local stage admits (each replica's own limit).
+    #[default]
+    Allow,
+    /// Refuse with 503 `rate_limit_store_unavailable`.
+    Deny,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The client's bucket is empty; it may retry after this long.
+    Limited(Duration),
+    /// The shared store gave no answer and `on_store_error: deny`.
+    StoreUnavailable,
+}
+
+/// The Redis stage of a limiter.
+struct SharedBucket {
+    store: Arc<RedisStore>,
+    /// `key_prefix` and the bucket's name (`global`, `route:NAME`).
+    prefix: String,
+    /// The emission interval in microseconds, as the script reads it.
+    interval_us: String,
+    burst: u32,
+    on_error: OnStoreError,
+}
 
 const PRUNE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 const SHARDS: usize = 16;
@@ -194,6 +249,7 @@ impl ClientStore {
 
 pub struct Limiter {
     keyed: RateLimiter<IpAddr, SharedStore, DefaultClock>,
+    shared: Option<SharedBucket>,
     store: Arc<ClientStore>,
     clock: DefaultClock,
     started: Instant,
@@ -214,10 +270,62 @@ impl Limiter {
                 SharedStore(Arc::clone(&store)),
                 clock.clone(),
             ),
+            shared: None,
             store,
             clock,
             started: Instant::now(),
             last_prune_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A limiter whose second stage is `bucket` in `store` (with
+    /// `store: redis`; otherwise `store` is not used).
+    fn with_store(
+        settings: RateLimitSettings,
+        max_tracked: usize,
+        store: Option<&Arc<RedisStore>>,
+        bucket: &str,
+    ) -> Limiter {
+        let mut l = Limiter::new(settings, max_tracked);
+        if let (crate::ratelimit::LimitStore::Redis, Some(store)) = (settings.store, store) {
+            l.shared = Some(SharedBucket {
+                prefix: format!("{}{bucket}:", store.key_prefix()),
+                store: Arc::clone(store),
+                interval_us: format!(
+                    "{}",
+                    1_000_000f64 / f64::from(settings.requests_per_second.get())
+                ),
+                burst: settings.burst.get(),
+                on_error: settings.on_store_error,
+            });
+        }
+        l
+    }
+
+    /// Both stages: the local bucket, then the shared one when there is one.
+    pub async fn admit(&self, client: IpAddr) -> Result<(), Refused> {
+        self.check(client).map_err(Refused::Limited)?;
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let key = format!("{}{}", shared.prefix, client_key(client));
+        match shared
+            .store
+            .take(&key, &shared.interval_us, shared.burst)
+            .await
+        {
+            Ok(Decision::Admitted) => Ok(()),
+            Ok(Decision::Limited(wait)) => Err(Refused::Limited(wait)),
+            Err(_) => match shared.on_error {
+                OnStoreError::Allow => {
+                    shared.store.metrics().fallback_allowed.inc();
+                    Ok(())
+                }
+                OnStoreError::Deny => {
+                    shared.store.metrics().fallback_denied.inc();
+                    Err(Refused::StoreUnavailable)
+                }
+            },
         }
     }
 
@@ -260,9 +368,14 @@ impl Limiter {
     }
 }
 
+/// Each route's limiter, in the config's route order (None: unlimited).
+pub type RouteLimiters = Vec<Option<Arc<Limiter>>>;
+
 /// The limiters of one config: routes that use the global default share its
 /// bucket (a client's total rate); a route with its own limit has its own.
 pub struct RateLimits {
+    /// The Redis of `store: redis` buckets, when the config has one.
+    store: Option<Arc<RedisStore>>,
     global: Option<(RateLimitSettings, Arc<Limiter>)>,
     /// Each route's own limiter by route name, to carry it over a reload.
     own: Vec<(String, RateLimitSettings, Arc<Limiter>)>,
@@ -272,19 +385,35 @@ pub struct RateLimits {
 impl RateLimits {
     /// The limiters of `config`, keeping `previous`'s buckets whose settings
     /// did not change (the global one; a route's own, by route name), so a
-    /// reload does not hand every client a fresh burst. Also returns each
-    /// route's limiter, in the config's route order (None: unlimited).
+    /// reload does not hand every client a fresh burst; and its Redis store
+    /// (and connection) when the `redis` settings did not change. Also
+    /// returns each route's limiter, in the config's route order (None:
+    /// unlimited).
     pub fn carry_over(
         config: &Config,
         previous: Option<&RateLimits>,
-    ) -> (RateLimits, Vec<Option<Arc<Limiter>>>) {
+        metrics: &Metrics,
+    ) -> Result<(RateLimits, RouteLimiters), StoreConfigError> {
         let max = config.rate_limit.max_tracked_clients;
-        let prev = previous.filter(|p| p.max_tracked == max);
+        let store = config
+            .redis
+            .as_ref()
+            .map(|r| RedisStore::new(r, previous.and_then(|p| p.store.as_ref()), metrics))
+            .transpose()?;
+        let same_store = match (previous.and_then(|p| p.store.as_ref()), &store) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let prev = previous.filter(|p| p.max_tracked == max && same_store);
+        let make = |s: RateLimitSettings, bucket: &str| {
+            Arc::new(Limiter::with_store(s, max, store.as_ref(), bucket))
+        };
         let global = config.rate_limit.default.map(|s| {
             let lim = prev
                 .and_then(|p| p.global.as_ref())
                 .filter(|(g, _)| *g == s)
-                .map_or_else(|| Arc::new(Limiter::new(s, max)), |(_, l)| Arc::clone(l));
+                .map_or_else(|| make(s, "global"), |(_, l)| Arc::clone(l));
             (s, lim)
         });
         let mut own = Vec::new();
@@ -299,7 +428,7 @@ impl RateLimits {
                         let lim = prev
                             .and_then(|p| p.own.iter().find(|(n, ps, _)| *n == r.name && *ps == s))
                             .map_or_else(
-                                || Arc::new(Limiter::new(s, max)),
+                                || make(s, &format!("route:{}", r.name)),
                                 |(_, _, l)| Arc::clone(l),
                             );
                         own.push((r.name.clone(), s, Arc::clone(&lim)));
@@ -309,11 +438,17 @@ impl RateLimits {
             })
             .collect();
         let limits = RateLimits {
+            store,
             global,
             own,
             max_tracked: max,
         };
-        (limits, per_route)
+        Ok((limits, per_route))
+    }
+
+    /// The Redis store, for /readyz.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref()
     }
 
     pub fn prune_all(&self) {
@@ -333,6 +468,8 @@ mod tests {
         RateLimitSettings {
             requests_per_second: NonZeroU32::new(rps).unwrap(),
             burst: NonZeroU32::new(burst).unwrap(),
+            store: LimitStore::Local,
+            on_store_error: OnStoreError::Allow,
         }
     }
 
@@ -438,7 +575,7 @@ routes:
   - { name: off, match: { path_prefix: /off }, upstream: b, rate_limit: { enabled: false } }
 "#;
         let config = Config::from_yaml(yaml, std::path::Path::new("/t.yaml")).unwrap();
-        let (_, per_route) = RateLimits::carry_over(&config, None);
+        let (_, per_route) = RateLimits::carry_over(&config, None, &Metrics::new()).unwrap();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let route = |i: usize| per_route[i].as_deref();
         assert!(route(0).unwrap().check(ip).is_ok());

@@ -82,6 +82,9 @@ impl PathMatch {
 pub struct RateLimitSettings {
     pub requests_per_second: NonZeroU32,
     pub burst: NonZeroU32,
+    /// Where the bucket lives; `on_store_error` only matters for Redis.
+    pub store: crate::ratelimit::LimitStore,
+    pub on_store_error: crate::ratelimit::OnStoreError,
 }
 
 #[derive(Debug, Clone)]

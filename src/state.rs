@@ -31,6 +31,9 @@ pub enum LoadError {
     Audit(String),
     #[error(transparent)]
     UpstreamTls(#[from] crate::upstream::UpstreamTlsError),
+    /// Said whole: the message names its `redis.*` key, never the URL.
+    #[error("{0}")]
+    RateLimitStore(crate::redis_limit::StoreConfigError),
     #[error("admin.token_file: {0}")]
     AdminToken(String),
     #[error("{0}")]
@@ -237,7 +240,9 @@ impl Runtime {
             .map(|u| UpstreamClient::new(u, metrics).map(Arc::new))
             .collect::<Result<_, _>>()?;
         // Buckets survive a reload: clients don't get a fresh burst from it.
-        let (limits, limiters) = RateLimits::carry_over(&config, previous.map(|p| &p.limits));
+        let (limits, limiters) =
+            RateLimits::carry_over(&config, previous.map(|p| &p.limits), metrics)
+                .map_err(LoadError::RateLimitStore)?;
         let routes = config
             .routes
             .routes

@@ -18,6 +18,7 @@ mod log;
 pub mod preflight;
 mod rate_limit;
 pub mod raw;
+mod redis;
 mod routes;
 mod shadowing;
 mod shape;
@@ -35,6 +36,7 @@ use crate::routes::RouteTable;
 use crate::tls::TlsSettings;
 use locate::At;
 
+pub use self::redis::{RedisSettings, RedisUrl};
 pub use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 pub use admin::DEFAULT_ADDRESS as DEFAULT_ADMIN_ADDRESS;
 pub use audit::AuditSettings;
@@ -79,6 +81,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub upstreams: Vec<Upstream>,
     pub rate_limit: GlobalRateLimit,
+    /// `redis`: where `store: redis` buckets live.
+    pub redis: Option<RedisSettings>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub keys: Option<KeyringSpec>,
@@ -185,7 +189,12 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     let allowed_hosts = listen::allowed_hosts(raw.allowed_hosts.as_deref())?;
     let trusted_proxies = listen::trusted_proxies(&raw.trusted_proxies)?;
     let upstreams = upstreams::compile(&raw.upstreams, base)?;
-    let rate_limit = rate_limit::compile(raw.rate_limit.as_ref())?;
+    let redis = raw
+        .redis
+        .as_ref()
+        .map(|r| self::redis::compile(r, base))
+        .transpose()?;
+    let rate_limit = rate_limit::compile(raw.rate_limit.as_ref(), redis.is_some())?;
     let limits = limits::compile(&raw.limits)?;
     let keys = raw
         .keys
@@ -267,6 +276,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         trusted_proxies,
         upstreams,
         rate_limit,
+        redis,
         limits,
         shutdown_grace,
         keys,

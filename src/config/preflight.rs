@@ -40,6 +40,7 @@ pub fn check_text(cfg: &Config, text: &str) -> Report {
     p.tls();
     p.keys();
     p.admin_token();
+    p.redis();
     p.audit();
     p.addresses();
     p.report
@@ -154,6 +155,33 @@ impl Preflight<'_> {
 
     /// The admin bearer token file, read as the proxy reads it (its content
     /// is never shown).
+    /// The Redis URL (from its environment variable), password file and CA
+    /// bundle are readable and well formed. Redis itself is not contacted:
+    /// the proxy serves while it is down (`on_store_error`).
+    fn redis(&mut self) {
+        let Some(r) = &self.cfg.redis else { return };
+        if let Err(e) = crate::redis_limit::resolve(r) {
+            self.error(&At::top("redis").key(e.key), e.message);
+        }
+        let rl = &self.cfg.rate_limit;
+        let uses = rl
+            .default
+            .iter()
+            .chain(
+                self.cfg
+                    .routes
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.rate_limit.as_ref()),
+            )
+            .any(|s| s.store == crate::ratelimit::LimitStore::Redis);
+        if !uses {
+            self.report
+                .warnings
+                .push("redis: no rate_limit names store: redis; the section is unused".into());
+        }
+    }
+
     fn admin_token(&mut self) {
         let Some(path) = &self.cfg.admin_token_file else {
             return;

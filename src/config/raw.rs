@@ -44,6 +44,9 @@ pub struct RawConfig {
     /// Per-client rate limit shared by routes without their own.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// The Redis that `rate_limit.store: redis` keeps buckets in, shared by every replica.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
     /// Size and time limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -324,6 +327,38 @@ pub struct RawRateLimit {
     /// Global only: how many client keys are tracked before new ones share one bucket.
     #[serde(default)]
     pub max_tracked_clients: Option<usize>,
+    /// `local` (default): this process's memory. `redis`: shared by every replica using the same `redis`, with a local stage in front.
+    #[serde(default)]
+    pub store: Option<Word<crate::ratelimit::LimitStore>>,
+    /// With `store: redis`, required: when Redis is down or slower than `redis.timeout`, `allow` (only the local stage limits) or `deny` (503).
+    #[serde(default)]
+    pub on_store_error: Option<Word<crate::ratelimit::OnStoreError>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Environment variable holding the URL, `redis://host:6379/0` or `rediss://host:6380/0` (TLS); it may hold the password. One of url_env or url.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The URL itself, when it holds no password. One of url_env or url.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the password (AUTH); takes precedence over one in the URL.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Time budget of one rate-limit call; past it the call counts as failed and `on_store_error` decides. Default 5ms.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Budget to connect, and of each probe while Redis is down. Default 1s.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Prefix of every key written, so deployments can share one Redis. Default `fieldseal:rl:`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// `rediss://` only: PEM CA bundle that verifies the server, instead of the system roots.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

@@ -91,7 +91,7 @@ fn route(
         &at.key("rate_limit"),
         r.rate_limit.as_ref(),
         global,
-        rate_limit.default,
+        rate_limit,
     )?;
     let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
     let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;

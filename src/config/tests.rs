@@ -602,3 +602,21 @@ fn trusted_networks_wider_than_a_slash_8_are_a_warning() {
         );
     }
 }
+
+#[test]
+fn a_route_names_its_store_and_inherits_the_rest_of_the_global_limit() {
+    use crate::ratelimit::{LimitStore, OnStoreError};
+    let text = format!(
+        "{MINIMAL}    rate_limit: {{ store: redis }}\nredis: {{ url_env: FIELDSEAL_REDIS_URL }}\nrate_limit: {{ requests_per_second: 100, burst: 200, on_store_error: deny }}\n"
+    );
+    let c = load(&text).unwrap();
+    let global = c.rate_limit.default.unwrap();
+    assert_eq!(global.store, LimitStore::Local, "local is the default");
+    let own = c.routes.routes[0].rate_limit.unwrap();
+    assert_eq!(own.store, LimitStore::Redis);
+    assert_eq!(own.on_store_error, OnStoreError::Deny, "inherited");
+    assert_eq!((own.requests_per_second.get(), own.burst.get()), (100, 200));
+    let r = c.redis.unwrap();
+    assert_eq!(r.timeout, std::time::Duration::from_millis(5));
+    assert_eq!(r.key_prefix, "fieldseal:rl:");
+}

@@ -12,6 +12,7 @@ use super::Exchange;
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers;
 use crate::identity::{AuthError, AuthMode, Principal};
+use crate::ratelimit::Refused;
 use crate::routes::{canonical_path, CanonicalPath};
 use crate::state::{RouteRuntime, Runtime};
 
@@ -88,7 +89,7 @@ fn bearer(v: &HeaderValue) -> Option<&str> {
 /// Checks the request head, finds its route and takes a token from the
 /// client's bucket. `ex` learns the canonical path, the route and the
 /// client as soon as each is known, for the access log of a refusal.
-pub(super) fn admit(
+pub(super) async fn admit(
     rt: &Runtime,
     parts: &Parts,
     peer: SocketAddr,
@@ -133,11 +134,15 @@ pub(super) fn admit(
     ex.client =
         headers::client_address(&parts.headers, peer.ip(), |ip| config.is_trusted_proxy(ip));
     if let Some(limiter) = &route.limiter {
-        limiter.check(ex.client).map_err(|wait| {
-            ProxyError::from(ClientError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-            })
-        })?;
+        limiter
+            .admit(ex.client)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Limited(wait) => ProxyError::from(ClientError::RateLimited {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }),
+                Refused::StoreUnavailable => ProxyError::from(LocalError::RateLimitStore),
+            })?;
     }
     Ok(Admitted {
         route: Arc::clone(route),

@@ -152,7 +152,7 @@ async fn stages(
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
-    let admitted = admit::admit(rt, &parts, peer, ex)?;
+    let admitted = admit::admit(rt, &parts, peer, ex).await?;
     let route = Arc::clone(&admitted.route);
     ex.principal = admit::identify(rt, &route, &mut parts).await?;
     let limits = &rt.config.limits;

@@ -6,6 +6,7 @@ use http::Method;
 
 use crate::headers::SecurityHeaders;
 use crate::transform::fold_char;
+use crate::transform::pairs::PairsSpec;
 use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 
 pub mod shadow;
@@ -63,6 +64,9 @@ pub struct Route {
     pub seal: Option<SealSpec>,
     /// What answers get opened (None: no decrypt rules).
     pub open: Option<OpenSpec>,
+    /// What query parameters get (None: forwarded as sent; a route with
+    /// encrypt rules or a `query:` section always has one).
+    pub query: Option<PairsSpec>,
 }
 
 impl Route {
@@ -444,6 +448,7 @@ pub(crate) mod tests {
             max_body: 1024,
             seal: None,
             open: None,
+            query: None,
         }
     }
 

@@ -464,6 +464,30 @@ pub struct RawRoute {
     /// names: `refuse` (400, default) or `allow`. Needs encrypt rules.
     #[serde(default)]
     pub json_references: Option<Word<JsonReferences>>,
+    /// Query parameters by name: `seal` (the value is sent as an envelope)
+    /// or `refuse` (400). A name covers every spelling a backend binds to
+    /// it (case, percent escapes, `user[name]`, `user.name`, `name[]`).
+    /// On a route with encrypt rules, a parameter spelling an encrypt
+    /// rule's field that is not listed here is refused.
+    #[serde(default)]
+    pub query: Option<BTreeMap<String, RawParam>>,
+}
+
+/// What a query parameter becomes: `seal` or `refuse`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawParam {
+    Keyword(Word<ParamWord>),
+}
+
+/// The words of a query parameter's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamWord {
+    /// Sealed into an envelope bound to the parameter's name.
+    Seal,
+    /// The request is refused (400).
+    Refuse,
 }
 
 /// A JSON Schema: the path of a JSON file (relative to this config), or

@@ -11,11 +11,14 @@ use http::Method;
 use super::limits::{check_buffers, Limits};
 use super::locate::At;
 use super::rate_limit::{self, GlobalRateLimit};
-use super::raw::{RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawRoute, Word};
+use super::raw::{
+    ParamWord, RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawParam, RawRoute, Word,
+};
 use super::Upstream;
 use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
 use crate::crypto::KeyringSpec;
 use crate::routes::{PathMatch, Route};
+use crate::transform::pairs::{PairsSpec, ParamAction, ParamRule};
 use crate::transform::{
     DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, OpenSpec, SealSpec,
 };
@@ -97,6 +100,7 @@ fn route(
     let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
 
     let (seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let query = query(at, r, seal.as_ref(), keys)?;
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -119,6 +123,7 @@ fn route(
         max_body,
         seal,
         open,
+        query,
     };
     Ok((route, warnings))
 }
@@ -225,6 +230,47 @@ fn rules(
         max_age: (!max_age.is_zero()).then_some(max_age),
     });
     Ok((seal, open, warnings))
+}
+
+/// The route's `query:` section with the guard of its encrypt rules: a
+/// route that seals bodies or names parameters judges every query pair.
+fn query(
+    at: &At,
+    r: &RawRoute,
+    seal: Option<&SealSpec>,
+    keys: Option<&KeyringSpec>,
+) -> Result<Option<PairsSpec>, Invalid> {
+    let entries = r.query.as_ref();
+    if entries.is_none() && seal.is_none() {
+        return Ok(None);
+    }
+    let at = at.key("query");
+    let mut params = Vec::new();
+    for (name, p) in entries.into_iter().flatten() {
+        let at = at.key(name);
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(&at, "a parameter name must be 1 to 255 bytes"));
+        }
+        let action = match p {
+            RawParam::Keyword(w) => match word(&at, w, "")? {
+                ParamWord::Seal => ParamAction::Seal {
+                    context: name.clone(),
+                },
+                ParamWord::Refuse => ParamAction::Refuse,
+            },
+        };
+        if matches!(action, ParamAction::Seal { .. }) && keys.is_none() {
+            return Err(invalid(&at, "sealing needs a `keys` section"));
+        }
+        params.push(ParamRule {
+            name: name.clone(),
+            action,
+        });
+    }
+    let guard = seal.map_or(&[][..], |s| &s.rules);
+    PairsSpec::compile(params, guard)
+        .map(Some)
+        .map_err(|e| invalid(&at, e.to_string()))
 }
 
 fn route_path(at: &At, p: &str) -> Result<String, Invalid> {

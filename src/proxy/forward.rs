@@ -9,8 +9,11 @@ use http::{Request, Uri, Version};
 use std::net::IpAddr;
 
 use crate::config::{HostHeader, Upstream};
+use crate::crypto::Keyring;
 use crate::error::{ClientError, ProxyError};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::transform::pairs::{self, PairsSpec};
+use crate::transform::Keys;
 
 /// Where an admitted request goes, and what the upstream request says of it.
 pub(super) struct Target<'a> {
@@ -25,10 +28,17 @@ pub(super) struct Target<'a> {
     pub request_id: &'a HeaderValue,
     /// The route opens answers: ask for one we can read.
     pub reads_answer: bool,
+    /// What the route does to query parameters (None: forwarded as sent).
+    pub query: Option<&'a PairsSpec>,
+    /// The keys parameters are sealed with.
+    pub keys: Option<&'a Keyring>,
+    /// Seconds since the epoch, stamped into envelopes.
+    pub now: u64,
 }
 
 /// The request the upstream gets: the canonical path under the upstream's
-/// base path, the query as sent, hop-by-hop and routing-override headers
+/// base path, the query as sent or as the route rewrites it (protected
+/// parameters sealed, or the request refused), hop-by-hop and routing-override headers
 /// removed, X-Forwarded-* set, Host as the upstream wants it, our request
 /// id, and (when the route opens answers) a request for an identity body.
 pub(super) fn forward<B>(
@@ -43,7 +53,16 @@ pub(super) fn forward<B>(
     pq.push_str(path);
     if let Some(q) = parts.uri.query() {
         pq.push('?');
-        pq.push_str(q);
+        match to.query {
+            None => pq.push_str(q),
+            Some(spec) => {
+                let keys = to.keys.map(Keys::from);
+                match pairs::rewrite(q, spec, keys, to.now).map_err(ProxyError::from_pairs)? {
+                    Some(rewritten) => pq.push_str(&rewritten),
+                    None => pq.push_str(q),
+                }
+            }
+        }
     }
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
@@ -128,6 +147,9 @@ mod tests {
             peer_trusted: false,
             request_id: &id,
             reads_answer,
+            query: None,
+            keys: None,
+            now: 0,
         };
         forward(parts, (), &target).expect("forwarded")
     }

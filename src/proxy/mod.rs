@@ -161,6 +161,9 @@ async fn stages(
         peer_trusted: admitted.peer_trusted,
         request_id: &ex.request_id,
         reads_answer: route.open.is_some(),
+        query: route.route.query.as_ref(),
+        keys: rt.keyring.as_deref(),
+        now: crate::crypto::unix_now(),
     };
     let upstream_req = forward::forward(parts, body, &target)?;
 

@@ -11,7 +11,9 @@
 //!   JSON strictly, copies unselected bytes verbatim and applies the policy;
 //! - `shape`: the positive model of a route's request bodies (look-alikes,
 //!   request schema);
-//! - `location`: where a value is, shown redacted in logs and errors.
+//! - `location`: where a value is, shown redacted in logs and errors;
+//! - `pairs`: query strings (and urlencoded forms) judged by the same
+//!   names and look-alikes, rewritten in place.
 //!
 //! Each function takes one document's bytes and returns the transformed
 //! bytes with a [`TransformReport`]; the keys are passed in ([`Keys`]).
@@ -19,6 +21,7 @@
 pub mod location;
 mod names;
 mod patch;
+pub mod pairs;
 pub mod path;
 mod policy;
 mod select;

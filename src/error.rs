@@ -276,6 +276,10 @@ impl ProxyError {
                     .into()
             }
             TransformError::FieldTooLarge => ClientError::FieldTooLarge.into(),
+            TransformError::Unindexable => {
+                ClientError::BadRequest("a field to index is not one string, number or boolean")
+                    .into()
+            }
             TransformError::FieldTooDeep => ClientError::TooDeep {
                 limit: crate::crypto::MAX_SEAL_DEPTH,
             }

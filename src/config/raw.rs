@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::audit::AuditFailureMode;
+use crate::crypto::index::Normalize;
 use crate::headers::{SecurityHeader, UpstreamPolicy};
 use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 use crate::transform::{JsonReferences, LookAlikeMode, OnDecryptFailure};
@@ -471,6 +472,34 @@ pub struct RawRoute {
     /// rule's field that is not listed here is refused.
     #[serde(default)]
     pub query: Option<BTreeMap<String, RawParam>>,
+    /// Blind indexes written beside request fields before they are sealed,
+    /// so the backend can still find a record by the field's value.
+    #[serde(default)]
+    pub index: Vec<RawIndexRule>,
+}
+
+/// `{ field: "$.email", into: "$.email_idx", normalize: [trim, lowercase], bits: 64 }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndexRule {
+    /// The field indexed: a JSONPath ending with a member name, without `..`.
+    pub field: String,
+    /// Where the index goes: a member beside the field (`$.email_idx`). Its
+    /// name names the index everywhere (`query: {email: {index: email_idx}}`)
+    /// and is part of the index key's derivation.
+    pub into: String,
+    /// Applied in this fixed order whatever the order written: trim,
+    /// lowercase (Unicode full lowercase), nfc, digits (ASCII 0-9 kept).
+    #[serde(default)]
+    pub normalize: Vec<Word<Normalize>>,
+    /// Output length in bits: 32 to 256, a multiple of 8. Default 64.
+    #[serde(default)]
+    pub bits: Option<u16>,
+    /// The ring key the index key is derived from. Default: the active key
+    /// (then making another key active changes every index: name one here
+    /// to rotate encryption keys without re-indexing).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// What a query parameter becomes: `seal` or `refuse`.
@@ -478,6 +507,16 @@ pub struct RawRoute {
 #[serde(untagged)]
 pub enum RawParam {
     Keyword(Word<ParamWord>),
+    /// `{ index: email_idx }`: the parameter reaches the backend as the
+    /// named index (defined by an `index:` rule of any route) of its value.
+    Index(RawParamIndex),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamIndex {
+    /// The name of an index defined by an `index:` rule.
+    pub index: String,
 }
 
 /// The words of a query parameter's action.

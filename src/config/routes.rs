@@ -16,8 +16,10 @@ use super::raw::{
 };
 use super::Upstream;
 use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
+use crate::crypto::index::{valid_bits, MAX_INDEX_BITS, MIN_INDEX_BITS};
 use crate::crypto::KeyringSpec;
 use crate::routes::{PathMatch, Route};
+use crate::transform::index::{IndexRule, IndexSpec};
 use crate::transform::pairs::{PairsSpec, ParamAction, ParamRule};
 use crate::transform::{
     DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, OpenSpec, SealSpec,
@@ -36,6 +38,7 @@ pub(super) fn compile(
     keys: Option<&KeyringSpec>,
     base: &Path,
 ) -> Result<Routes, Invalid> {
+    let registry = index_registry(raw, keys)?;
     let mut routes = Vec::new();
     let mut warnings = Vec::new();
     let mut names = HashSet::new();
@@ -48,7 +51,9 @@ pub(super) fn compile(
                 Some(&at.key("name")),
             ));
         }
-        let (route, rule_warnings) = route(&at, r, raw, upstreams, rate_limit, limits, keys, base)?;
+        let (route, rule_warnings) = route(
+            &at, r, raw, upstreams, rate_limit, limits, keys, base, &registry,
+        )?;
         warnings.extend(rule_warnings);
         routes.push(route);
     }
@@ -77,6 +82,7 @@ fn route(
     limits: &Limits,
     keys: Option<&KeyringSpec>,
     base: &Path,
+    registry: &[(IndexSpec, At)],
 ) -> Result<(Route, Vec<String>), Invalid> {
     let upstream = upstreams
         .iter()
@@ -99,8 +105,19 @@ fn route(
     let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
     let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
 
-    let (seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
-    let query = query(at, r, seal.as_ref(), keys)?;
+    let (mut seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let indexes = index_rules(at, r, registry)?;
+    match seal.as_mut() {
+        Some(s) => s.indexes = indexes,
+        None if !indexes.is_empty() => {
+            return Err(invalid(
+                &at.key("index"),
+                "needs encrypt rules on the route (an indexed field is sealed too)",
+            ))
+        }
+        None => {}
+    }
+    let query = query(at, r, seal.as_ref(), keys, registry)?;
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -223,6 +240,7 @@ fn rules(
         shape: request_shape,
         named_contexts: Vec::new(),
         max_depth: limits.max_json_depth,
+        indexes: Vec::new(),
     });
     let open = decrypt.map(|selection| OpenSpec {
         selection,
@@ -239,6 +257,7 @@ fn query(
     r: &RawRoute,
     seal: Option<&SealSpec>,
     keys: Option<&KeyringSpec>,
+    registry: &[(IndexSpec, At)],
 ) -> Result<Option<PairsSpec>, Invalid> {
     let entries = r.query.as_ref();
     if entries.is_none() && seal.is_none() {
@@ -258,8 +277,20 @@ fn query(
                 },
                 ParamWord::Refuse => ParamAction::Refuse,
             },
+            RawParam::Index(i) => ParamAction::Index(
+                registry
+                    .iter()
+                    .find(|(s, _)| s.name == i.index)
+                    .map(|(s, _)| s.clone())
+                    .ok_or_else(|| {
+                        invalid(
+                            &at.key("index"),
+                            format!("no `index:` rule of any route writes {:?}", i.index),
+                        )
+                    })?,
+            ),
         };
-        if matches!(action, ParamAction::Seal { .. }) && keys.is_none() {
+        if !matches!(action, ParamAction::Refuse) && keys.is_none() {
             return Err(invalid(&at, "sealing needs a `keys` section"));
         }
         params.push(ParamRule {
@@ -271,6 +302,124 @@ fn query(
     PairsSpec::compile(params, guard)
         .map(Some)
         .map_err(|e| invalid(&at, e.to_string()))
+}
+
+/// Every index any route's `index:` rules define, by name: one name, one
+/// definition (the same normalization, length and key wherever it is
+/// written or queried).
+fn index_registry(
+    raw: &RawConfig,
+    keys: Option<&KeyringSpec>,
+) -> Result<Vec<(IndexSpec, At)>, Invalid> {
+    let mut out: Vec<(IndexSpec, At)> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        for (j, x) in r.index.iter().enumerate() {
+            let at = At::top("routes").item(i, &r.name).key("index").index(j);
+            let name = into_name(&x.into).ok_or_else(|| {
+                invalid(
+                    &at.key("into"),
+                    "must be a member beside the field, e.g. `$.email_idx` (letters, digits, _ and -)",
+                )
+            })?;
+            let mut normalize = Vec::new();
+            for (k, w) in x.normalize.iter().enumerate() {
+                normalize.push(word(&at.key("normalize").index(k), w, "")?);
+            }
+            normalize.sort_unstable();
+            normalize.dedup();
+            let bits = x.bits.unwrap_or(64);
+            if !valid_bits(bits) {
+                return Err(invalid(
+                    &at.key("bits"),
+                    format!(
+                        "{bits}: must be {MIN_INDEX_BITS} to {MAX_INDEX_BITS}, a multiple of 8"
+                    ),
+                ));
+            }
+            let Some(keys) = keys else {
+                return Err(invalid(&at, "blind indexes need a `keys` section"));
+            };
+            if let Some(k) = &x.key {
+                if !keys.keys.iter().any(|s| &s.id == k) {
+                    return Err(invalid(
+                        &at.key("key"),
+                        format!("{k:?} is not in the keyring"),
+                    ));
+                }
+            }
+            let spec = IndexSpec {
+                name: name.to_owned(),
+                normalize,
+                bits,
+                key_id: x.key.clone(),
+            };
+            match out.iter().find(|(s, _)| s.name == spec.name) {
+                Some((s, _)) if *s != spec => {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "index {:?} is defined again with another normalize, bits or key; one name, one definition",
+                            spec.name
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => out.push((spec, at)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The member name `into` writes: the last segment of `$.a.b_idx` or
+/// `$['a']['b_idx']`, letters, digits, `_` and `-` only.
+fn into_name(into: &str) -> Option<&str> {
+    let last = if let Some(head) = into.strip_suffix("']").or_else(|| into.strip_suffix("\"]")) {
+        head.rsplit_once(['\'', '"'])?.1
+    } else {
+        into.rsplit_once('.')?.1
+    };
+    (!last.is_empty()
+        && last
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    .then_some(last)
+}
+
+/// The route's `index:` rules: each field with its index, the index
+/// member beside the field.
+fn index_rules(
+    at: &At,
+    r: &RawRoute,
+    registry: &[(IndexSpec, At)],
+) -> Result<Vec<IndexRule>, Invalid> {
+    let mut out = Vec::new();
+    for (j, x) in r.index.iter().enumerate() {
+        let at = at.key("index").index(j);
+        let field = FieldPath::parse(&x.field)
+            .map_err(|e| invalid(&at.key("field"), format!("invalid JSONPath: {}", e.message)))?;
+        let into = FieldPath::parse(&x.into)
+            .map_err(|e| invalid(&at.key("into"), format!("invalid JSONPath: {}", e.message)))?;
+        let (fs, is) = (field.segments(), into.segments());
+        let beside = fs.len() == is.len()
+            && !fs.is_empty()
+            && fs[..fs.len() - 1] == is[..is.len() - 1]
+            && is.last().is_some_and(|s| s.single_name().is_some());
+        if !beside {
+            return Err(invalid(
+                &at.key("into"),
+                "must be a member beside the field (`$.email` → `$.email_idx`)",
+            ));
+        }
+        let name = into_name(&x.into).unwrap_or_default();
+        let spec = registry
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| invalid(&at.key("into"), "not a valid index name"))?;
+        out.push(IndexRule::new(field, spec).map_err(|m| invalid(&at.key("field"), m))?);
+    }
+    Ok(out)
 }
 
 fn route_path(at: &At, p: &str) -> Result<String, Invalid> {

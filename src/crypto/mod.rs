@@ -4,6 +4,7 @@
 //! - `envelope`: the `fs1:` string format and its associated data.
 //! - `keys`: reading key material (PBKDF2 passphrases, key files) and HKDF.
 //! - `keyring`: the loaded keys, `seal` / `open`.
+//! - `index`: blind indexes (keyed, truncated HMACs of normalized values).
 //! - `token`: the admin bearer token, a secret read like a key file.
 //!
 //! The byte layout, derivations and test vectors are in `docs/envelope.md`.
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 mod envelope;
+pub mod index;
 mod keyring;
 mod keys;
 mod token;

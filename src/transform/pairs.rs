@@ -31,6 +31,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::index::IndexSpec;
 use super::names::{name_parts, until_nul};
 use super::shape::{LookAlikeError, LookAlikeMode, LookAlikes};
 use super::{FieldPath, FieldRule, Keys, TransformError};
@@ -42,6 +43,12 @@ pub enum ParamAction {
     Refuse,
     /// The value is sealed into an envelope bound to `context`.
     Seal { context: String },
+    /// The pair is rewritten into the blind index of its value: the name
+    /// part that spelled the configured name becomes the index's name
+    /// (`email=x` → `email_idx=<index of x>`, `user[email][]=x` →
+    /// `user[email_idx][]=…`), so the backend's own filter finds the
+    /// records whose stored index equals it.
+    Index(IndexSpec),
 }
 
 /// One entry of a route's `query:` section.
@@ -126,8 +133,8 @@ impl PairsSpec {
     /// The verdict on decoded name `name`: a configured rule (and the
     /// byte range of the name part that completed it), or a refusal.
     fn judge(&self, name: &str) -> Verdict {
-        if let Some((i, _)) = hit(&self.named, name) {
-            return Verdict::Rule(i);
+        if let Some((i, part)) = hit(&self.named, name) {
+            return Verdict::Rule(i, part);
         }
         if let Some((r, _)) = hit(&self.guard, name) {
             return Verdict::Refuse(self.guard_paths.get(r).cloned().unwrap_or_default());
@@ -138,7 +145,7 @@ impl PairsSpec {
 
 enum Verdict {
     Pass,
-    Rule(usize),
+    Rule(usize, std::ops::Range<usize>),
     Refuse(String),
 }
 
@@ -237,7 +244,7 @@ fn judge_pair(
             match decode(&name) {
                 Ok(twice) => match spec.judge(&twice) {
                     Verdict::Pass => Verdict::Pass,
-                    Verdict::Rule(i) => Verdict::Refuse(
+                    Verdict::Rule(i, _) => Verdict::Refuse(
                         spec.rules
                             .get(i)
                             .map(|r| r.name.clone())
@@ -250,10 +257,10 @@ fn judge_pair(
         }
         v => v,
     };
-    let rule = match verdict {
+    let (rule, part) = match verdict {
         Verdict::Pass => return Ok(None),
         Verdict::Refuse(rule) => return Err(PairsError::Protected { rule }),
-        Verdict::Rule(i) => spec.rules.get(i).ok_or(PairsError::Encoding)?,
+        Verdict::Rule(i, part) => (spec.rules.get(i).ok_or(PairsError::Encoding)?, part),
     };
     match &rule.action {
         ParamAction::Refuse => Err(PairsError::Protected {
@@ -270,6 +277,23 @@ fn judge_pair(
             encode_into(&mut out, until_nul(&name));
             out.push('=');
             encode_into(&mut out, &sealed);
+            Ok(Some(out))
+        }
+        ParamAction::Index(index) => {
+            let keys = keys.ok_or(PairsError::Seal(TransformError::Seal))?;
+            let value = decode(raw_value.unwrap_or(""))?;
+            let text = index.index(keys.ring, &value).map_err(PairsError::Seal)?;
+            let name = until_nul(&name);
+            let (head, tail) = (
+                name.get(..part.start).unwrap_or(""),
+                name.get(part.end..).unwrap_or(""),
+            );
+            let mut out = String::with_capacity(name.len() + text.len() + 16);
+            encode_into(&mut out, head);
+            encode_into(&mut out, &index.name);
+            encode_into(&mut out, tail);
+            out.push('=');
+            encode_into(&mut out, &text);
             Ok(Some(out))
         }
     }
@@ -493,6 +517,40 @@ mod tests {
         // A double-encoded configured name is refused, not sealed.
         assert!(matches!(
             run("%2573sn=1", &s),
+            Err(PairsError::Protected { .. })
+        ));
+    }
+
+    #[test]
+    fn an_index_entry_rewrites_the_name_and_the_value() {
+        use crate::crypto::index::Normalize;
+        let idx = IndexSpec {
+            name: "email_idx".into(),
+            normalize: vec![Normalize::Trim, Normalize::Lowercase],
+            bits: 64,
+            key_id: None,
+        };
+        let s = spec(&[("email", ParamAction::Index(idx.clone()))], &["$.email"]);
+        let want = idx.index(&ring(), "ada@example.com").expect("index");
+        let mut enc = String::new();
+        encode_into(&mut enc, &want);
+        for (q, name) in [
+            ("email=ada%40example.com", "email_idx"),
+            ("EMAIL=+Ada@Example.com", "email_idx"),
+            ("e%6Dail=ada@example.com", "email_idx"),
+            ("email[]=ada@example.com", "email_idx%5B%5D"),
+            ("user[Email]=ada@example.com", "user%5Bemail_idx%5D"),
+            ("user.email=ada@example.com", "user.email_idx"),
+            ("email%00x=ada@example.com", "email_idx"),
+        ] {
+            let out = run(&format!("page=2&{q}&x=1"), &s)
+                .expect(q)
+                .expect("changed");
+            assert_eq!(out, format!("page=2&{name}={enc}&x=1"), "{q}");
+            assert!(!out.to_lowercase().contains("ada"), "{q}");
+        }
+        assert!(matches!(
+            run("%2565mail=x", &s),
             Err(PairsError::Protected { .. })
         ));
     }

@@ -290,7 +290,8 @@ impl ProxyError {
         }
     }
 
-    /// A query string the route's pairs spec refused or could not seal.
+    /// A query string or form body the route's pairs spec refused or could
+    /// not seal.
     pub fn from_pairs(e: crate::transform::pairs::PairsError) -> ProxyError {
         use crate::transform::pairs::PairsError;
         match e {

@@ -67,6 +67,9 @@ pub struct Route {
     /// What query parameters get (None: forwarded as sent; a route with
     /// encrypt rules or a `query:` section always has one).
     pub query: Option<PairsSpec>,
+    /// What urlencoded form bodies get (None: the route takes no forms
+    /// when it has rules).
+    pub form: Option<PairsSpec>,
 }
 
 impl Route {
@@ -449,6 +452,7 @@ pub(crate) mod tests {
             seal: None,
             open: None,
             query: None,
+            form: None,
         }
     }
 

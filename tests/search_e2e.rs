@@ -59,7 +59,24 @@ async fn store_answer(store: &Mutex<Store>, req: Request<Incoming>) -> Response<
         parts.uri,
         String::from_utf8_lossy(&body)
     ));
-    let answer = if parts.method == http::Method::POST {
+    let is_form = parts.headers.get("content-type").is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    let answer = if parts.method == http::Method::POST && is_form {
+        // A PHP/Rails-style create form: each pair becomes a member.
+        let mut v = serde_json::Map::new();
+        for (k, val) in std::str::from_utf8(&body)
+            .expect("utf-8 form")
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+        {
+            v.insert(decode(k), Value::String(decode(val)));
+        }
+        let v = Value::Object(v);
+        s.records.push(v.clone());
+        v
+    } else if parts.method == http::Method::POST {
         let v: Value = serde_json::from_slice(&body).expect("the store gets JSON");
         s.records.push(v.clone());
         v
@@ -141,6 +158,7 @@ routes:
     query:
       email: {{ index: email_idx }}
       ssn: refuse
+    form: {{ encrypt: [ssn, email], index: [ {{ field: email, into: email_idx }} ] }}
 "#,
         k1 = k1.display()
     ))

@@ -476,6 +476,48 @@ pub struct RawRoute {
     /// so the backend can still find a record by the field's value.
     #[serde(default)]
     pub index: Vec<RawIndexRule>,
+    /// `application/x-www-form-urlencoded` request bodies: fields sealed or
+    /// written as their blind index. With this section the route accepts
+    /// such forms (otherwise 415); `multipart/form-data` is always refused
+    /// (415) on a route with rules.
+    #[serde(default)]
+    pub form: Option<RawForm>,
+}
+
+/// `{ encrypt: [ssn], index: [ { field: email, into: email_idx } ] }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForm {
+    /// Field names whose values are sealed (context: the name). A name
+    /// covers every spelling a backend binds to it (`SSN`, `user[ssn]`).
+    #[serde(default)]
+    pub encrypt: Vec<String>,
+    /// Fields written as a blind index: a field also listed in `encrypt` is
+    /// sealed and its index added after it (`ssn=<envelope>&ssn_idx=<index>`);
+    /// otherwise the field is replaced by its index (a search form).
+    #[serde(default)]
+    pub index: Vec<RawFormIndex>,
+}
+
+/// `{ field: email, into: email_idx }`, with the `index:` rule keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFormIndex {
+    /// The form field's name.
+    pub field: String,
+    /// The index's name: the same index as an `index:` rule writing it.
+    pub into: String,
+    /// As in `index:` rules; must agree with any other definition of
+    /// `into`. With none of normalize, bits and key, the entry uses the
+    /// index as an `index:` rule defines it (else no normalization, 64 bits).
+    #[serde(default)]
+    pub normalize: Option<Vec<Word<Normalize>>>,
+    /// As in `index:` rules. Default 64.
+    #[serde(default)]
+    pub bits: Option<u16>,
+    /// As in `index:` rules.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// `{ field: "$.email", into: "$.email_idx", normalize: [trim, lowercase], bits: 64 }`.

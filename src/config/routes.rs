@@ -118,6 +118,10 @@ fn route(
         None => {}
     }
     let query = query(at, r, seal.as_ref(), keys, registry)?;
+    let form = form(at, r, seal.as_ref(), registry)?;
+    if form.is_some() && keys.is_none() {
+        return Err(invalid(&at.key("form"), "needs a `keys` section"));
+    }
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -141,6 +145,7 @@ fn route(
         seal,
         open,
         query,
+        form,
     };
     Ok((route, warnings))
 }
@@ -313,9 +318,29 @@ fn index_registry(
 ) -> Result<Vec<(IndexSpec, At)>, Invalid> {
     let mut out: Vec<(IndexSpec, At)> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        for (j, x) in r.index.iter().enumerate() {
-            let at = At::top("routes").item(i, &r.name).key("index").index(j);
-            let name = into_name(&x.into).ok_or_else(|| {
+        let route_at = At::top("routes").item(i, &r.name);
+        let body = r.index.iter().enumerate().map(|(j, x)| {
+            let at = route_at.key("index").index(j);
+            (at, &x.into, &x.normalize, x.bits, &x.key)
+        });
+        let form = r
+            .form
+            .iter()
+            .flat_map(|f| f.index.iter().enumerate())
+            .filter(|(_, x)| x.normalize.is_some() || x.bits.is_some() || x.key.is_some())
+            .map(|(j, x)| {
+                let at = route_at.key("form").key("index").index(j);
+                let normalize = x.normalize.as_ref().unwrap_or(&NO_STEPS);
+                (at, &x.into, normalize, x.bits, &x.key)
+            });
+        for (at, into, normalize_words, bits, key) in body.chain(form) {
+            let x = IndexDef {
+                into,
+                normalize: normalize_words,
+                bits,
+                key,
+            };
+            let name = into_name(x.into).ok_or_else(|| {
                 invalid(
                     &at.key("into"),
                     "must be a member beside the field, e.g. `$.email_idx` (letters, digits, _ and -)",
@@ -339,7 +364,7 @@ fn index_registry(
             let Some(keys) = keys else {
                 return Err(invalid(&at, "blind indexes need a `keys` section"));
             };
-            if let Some(k) = &x.key {
+            if let Some(k) = x.key {
                 if !keys.keys.iter().any(|s| &s.id == k) {
                     return Err(invalid(
                         &at.key("key"),
@@ -368,13 +393,115 @@ fn index_registry(
             }
         }
     }
+    // Form entries that only name an index use its definition, or define
+    // it with the defaults.
+    for (i, r) in raw.routes.iter().enumerate() {
+        for (j, x) in r.form.iter().flat_map(|f| f.index.iter().enumerate()) {
+            let at = At::top("routes")
+                .item(i, &r.name)
+                .key("form")
+                .key("index")
+                .index(j);
+            let name = into_name(&x.into)
+                .ok_or_else(|| invalid(&at.key("into"), "letters, digits, _ and - only"))?;
+            if keys.is_none() {
+                return Err(invalid(&at, "blind indexes need a `keys` section"));
+            }
+            if !out.iter().any(|(s, _)| s.name == name) {
+                let spec = IndexSpec {
+                    name: name.to_owned(),
+                    normalize: Vec::new(),
+                    bits: 64,
+                    key_id: None,
+                };
+                out.push((spec, at));
+            }
+        }
+    }
     Ok(out)
+}
+
+static NO_STEPS: Vec<Word<crate::crypto::index::Normalize>> = Vec::new();
+
+/// The keys of an index definition, in `index:` rules and `form.index`.
+struct IndexDef<'a> {
+    into: &'a str,
+    normalize: &'a [Word<crate::crypto::index::Normalize>],
+    bits: Option<u16>,
+    key: &'a Option<String>,
+}
+
+/// The route's `form:` section: its names sealed or indexed, with the
+/// guard of its encrypt rules.
+fn form(
+    at: &At,
+    r: &RawRoute,
+    seal: Option<&SealSpec>,
+    registry: &[(IndexSpec, At)],
+) -> Result<Option<PairsSpec>, Invalid> {
+    let Some(f) = &r.form else {
+        return Ok(None);
+    };
+    let at = at.key("form");
+    let lookup = |into: &str, at: &At| {
+        let name = into_name(into).unwrap_or_default();
+        registry
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| invalid(at, "not a valid index name"))
+    };
+    let mut params: Vec<ParamRule> = Vec::new();
+    for (j, name) in f.encrypt.iter().enumerate() {
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(
+                &at.key("encrypt").index(j),
+                "must be 1 to 255 bytes",
+            ));
+        }
+        let index = f.index.iter().enumerate().find(|(_, x)| &x.field == name);
+        let action = match index {
+            Some((k, x)) => ParamAction::SealAndIndex {
+                context: name.clone(),
+                index: lookup(&x.into, &at.key("index").index(k).key("into"))?,
+            },
+            None => ParamAction::Seal {
+                context: name.clone(),
+            },
+        };
+        params.push(ParamRule {
+            name: name.clone(),
+            action,
+        });
+    }
+    for (k, x) in f.index.iter().enumerate() {
+        let spec = lookup(&x.into, &at.key("index").index(k).key("into"))?;
+        if !f.encrypt.contains(&x.field) {
+            params.push(ParamRule {
+                name: x.field.clone(),
+                action: ParamAction::Index(spec.clone()),
+            });
+        }
+        // A client's own value for the index fieldseal writes goes.
+        if !params.iter().any(|p| p.name == spec.name) {
+            params.push(ParamRule {
+                name: spec.name.clone(),
+                action: ParamAction::Drop,
+            });
+        }
+    }
+    let guard = seal.map_or(&[][..], |s| &s.rules);
+    PairsSpec::compile(params, guard)
+        .map(Some)
+        .map_err(|e| invalid(&at, e.to_string()))
 }
 
 /// The member name `into` writes: the last segment of `$.a.b_idx` or
 /// `$['a']['b_idx']`, letters, digits, `_` and `-` only.
 fn into_name(into: &str) -> Option<&str> {
-    let last = if let Some(head) = into.strip_suffix("']").or_else(|| into.strip_suffix("\"]")) {
+    let last = if !into.starts_with('$') {
+        into
+    } else if let Some(head) = into.strip_suffix("']").or_else(|| into.strip_suffix("\"]")) {
         head.rsplit_once(['\'', '"'])?.1
     } else {
         into.rsplit_once('.')?.1

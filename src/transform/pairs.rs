@@ -49,6 +49,12 @@ pub enum ParamAction {
     /// `user[email_idx][]=…`), so the backend's own filter finds the
     /// records whose stored index equals it.
     Index(IndexSpec),
+    /// Sealed like `Seal`, and the index pair added after it (a form that
+    /// creates a record sends the field and its index).
+    SealAndIndex { context: String, index: IndexSpec },
+    /// The pair is removed (a client's own value for an index fieldseal
+    /// writes).
+    Drop,
 }
 
 /// One entry of a route's `query:` section.
@@ -262,41 +268,69 @@ fn judge_pair(
         Verdict::Refuse(rule) => return Err(PairsError::Protected { rule }),
         Verdict::Rule(i, part) => (spec.rules.get(i).ok_or(PairsError::Encoding)?, part),
     };
+    let name = until_nul(&name);
+    let value = || decode(raw_value.unwrap_or(""));
+    let keys = || keys.ok_or(PairsError::Seal(TransformError::Seal));
+    let mut out = String::new();
     match &rule.action {
-        ParamAction::Refuse => Err(PairsError::Protected {
-            rule: rule.name.clone(),
-        }),
+        ParamAction::Refuse => {
+            return Err(PairsError::Protected {
+                rule: rule.name.clone(),
+            })
+        }
+        ParamAction::Drop => {}
         ParamAction::Seal { context } => {
-            let value = decode(raw_value.unwrap_or(""))?;
-            let keys = keys.ok_or(PairsError::Seal(TransformError::Seal))?;
-            let sealed = keys
-                .seal
-                .seal_at(&Value::String(value.into_owned()), context, now)
-                .map_err(|e| PairsError::Seal(e.into()))?;
-            let mut out = String::with_capacity(raw_name.len() + sealed.len() + 8);
-            encode_into(&mut out, until_nul(&name));
-            out.push('=');
-            encode_into(&mut out, &sealed);
-            Ok(Some(out))
+            seal_pair(&mut out, name, &value()?, context, keys()?, now)?;
         }
         ParamAction::Index(index) => {
-            let keys = keys.ok_or(PairsError::Seal(TransformError::Seal))?;
-            let value = decode(raw_value.unwrap_or(""))?;
-            let text = index.index(keys.ring, &value).map_err(PairsError::Seal)?;
-            let name = until_nul(&name);
-            let (head, tail) = (
-                name.get(..part.start).unwrap_or(""),
-                name.get(part.end..).unwrap_or(""),
-            );
-            let mut out = String::with_capacity(name.len() + text.len() + 16);
-            encode_into(&mut out, head);
-            encode_into(&mut out, &index.name);
-            encode_into(&mut out, tail);
-            out.push('=');
-            encode_into(&mut out, &text);
-            Ok(Some(out))
+            index_pair(&mut out, name, &part, &value()?, index, keys()?)?;
+        }
+        ParamAction::SealAndIndex { context, index } => {
+            let (v, k) = (value()?, keys()?);
+            seal_pair(&mut out, name, &v, context, k, now)?;
+            out.push('&');
+            index_pair(&mut out, name, &part, &v, index, k)?;
         }
     }
+    Ok(Some(out))
+}
+
+/// `name=<envelope of value>`.
+fn seal_pair(
+    out: &mut String,
+    name: &str,
+    value: &str,
+    context: &str,
+    keys: Keys<'_>,
+    now: u64,
+) -> Result<(), PairsError> {
+    let sealed = keys
+        .seal
+        .seal_at(&Value::String(value.to_owned()), context, now)
+        .map_err(|e| PairsError::Seal(e.into()))?;
+    encode_into(out, name);
+    out.push('=');
+    encode_into(out, &sealed);
+    Ok(())
+}
+
+/// `name` with its part at `part` renamed to the index's name, `=` the
+/// index of `value`.
+fn index_pair(
+    out: &mut String,
+    name: &str,
+    part: &std::ops::Range<usize>,
+    value: &str,
+    index: &IndexSpec,
+    keys: Keys<'_>,
+) -> Result<(), PairsError> {
+    let text = index.index(keys.ring, value).map_err(PairsError::Seal)?;
+    encode_into(out, name.get(..part.start).unwrap_or(""));
+    encode_into(out, &index.name);
+    encode_into(out, name.get(part.end..).unwrap_or(""));
+    out.push('=');
+    encode_into(out, &text);
+    Ok(())
 }
 
 /// Every `%` starts a two-hex-digit escape.
@@ -553,6 +587,114 @@ mod tests {
             run("%2565mail=x", &s),
             Err(PairsError::Protected { .. })
         ));
+    }
+
+    mod props {
+        use super::*;
+        use crate::crypto::index::Normalize;
+        use proptest::prelude::*;
+
+        /// A spelling a backend binds to `base`: per-character case, per-byte
+        /// percent escapes (either hex case), a wrapper, a NUL tail.
+        fn spelling(base: &'static str) -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(any::<(bool, u8)>(), base.len()),
+                0usize..7,
+                any::<bool>(),
+            )
+                .prop_map(move |(bits, wrap, nul)| {
+                    let mut name = String::new();
+                    for (c, (upper, enc)) in base.chars().zip(bits) {
+                        let c = if upper { c.to_ascii_uppercase() } else { c };
+                        match enc % 4 {
+                            0 => name.push_str(&format!("%{:02X}", c as u32)),
+                            1 => name.push_str(&format!("%{:02x}", c as u32)),
+                            _ => name.push(c),
+                        }
+                    }
+                    let name = match wrap {
+                        0 => name,
+                        1 => format!("{name}[]"),
+                        2 => format!("{name}%5B3%5D"),
+                        3 => format!("user[{name}]"),
+                        4 => format!("user.{name}"),
+                        5 => format!("a%5Bb%5D[{name}]"),
+                        _ => format!("{name}[x]"),
+                    };
+                    if nul {
+                        format!("{name}%00tail")
+                    } else {
+                        name
+                    }
+                })
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "[a-z0-9 .@-]{0,12}".prop_map(|v| format!("{v}zq7secret{v}"))
+        }
+
+        fn encode_value(v: &str, plus: bool) -> String {
+            let mut out = String::new();
+            encode_into(&mut out, v);
+            if plus {
+                out.replace("%20", "+")
+            } else {
+                out
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// No configured parameter and no look-alike of an encrypt rule
+            /// leaves `rewrite` with its value in plaintext, however spelled.
+            #[test]
+            fn no_protected_value_passes_in_plaintext(
+                which in 0usize..3,
+                ssn in spelling("ssn"),
+                email in spelling("email"),
+                card in spelling("card.number"),
+                v in value(),
+                plus in any::<bool>(),
+                sep in prop_oneof![Just('&'), Just(';')],
+                before in "[a-z]{1,5}=[a-z0-9]{0,5}",
+                after in "[a-z]{1,5}=[a-z0-9]{0,5}",
+                repeat in any::<bool>(),
+            ) {
+                let idx = IndexSpec {
+                    name: "email_idx".into(),
+                    normalize: vec![Normalize::Trim, Normalize::Lowercase],
+                    bits: 64,
+                    key_id: None,
+                };
+                let s = spec(
+                    &[
+                        ("ssn", ParamAction::Seal { context: "ssn".into() }),
+                        ("email", ParamAction::Index(idx)),
+                    ],
+                    &["$.ssn", "$.email", "$.card.number"],
+                );
+                let name = [ssn, email, card][which].clone();
+                let pair = format!("{name}={}", encode_value(&v, plus));
+                let mut q = format!("{before}{sep}{pair}{sep}{after}");
+                if repeat {
+                    q.push(sep);
+                    q.push_str(&pair);
+                }
+                match run(&q, &s) {
+                    Err(e) => prop_assert!(
+                        which == 2 && matches!(e, PairsError::Protected { .. }),
+                        "a configured name is rewritten, a look-alike refused: {q}: {e}"
+                    ),
+                    Ok(out) => {
+                        let out = out.unwrap_or(q.clone());
+                        let decoded = decode(&out).map(|d| d.to_lowercase()).unwrap_or_default();
+                        prop_assert!(!out.to_lowercase().contains("zq7secret"), "{q} -> {out}");
+                        prop_assert!(!decoded.contains("zq7secret"), "{q} -> {out}");
+                        prop_assert!(which != 2, "a look-alike passed: {q}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::transform::pairs::PairsSpec;
 use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 
 pub mod shadow;
+pub mod template;
 pub use shadow::{shadows, Shadow};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,12 @@ pub struct Route {
     /// What urlencoded form bodies get (None: the route takes no forms
     /// when it has rules).
     pub form: Option<PairsSpec>,
+    /// `match.path` with `{param}` segments: `path` is then the template's
+    /// literal prefix, and the forward stage captures and rebuilds.
+    pub template: Option<template::PathTemplate>,
+    /// Per template parameter, in order: what its segment becomes (None:
+    /// forwarded as it is).
+    pub path_params: Vec<Option<template::PathParamAction>>,
 }
 
 impl Route {
@@ -453,6 +460,8 @@ pub(crate) mod tests {
             open: None,
             query: None,
             form: None,
+            template: None,
+            path_params: Vec::new(),
         }
     }
 

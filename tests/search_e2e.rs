@@ -80,6 +80,15 @@ async fn store_answer(store: &Mutex<Store>, req: Request<Incoming>) -> Response<
         let v: Value = serde_json::from_slice(&body).expect("the store gets JSON");
         s.records.push(v.clone());
         v
+    } else if let Some(idx) = parts.uri.path().strip_prefix("/api/users/by-email/") {
+        let idx = decode(idx);
+        let found: Vec<Value> = s
+            .records
+            .iter()
+            .filter(|r| r.get("email_idx").and_then(Value::as_str) == Some(idx.as_str()))
+            .cloned()
+            .collect();
+        Value::Array(found)
     } else {
         let filters: Vec<(String, String)> = parts
             .uri
@@ -148,6 +157,13 @@ keys:
   ring:
     - {{ id: k1, file: "{k1}" }}
 routes:
+  - name: by-email
+    match: {{ path: "/api/users/by-email/{{email}}" }}
+    upstream: store
+    encrypt: ["$.email", "$.ssn"]
+    decrypt: ["$..email", "$..ssn"]
+    path_params: {{ email: {{ index: email_idx }} }}
+    shadows_ok: [users]
   - name: users
     match: {{ path_prefix: /api/users }}
     upstream: store
@@ -231,6 +247,124 @@ routes:
             "refusals forwarded"
         );
     }
+    // A path template: the segment reaches the store as the index.
+    for (c, v) in proxy.clients() {
+        for p in [
+            "/api/users/by-email/ada@example.com",
+            "/api/users/by-email/ADA%40Example.com",
+            "/api/users/by-email/Ada@Example.COM/",
+            "/api/users/by-email/ada@example.com;jsessionid=ada@example.com",
+        ] {
+            let resp = bounded("by path", c.get(proxy.url(p)).send())
+                .await
+                .expect("sent");
+            assert_eq!(resp.version(), v);
+            let status = resp.status();
+            let found: Value = bounded("body", resp.json()).await.expect("json");
+            assert_eq!(status, StatusCode::OK, "{p}: {found}");
+            assert_eq!(found.as_array().map(Vec::len), Some(1), "{p}: {found}");
+            assert_eq!(found[0]["email"], json!(" Ada@Example.com"));
+            let last = store
+                .lock()
+                .expect("store")
+                .received
+                .last()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                last.starts_with(&format!("GET /api/users/by-email/{idx} ")),
+                "{last}"
+            );
+        }
+        let n = store.lock().expect("store").received.len();
+        for p in [
+            "/api/users/by-email/",
+            "/api/users/by-email",
+            "/api/users/by-email/ada@example.com/x",
+            "/api/users/by-email/%C0%B3",
+        ] {
+            let resp = bounded("refused", c.get(proxy.url(p)).send())
+                .await
+                .expect("sent");
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{p}");
+        }
+        assert_eq!(
+            store.lock().expect("store").received.len(),
+            n,
+            "refusals forwarded"
+        );
+    }
+
+    // A form post creates a second record, found the same way.
+    for (c, v) in proxy.clients() {
+        let before = store.lock().expect("store").records.len();
+        let resp = bounded(
+            "form",
+            c.post(proxy.url("/api/users"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("name=Grace&user%5BSSN%5D=123-45-6789&Email=Grace%40Example.org+&email_idx=forged&v={v:?}"))
+                .send(),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let rec = store.lock().expect("store").records[before].clone();
+        assert!(
+            rec["user[SSN]"].as_str().expect("ssn").starts_with("fs1:"),
+            "{rec}"
+        );
+        assert!(
+            rec["Email"].as_str().expect("email").starts_with("fs1:"),
+            "{rec}"
+        );
+        assert!(
+            rec["email_idx"]
+                .as_str()
+                .expect("index")
+                .starts_with("fsi1:k1:"),
+            "{rec}"
+        );
+        assert_eq!(rec["name"], json!("Grace"));
+        let found = bounded(
+            "search",
+            c.get(proxy.url("/api/users?email=grace@example.org&name=Grace"))
+                .send(),
+        )
+        .await
+        .expect("sent");
+        let found: Value = bounded("body", found.json()).await.expect("json");
+        assert!(!found.as_array().expect("array").is_empty(), "{found}");
+        // Bodies the route cannot transform are refused with nothing sent.
+        let n = store.lock().expect("store").received.len();
+        for (ct, body) in [
+            ("multipart/form-data; boundary=x", "--x\r\nContent-Disposition: form-data; name=\"ssn\"\r\n\r\n123-45-6789\r\n--x--\r\n"),
+            ("text/plain", "ssn=123-45-6789"),
+            ("application/x-www-form-urlencoded; charset=iso-8859-1", "ssn=123-45-6789"),
+            ("application/x-www-form-urlencoded, a+json", "ssn=123-45-6789"),
+        ] {
+            let resp = bounded("refused", c.post(proxy.url("/api/users")).header("content-type", ct).body(body).send())
+                .await
+                .expect("sent");
+            assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        }
+        for body in ["ssn=%zz", "pin=1&ssn=%C0%B3", "card=1&user.ssn[]=%FF"] {
+            let resp = bounded(
+                "refused",
+                c.post(proxy.url("/api/users"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send(),
+            )
+            .await
+            .expect("sent");
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+        assert_eq!(
+            store.lock().expect("store").received.len(),
+            n,
+            "refusals forwarded"
+        );
+    }
     let received = store
         .lock()
         .expect("store")
@@ -243,6 +377,9 @@ routes:
         "bob@example",
         "078-05-1120",
         "forged",
+        "grace@example",
+        "grace%40example",
+        "123-45-6789",
     ] {
         assert!(
             !received.contains(plain),

@@ -482,6 +482,27 @@ pub struct RawRoute {
     /// (415) on a route with rules.
     #[serde(default)]
     pub form: Option<RawForm>,
+    /// For a `match.path` template (`/api/users/by-email/{email}`): what each
+    /// captured segment becomes, `{ index: email_idx }` (the segment is
+    /// replaced by the blind index of its decoded value) or `refuse` (400).
+    /// Parameters not listed are forwarded as they are.
+    #[serde(default)]
+    pub path_params: Option<BTreeMap<String, RawPathParam>>,
+}
+
+/// `refuse`, or `{ index: name }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawPathParam {
+    Keyword(Word<Refuse>),
+    Index(RawParamIndex),
+}
+
+/// The word `refuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Refuse {
+    Refuse,
 }
 
 /// `{ encrypt: [ssn], index: [ { field: email, into: email_idx } ] }`.
@@ -588,7 +609,10 @@ pub struct RawMatch {
     /// Host / :authority (port ignored). Default: any host.
     #[serde(default)]
     pub host: Option<String>,
-    /// An exact path (also with a trailing slash or a format suffix).
+    /// An exact path (also with a trailing slash or a format suffix), or a
+    /// template with `{param}` segments (`/api/users/by-email/{email}`),
+    /// which takes every path under its literal prefix and refuses those
+    /// that do not fit it.
     #[serde(default)]
     pub path: Option<String>,
     /// A path prefix on segment boundaries: /api/users matches /api/users/7, not /api/usersX.

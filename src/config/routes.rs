@@ -12,12 +12,14 @@ use super::limits::{check_buffers, Limits};
 use super::locate::At;
 use super::rate_limit::{self, GlobalRateLimit};
 use super::raw::{
-    ParamWord, RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawParam, RawRoute, Word,
+    ParamWord, RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawParam, RawPathParam, RawRoute,
+    Refuse, Word,
 };
 use super::Upstream;
 use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
 use crate::crypto::index::{valid_bits, MAX_INDEX_BITS, MIN_INDEX_BITS};
 use crate::crypto::KeyringSpec;
+use crate::routes::template::{PathParamAction, PathTemplate};
 use crate::routes::{PathMatch, Route};
 use crate::transform::index::{IndexRule, IndexSpec};
 use crate::transform::pairs::{PairsSpec, ParamAction, ParamRule};
@@ -94,7 +96,8 @@ fn route(
             )
         })?;
     let m = &r.matcher;
-    let (path, methods) = matcher(&at.key("match"), m)?;
+    let (path, methods, template) = matcher(&at.key("match"), m)?;
+    let path_params = path_params(at, r, template.as_ref(), keys, registry)?;
     let global = raw.rate_limit.as_ref();
     let limit = rate_limit::route(
         &at.key("rate_limit"),
@@ -146,14 +149,25 @@ fn route(
         open,
         query,
         form,
+        template,
+        path_params,
     };
     Ok((route, warnings))
 }
 
-/// `match`: the path (exact, prefix or any) and the methods.
-fn matcher(at: &At, m: &RawMatch) -> Result<(PathMatch, Option<Vec<Method>>), Invalid> {
+type Matcher = (PathMatch, Option<Vec<Method>>, Option<PathTemplate>);
+
+/// `match`: the path (exact, prefix, template or any) and the methods.
+fn matcher(at: &At, m: &RawMatch) -> Result<Matcher, Invalid> {
+    let mut template = None;
     let path = match (&m.path, &m.path_prefix) {
         (Some(_), Some(_)) => return Err(invalid(at, "set either path or path_prefix, not both")),
+        (Some(p), None) if PathTemplate::is_template(p) => {
+            let t = PathTemplate::parse(p).map_err(|e| invalid(&at.key("path"), e))?;
+            let prefix = route_path(&at.key("path"), t.prefix())?;
+            template = Some(t);
+            PathMatch::Prefix(prefix)
+        }
         (Some(p), None) => PathMatch::Exact(route_path(&at.key("path"), p)?),
         (None, Some(p)) => PathMatch::Prefix(route_path(&at.key("path_prefix"), p)?),
         (None, None) => PathMatch::Any,
@@ -176,7 +190,65 @@ fn matcher(at: &At, m: &RawMatch) -> Result<(PathMatch, Option<Vec<Method>>), In
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    Ok((path, methods))
+    Ok((path, methods, template))
+}
+
+/// `path_params`: per template parameter, what its segment becomes.
+fn path_params(
+    at: &At,
+    r: &RawRoute,
+    template: Option<&PathTemplate>,
+    keys: Option<&KeyringSpec>,
+    registry: &[(IndexSpec, At)],
+) -> Result<Vec<Option<PathParamAction>>, Invalid> {
+    let Some(entries) = &r.path_params else {
+        return Ok(Vec::new());
+    };
+    let at = at.key("path_params");
+    let Some(t) = template else {
+        return Err(invalid(
+            &at,
+            "needs a `match.path` template with {parameters}",
+        ));
+    };
+    for name in entries.keys() {
+        if !t.params().any(|p| p == name) {
+            return Err(invalid(
+                &at.key(name),
+                "is not a {parameter} of the route's path",
+            ));
+        }
+    }
+    t.params()
+        .map(|p| {
+            let Some(e) = entries.get(p) else {
+                return Ok(None);
+            };
+            let at = at.key(p);
+            Ok(Some(match e {
+                RawPathParam::Keyword(w) => match word(&at, w, "")? {
+                    Refuse::Refuse => PathParamAction::Refuse,
+                },
+                RawPathParam::Index(i) => {
+                    if keys.is_none() {
+                        return Err(invalid(&at, "blind indexes need a `keys` section"));
+                    }
+                    PathParamAction::Index(
+                        registry
+                            .iter()
+                            .find(|(s, _)| s.name == i.index)
+                            .map(|(s, _)| s.clone())
+                            .ok_or_else(|| {
+                                invalid(
+                                    &at.key("index"),
+                                    format!("no `index:` rule of any route writes {:?}", i.index),
+                                )
+                            })?,
+                    )
+                }
+            }))
+        })
+        .collect()
 }
 
 /// A route's transforms, and the warnings its rules deserve.
@@ -277,9 +349,7 @@ fn query(
         }
         let action = match p {
             RawParam::Keyword(w) => match word(&at, w, "")? {
-                ParamWord::Seal => ParamAction::Seal {
-                    context: name.clone(),
-                },
+                ParamWord::Seal => ParamAction::Seal,
                 ParamWord::Refuse => ParamAction::Refuse,
             },
             RawParam::Index(i) => ParamAction::Index(
@@ -461,13 +531,10 @@ fn form(
         }
         let index = f.index.iter().enumerate().find(|(_, x)| &x.field == name);
         let action = match index {
-            Some((k, x)) => ParamAction::SealAndIndex {
-                context: name.clone(),
-                index: lookup(&x.into, &at.key("index").index(k).key("into"))?,
-            },
-            None => ParamAction::Seal {
-                context: name.clone(),
-            },
+            Some((k, x)) => {
+                ParamAction::SealAndIndex(lookup(&x.into, &at.key("index").index(k).key("into"))?)
+            }
+            None => ParamAction::Seal,
         };
         params.push(ParamRule {
             name: name.clone(),

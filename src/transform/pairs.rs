@@ -41,8 +41,12 @@ use super::{FieldPath, FieldRule, Keys, TransformError};
 pub enum ParamAction {
     /// Refuse the request (400).
     Refuse,
-    /// The value is sealed into an envelope bound to `context`.
-    Seal { context: String },
+    /// The value is sealed into an envelope bound to the name part that
+    /// spelled the configured name, as spelled (`Email` for `Email=…`,
+    /// `SSN` for `user[SSN]=…`): the member name a backend stores it under
+    /// and answers it at, where a decrypt rule opens it (the JSON engine's
+    /// location context).
+    Seal,
     /// The pair is rewritten into the blind index of its value: the name
     /// part that spelled the configured name becomes the index's name
     /// (`email=x` → `email_idx=<index of x>`, `user[email][]=x` →
@@ -51,7 +55,7 @@ pub enum ParamAction {
     Index(IndexSpec),
     /// Sealed like `Seal`, and the index pair added after it (a form that
     /// creates a record sends the field and its index).
-    SealAndIndex { context: String, index: IndexSpec },
+    SealAndIndex(IndexSpec),
     /// The pair is removed (a client's own value for an index fieldseal
     /// writes).
     Drop,
@@ -279,13 +283,15 @@ fn judge_pair(
             })
         }
         ParamAction::Drop => {}
-        ParamAction::Seal { context } => {
+        ParamAction::Seal => {
+            let context = name.get(part.clone()).unwrap_or(name);
             seal_pair(&mut out, name, &value()?, context, keys()?, now)?;
         }
         ParamAction::Index(index) => {
             index_pair(&mut out, name, &part, &value()?, index, keys()?)?;
         }
-        ParamAction::SealAndIndex { context, index } => {
+        ParamAction::SealAndIndex(index) => {
+            let context = name.get(part.clone()).unwrap_or(name);
             let (v, k) = (value()?, keys()?);
             seal_pair(&mut out, name, &v, context, k, now)?;
             out.push('&');
@@ -509,15 +515,7 @@ mod tests {
     #[test]
     fn configured_names_are_sealed_or_refused_and_the_rest_is_kept() {
         let s = spec(
-            &[
-                (
-                    "ssn",
-                    ParamAction::Seal {
-                        context: "ssn".into(),
-                    },
-                ),
-                ("pin", ParamAction::Refuse),
-            ],
+            &[("ssn", ParamAction::Seal), ("pin", ParamAction::Refuse)],
             &["$.ssn", "$.pin", "$.card.number"],
         );
         let ring = ring();
@@ -532,7 +530,10 @@ mod tests {
         assert_eq!(c, "c");
         let env = decode(env).expect("decodes");
         assert!(env.starts_with("fs1:"));
-        let opened = ring.open(&env, "ssn", None).expect("opens").value;
+        let opened = ring
+            .open(&env, "SSN", None)
+            .expect("opens as spelled")
+            .value;
         assert_eq!(opened, Value::String("078-05-1120".into()));
         assert!(!out.contains("078"));
         // `+` is a space in the value.
@@ -668,7 +669,7 @@ mod tests {
                 };
                 let s = spec(
                     &[
-                        ("ssn", ParamAction::Seal { context: "ssn".into() }),
+                        ("ssn", ParamAction::Seal),
                         ("email", ParamAction::Index(idx)),
                     ],
                     &["$.ssn", "$.email", "$.card.number"],

@@ -71,9 +71,31 @@ pub fn add_indexes(
     rules: &[IndexRule],
     ring: &Keyring,
 ) -> Result<Option<Vec<u8>>, TransformError> {
+    add_indexes_counting(doc, rules, ring, false).map(|o| o.map(|(d, _)| d))
+}
+
+/// For stored records (`fieldseal index`): like [`add_indexes`], but a
+/// field that holds an envelope is opened first (with its member name as
+/// the context, the proxy's default) and indexed by its plaintext, which
+/// never leaves this function. Also returns how many indexes were written.
+pub fn add_indexes_opening(
+    doc: &[u8],
+    rules: &[IndexRule],
+    ring: &Keyring,
+) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
+    add_indexes_counting(doc, rules, ring, true)
+}
+
+fn add_indexes_counting(
+    doc: &[u8],
+    rules: &[IndexRule],
+    ring: &Keyring,
+    open: bool,
+) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
     if rules.is_empty() {
         return Ok(None);
     }
+    let mut written = 0;
     let mut v: Value = serde_json::from_slice(doc).map_err(|_| TransformError::InvalidJson)?;
     for rule in rules {
         let segs = rule.field.segments();
@@ -84,13 +106,13 @@ pub fn add_indexes(
         let mut result = Ok(());
         visit_parents(&mut v, parent, &mut |obj| {
             if result.is_ok() {
-                result = index_member(obj, last, rule, ring);
+                result = index_member(obj, last, rule, ring, open).map(|n| written += n);
             }
         });
         result?;
     }
     serde_json::to_vec(&v)
-        .map(Some)
+        .map(|d| Some((d, written)))
         .map_err(|_| TransformError::InvalidJson)
 }
 
@@ -127,21 +149,39 @@ fn index_member(
     last: &Segment,
     rule: &IndexRule,
     ring: &Keyring,
-) -> Result<(), TransformError> {
+    open: bool,
+) -> Result<usize, TransformError> {
     let into = normalized_name(&rule.spec.name);
     // Whatever the client wrote under the index's name goes.
     obj.retain(|k, _| !names_match(&into, k));
     let mut found = obj.iter().filter(|(k, _)| last.selects_member(k));
-    let Some((_, value)) = found.next() else {
-        return Ok(());
+    let Some((key, value)) = found.next() else {
+        return Ok(0);
     };
     if found.next().is_some() {
         // `email` and `EMAIL`: a backend binds one of them, which one is
         // not ours to guess.
         return Err(TransformError::Unindexable);
     }
+    let opened;
+    let value = match value {
+        Value::String(s) if open && crate::crypto::looks_like_envelope(s) => {
+            opened = ring
+                .open(s, key, None)
+                .map_err(|e| {
+                    TransformError::Decrypt(super::DecryptFailure {
+                        location: format!("$[*]['{}']", rule.field.as_str()),
+                        key_id: crate::crypto::envelope_key_id(s).map(str::to_owned),
+                        reason: e.reason(),
+                    })
+                })?
+                .value;
+            &opened
+        }
+        v => v,
+    };
     let text = match value {
-        Value::Null => return Ok(()),
+        Value::Null => return Ok(0),
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
@@ -149,7 +189,7 @@ fn index_member(
     };
     let index = rule.spec.index(ring, &text)?;
     obj.insert(rule.spec.name.clone(), Value::String(index));
-    Ok(())
+    Ok(1)
 }
 
 #[cfg(test)]

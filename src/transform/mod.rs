@@ -22,8 +22,8 @@
 pub mod index;
 pub mod location;
 mod names;
-mod patch;
 pub mod pairs;
+mod patch;
 pub mod path;
 mod policy;
 mod select;

@@ -155,7 +155,7 @@ impl PairsSpec {
 
 enum Verdict {
     Pass,
-    Rule(usize, std::ops::Range<usize>),
+    Rule(usize, Part),
     Refuse(String),
 }
 
@@ -177,9 +177,10 @@ fn member_path(name: &str) -> String {
     p
 }
 
-/// The rule of `la` whose look-alike the pair name `name` is, and where in
-/// `name` the part that completed it lies.
-fn hit(la: &LookAlikes, name: &str) -> Option<(usize, std::ops::Range<usize>)> {
+/// The rule of `la` whose look-alike the pair name `name` is, and the part
+/// that completed it: where in `name` it lies (the whole name when the part
+/// is not spelled in it verbatim, e.g. a quoted part with escapes).
+fn hit(la: &LookAlikes, name: &str) -> Option<(usize, Part)> {
     if !la.is_on() {
         return None;
     }
@@ -188,11 +189,32 @@ fn hit(la: &LookAlikes, name: &str) -> Option<(usize, std::ops::Range<usize>)> {
     for part in name_parts(name) {
         s = la.step(s, &part);
         if let Some(r) = la.accepting(s) {
-            let start = (part.as_ptr() as usize).checked_sub(base).unwrap_or(0);
-            return Some((r, start..start + part.len()));
+            let span = match &part {
+                Cow::Borrowed(p) => (p.as_ptr() as usize)
+                    .checked_sub(base)
+                    .map(|start| start..start + p.len())
+                    .filter(|r| name.get(r.clone()) == Some(*p)),
+                Cow::Owned(_) => None,
+            };
+            return Some((
+                r,
+                Part {
+                    span: span.unwrap_or(0..name.len()),
+                    text: part.into_owned(),
+                },
+            ));
         }
     }
     None
+}
+
+/// The name part that spelled a configured name.
+#[derive(Debug, Clone)]
+struct Part {
+    /// Where it is in the decoded name (replaced by an index's name).
+    span: std::ops::Range<usize>,
+    /// As spelled, escapes undone: the context a sealed value is bound to.
+    text: String,
 }
 
 /// Rewrites the pairs of `input` (a query string without `?`) as `spec`
@@ -284,18 +306,18 @@ fn judge_pair(
         }
         ParamAction::Drop => {}
         ParamAction::Seal => {
-            let context = name.get(part.clone()).unwrap_or(name);
+            let context = part.text.as_str();
             seal_pair(&mut out, name, &value()?, context, keys()?, now)?;
         }
         ParamAction::Index(index) => {
-            index_pair(&mut out, name, &part, &value()?, index, keys()?)?;
+            index_pair(&mut out, name, &part.span, &value()?, index, keys()?)?;
         }
         ParamAction::SealAndIndex(index) => {
-            let context = name.get(part.clone()).unwrap_or(name);
+            let context = part.text.as_str();
             let (v, k) = (value()?, keys()?);
             seal_pair(&mut out, name, &v, context, k, now)?;
             out.push('&');
-            index_pair(&mut out, name, &part, &v, index, k)?;
+            index_pair(&mut out, name, &part.span, &v, index, k)?;
         }
     }
     Ok(Some(out))

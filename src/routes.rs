@@ -77,6 +77,8 @@ pub struct Route {
     /// Per template parameter, in order: what its segment becomes (None:
     /// forwarded as it is).
     pub path_params: Vec<Option<template::PathParamAction>>,
+    /// Index members removed from answers (`drop_in_response`), as written.
+    pub drop_in_response: Vec<String>,
 }
 
 impl Route {
@@ -462,6 +464,7 @@ pub(crate) mod tests {
             form: None,
             template: None,
             path_params: Vec::new(),
+            drop_in_response: Vec::new(),
         }
     }
 

@@ -170,7 +170,7 @@ routes:
     encrypt: ["$.email", "$.ssn"]
     decrypt: ["$..email", "$..ssn"]
     index:
-      - {{ field: "$.email", into: "$.email_idx", normalize: [trim, lowercase], bits: 64 }}
+      - {{ field: "$.email", into: "$.email_idx", normalize: [trim, lowercase], bits: 64, drop_in_response: true }}
     query:
       email: {{ index: email_idx }}
       ssn: refuse
@@ -216,6 +216,7 @@ routes:
             let found: Value = bounded("body", resp.json()).await.expect("json");
             let found = found.as_array().expect("array").clone();
             assert_eq!(found.len(), 1, "{q}: {found:?}");
+            assert!(found[0].get("email_idx").is_none(), "dropped from answers");
             assert_eq!(
                 found[0]["email"],
                 json!(" Ada@Example.com"),

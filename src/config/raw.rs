@@ -563,6 +563,11 @@ pub struct RawIndexRule {
     /// to rotate encryption keys without re-indexing).
     #[serde(default)]
     pub key: Option<String>,
+    /// Remove the index member (at any depth, any spelling) from this
+    /// route's answers before the client sees them. Needs decrypt rules on
+    /// the route (answers are read only there). Default false.
+    #[serde(default)]
+    pub drop_in_response: Option<bool>,
 }
 
 /// What a query parameter becomes: `seal` or `refuse`.

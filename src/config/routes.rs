@@ -121,6 +121,18 @@ fn route(
         None => {}
     }
     let query = query(at, r, seal.as_ref(), keys, registry)?;
+    let mut drop_in_response = Vec::new();
+    for (j, x) in r.index.iter().enumerate() {
+        if x.drop_in_response == Some(true) {
+            if open.is_none() {
+                return Err(invalid(
+                    &at.key("index").index(j).key("drop_in_response"),
+                    "needs decrypt rules on the route (only their answers are read)",
+                ));
+            }
+            drop_in_response.extend(into_name(&x.into).map(str::to_owned));
+        }
+    }
     let form = form(at, r, seal.as_ref(), registry)?;
     if form.is_some() && keys.is_none() {
         return Err(invalid(&at.key("form"), "needs a `keys` section"));
@@ -151,6 +163,7 @@ fn route(
         form,
         template,
         path_params,
+        drop_in_response,
     };
     Ok((route, warnings))
 }

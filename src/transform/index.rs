@@ -116,6 +116,26 @@ fn add_indexes_counting(
         .map_err(|_| TransformError::InvalidJson)
 }
 
+/// `doc` without the members named (in any spelling a backend binds) one
+/// of `names`, at any depth; None when it is not JSON (it is then left as
+/// it is).
+pub fn drop_members(doc: &[u8], names: &[String]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(doc).ok()?;
+    let folded: Vec<String> = names.iter().map(|n| normalized_name(n)).collect();
+    let mut stack = vec![&mut v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(o) => {
+                o.retain(|k, _| !folded.iter().any(|f| names_match(f, k)));
+                stack.extend(o.values_mut());
+            }
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 /// Calls `f` on every object `segs` selects below `v`.
 fn visit_parents(v: &mut Value, segs: &[Segment], f: &mut dyn FnMut(&mut Map<String, Value>)) {
     let Some((seg, rest)) = segs.split_first() else {

@@ -452,6 +452,25 @@ fn decode(
 /// space, so `application/x-www-form-urlencoded, a+json` would be JSON to a
 /// lax check and a form to them, and a JSON string could smuggle form fields.
 pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
+    media_type_is(content_type, |ty, sub| {
+        ty.eq_ignore_ascii_case("application") && (sub == "json" || sub.ends_with("+json"))
+    })
+}
+
+/// `application/x-www-form-urlencoded`, parsed as strictly as [`is_json`]
+/// (a charset other than UTF-8 is not a form we can read).
+pub fn is_form(content_type: Option<&http::HeaderValue>) -> bool {
+    media_type_is(content_type, |ty, sub| {
+        ty.eq_ignore_ascii_case("application") && sub == "x-www-form-urlencoded"
+    })
+}
+
+/// Is the media type one `wanted(type, lowercase subtype)` accepts, with
+/// well-formed parameters and no charset but UTF-8?
+fn media_type_is(
+    content_type: Option<&http::HeaderValue>,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> bool {
     let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -465,24 +484,24 @@ pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
         return false;
     }
     let sub = sub.to_ascii_lowercase();
-    let json = ty.eq_ignore_ascii_case("application") && (sub == "json" || sub.ends_with("+json"));
-    json && parts.all(|p| {
-        let Some((k, v)) = p.trim_matches(ows).split_once('=') else {
-            return false;
-        };
-        let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
-        let value = if quoted { &v[1..v.len() - 1] } else { v };
-        let well_formed = is_token(k)
-            && if quoted {
-                !value.contains(['"', '\\', ','])
-            } else {
-                is_token(v)
+    wanted(ty, &sub)
+        && parts.all(|p| {
+            let Some((k, v)) = p.trim_matches(ows).split_once('=') else {
+                return false;
             };
-        well_formed
-            && (!k.eq_ignore_ascii_case("charset")
-                || value.eq_ignore_ascii_case("utf-8")
-                || value.eq_ignore_ascii_case("utf8"))
-    })
+            let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+            let value = if quoted { &v[1..v.len() - 1] } else { v };
+            let well_formed = is_token(k)
+                && if quoted {
+                    !value.contains(['"', '\\', ','])
+                } else {
+                    is_token(v)
+                };
+            well_formed
+                && (!k.eq_ignore_ascii_case("charset")
+                    || value.eq_ignore_ascii_case("utf-8")
+                    || value.eq_ignore_ascii_case("utf8"))
+        })
 }
 
 /// Is the media type JSON Patch (RFC 6902, `application/json-patch+json`)?

@@ -27,6 +27,7 @@ pub const REASON_CODES: &[&str] = &[
     "invalid_json",
     "json_too_deep",
     "look_alike",
+    "protected_parameter",
     "schema_mismatch",
     "field_too_large",
     "rate_limited",
@@ -103,6 +104,10 @@ pub enum ClientError {
         "request body holds a protected field in a shape or spelling this route does not accept"
     )]
     LookAlike,
+    /// A query parameter is a protected field (or a spelling of one) that
+    /// the route refuses. Never names the client's spelling.
+    #[error("the request names a protected field as a parameter this route does not accept")]
+    ProtectedParameter,
     #[error("request body is outside this route's schema: {0}")]
     Schema(&'static str),
     #[error("a field of the request body is too large to encrypt")]
@@ -192,6 +197,7 @@ impl ProxyError {
                 | TooDeep { .. }
                 | ClientBody
                 | LookAlike
+                | ProtectedParameter
                 | Schema(_) => StatusCode::BAD_REQUEST,
                 TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
                 BodyTooLarge { .. } | FieldTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -244,6 +250,7 @@ impl ProxyError {
                 InvalidJson => ("invalid_json", "invalid_json"),
                 TooDeep { .. } => ("too_deep", "json_too_deep"),
                 LookAlike => ("look_alike", "look_alike"),
+                ProtectedParameter => ("protected_parameter", "protected_parameter"),
                 Schema(_) => ("schema", "schema_mismatch"),
                 FieldTooLarge => ("field_too_large", "field_too_large"),
                 RateLimited { .. } => ("rate_limited", "rate_limited"),
@@ -316,6 +323,10 @@ impl ProxyError {
                     .into()
             }
             TransformError::FieldTooLarge => ClientError::FieldTooLarge.into(),
+            TransformError::Unindexable => {
+                ClientError::BadRequest("a field to index is not one string, number or boolean")
+                    .into()
+            }
             TransformError::FieldTooDeep => ClientError::TooDeep {
                 limit: crate::crypto::MAX_SEAL_DEPTH,
             }
@@ -323,6 +334,20 @@ impl ProxyError {
             TransformError::Seal | TransformError::Decrypt(_) => {
                 LocalError::Internal("field encryption failed").into()
             }
+        }
+    }
+
+    /// A query string or form body the route's pairs spec refused or could
+    /// not seal.
+    pub fn from_pairs(e: crate::transform::pairs::PairsError) -> ProxyError {
+        use crate::transform::pairs::PairsError;
+        match e {
+            PairsError::Encoding => {
+                ClientError::BadRequest("the query string is not validly percent-encoded UTF-8")
+                    .into()
+            }
+            PairsError::Protected { .. } => ClientError::ProtectedParameter.into(),
+            PairsError::Seal(e) => ProxyError::from_request_transform(e),
         }
     }
 
@@ -387,6 +412,7 @@ mod tests {
             InvalidJson,
             TooDeep { limit: 1 },
             LookAlike,
+            ProtectedParameter,
             Schema("s"),
             FieldTooLarge,
             RateLimited {
@@ -441,6 +467,7 @@ mod tests {
                 | InvalidJson
                 | TooDeep { .. }
                 | LookAlike
+                | ProtectedParameter
                 | Schema(_)
                 | FieldTooLarge
                 | RateLimited { .. }

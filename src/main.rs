@@ -133,6 +133,17 @@ enum Command {
         #[command(flatten)]
         failures: FailureArgs,
     },
+    /// Add or recompute a route's blind indexes (`index:` rules) in JSON/NDJSON from stdin,
+    /// from plaintext fields or by opening their envelopes (backfill, index key rotation)
+    #[command(after_help = OFFLINE_EXIT_CODES)]
+    Index {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        route: String,
+        #[command(flatten)]
+        failures: FailureArgs,
+    },
     /// Re-encrypt every envelope in JSON/NDJSON from stdin under the active key; never writes plaintext
     #[command(after_help = OFFLINE_EXIT_CODES)]
     Rewrap {
@@ -352,6 +363,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Transform::Decrypt(route),
             failures,
         ))),
+        Command::Index {
+            config,
+            route,
+            failures,
+        } => Ok(offline_exit(transform_cmd(
+            &config,
+            Transform::Index(route),
+            failures,
+        ))),
         Command::Rewrap {
             config,
             route,
@@ -405,6 +425,7 @@ enum Transform {
     Encrypt(String),
     Decrypt(String),
     Rewrap(Option<String>),
+    Index(String),
 }
 
 fn load_ring(cfg: &Config, config: &Path) -> Result<Keyring> {
@@ -440,6 +461,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let mode = match &what {
         Transform::Encrypt(r) => Mode::Encrypt(route(r)?),
         Transform::Decrypt(r) => Mode::Decrypt(route(r)?),
+        Transform::Index(r) => Mode::Index(route(r)?),
         Transform::Rewrap(r) => {
             rewrap_rules = r
                 .as_deref()

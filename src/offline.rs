@@ -486,6 +486,8 @@ pub struct Stats {
     pub not_opened: u64,
     /// `rewrap`: envelopes re-sealed under the active key.
     pub resealed: u64,
+    /// `index`: blind indexes written.
+    pub indexed: u64,
     pub bytes: u64,
     /// Without `keep_going`: the failure the run stopped at (documents
     /// before it were written, none after).
@@ -497,6 +499,9 @@ pub enum Mode<'a> {
     Decrypt(&'a Route),
     /// Re-encrypt under the active key; a route's rules name custom contexts.
     Rewrap(Option<&'a [FieldRule]>),
+    /// Add or recompute a route's blind indexes, from plaintext or by
+    /// opening envelopes.
+    Index(&'a Route),
 }
 
 impl Mode<'_> {
@@ -505,6 +510,7 @@ impl Mode<'_> {
             Mode::Encrypt(_) => "encrypt",
             Mode::Decrypt(_) => "decrypt",
             Mode::Rewrap(_) => "rewrap",
+            Mode::Index(_) => "index",
         }
     }
 }
@@ -546,6 +552,13 @@ pub fn transform_stream(
                 .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "decrypt"))?,
         ),
         Mode::Rewrap(rules) => Plan::Rewrap(*rules),
+        Mode::Index(r) => Plan::Index(
+            r.seal
+                .as_ref()
+                .map(|s| s.indexes.as_slice())
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "index"))?,
+        ),
     };
     let mut stats = Stats::default();
     let mut reader = Reader::new(input);
@@ -595,6 +608,7 @@ enum Plan<'a> {
     Encrypt(Box<SealSpec>),
     Decrypt(&'a OpenSpec),
     Rewrap(Option<&'a [FieldRule]>),
+    Index(&'a [crate::transform::index::IndexRule]),
 }
 
 /// The transformed bytes of one document.
@@ -612,6 +626,16 @@ fn transform_one(
         Plan::Encrypt(spec) => transform::encrypt(&doc.bytes, spec, keys, now),
         Plan::Decrypt(spec) => transform::decrypt(&doc.bytes, spec, ring, now),
         Plan::Rewrap(rules) => transform::rewrap(&doc.bytes, *rules, keys, now),
+        Plan::Index(rules) => {
+            transform::index::add_indexes_opening(&doc.bytes, rules, ring).map(|o| {
+                let (bytes, n) = o.unwrap_or_else(|| (doc.bytes.to_vec(), 0));
+                let report = transform::TransformReport {
+                    encrypted: n,
+                    ..transform::TransformReport::default()
+                };
+                (bytes, report)
+            })
+        }
     };
     let (out, report) = result.map_err(|e| Failure {
         document: doc.number,
@@ -638,6 +662,7 @@ fn transform_one(
             stats.opened += report.decrypted as u64;
             stats.resealed += report.encrypted as u64;
         }
+        Plan::Index(_) => stats.indexed += report.encrypted as u64,
     }
     Ok(out)
 }
@@ -686,6 +711,7 @@ pub fn summary(mode: &Mode<'_>, ring: &Keyring, s: &Stats) -> String {
             ring.active_id(),
             s.opened - s.resealed.min(s.opened)
         ),
+        Mode::Index(_) => format!("{} blind indexes written", s.indexed),
     };
     format!("{docs}; {fields}")
 }

@@ -6,9 +6,11 @@ use http::Method;
 
 use crate::headers::SecurityHeaders;
 use crate::transform::fold_char;
+use crate::transform::pairs::PairsSpec;
 use crate::transform::{DecryptSelection, FieldRule, OpenSpec, SealSpec};
 
 pub mod shadow;
+pub mod template;
 pub use shadow::{shadows, Shadow};
 
 /// `key_scope` of a route: whose key seals its fields.
@@ -114,6 +116,20 @@ pub struct Route {
     pub auth: crate::identity::AuthMode,
     pub key_scope: KeyScope,
     pub on_erased_write: OnErasedWrite,
+    /// What query parameters get (None: forwarded as sent; a route with
+    /// encrypt rules or a `query:` section always has one).
+    pub query: Option<PairsSpec>,
+    /// What urlencoded form bodies get (None: the route takes no forms
+    /// when it has rules).
+    pub form: Option<PairsSpec>,
+    /// `match.path` with `{param}` segments: `path` is then the template's
+    /// literal prefix, and the forward stage captures and rebuilds.
+    pub template: Option<template::PathTemplate>,
+    /// Per template parameter, in order: what its segment becomes (None:
+    /// forwarded as it is).
+    pub path_params: Vec<Option<template::PathParamAction>>,
+    /// Index members removed from answers (`drop_in_response`), as written.
+    pub drop_in_response: Vec<String>,
 }
 
 impl Route {
@@ -498,6 +514,11 @@ pub(crate) mod tests {
             auth: crate::identity::AuthMode::None,
             key_scope: KeyScope::Deployment,
             on_erased_write: OnErasedWrite::Refuse,
+            query: None,
+            form: None,
+            template: None,
+            path_params: Vec::new(),
+            drop_in_response: Vec::new(),
         }
     }
 

@@ -10,7 +10,9 @@ fn example_config_is_valid() {
     assert!(c.keys.is_some());
     assert!(c.audit.is_some());
     let users = c.routes.by_name("users").expect("users route");
-    assert_eq!(users.encrypt_rules().len(), 3);
+    assert_eq!(users.encrypt_rules().len(), 4);
+    assert_eq!(users.seal.as_ref().map(|s| s.indexes.len()), Some(1));
+    assert_eq!(users.query.as_ref().map(|q| q.rules().len()), Some(2));
     assert!(users.transforms_response());
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }

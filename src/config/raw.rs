@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::audit::AuditFailureMode;
+use crate::crypto::index::Normalize;
 use crate::headers::{SecurityHeader, UpstreamPolicy};
 use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 use crate::transform::{JsonReferences, LookAlikeMode, OnDecryptFailure};
@@ -575,6 +576,136 @@ pub struct RawRoute {
     /// (a fresh key; the old data stays unreadable).
     #[serde(default)]
     pub on_erased_write: Option<Word<crate::routes::OnErasedWrite>>,
+    /// Query parameters by name: `seal` (the value is sent as an envelope)
+    /// or `refuse` (400). A name covers every spelling a backend binds to
+    /// it (case, percent escapes, `user[name]`, `user.name`, `name[]`).
+    /// On a route with encrypt rules, a parameter spelling an encrypt
+    /// rule's field that is not listed here is refused.
+    #[serde(default)]
+    pub query: Option<BTreeMap<String, RawParam>>,
+    /// Blind indexes written beside request fields before they are sealed,
+    /// so the backend can still find a record by the field's value.
+    #[serde(default)]
+    pub index: Vec<RawIndexRule>,
+    /// `application/x-www-form-urlencoded` request bodies: fields sealed or
+    /// written as their blind index. With this section the route accepts
+    /// such forms (otherwise 415); `multipart/form-data` is always refused
+    /// (415) on a route with rules.
+    #[serde(default)]
+    pub form: Option<RawForm>,
+    /// For a `match.path` template (`/api/users/by-email/{email}`): what each
+    /// captured segment becomes, `{ index: email_idx }` (the segment is
+    /// replaced by the blind index of its decoded value) or `refuse` (400).
+    /// Parameters not listed are forwarded as they are.
+    #[serde(default)]
+    pub path_params: Option<BTreeMap<String, RawPathParam>>,
+}
+
+/// `refuse`, or `{ index: name }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawPathParam {
+    Keyword(Word<Refuse>),
+    Index(RawParamIndex),
+}
+
+/// The word `refuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Refuse {
+    Refuse,
+}
+
+/// `{ encrypt: [ssn], index: [ { field: email, into: email_idx } ] }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForm {
+    /// Field names whose values are sealed (context: the name). A name
+    /// covers every spelling a backend binds to it (`SSN`, `user[ssn]`).
+    #[serde(default)]
+    pub encrypt: Vec<String>,
+    /// Fields written as a blind index: a field also listed in `encrypt` is
+    /// sealed and its index added after it (`ssn=<envelope>&ssn_idx=<index>`);
+    /// otherwise the field is replaced by its index (a search form).
+    #[serde(default)]
+    pub index: Vec<RawFormIndex>,
+}
+
+/// `{ field: email, into: email_idx }`, with the `index:` rule keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFormIndex {
+    /// The form field's name.
+    pub field: String,
+    /// The index's name: the same index as an `index:` rule writing it.
+    pub into: String,
+    /// As in `index:` rules; must agree with any other definition of
+    /// `into`. With none of normalize, bits and key, the entry uses the
+    /// index as an `index:` rule defines it (else no normalization, 64 bits).
+    #[serde(default)]
+    pub normalize: Option<Vec<Word<Normalize>>>,
+    /// As in `index:` rules. Default 64.
+    #[serde(default)]
+    pub bits: Option<u16>,
+    /// As in `index:` rules.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `{ field: "$.email", into: "$.email_idx", normalize: [trim, lowercase], bits: 64 }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndexRule {
+    /// The field indexed: a JSONPath ending with a member name, without `..`.
+    pub field: String,
+    /// Where the index goes: a member beside the field (`$.email_idx`). Its
+    /// name names the index everywhere (`query: {email: {index: email_idx}}`)
+    /// and is part of the index key's derivation.
+    pub into: String,
+    /// Applied in this fixed order whatever the order written: trim,
+    /// lowercase (Unicode full lowercase), nfc, digits (ASCII 0-9 kept).
+    #[serde(default)]
+    pub normalize: Vec<Word<Normalize>>,
+    /// Output length in bits: 32 to 256, a multiple of 8. Default 64.
+    #[serde(default)]
+    pub bits: Option<u16>,
+    /// The ring key the index key is derived from. Default: the active key
+    /// (then making another key active changes every index: name one here
+    /// to rotate encryption keys without re-indexing).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Remove the index member (at any depth, any spelling) from this
+    /// route's answers before the client sees them. Needs decrypt rules on
+    /// the route (answers are read only there). Default false.
+    #[serde(default)]
+    pub drop_in_response: Option<bool>,
+}
+
+/// What a query parameter becomes: `seal` or `refuse`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawParam {
+    Keyword(Word<ParamWord>),
+    /// `{ index: email_idx }`: the parameter reaches the backend as the
+    /// named index (defined by an `index:` rule of any route) of its value.
+    Index(RawParamIndex),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamIndex {
+    /// The name of an index defined by an `index:` rule.
+    pub index: String,
+}
+
+/// The words of a query parameter's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamWord {
+    /// Sealed into an envelope bound to the parameter's name.
+    Seal,
+    /// The request is refused (400).
+    Refuse,
 }
 
 /// `key_store`: where tenant and subject data keys are kept (wrapped).
@@ -671,7 +802,10 @@ pub struct RawMatch {
     /// Host / :authority (port ignored). Default: any host.
     #[serde(default)]
     pub host: Option<String>,
-    /// An exact path (also with a trailing slash or a format suffix).
+    /// An exact path (also with a trailing slash or a format suffix), or a
+    /// template with `{param}` segments (`/api/users/by-email/{email}`),
+    /// which takes every path under its literal prefix and refuses those
+    /// that do not fit it.
     #[serde(default)]
     pub path: Option<String>,
     /// A path prefix on segment boundaries: /api/users matches /api/users/7, not /api/usersX.

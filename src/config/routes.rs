@@ -11,11 +11,18 @@ use http::Method;
 use super::limits::{check_buffers, Limits};
 use super::locate::At;
 use super::rate_limit::{self, GlobalRateLimit};
-use super::raw::{RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawRoute, Word};
+use super::raw::{
+    ParamWord, RawConfig, RawDecrypt, RawFieldRule, RawMatch, RawParam, RawPathParam, RawRoute,
+    Refuse, Word,
+};
 use super::Upstream;
 use super::{duration, headers, invalid, invalid_shown, shadowing, shape, size, word, Invalid};
+use crate::crypto::index::{valid_bits, MAX_INDEX_BITS, MIN_INDEX_BITS};
 use crate::crypto::KeyringSpec;
+use crate::routes::template::{PathParamAction, PathTemplate};
 use crate::routes::{PathMatch, Route};
+use crate::transform::index::{IndexRule, IndexSpec};
+use crate::transform::pairs::{PairsSpec, ParamAction, ParamRule};
 use crate::transform::{
     DecryptSelection, FieldPath, FieldRule, OnDecryptFailure, OpenSpec, SealSpec,
 };
@@ -33,6 +40,7 @@ pub(super) fn compile(
     keys: Option<&KeyringSpec>,
     base: &Path,
 ) -> Result<Routes, Invalid> {
+    let registry = index_registry(raw, keys)?;
     let mut routes = Vec::new();
     let mut warnings = Vec::new();
     let mut names = HashSet::new();
@@ -45,7 +53,9 @@ pub(super) fn compile(
                 Some(&at.key("name")),
             ));
         }
-        let (route, rule_warnings) = route(&at, r, raw, upstreams, rate_limit, limits, keys, base)?;
+        let (route, rule_warnings) = route(
+            &at, r, raw, upstreams, rate_limit, limits, keys, base, &registry,
+        )?;
         warnings.extend(rule_warnings);
         routes.push(route);
     }
@@ -74,6 +84,7 @@ fn route(
     limits: &Limits,
     keys: Option<&KeyringSpec>,
     base: &Path,
+    registry: &[(IndexSpec, At)],
 ) -> Result<(Route, Vec<String>), Invalid> {
     let upstream = upstreams
         .iter()
@@ -85,7 +96,8 @@ fn route(
             )
         })?;
     let m = &r.matcher;
-    let (path, methods) = matcher(&at.key("match"), m)?;
+    let (path, methods, template) = matcher(&at.key("match"), m)?;
+    let path_params = path_params(at, r, template.as_ref(), keys, registry)?;
     let global = raw.rate_limit.as_ref();
     let limit = rate_limit::route(
         &at.key("rate_limit"),
@@ -96,7 +108,35 @@ fn route(
     let headers = headers::compile(&at.key("headers"), &raw.headers, r.headers.as_ref())?;
     let max_body = size(&at.key("max_body"), &r.max_body, limits.max_body)?;
 
-    let (seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let (mut seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
+    let indexes = index_rules(at, r, registry)?;
+    match seal.as_mut() {
+        Some(s) => s.indexes = indexes,
+        None if !indexes.is_empty() => {
+            return Err(invalid(
+                &at.key("index"),
+                "needs encrypt rules on the route (an indexed field is sealed too)",
+            ))
+        }
+        None => {}
+    }
+    let query = query(at, r, seal.as_ref(), keys, registry)?;
+    let mut drop_in_response = Vec::new();
+    for (j, x) in r.index.iter().enumerate() {
+        if x.drop_in_response == Some(true) {
+            if open.is_none() {
+                return Err(invalid(
+                    &at.key("index").index(j).key("drop_in_response"),
+                    "needs decrypt rules on the route (only their answers are read)",
+                ));
+            }
+            drop_in_response.extend(into_name(&x.into).map(str::to_owned));
+        }
+    }
+    let form = form(at, r, seal.as_ref(), registry)?;
+    if form.is_some() && keys.is_none() {
+        return Err(invalid(&at.key("form"), "needs a `keys` section"));
+    }
     let auth = match &r.auth {
         None => crate::identity::AuthMode::None,
         Some(w) => super::word(&at.key("auth"), w, "")?,
@@ -128,6 +168,19 @@ fn route(
                 "needs encrypt or decrypt rules on the route",
             ));
         }
+        // Query and form pairs are sealed under the deployment's key: on a
+        // tenant or subject route that would bind them to no one.
+        let seals_pairs = r.form.is_some()
+            || r.query.as_ref().is_some_and(|q| {
+                q.values()
+                    .any(|p| matches!(p, RawParam::Keyword(Word::Known(ParamWord::Seal))))
+            });
+        if seals_pairs {
+            return Err(invalid(
+                &at.key("key_scope"),
+                "query parameters and form fields are sealed under the deployment's key: `form:` and `query: {name: seal}` are not available on a tenant or subject route yet (refuse them, or index them)",
+            ));
+        }
     }
     let route = Route {
         name: r.name.clone(),
@@ -154,14 +207,28 @@ fn route(
         auth,
         key_scope,
         on_erased_write,
+        query,
+        form,
+        template,
+        path_params,
+        drop_in_response,
     };
     Ok((route, warnings))
 }
 
-/// `match`: the path (exact, prefix or any) and the methods.
-fn matcher(at: &At, m: &RawMatch) -> Result<(PathMatch, Option<Vec<Method>>), Invalid> {
+type Matcher = (PathMatch, Option<Vec<Method>>, Option<PathTemplate>);
+
+/// `match`: the path (exact, prefix, template or any) and the methods.
+fn matcher(at: &At, m: &RawMatch) -> Result<Matcher, Invalid> {
+    let mut template = None;
     let path = match (&m.path, &m.path_prefix) {
         (Some(_), Some(_)) => return Err(invalid(at, "set either path or path_prefix, not both")),
+        (Some(p), None) if PathTemplate::is_template(p) => {
+            let t = PathTemplate::parse(p).map_err(|e| invalid(&at.key("path"), e))?;
+            let prefix = route_path(&at.key("path"), t.prefix())?;
+            template = Some(t);
+            PathMatch::Prefix(prefix)
+        }
         (Some(p), None) => PathMatch::Exact(route_path(&at.key("path"), p)?),
         (None, Some(p)) => PathMatch::Prefix(route_path(&at.key("path_prefix"), p)?),
         (None, None) => PathMatch::Any,
@@ -184,7 +251,65 @@ fn matcher(at: &At, m: &RawMatch) -> Result<(PathMatch, Option<Vec<Method>>), In
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    Ok((path, methods))
+    Ok((path, methods, template))
+}
+
+/// `path_params`: per template parameter, what its segment becomes.
+fn path_params(
+    at: &At,
+    r: &RawRoute,
+    template: Option<&PathTemplate>,
+    keys: Option<&KeyringSpec>,
+    registry: &[(IndexSpec, At)],
+) -> Result<Vec<Option<PathParamAction>>, Invalid> {
+    let Some(entries) = &r.path_params else {
+        return Ok(Vec::new());
+    };
+    let at = at.key("path_params");
+    let Some(t) = template else {
+        return Err(invalid(
+            &at,
+            "needs a `match.path` template with {parameters}",
+        ));
+    };
+    for name in entries.keys() {
+        if !t.params().any(|p| p == name) {
+            return Err(invalid(
+                &at.key(name),
+                "is not a {parameter} of the route's path",
+            ));
+        }
+    }
+    t.params()
+        .map(|p| {
+            let Some(e) = entries.get(p) else {
+                return Ok(None);
+            };
+            let at = at.key(p);
+            Ok(Some(match e {
+                RawPathParam::Keyword(w) => match word(&at, w, "")? {
+                    Refuse::Refuse => PathParamAction::Refuse,
+                },
+                RawPathParam::Index(i) => {
+                    if keys.is_none() {
+                        return Err(invalid(&at, "blind indexes need a `keys` section"));
+                    }
+                    PathParamAction::Index(
+                        registry
+                            .iter()
+                            .find(|(s, _)| s.name == i.index)
+                            .map(|(s, _)| s.clone())
+                            .ok_or_else(|| {
+                                invalid(
+                                    &at.key("index"),
+                                    format!("no `index:` rule of any route writes {:?}", i.index),
+                                )
+                            })?,
+                    )
+                }
+            }))
+        })
+        .collect()
 }
 
 /// A route's transforms, and the warnings its rules deserve.
@@ -253,6 +378,7 @@ fn rules(
         shape: request_shape,
         named_contexts: Vec::new(),
         max_depth: limits.max_json_depth,
+        indexes: Vec::new(),
     });
     let on_foreign = match &r.on_foreign_subject {
         None => OnDecryptFailure::Error,
@@ -271,6 +397,295 @@ fn rules(
         erased_marker: r.erased_marker.clone().unwrap_or_else(|| "[erased]".into()),
     });
     Ok((seal, open, warnings))
+}
+
+/// The route's `query:` section with the guard of its encrypt rules: a
+/// route that seals bodies or names parameters judges every query pair.
+fn query(
+    at: &At,
+    r: &RawRoute,
+    seal: Option<&SealSpec>,
+    keys: Option<&KeyringSpec>,
+    registry: &[(IndexSpec, At)],
+) -> Result<Option<PairsSpec>, Invalid> {
+    let entries = r.query.as_ref();
+    if entries.is_none() && seal.is_none() {
+        return Ok(None);
+    }
+    let at = at.key("query");
+    let mut params = Vec::new();
+    for (name, p) in entries.into_iter().flatten() {
+        let at = at.key(name);
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(&at, "a parameter name must be 1 to 255 bytes"));
+        }
+        let action = match p {
+            RawParam::Keyword(w) => match word(&at, w, "")? {
+                ParamWord::Seal => ParamAction::Seal,
+                ParamWord::Refuse => ParamAction::Refuse,
+            },
+            RawParam::Index(i) => ParamAction::Index(
+                registry
+                    .iter()
+                    .find(|(s, _)| s.name == i.index)
+                    .map(|(s, _)| s.clone())
+                    .ok_or_else(|| {
+                        invalid(
+                            &at.key("index"),
+                            format!("no `index:` rule of any route writes {:?}", i.index),
+                        )
+                    })?,
+            ),
+        };
+        if !matches!(action, ParamAction::Refuse) && keys.is_none() {
+            return Err(invalid(&at, "sealing needs a `keys` section"));
+        }
+        params.push(ParamRule {
+            name: name.clone(),
+            action,
+        });
+    }
+    let guard = seal.map_or(&[][..], |s| &s.rules);
+    PairsSpec::compile(params, guard)
+        .map(Some)
+        .map_err(|e| invalid(&at, e.to_string()))
+}
+
+/// Every index any route's `index:` rules define, by name: one name, one
+/// definition (the same normalization, length and key wherever it is
+/// written or queried).
+fn index_registry(
+    raw: &RawConfig,
+    keys: Option<&KeyringSpec>,
+) -> Result<Vec<(IndexSpec, At)>, Invalid> {
+    let mut out: Vec<(IndexSpec, At)> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let route_at = At::top("routes").item(i, &r.name);
+        let body = r.index.iter().enumerate().map(|(j, x)| {
+            let at = route_at.key("index").index(j);
+            (at, &x.into, &x.normalize, x.bits, &x.key)
+        });
+        let form = r
+            .form
+            .iter()
+            .flat_map(|f| f.index.iter().enumerate())
+            .filter(|(_, x)| x.normalize.is_some() || x.bits.is_some() || x.key.is_some())
+            .map(|(j, x)| {
+                let at = route_at.key("form").key("index").index(j);
+                let normalize = x.normalize.as_ref().unwrap_or(&NO_STEPS);
+                (at, &x.into, normalize, x.bits, &x.key)
+            });
+        for (at, into, normalize_words, bits, key) in body.chain(form) {
+            let x = IndexDef {
+                into,
+                normalize: normalize_words,
+                bits,
+                key,
+            };
+            let name = into_name(x.into).ok_or_else(|| {
+                invalid(
+                    &at.key("into"),
+                    "must be a member beside the field, e.g. `$.email_idx` (letters, digits, _ and -)",
+                )
+            })?;
+            let mut normalize = Vec::new();
+            for (k, w) in x.normalize.iter().enumerate() {
+                normalize.push(word(&at.key("normalize").index(k), w, "")?);
+            }
+            normalize.sort_unstable();
+            normalize.dedup();
+            let bits = x.bits.unwrap_or(64);
+            if !valid_bits(bits) {
+                return Err(invalid(
+                    &at.key("bits"),
+                    format!(
+                        "{bits}: must be {MIN_INDEX_BITS} to {MAX_INDEX_BITS}, a multiple of 8"
+                    ),
+                ));
+            }
+            let Some(keys) = keys else {
+                return Err(invalid(&at, "blind indexes need a `keys` section"));
+            };
+            if let Some(k) = x.key {
+                if !keys.keys.iter().any(|s| &s.id == k) {
+                    return Err(invalid(
+                        &at.key("key"),
+                        format!("{k:?} is not in the keyring"),
+                    ));
+                }
+            }
+            let spec = IndexSpec {
+                name: name.to_owned(),
+                normalize,
+                bits,
+                key_id: x.key.clone(),
+            };
+            match out.iter().find(|(s, _)| s.name == spec.name) {
+                Some((s, _)) if *s != spec => {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "index {:?} is defined again with another normalize, bits or key; one name, one definition",
+                            spec.name
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => out.push((spec, at)),
+            }
+        }
+    }
+    // Form entries that only name an index use its definition, or define
+    // it with the defaults.
+    for (i, r) in raw.routes.iter().enumerate() {
+        for (j, x) in r.form.iter().flat_map(|f| f.index.iter().enumerate()) {
+            let at = At::top("routes")
+                .item(i, &r.name)
+                .key("form")
+                .key("index")
+                .index(j);
+            let name = into_name(&x.into)
+                .ok_or_else(|| invalid(&at.key("into"), "letters, digits, _ and - only"))?;
+            if keys.is_none() {
+                return Err(invalid(&at, "blind indexes need a `keys` section"));
+            }
+            if !out.iter().any(|(s, _)| s.name == name) {
+                let spec = IndexSpec {
+                    name: name.to_owned(),
+                    normalize: Vec::new(),
+                    bits: 64,
+                    key_id: None,
+                };
+                out.push((spec, at));
+            }
+        }
+    }
+    Ok(out)
+}
+
+static NO_STEPS: Vec<Word<crate::crypto::index::Normalize>> = Vec::new();
+
+/// The keys of an index definition, in `index:` rules and `form.index`.
+struct IndexDef<'a> {
+    into: &'a str,
+    normalize: &'a [Word<crate::crypto::index::Normalize>],
+    bits: Option<u16>,
+    key: &'a Option<String>,
+}
+
+/// The route's `form:` section: its names sealed or indexed, with the
+/// guard of its encrypt rules.
+fn form(
+    at: &At,
+    r: &RawRoute,
+    seal: Option<&SealSpec>,
+    registry: &[(IndexSpec, At)],
+) -> Result<Option<PairsSpec>, Invalid> {
+    let Some(f) = &r.form else {
+        return Ok(None);
+    };
+    let at = at.key("form");
+    let lookup = |into: &str, at: &At| {
+        let name = into_name(into).unwrap_or_default();
+        registry
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| invalid(at, "not a valid index name"))
+    };
+    let mut params: Vec<ParamRule> = Vec::new();
+    for (j, name) in f.encrypt.iter().enumerate() {
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(
+                &at.key("encrypt").index(j),
+                "must be 1 to 255 bytes",
+            ));
+        }
+        let index = f.index.iter().enumerate().find(|(_, x)| &x.field == name);
+        let action = match index {
+            Some((k, x)) => {
+                ParamAction::SealAndIndex(lookup(&x.into, &at.key("index").index(k).key("into"))?)
+            }
+            None => ParamAction::Seal,
+        };
+        params.push(ParamRule {
+            name: name.clone(),
+            action,
+        });
+    }
+    for (k, x) in f.index.iter().enumerate() {
+        let spec = lookup(&x.into, &at.key("index").index(k).key("into"))?;
+        if !f.encrypt.contains(&x.field) {
+            params.push(ParamRule {
+                name: x.field.clone(),
+                action: ParamAction::Index(spec.clone()),
+            });
+        }
+        // A client's own value for the index fieldseal writes goes.
+        if !params.iter().any(|p| p.name == spec.name) {
+            params.push(ParamRule {
+                name: spec.name.clone(),
+                action: ParamAction::Drop,
+            });
+        }
+    }
+    let guard = seal.map_or(&[][..], |s| &s.rules);
+    PairsSpec::compile(params, guard)
+        .map(Some)
+        .map_err(|e| invalid(&at, e.to_string()))
+}
+
+/// The member name `into` writes: the last segment of `$.a.b_idx` or
+/// `$['a']['b_idx']`, letters, digits, `_` and `-` only.
+fn into_name(into: &str) -> Option<&str> {
+    let last = if !into.starts_with('$') {
+        into
+    } else if let Some(head) = into.strip_suffix("']").or_else(|| into.strip_suffix("\"]")) {
+        head.rsplit_once(['\'', '"'])?.1
+    } else {
+        into.rsplit_once('.')?.1
+    };
+    (!last.is_empty()
+        && last
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    .then_some(last)
+}
+
+/// The route's `index:` rules: each field with its index, the index
+/// member beside the field.
+fn index_rules(
+    at: &At,
+    r: &RawRoute,
+    registry: &[(IndexSpec, At)],
+) -> Result<Vec<IndexRule>, Invalid> {
+    let mut out = Vec::new();
+    for (j, x) in r.index.iter().enumerate() {
+        let at = at.key("index").index(j);
+        let field = FieldPath::parse(&x.field)
+            .map_err(|e| invalid(&at.key("field"), format!("invalid JSONPath: {}", e.message)))?;
+        let into = FieldPath::parse(&x.into)
+            .map_err(|e| invalid(&at.key("into"), format!("invalid JSONPath: {}", e.message)))?;
+        let (fs, is) = (field.segments(), into.segments());
+        let beside = fs.len() == is.len()
+            && !fs.is_empty()
+            && fs[..fs.len() - 1] == is[..is.len() - 1]
+            && is.last().is_some_and(|s| s.single_name().is_some());
+        if !beside {
+            return Err(invalid(
+                &at.key("into"),
+                "must be a member beside the field (`$.email` → `$.email_idx`)",
+            ));
+        }
+        let name = into_name(&x.into).unwrap_or_default();
+        let spec = registry
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| invalid(&at.key("into"), "not a valid index name"))?;
+        out.push(IndexRule::new(field, spec).map_err(|m| invalid(&at.key("field"), m))?);
+    }
+    Ok(out)
 }
 
 fn route_path(at: &At, p: &str) -> Result<String, Invalid> {

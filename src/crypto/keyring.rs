@@ -299,8 +299,14 @@ impl Keyring {
     /// HKDF-SHA256 of the key's master with info `"fieldseal v1 subkey\0" || purpose`,
     /// so it is independent of the field encryption key.
     pub fn derive_subkey(&self, id: &str, purpose: &str) -> Option<Zeroizing<[u8; 32]>> {
+        self.derive_subkey_bytes(id, purpose.as_bytes())
+    }
+
+    /// [`derive_subkey`](Self::derive_subkey) for a purpose that holds
+    /// separator bytes (the blind index's `name 0x00 scope`).
+    pub fn derive_subkey_bytes(&self, id: &str, purpose: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
         let k = self.entry(id)?;
-        keys::hkdf(&k.master, &[SUBKEY_INFO_PREFIX, purpose.as_bytes()])
+        keys::hkdf(&k.master, &[SUBKEY_INFO_PREFIX, purpose])
     }
 
     /// A public fingerprint of key `id`, to compare rings across replicas

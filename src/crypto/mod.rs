@@ -7,6 +7,7 @@
 //! - `datakey`: data keys and the key-encryption-key interface that wraps
 //!   them (`KeyEncryptionKey`; the ring's keys implement it).
 //! - `subject`: tenant and subject data keys as field keys, and references.
+//! - `index`: blind indexes (keyed, truncated HMACs of normalized values).
 //! - `token`: the admin bearer token, a secret read like a key file.
 //!
 //! The byte layout, derivations and test vectors are in `docs/envelope.md`;
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 mod datakey;
 mod envelope;
+pub mod index;
 mod keyring;
 mod keys;
 mod subject;

@@ -128,6 +128,13 @@ pub(super) async fn admit(
         .map_err(|_| ProxyError::from(ClientError::HostRequired))?
         .ok_or(ProxyError::from(ClientError::NoRoute))?;
     ex.route = Some(Arc::clone(route));
+    if let Some(t) = &route.route.template {
+        // A captured segment may be a protected value: the log shows the
+        // template, never the path as sent.
+        if config.log.access_log {
+            ex.path = t.source().to_owned();
+        }
+    }
     tracing::debug!(request_id = ex.id(), route = %route.route.name, "route matched");
 
     let peer_trusted = config.is_trusted_proxy(peer.ip());

@@ -9,8 +9,12 @@ use http::{Request, Uri, Version};
 use std::net::IpAddr;
 
 use crate::config::{HostHeader, Upstream};
-use crate::error::{ClientError, ProxyError};
+use crate::crypto::Keyring;
+use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::routes::template::{decode_segment, encode_segment, PathParamAction, PathTemplate};
+use crate::transform::pairs::{self, PairsSpec};
+use crate::transform::Keys;
 
 /// Where an admitted request goes, and what the upstream request says of it.
 pub(super) struct Target<'a> {
@@ -25,10 +29,63 @@ pub(super) struct Target<'a> {
     pub request_id: &'a HeaderValue,
     /// The route opens answers: ask for one we can read.
     pub reads_answer: bool,
+    /// What the route does to query parameters (None: forwarded as sent).
+    pub query: Option<&'a PairsSpec>,
+    /// The keys parameters are sealed with.
+    pub keys: Option<&'a Keyring>,
+    /// Seconds since the epoch, stamped into envelopes.
+    pub now: u64,
+    /// The route's path template and what its captures become, with the
+    /// path it is matched against (`;params` cut) and the route's case rule.
+    pub template: Option<Template<'a>>,
+}
+
+/// A template route's part of the target.
+pub(super) struct Template<'a> {
+    pub template: &'a PathTemplate,
+    pub params: &'a [Option<PathParamAction>],
+    pub match_path: &'a str,
+    pub case_insensitive: bool,
+}
+
+/// The forwarded path of a template route: each captured segment decoded
+/// once, then kept, indexed, or the request refused. Never the plaintext
+/// of a protected segment.
+fn template_path(t: &Template<'_>, ring: Option<&Keyring>) -> Result<String, ProxyError> {
+    let captured = t
+        .template
+        .capture(t.match_path, t.case_insensitive)
+        .ok_or(ProxyError::from(ClientError::BadPath(
+            "the path does not fit the route's template",
+        )))?;
+    let mut values = Vec::with_capacity(captured.len());
+    for (i, seg) in captured.into_iter().enumerate() {
+        let value = match t.params.get(i).and_then(Option::as_ref) {
+            None => seg.to_owned(),
+            Some(PathParamAction::Refuse) => {
+                return Err(ProxyError::from(ClientError::ProtectedParameter))
+            }
+            Some(PathParamAction::Index(spec)) => {
+                let plain = decode_segment(seg).ok_or(ProxyError::from(ClientError::BadPath(
+                    "a path segment is not validly percent-encoded UTF-8",
+                )))?;
+                let ring = ring.ok_or(ProxyError::from(LocalError::Internal(
+                    "an index without keys",
+                )))?;
+                let index = spec
+                    .index(ring, &plain)
+                    .map_err(ProxyError::from_request_transform)?;
+                encode_segment(&index)
+            }
+        };
+        values.push(value);
+    }
+    Ok(t.template.build(&values))
 }
 
 /// The request the upstream gets: the canonical path under the upstream's
-/// base path, the query as sent, hop-by-hop and routing-override headers
+/// base path, the query as sent or as the route rewrites it (protected
+/// parameters sealed, or the request refused), hop-by-hop and routing-override headers
 /// removed, X-Forwarded-* set, Host as the upstream wants it, our request
 /// id, and (when the route opens answers) a request for an identity body.
 pub(super) fn forward<B>(
@@ -37,13 +94,26 @@ pub(super) fn forward<B>(
     to: &Target<'_>,
 ) -> Result<Request<B>, ProxyError> {
     let upstream = to.upstream;
-    let path = to.path;
+    let rebuilt = match &to.template {
+        Some(t) => Some(template_path(t, to.keys)?),
+        None => None,
+    };
+    let path = rebuilt.as_deref().unwrap_or(to.path);
     let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + 64);
     pq.push_str(&upstream.base_path);
     pq.push_str(path);
     if let Some(q) = parts.uri.query() {
         pq.push('?');
-        pq.push_str(q);
+        match to.query {
+            None => pq.push_str(q),
+            Some(spec) => {
+                let keys = to.keys.map(Keys::from);
+                match pairs::rewrite(q, spec, keys, to.now).map_err(ProxyError::from_pairs)? {
+                    Some(rewritten) => pq.push_str(&rewritten),
+                    None => pq.push_str(q),
+                }
+            }
+        }
     }
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
@@ -137,6 +207,10 @@ mod tests {
             peer_trusted: false,
             request_id: &id,
             reads_answer,
+            query: None,
+            keys: None,
+            now: 0,
+            template: None,
         };
         forward(parts, (), &target).expect("forwarded")
     }

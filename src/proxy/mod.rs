@@ -174,6 +174,15 @@ async fn stages(
         peer_trusted: admitted.peer_trusted,
         request_id: &ex.request_id,
         reads_answer: route.open.is_some(),
+        query: route.route.query.as_ref(),
+        keys: rt.keyring.as_deref(),
+        now: crate::crypto::unix_now(),
+        template: route.route.template.as_ref().map(|t| forward::Template {
+            template: t,
+            params: &route.route.path_params,
+            match_path: &admitted.path.match_path,
+            case_insensitive: route.route.case_insensitive,
+        }),
     };
     let upstream_req = forward::forward(parts, body, &target)?;
 

@@ -37,7 +37,8 @@ where
         }));
     }
     let read_timeout = rt.config.limits.body_read_timeout;
-    let Some(seal) = &route.seal else {
+    let form_spec = route.route.form.as_ref();
+    if route.seal.is_none() && form_spec.is_none() {
         if declared_len.is_some() || incoming.is_end_stream() {
             // Known length within the limit: stream it untouched.
             ex.bytes_in = declared_len.unwrap_or(0);
@@ -52,7 +53,7 @@ where
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
         return Ok(body::reserved(raw, reservation));
-    };
+    }
     let mut reservation = held.reserve();
     let raw = read_client_body(incoming, max_body, read_timeout, &mut reservation).await?;
     ex.bytes_in = raw.len() as u64;
@@ -67,10 +68,16 @@ where
             "more than one Content-Type",
         )));
     }
-    if !body::is_json(parts.headers.get(header::CONTENT_TYPE)) {
-        return Err(ProxyError::from(ClientError::UnsupportedMediaType));
-    }
-    let json_patch = body::is_json_patch(parts.headers.get(header::CONTENT_TYPE));
+    // What the route can transform: JSON with encrypt rules, urlencoded
+    // forms with a `form:` section. Anything else (multipart included)
+    // could carry the fields past us: 415.
+    let content_type = parts.headers.get(header::CONTENT_TYPE);
+    let form = match (form_spec, &route.seal) {
+        (Some(f), _) if body::is_form(content_type) => Some(f),
+        (_, Some(_)) if body::is_json(content_type) => None,
+        _ => return Err(ProxyError::from(ClientError::UnsupportedMediaType)),
+    };
+    let json_patch = body::is_json_patch(content_type);
     // Every Content-Encoding line counts (`identity` then `gzip` is gzip);
     // one coding at most, and the value is never echoed.
     let codings = body::codings(parts.headers.get_all(header::CONTENT_ENCODING))
@@ -87,6 +94,32 @@ where
             )),
         })?;
     let input = plain.len() as u64;
+    if let Some(spec) = form {
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| ProxyError::from(ClientError::BadRequest("the form body is not UTF-8")))?;
+        let keys = rt.keyring.as_deref().map(crate::transform::Keys::from);
+        let out = transform::pairs::rewrite(text, spec, keys, unix_now())
+            .map_err(ProxyError::from_pairs)?;
+        let out = match out {
+            Some(o) => {
+                // Counted before it is held, with the input, then alone.
+                if !reservation.try_grow(o.len() as u64) {
+                    return Err(ProxyError::from(LocalError::BufferLimit));
+                }
+                reservation.shrink_to(reservation.bytes().saturating_sub(input));
+                Bytes::from(o)
+            }
+            None => plain,
+        };
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        return Ok(body::reserved(out, reservation));
+    }
+    let Some(seal) = &route.seal else {
+        return Err(ProxyError::from(ClientError::UnsupportedMediaType));
+    };
     let subject = super::subject_keys::for_request(rt, route, ex, true).await?;
     let (sealed, report) = {
         let (route, seal) = (Arc::clone(route), Arc::clone(seal));

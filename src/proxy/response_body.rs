@@ -202,7 +202,11 @@ fn open_with(
     subjects: &SubjectKeys,
 ) -> DecryptOutcome {
     match transform::decrypt_with(&raw, spec, ring, subjects, unix_now()) {
-        Ok((out, report)) => (Ok(out), report),
+        Ok((out, report)) if route.drop_in_response.is_empty() => (Ok(out), report),
+        Ok((out, report)) => {
+            let out = transform::index::drop_members(&out, &route.drop_in_response).unwrap_or(out);
+            (Ok(out), report)
+        }
         Err(TransformError::InvalidJson | TransformError::TooDeep { .. }) => {
             // Not JSON after all (e.g. a truncated error page): it holds no
             // field we could find, so it goes out as the upstream sent it.

@@ -11,13 +11,18 @@
 //!   JSON strictly, copies unselected bytes verbatim and applies the policy;
 //! - `shape`: the positive model of a route's request bodies (look-alikes,
 //!   request schema);
-//! - `location`: where a value is, shown redacted in logs and errors.
+//! - `location`: where a value is, shown redacted in logs and errors;
+//! - `index`: blind index rules, written beside JSON fields;
+//! - `pairs`: query strings (and urlencoded forms) judged by the same
+//!   names and look-alikes, rewritten in place.
 //!
 //! Each function takes one document's bytes and returns the transformed
 //! bytes with a [`TransformReport`]; the keys are passed in ([`Keys`]).
 
+pub mod index;
 pub mod location;
 mod names;
+pub mod pairs;
 mod patch;
 pub mod path;
 mod policy;
@@ -117,6 +122,8 @@ pub struct SealSpec {
     pub named_contexts: Vec<String>,
     /// Deeper documents are refused.
     pub max_depth: usize,
+    /// Blind indexes written beside fields before they are sealed.
+    pub indexes: Vec<index::IndexRule>,
 }
 
 impl SealSpec {
@@ -127,6 +134,7 @@ impl SealSpec {
             shape: RequestShape::default(),
             named_contexts: Vec::new(),
             max_depth: SERDE_MAX_DEPTH,
+            indexes: Vec::new(),
         }
     }
 
@@ -143,6 +151,7 @@ impl SealSpec {
             },
             named_contexts: self.named_contexts.clone(),
             max_depth: SERDE_MAX_DEPTH,
+            indexes: self.indexes.clone(),
         }
     }
 }
@@ -287,6 +296,10 @@ pub enum TransformError {
     /// The value would seal into more than `crypto::MAX_ENVELOPE_LEN`.
     #[error("a field is too large to seal")]
     FieldTooLarge,
+    /// A field to index is an object or an array, or is there twice in
+    /// two spellings.
+    #[error("a field to index is not one string, number or boolean")]
+    Unindexable,
     /// The value nests deeper than `crypto::MAX_SEAL_DEPTH`.
     #[error("a field nests too deeply to seal")]
     FieldTooDeep,

@@ -169,6 +169,14 @@ impl Segment {
         }
     }
 
+    /// The member name when the segment selects exactly one (normalized).
+    pub fn single_name(&self) -> Option<&str> {
+        match self.selectors.as_slice() {
+            [Selector::Name(n)] if !self.descendant => Some(n),
+            _ => None,
+        }
+    }
+
     /// A descendant segment (`..`): it applies at any depth below.
     pub fn is_descendant(&self) -> bool {
         self.descendant

@@ -1,0 +1,223 @@
+//! Blind indexes: a keyed, truncated HMAC of a field's normalized value,
+//! so a backend can find a record by a protected value it never holds.
+//! The construction and its known-answer vectors are in
+//! `docs/blind-index.md`.
+//!
+//! ```text
+//! index key = HKDF-SHA256(master of ring key K, no salt,
+//!             info = "fieldseal v1 subkey" 0x00 "fieldseal blind index v1" 0x00
+//!                    scope 0x00 name)
+//! index     = "fsi1:" K ":" base64url(HMAC-SHA256(index key, normalize(value))[..bits/8])
+//! ```
+//!
+//! The key is derived per index name and scope, separately from every
+//! encryption key (a different HKDF info), so an index key learns nothing
+//! about the field key and two indexes of the same value differ.
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use unicode_normalization::UnicodeNormalization;
+
+use super::Keyring;
+
+/// The text form's version prefix.
+pub const INDEX_PREFIX: &str = "fsi1:";
+/// Shortest and longest output, in bits (multiples of 8).
+pub const MIN_INDEX_BITS: u16 = 32;
+pub const MAX_INDEX_BITS: u16 = 256;
+/// `purpose` of `Keyring::derive_subkey`, before the scope and the name.
+const INDEX_PURPOSE: &[u8] = b"fieldseal blind index v1\0";
+
+/// One normalization step. Whatever order a rule lists them in, they run
+/// in this order: trim, lowercase, NFC, digits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// Leading and trailing Unicode White_Space removed.
+    Trim,
+    /// Unicode full lowercase mapping (`str::to_lowercase`: SpecialCasing
+    /// included, final sigma by context; the same as Python's `str.lower`).
+    Lowercase,
+    /// Unicode Normalization Form C.
+    Nfc,
+    /// Only the ASCII digits 0-9 are kept.
+    Digits,
+}
+
+/// Whose records an index key finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexScope<'a> {
+    /// One key for the whole deployment: any record can be found.
+    Deployment,
+    /// One key per tenant (derived from the tenant's data key once tenant
+    /// keys exist): a tenant's query finds only that tenant's records.
+    Tenant(&'a str),
+}
+
+impl IndexScope<'_> {
+    /// The scope's bytes in the HKDF info.
+    fn label(&self) -> Cow<'_, [u8]> {
+        match self {
+            IndexScope::Deployment => Cow::Borrowed(b"deployment"),
+            IndexScope::Tenant(t) => Cow::Owned([b"tenant:", t.as_bytes()].concat()),
+        }
+    }
+}
+
+/// One index's key, derived once at load: the HMAC state is keyed here,
+/// so a request only clones it.
+#[derive(Clone)]
+pub struct IndexKey {
+    key_id: String,
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexKey {
+    /// The key of index `name` in `scope`, from ring key `key_id` (None
+    /// when the ring has no such key).
+    pub fn derive(
+        ring: &Keyring,
+        key_id: &str,
+        scope: IndexScope<'_>,
+        name: &str,
+    ) -> Option<IndexKey> {
+        let purpose = [INDEX_PURPOSE, &scope.label(), b"\0", name.as_bytes()].concat();
+        let sub = ring.derive_subkey_bytes(key_id, &purpose)?;
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(sub.as_ref()).ok()?;
+        Some(IndexKey {
+            key_id: key_id.to_owned(),
+            mac,
+        })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The text form of the index of `value`, normalized by `steps`,
+    /// truncated to `bits` (a multiple of 8 in the valid range; checked at
+    /// load).
+    pub fn index(&self, value: &str, steps: &[Normalize], bits: u16) -> String {
+        let normalized = normalize(value, steps);
+        let mut mac = self.mac.clone();
+        mac.update(normalized.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let n = usize::from(bits / 8).clamp(1, digest.len());
+        let mut out = String::with_capacity(INDEX_PREFIX.len() + self.key_id.len() + 1 + 44);
+        out.push_str(INDEX_PREFIX);
+        out.push_str(&self.key_id);
+        out.push(':');
+        URL_SAFE_NO_PAD.encode_string(&digest[..n], &mut out);
+        out
+    }
+}
+
+/// Is `bits` a valid output length?
+pub fn valid_bits(bits: u16) -> bool {
+    (MIN_INDEX_BITS..=MAX_INDEX_BITS).contains(&bits) && bits % 8 == 0
+}
+
+/// `value` with `steps` applied in their fixed order (trim, lowercase,
+/// NFC, digits), whatever order `steps` lists them in.
+pub fn normalize<'v>(value: &'v str, steps: &[Normalize]) -> Cow<'v, str> {
+    let has = |s: Normalize| steps.contains(&s);
+    let mut v: Cow<'v, str> = Cow::Borrowed(value);
+    if has(Normalize::Trim) {
+        v = match v {
+            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+            Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+        };
+    }
+    if has(Normalize::Lowercase) && v.chars().any(|c| c.to_lowercase().ne(std::iter::once(c))) {
+        v = Cow::Owned(v.to_lowercase());
+    }
+    if has(Normalize::Nfc) && !v.is_ascii() {
+        v = Cow::Owned(v.nfc().collect());
+    }
+    if has(Normalize::Digits) && !v.bytes().all(|b| b.is_ascii_digit()) {
+        v = Cow::Owned(v.chars().filter(char::is_ascii_digit).collect());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::from_raw_keys(
+            "k1",
+            vec![("k1".into(), [1u8; 32]), ("k2".into(), [2u8; 32])],
+        )
+        .expect("ring")
+    }
+
+    #[test]
+    fn normalization_runs_in_its_fixed_order() {
+        use Normalize::*;
+        assert_eq!(
+            normalize("  Ada@Example.COM ", &[Trim, Lowercase]),
+            "ada@example.com"
+        );
+        assert_eq!(normalize(" A ", &[Lowercase, Trim]), "a");
+        assert_eq!(normalize("078-05-1120", &[Digits]), "078051120");
+        assert_eq!(normalize("Cafe\u{301}", &[Nfc]), "Caf\u{e9}");
+        assert_eq!(normalize("ΟΔΟΣ", &[Lowercase]), "οδος");
+        assert_eq!(normalize("\u{3000}x\u{a0}", &[Trim]), "x");
+        assert!(matches!(
+            normalize("abc", &[Trim, Lowercase, Nfc]),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn indexes_are_equal_for_equal_normalized_inputs_and_differ_across_names_scopes_keys() {
+        let r = ring();
+        let steps = [Normalize::Trim, Normalize::Lowercase];
+        let k = IndexKey::derive(&r, "k1", IndexScope::Deployment, "email_idx").expect("key");
+        let a = k.index("Ada@Example.com", &steps, 64);
+        assert_eq!(a, k.index("  ada@example.com", &steps, 64));
+        assert!(a.starts_with("fsi1:k1:"));
+        assert_eq!(a.len(), "fsi1:k1:".len() + 11);
+        assert_ne!(a, k.index("bob@example.com", &steps, 64));
+        let other_name = IndexKey::derive(&r, "k1", IndexScope::Deployment, "ssn_idx").expect("k");
+        assert_ne!(a, other_name.index("ada@example.com", &steps, 64));
+        let tenant = IndexKey::derive(&r, "k1", IndexScope::Tenant("t1"), "email_idx").expect("k");
+        assert_ne!(a, tenant.index("ada@example.com", &steps, 64));
+        let tenant2 = IndexKey::derive(&r, "k1", IndexScope::Tenant("t2"), "email_idx").expect("k");
+        assert_ne!(
+            tenant.index("x", &steps, 64),
+            tenant2.index("x", &steps, 64)
+        );
+        let k2 = IndexKey::derive(&r, "k2", IndexScope::Deployment, "email_idx").expect("k");
+        let b = k2.index("ada@example.com", &steps, 64);
+        assert!(b.starts_with("fsi1:k2:"));
+        assert_ne!(a["fsi1:k1:".len()..], b["fsi1:k2:".len()..]);
+        assert!(IndexKey::derive(&r, "nope", IndexScope::Deployment, "e").is_none());
+        assert_eq!(k.index("x", &steps, 256).len(), "fsi1:k1:".len() + 43);
+    }
+
+    #[test]
+    fn bit_lengths() {
+        for b in [32, 40, 64, 128, 256] {
+            assert!(valid_bits(b), "{b}");
+        }
+        for b in [0, 8, 24, 33, 63, 264, 512] {
+            assert!(!valid_bits(b), "{b}");
+        }
+    }
+}

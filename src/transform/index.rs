@@ -1,0 +1,294 @@
+//! Blind index rules on JSON bodies: `{field: "$.email", into:
+//! "$.email_idx"}` writes the index of each selected value into a sibling
+//! member, before the value itself is sealed. No HTTP types.
+//!
+//! The index is computed from the plaintext, so this runs before the
+//! sealing walk, on a tree (only routes with index rules build one). A
+//! member the client sent under the index's name (in any spelling a
+//! backend binds to it) is replaced: an index is only ever written by
+//! fieldseal.
+
+use serde_json::{Map, Value};
+
+use super::names::{names_match, normalized_name};
+use super::path::Segment;
+use super::{FieldPath, TransformError};
+use crate::crypto::index::{IndexKey, IndexScope, Normalize};
+use crate::crypto::Keyring;
+
+/// How one named index is computed, the same wherever it is used (JSON
+/// bodies, query parameters): the config refuses two definitions of one
+/// name that differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// The index's name (the member or parameter it is written into); it
+    /// is part of the key derivation.
+    pub name: String,
+    /// Sorted and without repeats; applied in the fixed order.
+    pub normalize: Vec<Normalize>,
+    pub bits: u16,
+    /// The ring key the index key is derived from; None: the active key.
+    pub key_id: Option<String>,
+}
+
+impl IndexSpec {
+    /// The index of `value` under `ring` in the deployment scope.
+    pub fn index(&self, ring: &Keyring, value: &str) -> Result<String, TransformError> {
+        let key_id = self.key_id.as_deref().unwrap_or(ring.active_id());
+        let key = IndexKey::derive(ring, key_id, IndexScope::Deployment, &self.name)
+            .ok_or(TransformError::Seal)?;
+        Ok(key.index(value, &self.normalize, self.bits))
+    }
+}
+
+/// One `index:` rule of a route, compiled at load: the selected field's
+/// parent (every segment but the last), the field's name, and the index.
+#[derive(Debug, Clone)]
+pub struct IndexRule {
+    pub field: FieldPath,
+    pub spec: IndexSpec,
+}
+
+impl IndexRule {
+    /// `field` must end with a member name and hold no descendant segment
+    /// (the index goes beside the value, at one place).
+    pub fn new(field: FieldPath, spec: IndexSpec) -> Result<IndexRule, &'static str> {
+        let segs = field.segments();
+        if segs.iter().any(Segment::is_descendant) {
+            return Err("an indexed field cannot use `..`");
+        }
+        match segs.last() {
+            Some(last) if last.single_name().is_some() => Ok(IndexRule { field, spec }),
+            _ => Err("an indexed field must end with one member name (e.g. `$.email`)"),
+        }
+    }
+}
+
+/// `doc` with every rule's index written beside its field, or None when
+/// `rules` is empty.
+pub fn add_indexes(
+    doc: &[u8],
+    rules: &[IndexRule],
+    ring: &Keyring,
+) -> Result<Option<Vec<u8>>, TransformError> {
+    add_indexes_counting(doc, rules, ring, false).map(|o| o.map(|(d, _)| d))
+}
+
+/// For stored records (`fieldseal index`): like [`add_indexes`], but a
+/// field that holds an envelope is opened first (with its member name as
+/// the context, the proxy's default) and indexed by its plaintext, which
+/// never leaves this function. Also returns how many indexes were written.
+pub fn add_indexes_opening(
+    doc: &[u8],
+    rules: &[IndexRule],
+    ring: &Keyring,
+) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
+    add_indexes_counting(doc, rules, ring, true)
+}
+
+fn add_indexes_counting(
+    doc: &[u8],
+    rules: &[IndexRule],
+    ring: &Keyring,
+    open: bool,
+) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut written = 0;
+    let mut v: Value = serde_json::from_slice(doc).map_err(|_| TransformError::InvalidJson)?;
+    for rule in rules {
+        let segs = rule.field.segments();
+        let (last, parent) = match segs.split_last() {
+            Some(x) => x,
+            None => continue,
+        };
+        let mut result = Ok(());
+        visit_parents(&mut v, parent, &mut |obj| {
+            if result.is_ok() {
+                result = index_member(obj, last, rule, ring, open).map(|n| written += n);
+            }
+        });
+        result?;
+    }
+    serde_json::to_vec(&v)
+        .map(|d| Some((d, written)))
+        .map_err(|_| TransformError::InvalidJson)
+}
+
+/// `doc` without the members named (in any spelling a backend binds) one
+/// of `names`, at any depth; None when it is not JSON (it is then left as
+/// it is).
+pub fn drop_members(doc: &[u8], names: &[String]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(doc).ok()?;
+    let folded: Vec<String> = names.iter().map(|n| normalized_name(n)).collect();
+    let mut stack = vec![&mut v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(o) => {
+                o.retain(|k, _| !folded.iter().any(|f| names_match(f, k)));
+                stack.extend(o.values_mut());
+            }
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// Calls `f` on every object `segs` selects below `v`.
+fn visit_parents(v: &mut Value, segs: &[Segment], f: &mut dyn FnMut(&mut Map<String, Value>)) {
+    let Some((seg, rest)) = segs.split_first() else {
+        if let Value::Object(o) = v {
+            f(o);
+        }
+        return;
+    };
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if seg.selects_member(k) {
+                    visit_parents(child, rest, f);
+                }
+            }
+        }
+        Value::Array(a) => {
+            let n = a.len();
+            for (j, child) in a.iter_mut().enumerate() {
+                if seg.selects_element(j, n) {
+                    visit_parents(child, rest, f);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn index_member(
+    obj: &mut Map<String, Value>,
+    last: &Segment,
+    rule: &IndexRule,
+    ring: &Keyring,
+    open: bool,
+) -> Result<usize, TransformError> {
+    let into = normalized_name(&rule.spec.name);
+    // Whatever the client wrote under the index's name goes.
+    obj.retain(|k, _| !names_match(&into, k));
+    let mut found = obj.iter().filter(|(k, _)| last.selects_member(k));
+    let Some((key, value)) = found.next() else {
+        return Ok(0);
+    };
+    if found.next().is_some() {
+        // `email` and `EMAIL`: a backend binds one of them, which one is
+        // not ours to guess.
+        return Err(TransformError::Unindexable);
+    }
+    let opened;
+    let value = match value {
+        Value::String(s) if open && crate::crypto::looks_like_envelope(s) => {
+            opened = ring
+                .open(s, key, None)
+                .map_err(|e| {
+                    TransformError::Decrypt(super::DecryptFailure {
+                        location: format!("$[*]['{}']", rule.field.as_str()),
+                        key_id: crate::crypto::envelope_key_id(s).map(str::to_owned),
+                        reason: e.reason(),
+                    })
+                })?
+                .value;
+            &opened
+        }
+        v => v,
+    };
+    let text = match value {
+        Value::Null => return Ok(0),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(_) | Value::Object(_) => return Err(TransformError::Unindexable),
+    };
+    let index = rule.spec.index(ring, &text)?;
+    obj.insert(rule.spec.name.clone(), Value::String(index));
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::from_raw_keys("k1", vec![("k1".into(), [3u8; 32])]).expect("ring")
+    }
+
+    fn rule(field: &str, name: &str) -> IndexRule {
+        IndexRule::new(
+            FieldPath::parse(field).expect("path"),
+            IndexSpec {
+                name: name.into(),
+                normalize: vec![Normalize::Trim, Normalize::Lowercase],
+                bits: 64,
+                key_id: None,
+            },
+        )
+        .expect("rule")
+    }
+
+    fn run(doc: &str, rules: &[IndexRule]) -> Result<Value, TransformError> {
+        let out = add_indexes(doc.as_bytes(), rules, &ring())?.expect("changed");
+        Ok(serde_json::from_slice(&out).expect("json"))
+    }
+
+    #[test]
+    fn the_index_goes_beside_the_field_and_replaces_a_forged_one() {
+        let r = [rule("$.email", "email_idx")];
+        let spec = &r[0].spec;
+        let want = spec.index(&ring(), "ada@example.com").expect("index");
+        let v = run(
+            r#"{"email": " Ada@Example.com", "EMAIL_IDX": "forged"}"#,
+            &r,
+        )
+        .expect("ok");
+        assert_eq!(v["email_idx"], Value::String(want.clone()));
+        assert!(v.get("EMAIL_IDX").is_none());
+        assert_eq!(v["email"], " Ada@Example.com", "sealed later, not here");
+        let v = run(r#"{"Email": "ada@example.com"}"#, &r).expect("ok");
+        assert_eq!(v["email_idx"], Value::String(want));
+        let v = run(r#"{"name": "x", "email_idx": "forged"}"#, &r).expect("ok");
+        assert!(v.get("email_idx").is_none());
+        let v = run(r#"{"email": null}"#, &r).expect("ok");
+        assert!(v.get("email_idx").is_none());
+        for bad in [
+            r#"{"email": "a", "EMAIL": "b"}"#,
+            r#"{"email": {"x": 1}}"#,
+            r#"{"email": ["a"]}"#,
+        ] {
+            assert!(
+                matches!(run(bad, &r), Err(TransformError::Unindexable)),
+                "{bad}"
+            );
+        }
+        assert!(matches!(run("{", &r), Err(TransformError::InvalidJson)));
+    }
+
+    #[test]
+    fn nested_fields_and_numbers() {
+        let r = [rule("$.users[*].ssn", "ssn_idx")];
+        let v = run(
+            r#"{"users": [{"ssn": 78051120}, {"ssn": "78051120"}, {}]}"#,
+            &r,
+        )
+        .expect("ok");
+        assert_eq!(v["users"][0]["ssn_idx"], v["users"][1]["ssn_idx"]);
+        assert!(v["users"][2].get("ssn_idx").is_none());
+    }
+
+    #[test]
+    fn descendants_and_non_names_are_refused_at_load() {
+        for p in ["$..email", "$.a[0]", "$.*", "$['a','b']"] {
+            assert!(
+                IndexRule::new(FieldPath::parse(p).expect("p"), rule("$.x", "x_idx").spec).is_err(),
+                "{p}"
+            );
+        }
+    }
+}

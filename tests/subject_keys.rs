@@ -650,3 +650,26 @@ async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads() 
         stored_before[..]
     );
 }
+
+#[test]
+fn a_subject_route_refuses_query_and_form_pairs_sealed_under_the_deployment_key() {
+    let site = Site::new();
+    let ring = site.ring("k1", &["k1"]);
+    let load = |route_extra: &str| {
+        let yaml = site.yaml("http://127.0.0.1:9", &ring, "", route_extra);
+        let full = format!(
+            "listen: {{ address: \"127.0.0.1:0\", tls: {{ cert: server.crt, key: server.key }} }}\n{yaml}"
+        );
+        fieldseal::config::Config::from_yaml(&full, &site.path("fieldseal.yaml"))
+    };
+    assert!(load("").is_ok(), "{:?}", load("").err());
+    for extra in [
+        "    form: { encrypt: [ssn] }\n",
+        "    query: { ssn: seal }\n",
+    ] {
+        let e = load(extra).expect_err(extra).to_string();
+        assert!(e.contains("deployment's key"), "{extra}: {e}");
+    }
+    // Refusing a parameter binds it to no key: allowed.
+    assert!(load("    query: { ssn: refuse }\n").is_ok());
+}

@@ -652,7 +652,7 @@ async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads() 
 }
 
 #[test]
-fn a_subject_route_refuses_query_and_form_pairs_sealed_under_the_deployment_key() {
+fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
     let site = Site::new();
     let ring = site.ring("k1", &["k1"]);
     let load = |route_extra: &str| {
@@ -666,6 +666,8 @@ fn a_subject_route_refuses_query_and_form_pairs_sealed_under_the_deployment_key(
     for extra in [
         "    form: { encrypt: [ssn] }\n",
         "    query: { ssn: seal }\n",
+        "    index: [ { field: \"$.ssn\", into: \"$.ssn_idx\" } ]\n",
+        "    index: [ { field: \"$.ssn\", into: \"$.ssn_idx\" } ]\n    query: { ssn: { index: ssn_idx } }\n",
     ] {
         let e = load(extra).expect_err(extra).to_string();
         assert!(e.contains("deployment's key"), "{extra}: {e}");

@@ -168,17 +168,26 @@ fn route(
                 "needs encrypt or decrypt rules on the route",
             ));
         }
-        // Query and form pairs are sealed under the deployment's key: on a
-        // tenant or subject route that would bind them to no one.
-        let seals_pairs = r.form.is_some()
+        // Query and form pairs are sealed, and blind indexes keyed, under
+        // the deployment's keys: on a tenant or subject route that would
+        // bind them to no one (and let equal values match across tenants).
+        let deployment_keyed = r.form.is_some()
+            || !r.index.is_empty()
             || r.query.as_ref().is_some_and(|q| {
-                q.values()
-                    .any(|p| matches!(p, RawParam::Keyword(Word::Known(ParamWord::Seal))))
-            });
-        if seals_pairs {
+                q.values().any(|p| {
+                    matches!(
+                        p,
+                        RawParam::Keyword(Word::Known(ParamWord::Seal)) | RawParam::Index(_)
+                    )
+                })
+            })
+            || r.path_params
+                .as_ref()
+                .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+        if deployment_keyed {
             return Err(invalid(
                 &at.key("key_scope"),
-                "query parameters and form fields are sealed under the deployment's key: `form:` and `query: {name: seal}` are not available on a tenant or subject route yet (refuse them, or index them)",
+                "query parameters and form fields are sealed, and blind indexes keyed, under the deployment's key: `form:`, `index:`, `query: {name: seal | {index: ..}}` and indexed `path_params` are not available on a tenant or subject route yet (refuse such parameters instead)",
             ));
         }
     }

@@ -9,6 +9,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::*;
+use common::{review_setup as setup, REVIEW_USERS as USERS};
 use http::{Request, StatusCode};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,48 +30,6 @@ async fn tls_from(
         .connect(name, tcp)
         .await
 }
-
-struct Setup {
-    backend: ScriptedBackend,
-    proxy: TestProxy,
-    _keys: tempfile::TempDir,
-}
-
-/// The proxy in front of a recording backend, with `routes` (YAML list
-/// items) and a plaintext catch-all after them.
-async fn setup(routes: &str, extra: &str) -> Setup {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let k1 = key_file(keys.path(), "k1");
-    let backend = ScriptedBackend::start().await;
-    let yaml = format!(
-        r#"upstreams:
-  legacy: {{ url: "{url}", connect_timeout: 2s, timeout: 20s }}
-keys:
-  active: k1
-  ring:
-    - {{ id: k1, file: "{k1}" }}
-{extra}
-routes:
-{routes}  - name: everything-else
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        url = backend.url(),
-        k1 = k1.display(),
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    Setup {
-        backend,
-        proxy,
-        _keys: keys,
-    }
-}
-
-const USERS: &str = r#"  - name: users
-    match: { path_prefix: /api/users }
-    upstream: legacy
-    encrypt: ["$.ssn", "$.card.number", "$.contacts[*].phone"]
-"#;
 
 // ---------------------------------------------------------------------------
 // Finding 3: Connection removes the Content-Type the proxy checked

@@ -11,58 +11,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
+use common::{review_setup as setup, ReviewSetup as Setup, REVIEW_USERS as USERS};
 use http::StatusCode;
-
-fn key_file(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join(format!("{id}.key"));
-    fieldseal::crypto::write_key_file(&path).expect("write key file");
-    path
-}
-
-struct Setup {
-    backend: ScriptedBackend,
-    proxy: TestProxy,
-    _keys: tempfile::TempDir,
-}
-
-/// The proxy in front of a recording backend, with `routes` (YAML list
-/// items) and a plaintext catch-all after them.
-async fn setup(routes: &str, extra: &str) -> Setup {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let k1 = key_file(keys.path(), "k1");
-    let backend = ScriptedBackend::start().await;
-    let yaml = format!(
-        r#"upstreams:
-  legacy: {{ url: "{url}", connect_timeout: 2s, timeout: 20s }}
-keys:
-  active: k1
-  ring:
-    - {{ id: k1, file: "{k1}" }}
-{extra}
-routes:
-{routes}  - name: everything-else
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        url = backend.url(),
-        k1 = k1.display(),
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    Setup {
-        backend,
-        proxy,
-        _keys: keys,
-    }
-}
-
-const USERS: &str = r#"  - name: users
-    match: { path_prefix: /api/users }
-    upstream: legacy
-    encrypt: ["$.ssn", "$.card.number", "$.contacts[*].phone"]
-"#;
 
 /// Sends `body` with `content_type` over HTTP/1.1 and HTTP/2; whatever the
 /// proxy answers, it is never a 500.

@@ -9,50 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
-use http::StatusCode;
+use common::{review_setup, ReviewSetup as Setup};
 
-fn key_file(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join(format!("{id}.key"));
-    fieldseal::crypto::write_key_file(&path).expect("write key file");
-    path
-}
-
-struct Setup {
-    backend: ScriptedBackend,
-    proxy: TestProxy,
-    _keys: tempfile::TempDir,
-}
-
-/// `routes` then a plaintext catch-all, in front of a recording backend.
 async fn setup(routes: &str) -> Setup {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let k1 = key_file(keys.path(), "k1");
-    let backend = ScriptedBackend::start().await;
-    let yaml = format!(
-        r#"upstreams:
-  legacy: {{ url: "{url}", connect_timeout: 2s, timeout: 20s }}
-keys:
-  active: k1
-  ring:
-    - {{ id: k1, file: "{k1}" }}
-routes:
-{routes}  - name: everything-else
-    match: {{ path_prefix: / }}
-    upstream: legacy
-"#,
-        url = backend.url(),
-        k1 = k1.display(),
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    Setup {
-        backend,
-        proxy,
-        _keys: keys,
-    }
+    review_setup(routes, "").await
 }
+use http::StatusCode;
 
 /// Sends `{"ssn": secret}` as `method target` over HTTP/1.1 (hand-written,
 /// so the request line is exactly as given) and over HTTP/2, and checks the

@@ -1053,3 +1053,47 @@ pub fn file_ring(active: &str, files: &[(&str, &Path)]) -> fieldseal::crypto::Ke
     })
     .expect("test keyring")
 }
+
+/// The review suites' proxy: a recording backend behind `routes` (YAML list
+/// items), the top-level sections in `extra`, one key, and a plaintext
+/// catch-all after the routes (where a mistaken match would land).
+pub struct ReviewSetup {
+    pub backend: ScriptedBackend,
+    pub proxy: TestProxy,
+    _keys: tempfile::TempDir,
+}
+
+pub async fn review_setup(routes: &str, extra: &str) -> ReviewSetup {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let k1 = key_file(keys.path(), "k1");
+    let backend = ScriptedBackend::start().await;
+    let yaml = format!(
+        r#"upstreams:
+  legacy: {{ url: "{url}", connect_timeout: 2s, timeout: 20s }}
+keys:
+  active: k1
+  ring:
+    - {{ id: k1, file: "{k1}" }}
+{extra}
+routes:
+{routes}  - name: everything-else
+    match: {{ path_prefix: / }}
+    upstream: legacy
+"#,
+        url = backend.url(),
+        k1 = k1.display(),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    ReviewSetup {
+        backend,
+        proxy,
+        _keys: keys,
+    }
+}
+
+/// The review's encrypting route.
+pub const REVIEW_USERS: &str = r#"  - name: users
+    match: { path_prefix: /api/users }
+    upstream: legacy
+    encrypt: ["$.ssn", "$.card.number", "$.contacts[*].phone"]
+"#;

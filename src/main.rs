@@ -175,6 +175,32 @@ enum Command {
     },
 }
 
+/// Whose key a `subjects` command means.
+#[derive(clap::Args)]
+struct SubjectArgs {
+    subject: String,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// subject, or tenant (then SUBJECT is ignored)
+    #[arg(long, value_enum, default_value_t = ScopeArg::Subject)]
+    scope: ScopeArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScopeArg {
+    Subject,
+    Tenant,
+}
+
+impl From<ScopeArg> for fieldseal::crypto::RefScope {
+    fn from(s: ScopeArg) -> Self {
+        match s {
+            ScopeArg::Subject => fieldseal::crypto::RefScope::Subject,
+            ScopeArg::Tenant => fieldseal::crypto::RefScope::Tenant,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum SubjectsCommand {
     /// Every reference with its key versions, wrapping keys, creation and erasure times
@@ -184,24 +210,17 @@ enum SubjectsCommand {
     },
     /// One subject's reference, key versions and state
     Show {
-        subject: String,
+        #[command(flatten)]
+        who: SubjectArgs,
         #[arg(long, short)]
         config: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// subject (default) or tenant (then SUBJECT is ignored)
-        #[arg(long, default_value = "subject")]
-        scope: String,
     },
     /// Destroy every version of a subject's key and record a tombstone (cannot be undone)
     Erase {
-        subject: String,
+        #[command(flatten)]
+        who: SubjectArgs,
         #[arg(long, short)]
         config: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, default_value = "subject")]
-        scope: String,
         /// Who asked (operator, ticket), recorded in the tombstone
         #[arg(long, default_value = "cli")]
         requested_by: String,
@@ -528,7 +547,6 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
 /// `keys`: the ring with sources and fingerprints. `keys --scan`: the
 /// census of envelopes per key id in stdin (needs the config, not the keys).
 fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
-    use fieldseal::crypto::RefScope;
     let config = match &command {
         SubjectsCommand::List { config }
         | SubjectsCommand::Show { config, .. }
@@ -542,11 +560,6 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
     let ring = load_ring(&cfg, &config)?;
     let service = fieldseal::keystore::open_service(spec, &ring).map_err(|e| anyhow!(e))?;
-    let scope_of = |s: &str| match s {
-        "subject" => Ok(RefScope::Subject),
-        "tenant" => Ok(RefScope::Tenant),
-        _ => Err(anyhow!("--scope must be subject or tenant")),
-    };
     let mut out = std::io::stdout().lock();
     let time = |t: u64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
@@ -577,14 +590,9 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
                 }
             }
         }
-        SubjectsCommand::Show {
-            subject,
-            tenant,
-            scope,
-            ..
-        } => {
+        SubjectsCommand::Show { who, .. } => {
             let reference = service
-                .reference(scope_of(&scope)?, tenant.as_deref(), &subject)
+                .reference(who.scope.into(), who.tenant.as_deref(), &who.subject)
                 .ok_or_else(|| anyhow!("reference"))?;
             match service.store().get(&reference)? {
                 fieldseal::keystore::SubjectRecord::Absent => writeln!(out, "{reference}  no key")?,
@@ -605,17 +613,13 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
             }
         }
         SubjectsCommand::Erase {
-            subject,
-            tenant,
-            scope,
-            requested_by,
-            ..
+            who, requested_by, ..
         } => {
             let (reference, n) = service
                 .erase_subject(
-                    scope_of(&scope)?,
-                    tenant.as_deref(),
-                    &subject,
+                    who.scope.into(),
+                    who.tenant.as_deref(),
+                    &who.subject,
                     &format!("cli:{requested_by}"),
                 )
                 .map_err(|e| anyhow!(e.to_string()))?;

@@ -74,6 +74,7 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let identity = Identity::load(&IdentitySpec {
         clock_skew: Duration::from_secs(60),
+        role_claims: Vec::new(),
         providers: vec![JwtProviderSpec {
             name: "b".into(),
             issuer: "https://id/".into(),

@@ -7,8 +7,11 @@
 //! ```text
 //! {"audit":1,"seq":N,"ts":"…Z","kid":"k2","prev":"<hex>","request_id":"…","route":"…",
 //!  "client":"…","user_agent":"ua1:<hex>"|null,"method":"…","fields":[…],"key_ids":[…],
-//!  "encrypted":N,"decrypted":N,"outcome":"…","mac":"<hex>"}
+//!  "encrypted":N,"decrypted":N,"outcome":"…"[,"reader":"…","subjects":[…]],"mac":"<hex>"}
 //! ```
+//!
+//! `reader` and `subjects` are present only on a line of a read of other
+//! subjects' data under a `read_any_subject` role (opaque references).
 //!
 //! `mac = HMAC-SHA256(key[kid], prev_mac_raw ‖ content)`, where `content` is the
 //! exact bytes of the line with the trailing `,"mac":"…"` member removed (so it
@@ -144,6 +147,15 @@ pub struct AuditEvent {
     pub outcome: String,
 }
 
+/// Who read whose data under a `read_any_subject` role: opaque subject
+/// references (never raw subject ids), written as the line's `reader` and
+/// `subjects` members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectAccess {
+    pub reader: String,
+    pub subjects: Vec<String>,
+}
+
 /// The position of a chain: the last line's sequence number and MAC (hex).
 /// Ship it somewhere the log's writer cannot rewrite to detect tail
 /// truncation, and pass it to [`verify_from`] to verify a file that continues
@@ -178,6 +190,10 @@ struct EventOut<'a> {
     encrypted: usize,
     decrypted: usize,
     outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reader: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subjects: Option<&'a [String]>,
 }
 
 /// Everything a line holds except `mac`. Strict: an unknown or duplicate
@@ -201,6 +217,10 @@ struct LineIn {
     encrypted: u64,
     decrypted: u64,
     outcome: String,
+    #[serde(default)]
+    reader: Option<String>,
+    #[serde(default)]
+    subjects: Option<Vec<String>>,
 }
 
 enum Writer {
@@ -305,6 +325,15 @@ impl AuditLog {
     /// Stamps time, seq, prev, kid, mac; writes one line with a single write
     /// and flushes. Blocking, but the critical section is one short write.
     pub fn append(&self, event: &AuditEvent) -> io::Result<()> {
+        self.append_with(event, None)
+    }
+
+    /// [`append`](Self::append), with who read whose data under a role.
+    pub fn append_with(
+        &self,
+        event: &AuditEvent,
+        access: Option<&SubjectAccess>,
+    ) -> io::Result<()> {
         // Serialize the event members before taking the lock.
         let user_agent = event
             .user_agent
@@ -321,6 +350,8 @@ impl AuditLog {
             encrypted: event.encrypted,
             decrypted: event.decrypted,
             outcome: &event.outcome,
+            reader: access.map(|a| a.reader.as_str()),
+            subjects: access.map(|a| a.subjects.as_slice()),
         })
         .map_err(io::Error::other)?;
 

@@ -82,7 +82,25 @@ pub struct JwtProviderSpec {
 pub struct IdentitySpec {
     pub providers: Vec<JwtProviderSpec>,
     pub clock_skew: Duration,
+    /// The claims some route's `read_any_subject` names: a verified
+    /// token's values of these (and only these) are kept with its principal.
+    pub role_claims: Vec<String>,
 }
+
+/// One entry of a route's `read_any_subject`: a verified token whose claim
+/// `claim` holds one of `values` (exactly, case-sensitively; the claim a
+/// string or an array of strings) reads every subject's data on the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRule {
+    pub claim: String,
+    pub values: Vec<String>,
+    /// Only tokens of this `identity.jwt` provider count (None: any).
+    pub provider: Option<String>,
+}
+
+/// Most values of one role claim kept with a principal; a longer array is
+/// not a list of roles anyone grants, and counts as holding none.
+pub const MAX_ROLE_VALUES: usize = 64;
 
 impl IdentitySpec {
     /// Every header some provider forwards (removed from client requests on
@@ -133,6 +151,45 @@ pub struct Principal {
     pub forwarded: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The token's `exp`, Unix seconds.
     pub expires: u64,
+    /// (claim, its string values) for each of `IdentitySpec::role_claims`
+    /// the token carries, from the verified payload only.
+    pub roles: Vec<(String, Vec<String>)>,
+}
+
+impl Principal {
+    /// Whether this principal holds a role `rule` names.
+    pub fn holds(&self, rule: &RoleRule) -> bool {
+        if rule
+            .provider
+            .as_deref()
+            .is_some_and(|p| p != &*self.provider)
+        {
+            return false;
+        }
+        self.roles
+            .iter()
+            .filter(|(claim, _)| *claim == rule.claim)
+            .any(|(_, values)| values.iter().any(|v| rule.values.contains(v)))
+    }
+
+    /// Whether this principal holds any role of `rules`.
+    pub fn holds_any(&self, rules: &[RoleRule]) -> bool {
+        rules.iter().any(|r| self.holds(r))
+    }
+}
+
+/// The string values of a role claim: a string is one value (never split
+/// on spaces or commas), an array contributes its string members; numbers,
+/// objects, nested arrays and `null` are no role at all.
+fn role_values(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => vec![s.clone()],
+        Value::Array(items) if items.len() <= MAX_ROLE_VALUES => items
+            .iter()
+            .filter_map(|i| i.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Why a request gets 401 (or, for `KeysUnavailable`, 503). Reasons are
@@ -204,6 +261,8 @@ fn family_of(a: Algorithm) -> Option<Family> {
 
 struct Provider {
     spec: JwtProviderSpec,
+    /// `IdentitySpec::role_claims`, kept from verified payloads.
+    role_claims: Arc<[String]>,
     name: Arc<str>,
     /// The last good key set (None: never loaded).
     keys: Mutex<Option<Arc<Keys>>>,
@@ -242,6 +301,7 @@ impl Identity {
     /// JWKS URLs are fetched when first needed.
     pub fn load(spec: &IdentitySpec) -> Result<Identity, String> {
         let mut providers = Vec::with_capacity(spec.providers.len());
+        let role_claims: Arc<[String]> = spec.role_claims.clone().into();
         for p in &spec.providers {
             let keys = match &p.keys {
                 KeySourceSpec::JwksFile(path) => {
@@ -270,6 +330,7 @@ impl Identity {
             providers.push(Provider {
                 name: Arc::from(p.name.as_str()),
                 spec: p.clone(),
+                role_claims: Arc::clone(&role_claims),
                 keys: Mutex::new(keys),
                 last_fetch: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
@@ -586,6 +647,12 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
         tenant,
         forwarded,
         expires: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        roles: provider
+            .role_claims
+            .iter()
+            .filter_map(|c| claims.get(c).map(|v| (c.clone(), role_values(v))))
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
     })
 }
 
@@ -716,4 +783,63 @@ async fn tls_connect(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn principal(provider: &str, roles: &[(&str, Value)]) -> Principal {
+        Principal {
+            provider: Arc::from(provider),
+            subject: "s".into(),
+            tenant: None,
+            forwarded: Vec::new(),
+            expires: 0,
+            roles: roles
+                .iter()
+                .map(|(c, v)| (c.to_string(), role_values(v)))
+                .collect(),
+        }
+    }
+
+    fn rule(claim: &str, values: &[&str], provider: Option<&str>) -> RoleRule {
+        RoleRule {
+            claim: claim.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            provider: provider.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_role_is_an_exact_string_or_array_member_of_the_named_claim() {
+        let r = rule("roles", &["support"], None);
+        assert!(principal("p", &[("roles", json!("support"))]).holds(&r));
+        assert!(principal("p", &[("roles", json!(["x", "support"]))]).holds(&r));
+        for v in [
+            json!("Support"),
+            json!("support admin"),
+            json!([["support"]]),
+            json!({"support": true}),
+            json!(1),
+            json!(null),
+        ] {
+            assert!(!principal("p", &[("roles", v.clone())]).holds(&r), "{v}");
+        }
+        assert!(!principal("p", &[("groups", json!("support"))]).holds(&r));
+        let many: Vec<String> = (0..=MAX_ROLE_VALUES).map(|i| format!("r{i}")).collect();
+        let mut many = json!(many);
+        many.as_array_mut().unwrap().push(json!("support"));
+        assert!(!principal("p", &[("roles", many)]).holds(&r));
+    }
+
+    #[test]
+    fn a_rule_with_a_provider_counts_only_that_providers_tokens() {
+        let r = rule("roles", &["support"], Some("main"));
+        assert!(principal("main", &[("roles", json!("support"))]).holds(&r));
+        assert!(!principal("other", &[("roles", json!("support"))]).holds(&r));
+        assert!(principal("other", &[("roles", json!("support"))])
+            .holds_any(&[r, rule("roles", &["support"], Some("other"))]));
+    }
 }

@@ -92,6 +92,8 @@ pub struct RouteMetrics {
     pub fields_encrypted: Counter,
     pub fields_decrypted: Counter,
     pub rate_limited: Counter,
+    /// Data subjects a `read_any_subject` role holder read, per request.
+    pub role_subject_reads: Counter,
 }
 
 pub struct Metrics {
@@ -123,6 +125,9 @@ pub struct Metrics {
     pub buffer_limit_refusals: Counter,
     /// Subjects erased through this process's admin endpoint.
     pub subject_erasures: Counter,
+    /// Data subjects read by holders of a `read_any_subject` role, by route
+    /// (one per subject per request).
+    pub role_subject_reads: Family<RouteLabel, Counter>,
     pub connections_closed: Family<CloseReason, Counter>,
     pub rate_limit_store_errors: Family<StoreErrorLabel, Counter>,
     pub rate_limit_store_fallback: Family<OutcomeLabel, Counter>,
@@ -162,6 +167,7 @@ impl Metrics {
             buffered_bytes: Gauge::default(),
             buffer_limit_refusals: Counter::default(),
             subject_erasures: Counter::default(),
+            role_subject_reads: Family::default(),
             connections_closed: Family::default(),
             rate_limit_store_errors: Family::default(),
             rate_limit_store_fallback: Family::default(),
@@ -292,6 +298,11 @@ impl Metrics {
             m.subject_erasures.clone(),
         );
         registry.register(
+            "role_subject_reads",
+            "Other subjects' data read under a read_any_subject role (one per data subject per request), by route; each is audited",
+            m.role_subject_reads.clone(),
+        );
+        registry.register(
             "connections_closed",
             "Client connections the proxy closed on a deadline or a limit, by reason",
             m.connections_closed.clone(),
@@ -327,6 +338,7 @@ impl Metrics {
             fields_encrypted: self.fields_encrypted.get_or_create(&label).clone(),
             fields_decrypted: self.fields_decrypted.get_or_create(&label).clone(),
             rate_limited: self.rate_limited.get_or_create(&label).clone(),
+            role_subject_reads: self.role_subject_reads.get_or_create(&label).clone(),
         }
     }
 

@@ -116,6 +116,8 @@ pub struct Route {
     pub auth: crate::identity::AuthMode,
     pub key_scope: KeyScope,
     pub on_erased_write: OnErasedWrite,
+    /// `read_any_subject`: roles whose holders open every subject's envelopes.
+    pub read_any_subject: Vec<crate::identity::RoleRule>,
     /// What query parameters get (None: forwarded as sent; a route with
     /// encrypt rules or a `query:` section always has one).
     pub query: Option<PairsSpec>,
@@ -514,6 +516,7 @@ pub(crate) mod tests {
             auth: crate::identity::AuthMode::None,
             key_scope: KeyScope::Deployment,
             on_erased_write: OnErasedWrite::Refuse,
+            read_any_subject: Vec::new(),
             query: None,
             form: None,
             template: None,

@@ -455,6 +455,7 @@ async fn a_repeated_token_is_verified_once() {
     std::fs::write(&path, json!({"keys": [k.jwk]}).to_string()).unwrap();
     let spec = IdentitySpec {
         clock_skew: Duration::from_secs(5),
+        role_claims: Vec::new(),
         providers: vec![JwtProviderSpec {
             name: "file".into(),
             issuer: ISSUER.into(),

@@ -675,3 +675,413 @@ fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
     // Refusing a parameter binds it to no key: allowed.
     assert!(load("    query: { ssn: refuse }\n").is_ok());
 }
+
+// ---- read_any_subject: roles that read every subject's data -------------
+
+/// The route of `World` with a support role, on_foreign_subject null, and
+/// the audit log in the site's directory (`audit_extra` adds to it).
+async fn support_world(audit_extra: &str, sink: Option<&str>) -> World {
+    World::start_with_site(|site| {
+        let sink = sink.map_or_else(
+            || site.path("audit.log").display().to_string(),
+            str::to_owned,
+        );
+        (
+            format!("audit:\n  sink: \"{sink}\"\n  key: k1\n{audit_extra}"),
+            "    on_foreign_subject: \"null\"\n    on_erased: \"null\"\n    read_any_subject:\n      - { claim: roles, values: [support, dpo] }\n".to_string(),
+        )
+    })
+    .await
+}
+
+impl World {
+    /// `World::start_with`, with both extras computed from the site.
+    async fn start_with_site(extras: impl FnOnce(&Site) -> (String, String)) -> World {
+        let site = Site::new();
+        let backend = RecordStore::start().await;
+        let (store_extra, route_extra) = extras(&site);
+        let yaml = site.yaml(
+            &backend.url,
+            &site.ring("k1", &["k1"]),
+            &store_extra,
+            &route_extra,
+        );
+        let token = format!(", token_file: \"{}\"", site.path("admin.token").display());
+        let proxy = TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await;
+        World {
+            proxy,
+            backend,
+            site,
+        }
+    }
+
+    async fn get_with(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        answer(self.proxy.h1().get(self.proxy.url(path)).bearer_auth(token)).await
+    }
+
+    fn token_with(&self, sub: &str, extra: Value) -> String {
+        let mut c = claims(sub);
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        sign(&self.site.signer, &c)
+    }
+
+    fn reference(&self, sub: &str) -> String {
+        self.proxy
+            .proxy
+            .key_service()
+            .unwrap()
+            .reference(fieldseal::crypto::RefScope::Subject, None, sub)
+            .unwrap()
+    }
+
+    fn audit_lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.site.path("audit.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(self.proxy.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_support_role_reads_any_subject_and_every_read_is_audited_by_reference() {
+    let w = support_world("", None).await;
+    let (s, _) = w
+        .put(
+            "alice",
+            "/api/records/a",
+            &json!({"name": "A", "ssn": SSN_A}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = w
+        .put(
+            "carol",
+            "/api/records/c",
+            &json!({"name": "C", "ssn": SSN_B}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Without the role: on_foreign_subject, as before.
+    assert_eq!(w.get("bob", "/api/records/a").await.1["ssn"], Value::Null);
+    assert!(w
+        .audit_lines()
+        .iter()
+        .all(|l| l.get("reader").is_none() && l.get("subjects").is_none()));
+
+    // With it, as an array or as a plain string: plaintext.
+    let sam = w.token_with("sam", json!({"roles": ["viewer", "support"]}));
+    let (s, v) = w.get_with(&sam, "/api/records/a").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, json!({"name": "A", "ssn": SSN_A}));
+    let dora = w.token_with("dora", json!({"roles": "dpo"}));
+    let (s, v) = w.get_with(&dora, "/api/records/c").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["ssn"], json!(SSN_B));
+
+    // Each read is one audit line naming reader and data subject by
+    // reference; no raw subject id, no value, and the chain verifies.
+    let lines = w.audit_lines();
+    let reads: Vec<&Value> = lines.iter().filter(|l| l.get("reader").is_some()).collect();
+    assert_eq!(reads.len(), 2, "{lines:?}");
+    assert_eq!(reads[0]["reader"], json!(w.reference("sam")));
+    assert_eq!(reads[0]["subjects"], json!([w.reference("alice")]));
+    assert_eq!(reads[1]["reader"], json!(w.reference("dora")));
+    assert_eq!(reads[1]["subjects"], json!([w.reference("carol")]));
+    let text = std::fs::read_to_string(w.site.path("audit.log")).unwrap();
+    for secret in ["alice", "carol", "sam", "dora", SSN_A, SSN_B] {
+        assert!(!text.contains(secret), "{secret} in the audit log");
+    }
+    let ring = file_ring("k1", &[("k1", &w.site.path("k1.key"))]);
+    let report = fieldseal::audit::verify(std::io::Cursor::new(text.as_bytes()), |kid| {
+        ring.derive_subkey(kid, fieldseal::audit::KEY_PURPOSE)
+    })
+    .expect("the chain verifies");
+    assert_eq!(report.lines, lines.len() as u64);
+    let m = w.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "fieldseal_role_subject_reads_total",
+            &[("route", "records")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+
+    // A role holder reading its own data, or a record with no envelope of
+    // another subject, is no cross-subject read.
+    let (s, _) = w
+        .put_with(&sam, "/api/records/s", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        w.get_with(&sam, "/api/records/s").await.1["ssn"],
+        json!(SSN_B)
+    );
+    assert_eq!(
+        w.audit_lines()
+            .iter()
+            .filter(|l| l.get("reader").is_some())
+            .count(),
+        2
+    );
+
+    // An erased subject reads as on_erased for the role holder too.
+    assert_eq!(
+        w.erase("alice", Some(ADMIN_TOKEN)).await.status(),
+        StatusCode::OK
+    );
+    let (s, v) = w.get_with(&sam, "/api/records/a").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["ssn"], Value::Null, "{v}");
+    assert_eq!(v["name"], "A");
+}
+
+impl World {
+    async fn put_with(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        answer(
+            self.proxy
+                .h1()
+                .put(self.proxy.url(path))
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_role_never_lets_its_holder_write_under_another_subjects_key() {
+    let w = support_world("", None).await;
+    w.put("alice", "/api/records/a", &json!({"ssn": SSN_A}))
+        .await;
+    let stored: Value = serde_json::from_slice(&w.backend.stored("/api/records/a")).unwrap();
+    let a_env = stored["ssn"].as_str().unwrap().to_string();
+    let sam = w.token_with("sam", json!({"roles": ["support"]}));
+    let sam_ref = w.reference("sam");
+    // A plaintext write to alice's record, and alice's copied envelope
+    // posted back: both sealed under sam's own key, never alice's.
+    for (path, body) in [
+        ("/api/records/a", json!({"ssn": SSN_B})),
+        ("/api/records/s", json!({"ssn": a_env})),
+    ] {
+        let (s, _) = w.put_with(&sam, path, &body).await;
+        assert_eq!(s, StatusCode::OK);
+        let stored: Value = serde_json::from_slice(&w.backend.stored(path)).unwrap();
+        let env = stored["ssn"].as_str().unwrap();
+        let (reference, _) = fieldseal::crypto::envelope_subject(env).unwrap();
+        assert_eq!(reference, sam_ref, "{path}");
+    }
+    // Alice cannot read what sam wrote into her record.
+    assert_eq!(w.get("alice", "/api/records/a").await.1["ssn"], Value::Null);
+}
+
+#[tokio::test]
+async fn role_spellings_and_places_that_are_not_the_verified_claim_grant_nothing() {
+    let w = support_world("", None).await;
+    w.put("alice", "/api/records/a", &json!({"ssn": SSN_A}))
+        .await;
+    let reads_foreign = |v: &Value| v["ssn"] == json!(SSN_A);
+    // Claim values that only look like the role.
+    for roles in [
+        json!("Support"),
+        json!("SUPPORT"),
+        json!(" support"),
+        json!("support "),
+        json!("support admin"),
+        json!("support,dpo"),
+        json!(["Support"]),
+        json!([["support"]]),
+        json!({"support": true}),
+        json!([{"name": "support"}]),
+        json!(1),
+        json!(true),
+        json!(null),
+        json!([]),
+        json!(""),
+    ] {
+        let t = w.token_with("eve", json!({"roles": roles}));
+        let (s, v) = w.get_with(&t, "/api/records/a").await;
+        assert_eq!(s, StatusCode::OK, "{roles}");
+        assert!(!reads_foreign(&v), "roles {roles} read alice's data");
+    }
+    // The value under another claim name, or the claim name in other case.
+    for extra in [
+        json!({"role": ["support"]}),
+        json!({"Roles": ["support"]}),
+        json!({"scope": "support"}),
+        json!({"sub": "support"}),
+    ] {
+        let t = w.token_with("eve", extra.clone());
+        let v = w.get_with(&t, "/api/records/a").await.1;
+        assert!(!reads_foreign(&v), "{extra} read alice's data");
+    }
+    // The role in the token's (JOSE) header, not its payload.
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": "dev-1", "roles": ["support"]});
+    let msg = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims("eve").to_string().as_bytes())
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        msg.as_bytes(),
+        &w.site.signer.encoding,
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .unwrap();
+    let v = w
+        .get_with(&format!("{msg}.{sig}"), "/api/records/a")
+        .await
+        .1;
+    assert!(!reads_foreign(&v), "a header role read alice's data");
+    // The role in request headers a client can set (and in a forwarded-claim
+    // style header), with a valid role-less token.
+    let eve = w.token("eve");
+    for (name, value) in [
+        ("x-roles", "support"),
+        ("roles", "support"),
+        ("x-authenticated-roles", "support"),
+        ("x-forwarded-roles", "support"),
+    ] {
+        let (s, v) = answer(
+            w.proxy
+                .h1()
+                .get(w.proxy.url("/api/records/a"))
+                .bearer_auth(&eve)
+                .header(name, value),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(!reads_foreign(&v), "header {name} read alice's data");
+    }
+    let before = w.backend.received.lock().unwrap().len();
+    // No token at all, a role header instead: 401, nothing forwarded.
+    let resp = bounded(
+        "no token",
+        w.proxy
+            .h1()
+            .get(w.proxy.url("/api/records/a"))
+            .header("x-roles", "support")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A token claiming the role, signed by a key the JWKS doesn't hold: 401.
+    let forger = ec_key("dev-1");
+    let mut c = claims("eve");
+    c["roles"] = json!(["support"]);
+    let forged = sign(&forger, &c);
+    let (s, v) = w.get_with(&forged, "/api/records/a").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(!reads_foreign(&v));
+    // The genuine token with its payload edited to add the role: 401.
+    let genuine = w.token_with("eve", json!({"roles": ["viewer"]}));
+    let parts: Vec<&str> = genuine.split('.').collect();
+    let edited = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(c.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_eq!(
+        w.get_with(&edited, "/api/records/a").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        w.backend.received.lock().unwrap().len(),
+        before,
+        "a refused request reached the backend"
+    );
+    assert!(w.audit_lines().iter().all(|l| l.get("reader").is_none()));
+}
+
+#[tokio::test]
+async fn a_role_read_that_cannot_be_audited_is_refused_even_with_on_failure_serve() {
+    let w = support_world("  on_failure: serve\n", Some("/dev/full")).await;
+    w.put("alice", "/api/records/a", &json!({"ssn": SSN_A}))
+        .await;
+    // Alice's own read is served (on_failure: serve) ...
+    assert_eq!(
+        w.get("alice", "/api/records/a").await.1["ssn"],
+        json!(SSN_A)
+    );
+    // ... but sam's cross-subject read is never served unaudited.
+    let sam = w.token_with("sam", json!({"roles": ["support"]}));
+    let (s, v) = w.get_with(&sam, "/api/records/a").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(!v.to_string().contains(SSN_A));
+}
+
+#[test]
+fn read_any_subject_needs_a_subject_scope_decrypt_rules_an_audit_log_and_known_providers() {
+    let site = Site::new();
+    let ring = site.ring("k1", &["k1"]);
+    let load = |store_extra: &str, route_extra: &str| {
+        let yaml = site.yaml("http://127.0.0.1:9", &ring, store_extra, route_extra);
+        let full = format!(
+            "listen: {{ address: \"127.0.0.1:0\", tls: {{ cert: server.crt, key: server.key }} }}\n{yaml}"
+        );
+        fieldseal::config::Config::from_yaml(&full, &site.path("fieldseal.yaml"))
+    };
+    let audit = "audit: { sink: stdout, key: k1 }\n";
+    let role = "    read_any_subject: [ { claim: roles, values: [support] } ]\n";
+    let c = load(audit, role).expect("loads");
+    assert_eq!(c.identity.as_ref().unwrap().role_claims, ["roles"]);
+    let e = load("", role).expect_err("no audit").to_string();
+    assert!(e.contains("audit"), "{e}");
+    for (extra, needle) in [
+        (
+            "    read_any_subject: [ { claim: roles, values: [] } ]\n",
+            "value",
+        ),
+        (
+            "    read_any_subject: [ { claim: roles, values: [\"\"] } ]\n",
+            "value",
+        ),
+        (
+            "    read_any_subject: [ { claim: \"\", values: [a] } ]\n",
+            "claim",
+        ),
+        (
+            "    read_any_subject: [ { claim: roles, values: [a], provider: other } ]\n",
+            "provider",
+        ),
+        (
+            "    read_any_subject: [ { claim: roles, values: [a], extra: 1 } ]\n",
+            "extra",
+        ),
+    ] {
+        let e = load(audit, extra).expect_err(extra).to_string();
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    assert!(load(
+        audit,
+        "    read_any_subject: [ { claim: roles, values: [a], provider: dev } ]\n"
+    )
+    .is_ok());
+    // On a deployment-scoped route (which may be `auth: optional`) there is
+    // no subject to cross: refused at load.
+    let yaml = site
+        .yaml("http://127.0.0.1:9", &ring, audit, "")
+        .replace("    key_scope: subject\n", "")
+        .replace("auth: required", "auth: optional");
+    let full = format!(
+        "listen: {{ address: \"127.0.0.1:0\", tls: {{ cert: server.crt, key: server.key }} }}\n{yaml}{role}"
+    );
+    let e = fieldseal::config::Config::from_yaml(&full, &site.path("fieldseal.yaml"))
+        .expect_err("deployment scope")
+        .to_string();
+    assert!(e.contains("key_scope"), "{e}");
+}

@@ -157,6 +157,8 @@ pub(super) fn compile(raw: &RawIdentity, base: &Path) -> Result<IdentitySpec, In
     Ok(IdentitySpec {
         providers,
         clock_skew,
+        // Filled in from the routes' `read_any_subject` once they are compiled.
+        role_claims: Vec::new(),
     })
 }
 

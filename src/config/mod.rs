@@ -206,7 +206,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         .as_ref()
         .map(|a| audit::compile(a, keys.as_ref(), base))
         .transpose()?;
-    let identity = raw
+    let mut identity = raw
         .identity
         .as_ref()
         .map(|i| identity::compile(i, base))
@@ -250,6 +250,13 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
                 &At::top("routes").item(i, &raw_r.name).key("auth"),
                 "needs an `identity` section with at least one jwt provider",
             ));
+        }
+    }
+    if let Some(identity) = identity.as_mut() {
+        for rule in routes.routes.iter().flat_map(|r| &r.read_any_subject) {
+            if !identity.role_claims.contains(&rule.claim) {
+                identity.role_claims.push(rule.claim.clone());
+            }
         }
     }
     listen::check_listeners(listen, redirect_http, &admin, &upstreams)?;

@@ -576,6 +576,14 @@ pub struct RawRoute {
     /// (a fresh key; the old data stays unreadable).
     #[serde(default)]
     pub on_erased_write: Option<Word<crate::routes::OnErasedWrite>>,
+    /// Roles whose holders read every subject's envelopes on this route in
+    /// plaintext (support staff, say): each a claim of the verified token
+    /// and the values that grant it. Every such read is audited with the
+    /// reader's and the data subject's references. Writes stay sealed
+    /// under the writer's own key. Needs `key_scope: tenant | subject`,
+    /// decrypt rules and an `audit` section.
+    #[serde(default)]
+    pub read_any_subject: Vec<RawRoleRule>,
     /// Query parameters by name: `seal` (the value is sent as an envelope)
     /// or `refuse` (400). A name covers every spelling a backend binds to
     /// it (case, percent escapes, `user[name]`, `user.name`, `name[]`).
@@ -794,6 +802,20 @@ pub enum RawSchema {
     File(String),
     /// The schema inline.
     Inline(#[schemars(with = "serde_json::Map<String, serde_json::Value>")] serde_yaml_ng::Value),
+}
+
+/// One role of `read_any_subject`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoleRule {
+    /// A top-level claim of the verified token's payload, e.g. `roles`.
+    /// Its value is a string (one role, never split) or an array of strings.
+    pub claim: String,
+    /// Values that grant the role, compared exactly (case-sensitively).
+    pub values: Vec<String>,
+    /// Only tokens of this `identity.jwt` provider grant it. Default: any provider.
+    #[serde(default)]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

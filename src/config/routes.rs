@@ -191,6 +191,7 @@ fn route(
             ));
         }
     }
+    let read_any_subject = read_any_subject(at, r, raw, key_scope, open.is_some())?;
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -216,6 +217,7 @@ fn route(
         auth,
         key_scope,
         on_erased_write,
+        read_any_subject,
         query,
         form,
         template,
@@ -889,4 +891,67 @@ fn path_covers(outer: &PathMatch, inner: &PathMatch) -> bool {
         (PathMatch::Exact(p), PathMatch::Exact(q)) => p == q,
         _ => false,
     }
+}
+
+/// `read_any_subject`: only where envelopes belong to subjects (a tenant or
+/// subject scope), where answers are opened, and where every read can be
+/// audited.
+fn read_any_subject(
+    at: &At,
+    r: &RawRoute,
+    raw: &RawConfig,
+    key_scope: crate::routes::KeyScope,
+    opens: bool,
+) -> Result<Vec<crate::identity::RoleRule>, Invalid> {
+    if r.read_any_subject.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = at.key("read_any_subject");
+    if key_scope == crate::routes::KeyScope::Deployment {
+        return Err(invalid(
+            &at,
+            "needs `key_scope: tenant` or `subject` (on a deployment-scoped route every reader already opens every envelope)",
+        ));
+    }
+    if !opens {
+        return Err(invalid(&at, "needs decrypt rules on the route"));
+    }
+    if raw.audit.is_none() {
+        return Err(invalid(
+            &at,
+            "needs an `audit` section: every read of another subject's data is audited",
+        ));
+    }
+    let providers: Vec<&str> = raw
+        .identity
+        .iter()
+        .flat_map(|i| i.jwt.iter().map(|p| p.name.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for (i, rule) in r.read_any_subject.iter().enumerate() {
+        let at = at.index(i);
+        if rule.claim.is_empty() {
+            return Err(invalid(&at.key("claim"), "name a claim"));
+        }
+        if rule.values.is_empty() || rule.values.iter().any(String::is_empty) {
+            return Err(invalid(
+                &at.key("values"),
+                "name at least one value, none empty",
+            ));
+        }
+        if let Some(p) = &rule.provider {
+            if !providers.contains(&p.as_str()) {
+                return Err(invalid(
+                    &at.key("provider"),
+                    format!("{p:?} is not the name of an identity.jwt provider"),
+                ));
+            }
+        }
+        out.push(crate::identity::RoleRule {
+            claim: rule.claim.clone(),
+            values: rule.values.clone(),
+            provider: rule.provider.clone(),
+        });
+    }
+    Ok(out)
 }

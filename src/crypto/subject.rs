@@ -228,6 +228,11 @@ impl SubjectKeys {
                 .is_some_and(|oldest| version < oldest)
     }
 
+    /// Whether any key of `reference` is held, or it is known erased.
+    pub fn knows(&self, reference: &str) -> bool {
+        self.is_erased(reference) || self.keys.iter().any(|k| k.reference == reference)
+    }
+
     pub fn is_erased(&self, reference: &str) -> bool {
         self.erased.iter().any(|r| r == reference)
     }

@@ -167,11 +167,16 @@ pub(super) fn audit(
         decrypted: resp.decrypted,
         outcome: outcome.to_string(),
     };
-    match audit.log.append(&event) {
+    match audit.log.append_with(&event, ex.role_access.as_ref()) {
         Ok(()) => Ok(()),
         Err(e) => {
             shared.metrics.audit_failures.inc();
             tracing::error!(request_id = ex.id(), error = %e, "audit log write failed");
+            // Another subject's data never goes out unaudited, whatever
+            // `on_failure` says for the rest.
+            if ex.role_access.is_some() {
+                return Err(ProxyError::from(LocalError::AuditUnavailable));
+            }
             match audit.on_failure {
                 AuditFailureMode::Refuse => Err(ProxyError::from(LocalError::AuditUnavailable)),
                 AuditFailureMode::Serve => Ok(()),

@@ -70,6 +70,10 @@ struct Exchange {
     /// The caller's data keys on a tenant- or subject-scoped route, once
     /// resolved (and whether for a write, which may have created one).
     subject_keys: Option<(bool, Arc<crate::crypto::SubjectKeys>)>,
+    /// Other subjects whose data a `read_any_subject` role holder read in
+    /// this request (audited with the reader's reference; refused if that
+    /// audit line can't be written).
+    role_access: Option<crate::audit::SubjectAccess>,
 }
 
 impl Exchange {
@@ -97,6 +101,7 @@ impl Exchange {
             response_report: TransformReport::default(),
             principal: None,
             subject_keys: None,
+            role_access: None,
         }
     }
 

@@ -117,6 +117,11 @@ where
     })?;
     let input = plain.len() as u64;
     let subject = super::subject_keys::for_request(rt, route, ex, false).await?;
+    let (subject, role) = if route.route.read_any_subject.is_empty() {
+        (subject, None)
+    } else {
+        super::subject_keys::for_role_reader(rt, route, ex, subject, &plain).await?
+    };
     let (out, report) = {
         let (route, open) = (Arc::clone(route), Arc::clone(open));
         offload(rt, plain.len(), move || {
@@ -147,6 +152,25 @@ where
         .metrics
         .fields_decrypted
         .inc_by(report.decrypted as u64);
+    if let Some((reader, looked_up)) = role {
+        // Read: a looked-up subject one of whose keys opened an envelope.
+        let subjects: Vec<String> = looked_up
+            .into_iter()
+            .filter(|r| {
+                report.key_ids.iter().any(|k| {
+                    k.strip_prefix(r.as_str())
+                        .is_some_and(|v| v.starts_with(':'))
+                })
+            })
+            .collect();
+        if !subjects.is_empty() {
+            route
+                .metrics
+                .role_subject_reads
+                .inc_by(subjects.len() as u64);
+            ex.role_access = Some(crate::audit::SubjectAccess { reader, subjects });
+        }
+    }
     let out = match out {
         Ok(out) => out,
         Err(failure) => {

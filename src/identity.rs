@@ -656,10 +656,12 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     })
 }
 
+/// A JWKS file or HMAC secret: opened non-blocking and only as a regular
+/// file (`files::open_regular`), so a FIFO or device never hangs a load.
 fn read_limited(path: &Path, secret: bool) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let at = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {at}: {e}"))?;
+    let file = crate::files::open_regular(path).map_err(|e| format!("cannot read {at}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {at}: {e}"))?;
@@ -832,6 +834,24 @@ mod tests {
         let mut many = json!(many);
         many.as_array_mut().unwrap().push(json!("support"));
         assert!(!principal("p", &[("roles", many)]).holds(&r));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_jwks_file_or_secret_that_is_not_a_regular_file_fails_the_load_without_hanging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("jwks.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        for special in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            for secret in [false, true] {
+                let e = read_limited(special, secret).expect_err("not a regular file");
+                assert!(e.contains("not a regular file"), "{e}");
+            }
+        }
     }
 
     #[test]

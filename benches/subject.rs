@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
     let identity = Identity::load(&IdentitySpec {
         clock_skew: Duration::from_secs(60),
         role_claims: Vec::new(),
+        header: None,
         providers: vec![JwtProviderSpec {
             name: "b".into(),
             issuer: "https://id/".into(),

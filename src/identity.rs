@@ -50,6 +50,78 @@ pub enum AuthMode {
     Required,
 }
 
+/// Where a route's caller may be identified from (`auth_sources`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSource {
+    /// A bearer JWT verified against `identity.jwt`.
+    Jwt,
+    /// `identity.header`, believed only from `trusted_proxies` peers.
+    Header,
+}
+
+/// `identity.header`: an authenticating proxy in front names the caller in
+/// a header. Honoured only when the TCP peer is in `trusted_proxies`; from
+/// any other peer these headers are removed from every request, on every
+/// route, and never reach a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderIdentitySpec {
+    pub name: http::HeaderName,
+    pub tenant: Option<http::HeaderName>,
+}
+
+/// Longest subject or tenant taken from an identity header.
+pub const MAX_HEADER_IDENTITY_LEN: usize = 256;
+
+/// Provider name of principals from `identity.header`.
+pub const HEADER_PROVIDER: &str = "header";
+
+impl HeaderIdentitySpec {
+    /// The caller the trusted peer named, None when it named no one, or a
+    /// 401 reason when what it sent can't be one subject.
+    pub fn principal(&self, h: &http::HeaderMap) -> Result<Option<Principal>, AuthError> {
+        let one = |name: &http::HeaderName| -> Result<Option<String>, AuthError> {
+            let mut values = h.get_all(name).iter();
+            let Some(v) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(AuthError::Invalid("more than one identity header"));
+            }
+            let s = v
+                .to_str()
+                .map_err(|_| AuthError::Invalid("identity header is not text"))?
+                .trim();
+            if s.is_empty() || s.len() > MAX_HEADER_IDENTITY_LEN {
+                return Err(AuthError::Invalid("identity header is empty or too long"));
+            }
+            Ok(Some(s.to_owned()))
+        };
+        let Some(subject) = one(&self.name)? else {
+            return Ok(None);
+        };
+        let tenant = match &self.tenant {
+            Some(t) => Some(one(t)?.ok_or(AuthError::Invalid("the tenant header is missing"))?),
+            None => None,
+        };
+        Ok(Some(Principal {
+            provider: Arc::from(HEADER_PROVIDER),
+            subject,
+            tenant,
+            forwarded: Vec::new(),
+            expires: 0,
+            // Roles come from verified token payloads only.
+            roles: Vec::new(),
+        }))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &http::HeaderName> {
+        std::iter::once(&self.name).chain(self.tenant.as_ref())
+    }
+}
+
 /// Where a provider's verification keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySourceSpec {
@@ -85,6 +157,8 @@ pub struct IdentitySpec {
     /// The claims some route's `read_any_subject` names: a verified
     /// token's values of these (and only these) are kept with its principal.
     pub role_claims: Vec<String>,
+    /// `identity.header`, if configured.
+    pub header: Option<HeaderIdentitySpec>,
 }
 
 /// One entry of a route's `read_any_subject`: a verified token whose claim
@@ -103,6 +177,18 @@ pub struct RoleRule {
 pub const MAX_ROLE_VALUES: usize = 64;
 
 impl IdentitySpec {
+    /// The sources this configuration can identify callers from.
+    pub fn sources(&self) -> Vec<AuthSource> {
+        let mut out = Vec::new();
+        if !self.providers.is_empty() {
+            out.push(AuthSource::Jwt);
+        }
+        if self.header.is_some() {
+            out.push(AuthSource::Header);
+        }
+        out
+    }
+
     /// Every header some provider forwards (removed from client requests on
     /// every route that looks at tokens).
     pub fn forwarded_headers(&self) -> Vec<http::HeaderName> {

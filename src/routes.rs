@@ -115,6 +115,9 @@ pub struct Route {
     /// `auth`: whether a bearer token is looked at.
     pub auth: crate::identity::AuthMode,
     pub key_scope: KeyScope,
+    /// `auth_sources`: where the caller may be identified from (empty
+    /// without `auth`).
+    pub auth_sources: Vec<crate::identity::AuthSource>,
     pub on_erased_write: OnErasedWrite,
     /// `read_any_subject`: roles whose holders open every subject's envelopes.
     pub read_any_subject: Vec<crate::identity::RoleRule>,
@@ -515,6 +518,7 @@ pub(crate) mod tests {
             open: None,
             auth: crate::identity::AuthMode::None,
             key_scope: KeyScope::Deployment,
+            auth_sources: Vec::new(),
             on_erased_write: OnErasedWrite::Refuse,
             read_any_subject: Vec::new(),
             query: None,

@@ -74,6 +74,9 @@ pub struct Runtime {
     /// Headers some provider forwards claims in: removed from every client
     /// request on routes that look at tokens.
     pub identity_headers: Vec<http::HeaderName>,
+    /// `identity.header`: believed from trusted proxies, removed from
+    /// everyone else's requests on every route.
+    pub header_identity: Option<crate::identity::HeaderIdentitySpec>,
     /// Tenant and subject data keys (`key_store`), with their cache.
     pub key_service: Option<Arc<crate::keystore::KeyService>>,
 }
@@ -223,6 +226,7 @@ impl Runtime {
             .map(|spec| crate::identity::Identity::load(spec).map(Arc::new))
             .transpose()
             .map_err(LoadError::Identity)?;
+        let header_identity = config.identity.as_ref().and_then(|i| i.header.clone());
         let identity_headers = config
             .identity
             .as_ref()
@@ -273,6 +277,7 @@ impl Runtime {
             admin_token,
             identity,
             identity_headers,
+            header_identity,
             key_service,
         })
     }

@@ -456,6 +456,7 @@ async fn a_repeated_token_is_verified_once() {
     let spec = IdentitySpec {
         clock_skew: Duration::from_secs(5),
         role_claims: Vec::new(),
+        header: None,
         providers: vec![JwtProviderSpec {
             name: "file".into(),
             issuer: ISSUER.into(),

@@ -697,15 +697,23 @@ async fn support_world(audit_extra: &str, sink: Option<&str>) -> World {
 impl World {
     /// `World::start_with`, with both extras computed from the site.
     async fn start_with_site(extras: impl FnOnce(&Site) -> (String, String)) -> World {
+        World::start_edited(extras, |y| y).await
+    }
+
+    /// `start_with_site`, the config then passed through `edit`.
+    async fn start_edited(
+        extras: impl FnOnce(&Site) -> (String, String),
+        edit: impl FnOnce(String) -> String,
+    ) -> World {
         let site = Site::new();
         let backend = RecordStore::start().await;
         let (store_extra, route_extra) = extras(&site);
-        let yaml = site.yaml(
+        let yaml = edit(site.yaml(
             &backend.url,
             &site.ring("k1", &["k1"]),
             &store_extra,
             &route_extra,
-        );
+        ));
         let token = format!(", token_file: \"{}\"", site.path("admin.token").display());
         let proxy = TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await;
         World {
@@ -1084,4 +1092,226 @@ fn read_any_subject_needs_a_subject_scope_decrypt_rules_an_audit_log_and_known_p
         .expect_err("deployment scope")
         .to_string();
     assert!(e.contains("key_scope"), "{e}");
+}
+
+// ---- identity.header: believed only from trusted_proxies ----------------
+
+const USER_HEADER: &str = "x-authenticated-user";
+const TENANT_HEADER: &str = "x-tenant";
+
+/// The records route accepting `jwt` and `header`, an `open` route without
+/// auth on an echo backend, and `trusted_proxies` as given.
+async fn header_world(trusted: &str, echo: &Backend) -> World {
+    let echo_url = echo.url();
+    World::start_edited(
+        |_| {
+            (
+                format!("trusted_proxies: [\"{trusted}\"]\n"),
+                "    on_foreign_subject: \"null\"\n    auth_sources: [jwt, header]\n  - name: open\n    match: { path_prefix: /open }\n    upstream: echo\n".to_string(),
+            )
+        },
+        |y| {
+            y.replacen(
+                "identity:\n",
+                "identity:\n  header: { name: X-Authenticated-User, tenant: X-Tenant }\n",
+                1,
+            )
+            .replacen("upstreams:\n", &format!("upstreams:\n  echo: {{ url: \"{echo_url}\" }}\n"), 1)
+        },
+    )
+    .await
+}
+
+impl World {
+    async fn as_header(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.proxy.h1().request(method, self.proxy.url(path));
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        answer(rb).await
+    }
+
+    fn tenant_reference(&self, tenant: &str, sub: &str) -> String {
+        self.proxy
+            .proxy
+            .key_service()
+            .unwrap()
+            .reference(fieldseal::crypto::RefScope::Subject, Some(tenant), sub)
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_identity_header_names_the_subject() {
+    let echo = Backend::start("echo", Behavior::echo()).await;
+    let w = header_world("127.0.0.1/32", &echo).await;
+    let alice = [(USER_HEADER, "alice"), (TENANT_HEADER, "acme")];
+    let (s, v) = w
+        .as_header(
+            Method::PUT,
+            "/api/records/a",
+            &alice,
+            Some(&json!({"ssn": SSN_A})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let stored: Value = serde_json::from_slice(&w.backend.stored("/api/records/a")).unwrap();
+    let (reference, _) =
+        fieldseal::crypto::envelope_subject(stored["ssn"].as_str().unwrap()).unwrap();
+    assert_eq!(reference, w.tenant_reference("acme", "alice"));
+    let (s, v) = w
+        .as_header(Method::GET, "/api/records/a", &alice, None)
+        .await;
+    assert_eq!((s, &v["ssn"]), (StatusCode::OK, &json!(SSN_A)));
+    let bob = [(USER_HEADER, "bob"), (TENANT_HEADER, "acme")];
+    let v = w
+        .as_header(Method::GET, "/api/records/a", &bob, None)
+        .await
+        .1;
+    assert_eq!(v["ssn"], Value::Null);
+    // Alice of another tenant is another subject.
+    let other = [(USER_HEADER, "alice"), (TENANT_HEADER, "globex")];
+    let v = w
+        .as_header(Method::GET, "/api/records/a", &other, None)
+        .await
+        .1;
+    assert_eq!(v["ssn"], Value::Null);
+    // What can't be one subject is a 401: no tenant, two users, empty.
+    let before = w.backend.received.lock().unwrap().len();
+    for bad in [
+        &[(USER_HEADER, "alice")][..],
+        &[
+            (USER_HEADER, "alice"),
+            (USER_HEADER, "bob"),
+            (TENANT_HEADER, "acme"),
+        ],
+        &[(USER_HEADER, " "), (TENANT_HEADER, "acme")],
+        &[(USER_HEADER, "alice"), (TENANT_HEADER, "")],
+    ] {
+        let (s, _) = w
+            .as_header(
+                Method::PUT,
+                "/api/records/x",
+                bad,
+                Some(&json!({"ssn": SSN_A})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{bad:?}");
+    }
+    assert_eq!(w.backend.received.lock().unwrap().len(), before);
+    // A bearer token, where accepted, decides over the header.
+    let (s, _) = answer(
+        w.proxy
+            .h1()
+            .put(w.proxy.url("/api/records/t"))
+            .bearer_auth(w.token("bob"))
+            .header(USER_HEADER, "alice")
+            .header(TENANT_HEADER, "acme")
+            .json(&json!({"ssn": SSN_B})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let stored: Value = serde_json::from_slice(&w.backend.stored("/api/records/t")).unwrap();
+    let (reference, _) =
+        fieldseal::crypto::envelope_subject(stored["ssn"].as_str().unwrap()).unwrap();
+    assert_eq!(reference, w.reference("bob"));
+    // From a trusted peer the header is the proxy's to pass on.
+    let (s, _) = w.as_header(Method::GET, "/open/x", &alice, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = echo.seen();
+    assert_eq!(seen.last().unwrap().header(USER_HEADER), Some("alice"));
+}
+
+#[tokio::test]
+async fn an_identity_header_from_an_untrusted_peer_is_ignored_and_never_forwarded() {
+    let echo = Backend::start("echo", Behavior::echo()).await;
+    let w = header_world("10.0.0.0/8", &echo).await;
+    let alice = [(USER_HEADER, "alice"), (TENANT_HEADER, "acme")];
+    // auth: required, the header only: 401, nothing forwarded.
+    for method in [Method::PUT, Method::GET] {
+        let body = (method == Method::PUT).then(|| json!({"ssn": SSN_A}));
+        let (s, v) = w
+            .as_header(method.clone(), "/api/records/a", &alice, body.as_ref())
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {v}");
+    }
+    assert!(w.backend.all_received().is_empty());
+    // With a valid token, the token's subject counts, and the header is gone.
+    let (s, _) = answer(
+        w.proxy
+            .h1()
+            .put(w.proxy.url("/api/records/b"))
+            .bearer_auth(w.token("bob"))
+            .header(USER_HEADER, "alice")
+            .header(TENANT_HEADER, "acme")
+            .json(&json!({"ssn": SSN_B})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let stored: Value = serde_json::from_slice(&w.backend.stored("/api/records/b")).unwrap();
+    let (reference, _) =
+        fieldseal::crypto::envelope_subject(stored["ssn"].as_str().unwrap()).unwrap();
+    assert_eq!(reference, w.reference("bob"));
+    // A route without auth: the request goes on, the header never does,
+    // in any case spelling or repeated.
+    for headers in [
+        &alice[..],
+        &[("X-AUTHENTICATED-USER", "alice"), ("X-Tenant", "acme")],
+        &[(USER_HEADER, "alice"), (USER_HEADER, "root")],
+    ] {
+        let (s, _) = w.as_header(Method::GET, "/open/x", headers, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let seen = echo.seen();
+        let last = seen.last().unwrap();
+        assert!(last.headers.get(USER_HEADER).is_none(), "{headers:?}");
+        assert!(last.headers.get(TENANT_HEADER).is_none(), "{headers:?}");
+    }
+}
+
+#[test]
+fn identity_sources_are_named_per_route_when_there_is_more_than_one() {
+    let site = Site::new();
+    let ring = site.ring("k1", &["k1"]);
+    let load = |identity_extra: &str, route_extra: &str| {
+        let yaml = site
+            .yaml("http://127.0.0.1:9", &ring, "", route_extra)
+            .replacen("identity:\n", &format!("identity:\n{identity_extra}"), 1);
+        let full = format!(
+            "listen: {{ address: \"127.0.0.1:0\", tls: {{ cert: server.crt, key: server.key }} }}\n{yaml}"
+        );
+        fieldseal::config::Config::from_yaml(&full, &site.path("fieldseal.yaml"))
+    };
+    let header = "  header: { name: X-Authenticated-User }\n";
+    assert!(load("", "").is_ok());
+    let e = load(header, "").expect_err("ambiguous").to_string();
+    assert!(e.contains("auth_sources"), "{e}");
+    assert!(load(header, "    auth_sources: [header]\n").is_ok());
+    assert!(load(header, "    auth_sources: [jwt, header]\n").is_ok());
+    for (identity, route, needle) in [
+        ("", "    auth_sources: [header]\n", "not configured"),
+        (header, "    auth_sources: []\n", "at least one"),
+        (header, "    auth_sources: [mtls]\n", "expected"),
+        (
+            "  header: { name: Authorization }\n",
+            "    auth_sources: [header]\n",
+            "manages",
+        ),
+        (
+            "  header: { name: X-U, tenant: x-u }\n",
+            "    auth_sources: [header]\n",
+            "differ",
+        ),
+    ] {
+        let e = load(identity, route).expect_err(route).to_string();
+        assert!(e.contains(needle), "{identity}{route}: {e}");
+    }
 }

@@ -20,8 +20,11 @@ pub(super) fn compile(raw: &RawIdentity, base: &Path) -> Result<IdentitySpec, In
     if clock_skew > MAX_CLOCK_SKEW {
         return Err(invalid(&at.key("clock_skew"), "must be at most 5m"));
     }
-    if raw.jwt.is_empty() {
-        return Err(invalid(&at.key("jwt"), "needs at least one provider"));
+    if raw.jwt.is_empty() && raw.header.is_none() {
+        return Err(invalid(
+            &at.key("jwt"),
+            "needs at least one provider (or an identity `header`)",
+        ));
     }
     let mut providers: Vec<JwtProviderSpec> = Vec::new();
     for (i, p) in raw.jwt.iter().enumerate() {
@@ -154,9 +157,41 @@ pub(super) fn compile(raw: &RawIdentity, base: &Path) -> Result<IdentitySpec, In
             jwks_min_refresh,
         });
     }
+    let header = match &raw.header {
+        None => None,
+        Some(h) => {
+            let at = at.key("header");
+            let parse = |key: &str, name: &str| {
+                let h = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid(&at.key(key), format!("{name:?} is not a header name")))?;
+                if is_reserved_header(&h)
+                    || providers
+                        .iter()
+                        .any(|p| p.forward_claims.iter().any(|(_, f)| *f == h))
+                {
+                    return Err(invalid(
+                        &at.key(key),
+                        format!("{name:?} is a header the proxy manages or forwards claims in; choose another name"),
+                    ));
+                }
+                Ok(h)
+            };
+            let name = parse("name", &h.name)?;
+            let tenant = h
+                .tenant
+                .as_deref()
+                .map(|t| parse("tenant", t))
+                .transpose()?;
+            if tenant.as_ref() == Some(&name) {
+                return Err(invalid(&at.key("tenant"), "must differ from `name`"));
+            }
+            Some(crate::identity::HeaderIdentitySpec { name, tenant })
+        }
+    };
     Ok(IdentitySpec {
         providers,
         clock_skew,
+        header,
         // Filled in from the routes' `read_any_subject` once they are compiled.
         role_claims: Vec::new(),
     })

@@ -243,14 +243,51 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     };
     let log = log::compile(&raw.log)?;
     let default_headers = headers::compile(&At::top("headers"), &raw.headers, None)?;
-    let routes = routes::compile(&raw, &upstreams, &rate_limit, &limits, keys.as_ref(), base)?;
-    for (i, (r, raw_r)) in routes.routes.iter().zip(&raw.routes).enumerate() {
-        if r.auth != crate::identity::AuthMode::None && identity.is_none() {
+    let mut routes = routes::compile(&raw, &upstreams, &rate_limit, &limits, keys.as_ref(), base)?;
+    let configured = identity.as_ref().map(|i| i.sources()).unwrap_or_default();
+    for (i, (r, raw_r)) in routes.routes.iter_mut().zip(&raw.routes).enumerate() {
+        let at = At::top("routes").item(i, &raw_r.name);
+        if r.auth == crate::identity::AuthMode::None {
+            if raw_r.auth_sources.is_some() {
+                return Err(invalid(
+                    &at.key("auth_sources"),
+                    "needs `auth: required` or `optional`",
+                ));
+            }
+            continue;
+        }
+        if identity.is_none() {
             return Err(invalid(
-                &At::top("routes").item(i, &raw_r.name).key("auth"),
+                &at.key("auth"),
                 "needs an `identity` section with at least one jwt provider",
             ));
         }
+        r.auth_sources = match &raw_r.auth_sources {
+            None if configured.len() > 1 => return Err(invalid(
+                &at.key("auth_sources"),
+                "identity has more than one source: name the ones this route accepts (jwt, header)",
+            )),
+            None => configured.clone(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for (j, w) in list.iter().enumerate() {
+                    let s = word(&at.key("auth_sources").index(j), w, "")?;
+                    if !configured.contains(&s) {
+                        return Err(invalid(
+                            &at.key("auth_sources").index(j),
+                            format!("{s:?} is not configured in `identity`"),
+                        ));
+                    }
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+                if out.is_empty() {
+                    return Err(invalid(&at.key("auth_sources"), "name at least one source"));
+                }
+                out
+            }
+        };
     }
     if let Some(identity) = identity.as_mut() {
         for rule in routes.routes.iter().flat_map(|r| &r.read_any_subject) {

@@ -556,6 +556,10 @@ pub struct RawRoute {
     /// when sent) or `required` (401 without a valid one, nothing forwarded).
     #[serde(default)]
     pub auth: Option<Word<crate::identity::AuthMode>>,
+    /// Which identity sources a route with `auth` accepts: `jwt`, `header`.
+    /// Default: the one configured; needed when `identity` has more than one.
+    #[serde(default)]
+    pub auth_sources: Option<Vec<Word<crate::identity::AuthSource>>>,
     /// Whose key seals this route's fields: `deployment` (default: the ring's
     /// active key, `fs1`), `tenant` or `subject` (a data key per tenant or
     /// subject of the verified token, `fs2`; needs `auth: required` and `key_store`).
@@ -737,10 +741,27 @@ pub struct RawKeyStore {
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     /// The providers; a token is verified by the one whose `issuer` it names.
+    #[serde(default)]
     pub jwt: Vec<RawJwtProvider>,
+    /// A header an authenticating proxy in front names the caller in,
+    /// believed only from `trusted_proxies` peers (removed from everyone
+    /// else's requests on every route).
+    #[serde(default)]
+    pub header: Option<RawHeaderIdentity>,
     /// Tolerance for `exp`, `nbf` and `iat` against this host's clock. Default 60s, at most 5m.
     #[serde(default)]
     pub clock_skew: Option<String>,
+}
+
+/// `identity.header`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderIdentity {
+    /// The header holding the subject, e.g. `X-Authenticated-User`.
+    pub name: String,
+    /// The header holding the tenant (then required with the subject).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// One JWT issuer.

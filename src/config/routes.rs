@@ -215,6 +215,8 @@ fn route(
         seal,
         open,
         auth,
+        // Resolved against `identity` once both are compiled.
+        auth_sources: Vec::new(),
         key_scope,
         on_erased_write,
         read_any_subject,

@@ -11,7 +11,7 @@ use http::Version;
 use super::Exchange;
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers;
-use crate::identity::{AuthError, AuthMode, Principal};
+use crate::identity::{AuthError, AuthMode, AuthSource, Principal};
 use crate::ratelimit::Refused;
 use crate::routes::{canonical_path, CanonicalPath};
 use crate::state::{RouteRuntime, Runtime};
@@ -31,11 +31,19 @@ pub(super) struct Admitted {
 /// On a route with `auth`, who the caller is: the bearer token verified
 /// (401 when it is missing on `required`, or bad on either), claims set as
 /// the configured headers after every client copy of them was removed.
+/// An `identity.header` is believed only from a `trusted_proxies` peer:
+/// anyone else's copy is removed first, on every route.
 pub(super) async fn identify(
     rt: &Runtime,
     route: &RouteRuntime,
     parts: &mut Parts,
+    peer_trusted: bool,
 ) -> Result<Option<Principal>, ProxyError> {
+    if let Some(h) = rt.header_identity.as_ref().filter(|_| !peer_trusted) {
+        for name in h.names() {
+            parts.headers.remove(name);
+        }
+    }
     let mode = route.route.auth;
     if mode == AuthMode::None {
         return Ok(None);
@@ -43,13 +51,30 @@ pub(super) async fn identify(
     for h in &rt.identity_headers {
         parts.headers.remove(h);
     }
+    let sources = &route.route.auth_sources;
+    let unauthorized = |e: AuthError| ProxyError::from(ClientError::Unauthorized(e));
+    let has_bearer = parts.headers.contains_key(header::AUTHORIZATION);
+    // A bearer token, where accepted, decides; else a trusted proxy's header.
+    let jwt = sources.contains(&AuthSource::Jwt);
+    if !(jwt && has_bearer) && sources.contains(&AuthSource::Header) {
+        if let Some(h) = rt.header_identity.as_ref() {
+            if let Some(p) = h.principal(&parts.headers).map_err(unauthorized)? {
+                return Ok(Some(p));
+            }
+        }
+    }
+    if !jwt {
+        return match mode {
+            AuthMode::Optional => Ok(None),
+            _ => Err(unauthorized(AuthError::Missing)),
+        };
+    }
     let identity = rt
         .identity
         .as_ref()
         .ok_or(ProxyError::from(LocalError::Internal(
             "identity is not configured",
         )))?;
-    let unauthorized = |e: AuthError| ProxyError::from(ClientError::Unauthorized(e));
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
     let first = values.next();
     if values.next().is_some() {

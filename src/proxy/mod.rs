@@ -159,7 +159,7 @@ async fn stages(
     let (mut parts, incoming) = req.into_parts();
     let admitted = admit::admit(rt, &parts, peer, ex).await?;
     let route = Arc::clone(&admitted.route);
-    ex.principal = admit::identify(rt, &route, &mut parts).await?;
+    ex.principal = admit::identify(rt, &route, &mut parts, admitted.peer_trusted).await?;
     let limits = &rt.config.limits;
     let held = Held {
         buffers,

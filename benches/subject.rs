@@ -104,52 +104,76 @@ fn bench(c: &mut Criterion) {
 
     let body = request();
     let spec = spec();
-    let mut g = c.benchmark_group("subject");
-    g.bench_function("deployment_seal", |b| {
-        b.iter(|| transform::encrypt_request(&body, &spec, (&ring).into(), now).unwrap())
-    });
+    let deployment = || transform::encrypt_request(&body, &spec, (&ring).into(), now).unwrap();
     // Warm: what a subject-scoped request does besides the transform.
-    g.bench_function("subject_seal_warm", |b| {
-        b.iter(|| {
-            let p = rt.block_on(identity.verify(&token)).ok().unwrap();
-            let reference = service
-                .reference(RefScope::Subject, None, &p.subject)
-                .unwrap();
-            let Resolved::Keys(k) = rt
-                .block_on(service.resolve(&reference, true, false))
-                .unwrap()
-            else {
-                panic!("no key")
-            };
-            let mut sk = SubjectKeys::default();
-            for key in k {
-                sk.push(key);
+    let subject_warm = || {
+        let p = rt.block_on(identity.verify(&token)).ok().unwrap();
+        let reference = service
+            .reference(RefScope::Subject, None, &p.subject)
+            .unwrap();
+        let Resolved::Keys(k) = rt
+            .block_on(service.resolve(&reference, true, false))
+            .unwrap()
+        else {
+            panic!("no key")
+        };
+        let mut sk = SubjectKeys::default();
+        for key in k {
+            sk.push(key);
+        }
+        let keys = Keys {
+            seal: sk.first().unwrap().sealing_key(),
+            ring: &ring,
+            subjects: &sk,
+            subject_only: true,
+        };
+        transform::encrypt_request(&body, &spec, keys, now).unwrap()
+    };
+    let cold = |n: u64| {
+        let reference = service
+            .reference(RefScope::Subject, None, &format!("new-{n}"))
+            .unwrap();
+        rt.block_on(service.resolve(&reference, true, false))
+            .is_ok()
+    };
+
+    // `SUBJECT_COUNT="CASE N"`: run CASE exactly N times and exit, for
+    // instruction counts under callgrind (bench/subject-count.sh runs two
+    // N and takes the difference, so setup and the first write cancel out).
+    if let Ok(spec) = std::env::var("SUBJECT_COUNT") {
+        let (case, n) = spec.split_once(' ').expect("SUBJECT_COUNT=\"CASE N\"");
+        let n: u64 = n.parse().expect("N");
+        for i in 0..n {
+            match case {
+                "deployment_seal" => drop(std::hint::black_box(deployment())),
+                "subject_seal_warm" => drop(std::hint::black_box(subject_warm())),
+                "jwt_verify_cached" => {
+                    std::hint::black_box(rt.block_on(identity.verify(&token)).is_ok());
+                }
+                "cold_first_write_new_subject" => {
+                    std::hint::black_box(cold(i));
+                }
+                other => panic!("unknown case {other}"),
             }
-            let keys = Keys {
-                seal: sk.first().unwrap().sealing_key(),
-                ring: &ring,
-                subjects: &sk,
-                subject_only: true,
-            };
-            transform::encrypt_request(&body, &spec, keys, now).unwrap()
-        })
-    });
+        }
+        std::process::exit(0);
+    }
+
+    let mut g = c.benchmark_group("subject");
+    g.bench_function("deployment_seal", |b| b.iter(deployment));
+    g.bench_function("subject_seal_warm", |b| b.iter(subject_warm));
     g.bench_function("jwt_verify_cached", |b| {
         b.iter(|| rt.block_on(identity.verify(&token)).is_ok())
     });
     g.bench_function("subject_reference", |b| {
         b.iter(|| service.reference(RefScope::Subject, Some("acme"), "alice"))
     });
-    let mut n = 0u64;
+    let mut n = 1_000_000u64;
     g.sample_size(20);
     g.bench_function("cold_first_write_new_subject", |b| {
         b.iter(|| {
             n += 1;
-            let reference = service
-                .reference(RefScope::Subject, None, &format!("new-{n}"))
-                .unwrap();
-            rt.block_on(service.resolve(&reference, true, false))
-                .is_ok()
+            cold(n)
         })
     });
     g.finish();

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Instructions per request of subject-scoped sealing beside deployment-scoped
+# sealing, under valgrind --tool=callgrind: load-independent, unlike
+# criterion's times. Each case of benches/subject.rs runs N1 and then N2
+# times (SUBJECT_COUNT="CASE N"); (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost
+# of one request, with setup (key generation, the first write, the first
+# token verification) cancelled out.
+#
+#   bench/subject-count.sh            # N1=200 N2=1200; COLD_N1=20 COLD_N2=120
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-200}
+N2=${N2:-1200}
+COLD_N1=${COLD_N1:-20}
+COLD_N2=${COLD_N2:-120}
+BIN=$(cargo bench --bench subject --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$BIN" ] || { echo "bench binary not found" >&2; exit 1; }
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+ir() { # case n -> total instructions
+    SUBJECT_COUNT="$1 $2" valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$1.$2" \
+        "$BIN" --bench >/dev/null 2>"$OUT/log.$1.$2"
+    sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$OUT/cg.$1.$2"
+}
+
+per() { # case n1 n2 -> instructions per request
+    local a b
+    a=$(ir "$1" "$2")
+    b=$(ir "$1" "$3")
+    echo $(((b - a) / ($3 - $2)))
+}
+
+dep=$(per deployment_seal "$N1" "$N2")
+sub=$(per subject_seal_warm "$N1" "$N2")
+jwt=$(per jwt_verify_cached "$N1" "$N2")
+cold=$(per cold_first_write_new_subject "$COLD_N1" "$COLD_N2")
+echo "| case | instructions per request |"
+echo "|---|---:|"
+echo "| deployment_seal | $dep |"
+echo "| subject_seal_warm | $sub |"
+echo "| jwt_verify_cached | $jwt |"
+echo "| cold_first_write_new_subject (user space only; fsync wait not counted) | $cold |"
+awk -v d="$dep" -v s="$sub" 'BEGIN { printf "subject_seal_warm / deployment_seal = %.4f (+%.2f%%)\n", s / d, (s / d - 1) * 100 }'

@@ -492,6 +492,14 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let cfg = Config::load(config)?;
     init_logging("warn", false)?;
     let ring = load_ring(&cfg, config)?;
+    if !ring.active_has_bytes() && !matches!(what, Transform::Decrypt(_)) {
+        // Deployment data sealed by the proxy then sits under the
+        // deployment data key in the key store, which these tools don't open.
+        return Err(anyhow!(
+            "the active key {:?} is a pkcs11 key: the offline tools seal with a file or passphrase key's bytes; make one active for this run",
+            ring.active_id()
+        ));
+    }
     let route = |name: &str| {
         cfg.routes
             .by_name(name)

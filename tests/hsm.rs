@@ -920,3 +920,53 @@ fn an_hsm_active_key_needs_a_key_store_and_refuses_what_needs_key_bytes() {
         );
     }
 }
+
+/// A ring whose active key is in a token: loads without touching it, names
+/// it, derives nothing from it and refuses to seal `fs1` under it, while
+/// its file keys still open what they sealed.
+#[test]
+fn a_token_active_ring_has_no_bytes_to_seal_or_derive_with() {
+    use fieldseal::crypto::{KeySource, KeySpec, Keyring, KeyringSpec, SealError};
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = key_file(dir.path(), "k1");
+    let file_only = Keyring::load(&KeyringSpec {
+        active: "k1".into(),
+        keys: vec![KeySpec {
+            id: "k1".into(),
+            source: KeySource::File(k1.clone()),
+        }],
+        pbkdf2_iterations: 600_000,
+    })
+    .unwrap();
+    let old = file_only.seal(&json!(SSN_A), "ssn").unwrap();
+    let ring = Keyring::load(&KeyringSpec {
+        active: "hsm1".into(),
+        keys: vec![
+            KeySpec {
+                id: "hsm1".into(),
+                source: KeySource::Pkcs11(spec("never-contacted")),
+            },
+            KeySpec {
+                id: "k1".into(),
+                source: KeySource::File(k1),
+            },
+        ],
+        pbkdf2_iterations: 600_000,
+    })
+    .unwrap();
+    assert_eq!(ring.active_id(), "hsm1");
+    assert!(!ring.active_has_bytes());
+    assert!(ring.contains("hsm1") && ring.contains("k1"));
+    assert_eq!(ring.source_kind("hsm1"), Some("pkcs11"));
+    assert!(matches!(
+        ring.seal(&json!(SSN_A), "ssn"),
+        Err(SealError::UnknownKey)
+    ));
+    assert!(ring.derive_subkey("hsm1", "anything").is_none());
+    assert!(ring.fingerprint("hsm1").is_none());
+    assert_eq!(ring.open(&old, "ssn", None).unwrap().value, json!(SSN_A));
+    // The self-test covers the keys with bytes; token keys are /readyz's
+    // key_providers check.
+    let ids: Vec<String> = ring.self_test().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["k1"]);
+}

@@ -49,6 +49,9 @@ pub enum ServiceError {
     Wrap(#[from] WrapError),
     #[error("the key task failed")]
     Task,
+    /// The store or the KEK (an HSM, a KMS) did not answer in time.
+    #[error("the key store or key provider did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 struct Cached {
@@ -71,6 +74,9 @@ pub struct KeyService {
 
 /// Per token KEK id: Ok, or why its round trip failed.
 pub type KekHealth = Vec<(String, Result<(), String>)>;
+
+/// Longest a request waits for an uncached key (store read and unwrap).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `/readyz` tests the token keys at most this often; calls in between
 /// get the last result.
@@ -302,9 +308,14 @@ impl KeyService {
         }
         let this = Arc::clone(self);
         let reference = reference.to_owned();
-        tokio::task::spawn_blocking(move || this.resolve_blocking(&reference, create, revive))
-            .await
-            .map_err(|_| ServiceError::Task)?
+        let task =
+            tokio::task::spawn_blocking(move || this.resolve_blocking(&reference, create, revive));
+        // A hung store or token fails the request closed (503) instead of
+        // holding it; the blocking call itself finishes or fails on its own.
+        match tokio::time::timeout(RESOLVE_TIMEOUT, task).await {
+            Ok(joined) => joined.map_err(|_| ServiceError::Task)?,
+            Err(_) => Err(ServiceError::Timeout(RESOLVE_TIMEOUT)),
+        }
     }
 
     fn resolve_blocking(

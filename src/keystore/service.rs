@@ -134,8 +134,18 @@ impl KeyService {
         // is first) when a token key is active, used when it exists.
         let sealing = keks.active().kind() == crate::crypto::pkcs11::KIND;
         let deployment = match store.get(DEPLOYMENT_REFERENCE)? {
-            SubjectRecord::Keys(_) if sealing => DeploymentKeys::Seal,
-            SubjectRecord::Keys(_) => DeploymentKeys::Open,
+            // Unwrapped once here, so a row no configured KEK opens stops
+            // the load instead of failing every deployment-route request.
+            SubjectRecord::Keys(keys) => {
+                for row in &keys {
+                    unwrap_one(&keks, DEPLOYMENT_REFERENCE, row)?;
+                }
+                if sealing {
+                    DeploymentKeys::Seal
+                } else {
+                    DeploymentKeys::Open
+                }
+            }
             _ if sealing => {
                 let fresh = DataKey::generate()?;
                 let row = wrap_row(&keks, DEPLOYMENT_REFERENCE, 1, &fresh)?;

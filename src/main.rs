@@ -155,11 +155,13 @@ enum Command {
         #[command(flatten)]
         failures: FailureArgs,
     },
-    /// List key ids, sources and fingerprints; with --scan, count envelopes per key id in JSON/NDJSON from stdin
-    #[command(after_help = OFFLINE_EXIT_CODES)]
+    /// List key ids, sources and fingerprints; with --scan, count envelopes per key id in JSON/NDJSON from stdin; `keys generate ID` creates a pkcs11 key in its token
+    #[command(after_help = OFFLINE_EXIT_CODES, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Keys {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(subcommand)]
+        command: Option<KeysCommand>,
+        #[arg(long, short, required = true)]
+        config: Option<PathBuf>,
         #[arg(long)]
         scan: bool,
     },
@@ -199,6 +201,16 @@ impl From<ScopeArg> for fieldseal::crypto::RefScope {
             ScopeArg::Tenant => fieldseal::crypto::RefScope::Tenant,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create ring key ID (a `pkcs11` key) in its token: AES-256, sensitive, never extractable; refuses if the label exists
+    Generate {
+        id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -400,7 +412,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Transform::Rewrap(route),
             failures,
         ))),
-        Command::Keys { config, scan } => Ok(offline_exit(keys_cmd(&config, scan))),
+        Command::Keys {
+            command: Some(KeysCommand::Generate { id, config }),
+            ..
+        } => keys_generate(&config, &id),
+        Command::Keys {
+            config: Some(config),
+            scan,
+            ..
+        } => Ok(offline_exit(keys_cmd(&config, scan))),
+        Command::Keys { config: None, .. } => Err(anyhow!("keys: --config is required")),
         Command::Subjects { command } => Ok(offline_exit(subjects_cmd(command))),
         Command::Audit {
             command:
@@ -471,6 +492,14 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let cfg = Config::load(config)?;
     init_logging("warn", false)?;
     let ring = load_ring(&cfg, config)?;
+    if !ring.active_has_bytes() && !matches!(what, Transform::Decrypt(_)) {
+        // Deployment data sealed by the proxy then sits under the
+        // deployment data key in the key store, which these tools don't open.
+        return Err(anyhow!(
+            "the active key {:?} is a pkcs11 key: the offline tools seal with a file or passphrase key's bytes; make one active for this run",
+            ring.active_id()
+        ));
+    }
     let route = |name: &str| {
         cfg.routes
             .by_name(name)
@@ -559,7 +588,9 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
         .as_ref()
         .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
     let ring = load_ring(&cfg, &config)?;
-    let service = fieldseal::keystore::open_service(spec, &ring).map_err(|e| anyhow!(e))?;
+    let keks = fieldseal::crypto::Keks::for_ring(&ring, keys_of(&cfg, &config)?)
+        .ok_or_else(|| anyhow!("the active key has no key-encryption key"))?;
+    let service = fieldseal::keystore::open_service(spec, keks).map_err(|e| anyhow!(e))?;
     let mut out = std::io::stdout().lock();
     let time = |t: u64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
@@ -568,7 +599,7 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
     match command {
         SubjectsCommand::List { .. } => {
             for s in service.store().list()? {
-                if s.reference == fieldseal::keystore::REF_SECRET_REFERENCE {
+                if fieldseal::keystore::is_reserved(&s.reference) {
                     continue;
                 }
                 match s.erased_at {
@@ -642,6 +673,31 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `keys generate ID`: the ring key ID, a pkcs11 key, created in its token.
+fn keys_generate(config: &Path, id: &str) -> Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let spec = keys_of(&cfg, config)?;
+    let key = spec
+        .keys
+        .iter()
+        .find(|k| k.id == id)
+        .ok_or_else(|| anyhow!("{}: no key {id:?} in keys.ring", config.display()))?;
+    match &key.source {
+        fieldseal::crypto::KeySource::Pkcs11(p) => {
+            fieldseal::crypto::pkcs11::generate(id, p).map_err(|e| anyhow!(e))?;
+            println!(
+                "created AES-256 key {:?} in token {:?} for ring key {id} (sensitive, not extractable)",
+                p.label, p.token
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow!(
+            "key {id:?} is a {} key: `keys generate` creates pkcs11 keys; use `fieldseal keygen FILE` for a key file",
+            other.kind()
+        )),
+    }
+}
+
 fn keys_cmd(config: &Path, scan: bool) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
     let spec = keys_of(&cfg, config)?;
@@ -650,15 +706,33 @@ fn keys_cmd(config: &Path, scan: bool) -> Result<ExitCode> {
         let ring = load_ring(&cfg, config)?;
         let width = spec.keys.iter().map(|k| k.id.len()).max().unwrap_or(0);
         for k in &spec.keys {
-            let source = match &k.source {
-                fieldseal::crypto::KeySource::File(_) => "file",
-                fieldseal::crypto::KeySource::Passphrase { .. } => "passphrase",
-            };
+            let source = k.source.kind();
             let active = if k.id == spec.active {
                 "  (active)"
             } else {
                 ""
             };
+            if let fieldseal::crypto::KeySource::Pkcs11(p) = &k.source {
+                // No bytes to fingerprint: what the token says of the key,
+                // and its check value computed by the token.
+                let kek = fieldseal::crypto::pkcs11::Pkcs11Kek::new(&k.id, p.clone());
+                let shown = match kek.describe() {
+                    Ok(i) => format!(
+                        "token {:?} (serial {}) label {:?}: {} {} bits, sensitive={}, extractable={}, check value {}",
+                        p.token,
+                        i.token_serial,
+                        p.label,
+                        i.key_type,
+                        i.bits,
+                        i.sensitive,
+                        i.extractable,
+                        i.check_value.as_deref().unwrap_or("(not given by the token)")
+                    ),
+                    Err(e) => format!("token {:?} label {:?}: unavailable: {e}", p.token, p.label),
+                };
+                writeln!(out, "{:<width$}  {source:<10}  {shown}{active}", k.id)?;
+                continue;
+            }
             let fp = ring.fingerprint(&k.id).unwrap_or_default();
             writeln!(
                 out,

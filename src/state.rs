@@ -232,10 +232,14 @@ impl Runtime {
             .as_ref()
             .map(|i| i.forwarded_headers())
             .unwrap_or_default();
-        let key_service = match (&config.key_store, &keyring) {
-            (Some(spec), Some(ring)) => Some(Arc::new(
-                crate::keystore::open_service(spec, ring).map_err(LoadError::KeyStore)?,
-            )),
+        let key_service = match (&config.key_store, &keyring, &config.keys) {
+            (Some(spec), Some(ring), Some(keys)) => {
+                let keks = crate::crypto::Keks::for_ring(ring, keys)
+                    .ok_or_else(|| LoadError::KeyStore("the active key has no KEK".into()))?;
+                Some(Arc::new(
+                    crate::keystore::open_service(spec, keks).map_err(LoadError::KeyStore)?,
+                ))
+            }
             _ => None,
         };
         let upstreams: Vec<Arc<UpstreamClient>> = config

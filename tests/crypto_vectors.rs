@@ -244,6 +244,18 @@ struct V2 {
 
 fn v2_vectors() -> Vec<V2> {
     vec![
+        // The deployment data key's reserved reference (a PKCS#11 ring key
+        // active): the same fs2 form.
+        V2 {
+            dek: seq(32),
+            reference: "_fieldseal_dk",
+            version: 1,
+            context: "ssn",
+            value: r#""123-45-6789""#,
+            issued_at: 1_700_000_000,
+            nonce: nonce(0),
+            envelope: "fs2:_fieldseal_dk:1:cwAAAABlU_EAAAECAwQFBgcICQoLOJ5sTqUIeK1ZbDXiumGZfF9hPVr-siYiiDte",
+        },
         V2 {
             dek: seq(32),
             reference: "R_D7ROWZiEw_P5HytO8CZQ",

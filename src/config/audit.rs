@@ -35,6 +35,16 @@ pub(super) fn compile(
             format!("key id {key_id:?} is not in keys.ring"),
         ));
     }
+    if keys
+        .keys
+        .iter()
+        .any(|k| k.id == key_id && !k.source.has_bytes())
+    {
+        return Err(invalid(
+            &at.key("key"),
+            format!("key {key_id:?} is a pkcs11 key: the audit HMAC key is derived from a key's bytes, so name a file or passphrase key of the ring here"),
+        ));
+    }
     if a.sink.is_empty() {
         return Err(invalid(&at.key("sink"), "must be `stdout` or a file path"));
     }

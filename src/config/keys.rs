@@ -6,6 +6,7 @@ use std::path::Path;
 use super::locate::At;
 use super::raw::RawKeys;
 use super::{invalid, invalid_shown, resolve, Invalid};
+use crate::crypto::pkcs11::{PinSource, Pkcs11Spec};
 use crate::crypto::{
     check_key_ids, KeyIdProblem, KeySource, KeySpec, KeyringSpec, SaltSource,
     DEFAULT_PBKDF2_ITERATIONS, MIN_PBKDF2_ITERATIONS,
@@ -43,6 +44,46 @@ pub(super) fn compile(k: &RawKeys, base: &Path) -> Result<KeyringSpec, Invalid> 
     for (i, key) in k.ring.iter().enumerate() {
         let (at, shown) = (entry(i).key("id"), entry(i).shown().to_string());
         let refuse = |m: &str| invalid_shown(shown.clone(), m, Some(&at));
+        if let Some(p) = &key.pkcs11 {
+            if key.passphrase_env.is_some()
+                || key.file.is_some()
+                || key.salt_env.is_some()
+                || key.salt_file.is_some()
+            {
+                return Err(refuse(
+                    "a pkcs11 key takes no passphrase_env, file, salt_env or salt_file",
+                ));
+            }
+            let pk = entry(i).key("pkcs11");
+            let pin =
+                match (&p.pin_env, &p.pin_file) {
+                    (Some(e), None) if !e.is_empty() => PinSource::Env(e.clone()),
+                    (None, Some(f)) if !f.is_empty() => PinSource::File(resolve(base, f)),
+                    _ => return Err(invalid(
+                        &pk,
+                        "set exactly one of pin_env or pin_file (the PIN never goes in the YAML)",
+                    )),
+                };
+            for (name, v) in [
+                ("module", &p.module),
+                ("token", &p.token),
+                ("label", &p.label),
+            ] {
+                if v.is_empty() {
+                    return Err(invalid(&pk.key(name), "must not be empty"));
+                }
+            }
+            keys.push(KeySpec {
+                id: key.id.clone(),
+                source: KeySource::Pkcs11(Pkcs11Spec {
+                    module: resolve(base, &p.module),
+                    token: p.token.clone(),
+                    label: p.label.clone(),
+                    pin,
+                }),
+            });
+            continue;
+        }
         let source = match (&key.passphrase_env, &key.file) {
             (Some(env), None) => {
                 let salt = match (&key.salt_env, &key.salt_file) {
@@ -66,7 +107,7 @@ pub(super) fn compile(k: &RawKeys, base: &Path) -> Result<KeyringSpec, Invalid> 
                 KeySource::File(resolve(base, f))
             }
             _ => return Err(refuse(
-                "set exactly one of passphrase_env or file (key material never goes in the YAML)",
+                "set exactly one of passphrase_env, file or pkcs11 (key material never goes in the YAML)",
             )),
         };
         keys.push(KeySpec {

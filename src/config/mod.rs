@@ -241,6 +241,18 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
             })
         }
     };
+    if let Some(k) = &keys {
+        let token_active = k
+            .keys
+            .iter()
+            .any(|x| x.id == k.active && !x.source.has_bytes());
+        if token_active && key_store.is_none() {
+            return Err(invalid(
+                &At::top("keys").key("active"),
+                format!("{:?} is a pkcs11 key: deployment-scoped routes then seal under a deployment data key kept wrapped in the key store, so a `key_store` section is needed", k.active),
+            ));
+        }
+    }
     let log = log::compile(&raw.log)?;
     let default_headers = headers::compile(&At::top("headers"), &raw.headers, None)?;
     let mut routes = routes::compile(&raw, &upstreams, &rate_limit, &limits, keys.as_ref(), base)?;

@@ -145,9 +145,11 @@ impl Preflight<'_> {
                         ..
                     } => "salt_env",
                     KeySource::File(_) => "file",
+                    KeySource::Pkcs11(_) => "pkcs11",
                 },
                 (_, KeySource::File(_)) => "file",
                 (_, KeySource::Passphrase { .. }) => "passphrase_env",
+                (_, KeySource::Pkcs11(_)) => "pkcs11",
             };
             self.error(&entry.key(field), e.to_string());
         }

@@ -462,6 +462,28 @@ pub struct RawKey {
     /// Key file from `fieldseal keygen`: 32 random bytes in base64, mode 0600.
     #[serde(default)]
     pub file: Option<String>,
+    /// A key in a PKCS#11 token (an HSM): fieldseal never sees its bytes.
+    #[serde(default)]
+    pub pkcs11: Option<RawPkcs11>,
+}
+
+/// Where a PKCS#11 ring key lives and how fieldseal logs in to its token.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPkcs11 {
+    /// Path of the PKCS#11 module (shared library), e.g.
+    /// `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: String,
+    /// The token's label.
+    pub token: String,
+    /// The key's `CKA_LABEL` (`fieldseal keys generate` creates it).
+    pub label: String,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// File holding the user PIN (mode 0600 or stricter).
+    #[serde(default)]
+    pub pin_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -149,6 +149,32 @@ fn route(
         None => crate::routes::OnErasedWrite::Refuse,
         Some(w) => super::word(&at.key("on_erased_write"), w, "")?,
     };
+    // Query and form pairs are sealed, and blind indexes keyed, under
+    // the deployment's ring key's bytes (`fs1`, HKDF sub-keys).
+    let deployment_keyed = r.form.is_some()
+        || !r.index.is_empty()
+        || r.query.as_ref().is_some_and(|q| {
+            q.values().any(|p| {
+                matches!(
+                    p,
+                    RawParam::Keyword(Word::Known(ParamWord::Seal)) | RawParam::Index(_)
+                )
+            })
+        })
+        || r.path_params
+            .as_ref()
+            .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+    let token_active = keys.is_some_and(|k| {
+        k.keys
+            .iter()
+            .any(|x| x.id == k.active && !x.source.has_bytes())
+    });
+    if deployment_keyed && token_active && key_scope == crate::routes::KeyScope::Deployment {
+        return Err(invalid(
+            &at.key("key_scope"),
+            "the active key is a pkcs11 key: `form:`, `index:`, `query: {name: seal | {index: ..}}` and indexed `path_params` are sealed or keyed with a ring key's bytes, which a token key does not give (not available yet with a token key active)",
+        ));
+    }
     if key_scope != crate::routes::KeyScope::Deployment {
         if auth != crate::identity::AuthMode::Required {
             return Err(invalid(
@@ -168,22 +194,8 @@ fn route(
                 "needs encrypt or decrypt rules on the route",
             ));
         }
-        // Query and form pairs are sealed, and blind indexes keyed, under
-        // the deployment's keys: on a tenant or subject route that would
-        // bind them to no one (and let equal values match across tenants).
-        let deployment_keyed = r.form.is_some()
-            || !r.index.is_empty()
-            || r.query.as_ref().is_some_and(|q| {
-                q.values().any(|p| {
-                    matches!(
-                        p,
-                        RawParam::Keyword(Word::Known(ParamWord::Seal)) | RawParam::Index(_)
-                    )
-                })
-            })
-            || r.path_params
-                .as_ref()
-                .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+        // On a tenant or subject route that would bind them to no one (and
+        // let equal values match across tenants).
         if deployment_keyed {
             return Err(invalid(
                 &at.key("key_scope"),

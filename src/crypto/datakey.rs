@@ -202,7 +202,9 @@ impl fmt::Debug for Keks {
 }
 
 impl Keks {
-    /// One KEK per ring key; the ring's active key is the active KEK.
+    /// One KEK per ring key; the ring's active key is the active KEK. For
+    /// rings of file and passphrase keys only (tests, tools); a configured
+    /// ring goes through `for_ring`.
     pub fn from_ring(ring: &Keyring) -> Keks {
         let all: Vec<Arc<dyn KeyEncryptionKey>> = ring
             .ids()
@@ -216,6 +218,27 @@ impl Keks {
             .cloned()
             .unwrap_or_else(|| Arc::clone(&all[0]));
         Keks { active, all }
+    }
+
+    /// The KEKs of a configured ring: file and passphrase keys from `ring`
+    /// (which loaded them), token keys as `Pkcs11Kek`s (which connect on
+    /// first use). None when the active key is neither.
+    pub fn for_ring(ring: &Keyring, spec: &super::KeyringSpec) -> Option<Keks> {
+        let mut all: Vec<Arc<dyn KeyEncryptionKey>> = Vec::with_capacity(spec.keys.len());
+        for k in &spec.keys {
+            match &k.source {
+                super::KeySource::Pkcs11(p) => {
+                    all.push(Arc::new(super::pkcs11::Pkcs11Kek::new(&k.id, p.clone())))
+                }
+                _ => all.push(Arc::new(RingKek::from_ring(ring, &k.id)?)),
+            }
+        }
+        Keks::new(ring.active_id(), all)
+    }
+
+    /// Every KEK, the active one among them.
+    pub fn all(&self) -> &[Arc<dyn KeyEncryptionKey>] {
+        &self.all
     }
 
     /// From providers; `active` must be among them (else None).

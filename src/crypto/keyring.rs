@@ -37,7 +37,7 @@ impl KeyEntry {
         KeyView {
             head: Head::V1 { key_id: &self.id },
             label: &self.id,
-            cipher: &self.cipher,
+            cipher: Some(&self.cipher),
         }
     }
 }
@@ -49,7 +49,9 @@ impl KeyEntry {
 pub(crate) struct KeyView<'k> {
     pub(crate) head: Head<'k>,
     pub(crate) label: &'k str,
-    pub(crate) cipher: &'k Aes256Gcm,
+    /// None for the ring's active key when it lives in a token (no bytes
+    /// here): sealing under it fails (`SealError::UnknownKey`).
+    pub(crate) cipher: Option<&'k Aes256Gcm>,
 }
 
 /// The key a value is sealed under, chosen by the caller: the ring's
@@ -102,7 +104,13 @@ impl<'r> SealingKey<'r> {
 /// schedule via the `aes/zeroize` feature, the masters via `Zeroizing`).
 pub struct Keyring {
     keys: Vec<KeyEntry>,
-    active: usize,
+    /// Index of the active key in `keys`; None when it is a token key.
+    active: Option<usize>,
+    active_id: String,
+    /// Ring keys that live in a PKCS#11 token: named here (so `contains`
+    /// and `ids` know them) but with no bytes, so nothing derives from
+    /// them; their `KeyEncryptionKey`s are built by `Keks::for_ring`.
+    token_ids: Vec<String>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -119,15 +127,16 @@ impl Keyring {
     pub fn load(spec: &KeyringSpec) -> Result<Keyring, KeyError> {
         check_ids(&spec.active, spec.keys.iter().map(|k| k.id.as_str()))?;
         let mut masters = Vec::with_capacity(spec.keys.len());
+        let mut token_ids = Vec::new();
         for k in &spec.keys {
+            if !k.source.has_bytes() {
+                token_ids.push(k.id.clone());
+                continue;
+            }
             let master = keys::load_master(&k.id, &k.source, spec.pbkdf2_iterations)?;
-            let kind = match k.source {
-                super::KeySource::File(_) => "file",
-                super::KeySource::Passphrase { .. } => "passphrase",
-            };
-            masters.push((k.id.clone(), master, kind));
+            masters.push((k.id.clone(), master, k.source.kind()));
         }
-        Keyring::build(&spec.active, masters)
+        Keyring::build(&spec.active, masters, token_ids)
     }
 
     /// A ring from raw 32-byte masters (tests, benches, tools). The same
@@ -142,12 +151,13 @@ impl Keyring {
             })
             .collect();
         check_ids(active, masters.iter().map(|(id, _, _)| id.as_str()))?;
-        Keyring::build(active, masters)
+        Keyring::build(active, masters, Vec::new())
     }
 
     fn build(
         active: &str,
         masters: Vec<(String, Master, &'static str)>,
+        token_ids: Vec<String>,
     ) -> Result<Keyring, KeyError> {
         warn_on_shared_material(&masters);
         let mut keys = Vec::with_capacity(masters.len());
@@ -163,25 +173,48 @@ impl Keyring {
                 kind,
             });
         }
-        let active =
-            keys.iter()
-                .position(|k| k.id == active)
-                .ok_or_else(|| KeyError::ActiveMissing {
-                    id: active.to_owned(),
-                })?;
-        Ok(Keyring { keys, active })
+        let index = keys.iter().position(|k| k.id == active);
+        if index.is_none() && !token_ids.iter().any(|t| t == active) {
+            return Err(KeyError::ActiveMissing {
+                id: active.to_owned(),
+            });
+        }
+        Ok(Keyring {
+            keys,
+            active: index,
+            active_id: active.to_owned(),
+            token_ids,
+        })
     }
 
     pub fn active_id(&self) -> &str {
-        &self.active_entry().id
+        &self.active_id
     }
 
+    /// Every ring key id: those with bytes here, then the token keys.
     pub fn ids(&self) -> Vec<&str> {
-        self.keys.iter().map(|k| k.id.as_str()).collect()
+        self.keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .chain(self.token_ids.iter().map(String::as_str))
+            .collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.entry(id).is_some()
+        self.entry(id).is_some() || self.token_ids.iter().any(|t| t == id)
+    }
+
+    /// Whether the active key's bytes are here (a file or passphrase key)
+    /// rather than in a token. When not, deployment-scoped routes seal
+    /// under the deployment data key (`docs/keys.md`), and nothing derives
+    /// from the active key.
+    pub fn active_has_bytes(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Ring keys that live in a token.
+    pub fn token_ids(&self) -> &[String] {
+        &self.token_ids
     }
 
     /// Seals under the active key, stamped with the current time.
@@ -200,8 +233,20 @@ impl Keyring {
     }
 
     /// The key new envelopes are sealed under: the active one.
+    /// When the active key is a token key, sealing under this fails
+    /// (`SealError::UnknownKey`): callers seal under the deployment data
+    /// key then.
     pub fn sealing_key(&self) -> SealingKey<'_> {
-        SealingKey::new(self.active_entry().view())
+        match self.active.and_then(|i| self.keys.get(i)) {
+            Some(k) => SealingKey::new(k.view()),
+            None => SealingKey::new(KeyView {
+                head: Head::V1 {
+                    key_id: &self.active_id,
+                },
+                label: &self.active_id,
+                cipher: None,
+            }),
+        }
     }
 
     /// Deterministic sealing for known-answer test vectors ONLY: reusing a
@@ -324,16 +369,16 @@ impl Keyring {
 
     /// Where key `id` came from: `file`, `passphrase` or `raw` (tests, tools).
     pub fn source_kind(&self, id: &str) -> Option<&'static str> {
-        self.entry(id).map(|k| k.kind)
+        self.entry(id).map(|k| k.kind).or_else(|| {
+            self.token_ids
+                .iter()
+                .any(|t| t == id)
+                .then_some(super::pkcs11::KIND)
+        })
     }
 
     fn entry(&self, id: &str) -> Option<&KeyEntry> {
         self.keys.iter().find(|k| k.id == id)
-    }
-
-    fn active_entry(&self) -> &KeyEntry {
-        // In range: `build` found it, and `keys` never changes afterwards.
-        &self.keys[self.active]
     }
 }
 
@@ -427,6 +472,7 @@ fn seal_with(
     let aad = envelope::aad(k.head, tag, issued_at, context);
     let auth = k
         .cipher
+        .ok_or(SealError::UnknownKey)?
         .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut buf[HEADER_LEN..])
         .map_err(|_| SealError::TooLarge)?;
     buf.extend_from_slice(&auth);
@@ -448,6 +494,7 @@ fn decrypt(
     let (body, tag) = payload.split_at_mut(split);
     let tag = *Tag::from_slice(tag);
     k.cipher
+        .ok_or(DecryptError::UnknownKey)?
         .decrypt_in_place_detached(
             Nonce::from_slice(&nonce),
             &aad,

@@ -35,6 +35,8 @@ pub(crate) fn load_master(
     match source {
         KeySource::Passphrase { env, salt } => passphrase_master(id, env, salt, iterations),
         KeySource::File(path) => key_file_master(id, path),
+        // Never called for them: `Keyring::load` skips token keys.
+        KeySource::Pkcs11(_) => Err(KeyError::Derive { id: id.to_owned() }),
     }
 }
 
@@ -85,6 +87,20 @@ pub fn check_source(id: &str, source: &KeySource) -> Result<(), KeyError> {
         KeySource::Passphrase { env, salt } => {
             read_passphrase(id, env)?;
             read_salt(id, salt).map(drop)
+        }
+        KeySource::Pkcs11(spec) => {
+            if !spec.module.is_file() {
+                return Err(KeyError::Token {
+                    id: id.to_owned(),
+                    message: format!("PKCS#11 module {} is not a file", spec.module.display()),
+                });
+            }
+            let token = |message| KeyError::Token {
+                id: id.to_owned(),
+                message,
+            };
+            super::pkcs11::check_pin_source(id, &spec.pin).map_err(token)?;
+            super::pkcs11::check_token(spec).map_err(token)
         }
     }
 }

@@ -22,6 +22,7 @@ mod envelope;
 pub mod index;
 mod keyring;
 mod keys;
+pub mod pkcs11;
 mod subject;
 mod token;
 
@@ -59,6 +60,26 @@ pub enum KeySource {
     Passphrase { env: String, salt: SaltSource },
     /// A file holding 32 random bytes in base64, mode 0600.
     File(PathBuf),
+    /// A key in a PKCS#11 token: never read, only used by the token to
+    /// wrap and unwrap data keys (`pkcs11::Pkcs11Kek`).
+    Pkcs11(pkcs11::Pkcs11Spec),
+}
+
+impl KeySource {
+    /// `file`, `passphrase` or `pkcs11`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeySource::File(_) => "file",
+            KeySource::Passphrase { .. } => "passphrase",
+            KeySource::Pkcs11(_) => pkcs11::KIND,
+        }
+    }
+
+    /// Whether fieldseal holds the key's bytes (file, passphrase) or only
+    /// a handle to it in a token.
+    pub fn has_bytes(&self) -> bool {
+        !matches!(self, KeySource::Pkcs11(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +155,9 @@ pub enum KeyError {
     Rng,
     #[error("key {id:?}: key derivation failed")]
     Derive { id: String },
+    /// A PKCS#11 key: the module, token, PIN source or key (no PIN in it).
+    #[error("key {id:?}: {message}")]
+    Token { id: String, message: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -161,7 +161,7 @@ impl SubjectKey {
                 version: self.version,
             },
             label: &self.label,
-            cipher: &self.cipher,
+            cipher: Some(&self.cipher),
         }
     }
 

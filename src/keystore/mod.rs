@@ -12,19 +12,21 @@
 mod service;
 mod sqlite;
 
-pub use service::{KeyService, Resolved, ServiceError, ServiceStats};
+pub use service::{DeploymentKeys, KeyService, Resolved, ServiceError, ServiceStats};
 pub use sqlite::SqliteStore;
 
 /// Opens the key service a config describes (`key_store` + `keys`), for
-/// the proxy and the `subjects` commands alike. Blocking.
+/// the proxy and the `subjects` commands alike. Blocking; with a token key
+/// active it talks to the token (the reference secret and the deployment
+/// data key are unwrapped here).
 pub fn open_service(
     spec: &crate::config::KeyStoreSpec,
-    ring: &crate::crypto::Keyring,
+    keks: crate::crypto::Keks,
 ) -> Result<KeyService, String> {
     let store = SqliteStore::open(&spec.sqlite).map_err(|e| e.to_string())?;
     KeyService::open(
         std::sync::Arc::new(store),
-        crate::crypto::Keks::from_ring(ring),
+        keks,
         spec.cache_ttl,
         spec.cache_max,
     )
@@ -34,6 +36,18 @@ pub fn open_service(
 /// The reserved reference of the deployment's subject-reference secret.
 /// Subject references are 22 base64url characters, so none can equal it.
 pub const REF_SECRET_REFERENCE: &str = "_fieldseal_ref";
+
+/// The reserved reference of the deployment data key: what
+/// deployment-scoped routes seal under (`fs2` envelopes naming
+/// `_fieldseal_dk:VERSION`) when the active ring key is a token key, which
+/// has no bytes to seal `fs1` with. An ordinary row: wrapped by the
+/// active KEK, rewrapped on rotation, never erased.
+pub const DEPLOYMENT_REFERENCE: &str = "_fieldseal_dk";
+
+/// Whether a reference is one of fieldseal's own rows, not a subject's.
+pub fn is_reserved(reference: &str) -> bool {
+    reference == REF_SECRET_REFERENCE || reference == DEPLOYMENT_REFERENCE
+}
 
 /// One wrapped version of a data key.
 #[derive(Debug, Clone, PartialEq, Eq)]

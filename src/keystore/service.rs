@@ -16,7 +16,9 @@ use crate::crypto::{
     data_key_aad, unix_now, DataKey, Keks, RefScope, SubjectKey, SubjectRefKey, WrapError,
 };
 
-use super::{KeyStore, StoreError, StoredKey, SubjectRecord, REF_SECRET_REFERENCE};
+use super::{
+    KeyStore, StoreError, StoredKey, SubjectRecord, DEPLOYMENT_REFERENCE, REF_SECRET_REFERENCE,
+};
 
 /// What a reference resolves to.
 #[derive(Clone)]
@@ -47,6 +49,9 @@ pub enum ServiceError {
     Wrap(#[from] WrapError),
     #[error("the key task failed")]
     Task,
+    /// The store or the KEK (an HSM, a KMS) did not answer in time.
+    #[error("the key store or key provider did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 struct Cached {
@@ -62,6 +67,33 @@ pub struct KeyService {
     ttl: Duration,
     max: usize,
     stats: Mutex<ServiceStats>,
+    deployment: DeploymentKeys,
+    /// The last token self-test, and when (`kek_health`).
+    kek_checked: tokio::sync::Mutex<Option<(Instant, KekHealth)>>,
+}
+
+/// Per token KEK id: Ok, or why its round trip failed.
+pub type KekHealth = Vec<(String, Result<(), String>)>;
+
+/// Longest a request waits for an uncached key (store read and unwrap).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `/readyz` tests the token keys at most this often; calls in between
+/// get the last result.
+pub const KEK_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A token that has not answered the self-test by then is failed.
+const KEK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What deployment-scoped routes do with the deployment data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentKeys {
+    /// None exists: `fs1` under the ring, as without a key store.
+    Unused,
+    /// It exists (an earlier token key was active) but the active key is
+    /// a file or passphrase key: seal `fs1`, open both.
+    Open,
+    /// The active key is a token key: seal under it, open both.
+    Seal,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -98,6 +130,36 @@ impl KeyService {
             }
         };
         let refs = SubjectRefKey::new(&secret).ok_or(ServiceError::Task)?;
+        // The deployment data key: made (once per store, whichever replica
+        // is first) when a token key is active, used when it exists.
+        let sealing = keks.active().kind() == crate::crypto::pkcs11::KIND;
+        let deployment = match store.get(DEPLOYMENT_REFERENCE)? {
+            // Unwrapped once here, so a row no configured KEK opens stops
+            // the load instead of failing every deployment-route request.
+            SubjectRecord::Keys(keys) => {
+                for row in &keys {
+                    unwrap_one(&keks, DEPLOYMENT_REFERENCE, row)?;
+                }
+                if sealing {
+                    DeploymentKeys::Seal
+                } else {
+                    DeploymentKeys::Open
+                }
+            }
+            _ if sealing => {
+                let fresh = DataKey::generate()?;
+                let row = wrap_row(&keks, DEPLOYMENT_REFERENCE, 1, &fresh)?;
+                match store.create_first(DEPLOYMENT_REFERENCE, &row, true)? {
+                    SubjectRecord::Keys(_) => DeploymentKeys::Seal,
+                    _ => {
+                        return Err(ServiceError::Store(StoreError::Corrupt(
+                            "the deployment data key was not stored".into(),
+                        )))
+                    }
+                }
+            }
+            _ => DeploymentKeys::Unused,
+        };
         Ok(KeyService {
             store,
             keks,
@@ -106,7 +168,103 @@ impl KeyService {
             ttl,
             max: max.max(1),
             stats: Mutex::new(ServiceStats::default()),
+            deployment,
+            kek_checked: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// What deployment-scoped routes do with the deployment data key.
+    pub fn deployment(&self) -> DeploymentKeys {
+        self.deployment
+    }
+
+    /// The deployment data key(s), through the cache (a miss unwraps with
+    /// the KEK on the blocking pool; a token that is down is an error, and
+    /// the request gets 503).
+    pub async fn deployment_keys(self: &Arc<Self>) -> Result<Resolved, ServiceError> {
+        self.resolve(DEPLOYMENT_REFERENCE, false, false).await
+    }
+
+    /// The token KEKs' self-tests (`kek_self_test`), cached for
+    /// `KEK_CHECK_EVERY` and run on the blocking pool. Empty without token
+    /// keys.
+    pub async fn kek_health(self: &Arc<Self>) -> KekHealth {
+        let ids: Vec<String> = self
+            .keks
+            .all()
+            .iter()
+            .filter(|k| k.kind() == crate::crypto::pkcs11::KIND)
+            .map(|k| k.id().to_owned())
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let mut last = self.kek_checked.lock().await;
+        if let Some((at, health)) = last.as_ref() {
+            if at.elapsed() < KEK_CHECK_EVERY {
+                return health.clone();
+            }
+        }
+        let this = Arc::clone(self);
+        let run = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .map(|id| {
+                    let r = this.kek_self_test(&id).map_err(|e| e.to_string());
+                    (id, r)
+                })
+                .collect::<KekHealth>()
+        });
+        let health = match tokio::time::timeout(KEK_CHECK_TIMEOUT, run).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(_)) => self
+                .token_ids()
+                .map(|id| (id, Err("the self-test task failed".to_owned())))
+                .collect(),
+            Err(_) => self
+                .token_ids()
+                .map(|id| {
+                    (
+                        id,
+                        Err("the token did not answer the self-test in time".to_owned()),
+                    )
+                })
+                .collect(),
+        };
+        *last = Some((Instant::now(), health.clone()));
+        health
+    }
+
+    fn token_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.keks
+            .all()
+            .iter()
+            .filter(|k| k.kind() == crate::crypto::pkcs11::KIND)
+            .map(|k| k.id().to_owned())
+    }
+
+    /// A wrap and unwrap round trip through KEK `id` (with a token key:
+    /// proves the token answers now), and an unwrap with other associated
+    /// data that must fail. Blocking.
+    pub fn kek_self_test(&self, id: &str) -> Result<(), ServiceError> {
+        let kek = self
+            .keks
+            .get(id)
+            .ok_or_else(|| WrapError::UnknownKek { id: id.to_owned() })?;
+        let probe = DataKey::generate()?;
+        let aad = b"fieldseal-kek-self-test";
+        let wrapped = kek.wrap(&probe, aad)?;
+        let back = kek.unwrap(&wrapped, aad)?;
+        if back.expose() != probe.expose() {
+            return Err(ServiceError::Wrap(WrapError::Unwrap));
+        }
+        match kek.unwrap(&wrapped, b"fieldseal-kek-self-test-other") {
+            Err(WrapError::Unwrap) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Err(ServiceError::Wrap(WrapError::Provider {
+                kind: kek.kind(),
+                message: "the associated data is not authenticated".into(),
+            })),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn KeyStore> {
@@ -160,9 +318,14 @@ impl KeyService {
         }
         let this = Arc::clone(self);
         let reference = reference.to_owned();
-        tokio::task::spawn_blocking(move || this.resolve_blocking(&reference, create, revive))
-            .await
-            .map_err(|_| ServiceError::Task)?
+        let task =
+            tokio::task::spawn_blocking(move || this.resolve_blocking(&reference, create, revive));
+        // A hung store or token fails the request closed (503) instead of
+        // holding it; the blocking call itself finishes or fails on its own.
+        match tokio::time::timeout(RESOLVE_TIMEOUT, task).await {
+            Ok(joined) => joined.map_err(|_| ServiceError::Task)?,
+            Err(_) => Err(ServiceError::Timeout(RESOLVE_TIMEOUT)),
+        }
     }
 
     fn resolve_blocking(

@@ -195,6 +195,18 @@ fn seal_with(
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
     let keys = match subject {
         None => Keys::from(ring),
+        // The deployment data key opens `fs2:_fieldseal_dk` envelopes; it
+        // seals only when the active ring key is in a token (no bytes
+        // here to seal `fs1` with).
+        Some(sk) if route.key_scope == crate::routes::KeyScope::Deployment => Keys {
+            seal: match sk.first() {
+                Some(k) if !ring.active_has_bytes() => k.sealing_key(),
+                _ => ring.sealing_key(),
+            },
+            ring,
+            subjects: sk,
+            subject_only: false,
+        },
         Some(sk) => {
             let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
                 "no subject key to seal with",

@@ -10,7 +10,7 @@ use super::Exchange;
 use crate::crypto::{RefScope, SubjectKeys};
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::identity::AuthError;
-use crate::keystore::Resolved;
+use crate::keystore::{DeploymentKeys, Resolved};
 use crate::routes::{KeyScope, OnErasedWrite};
 use crate::state::{RouteRuntime, Runtime};
 
@@ -25,7 +25,7 @@ pub(super) async fn for_request(
     write: bool,
 ) -> Result<Option<Arc<SubjectKeys>>, ProxyError> {
     let scope = match route.route.key_scope {
-        KeyScope::Deployment => return Ok(None),
+        KeyScope::Deployment => return deployment_keys(rt, route, ex).await,
         KeyScope::Tenant => RefScope::Tenant,
         KeyScope::Subject => RefScope::Subject,
     };
@@ -74,6 +74,47 @@ pub(super) async fn for_request(
     }
     let keys = Arc::new(keys);
     ex.subject_keys = Some((write, Arc::clone(&keys)));
+    Ok(Some(keys))
+}
+
+/// On a deployment-scoped route: the deployment data key, when the store
+/// has one (`DeploymentKeys::Open | Seal`); None otherwise (`fs1` under
+/// the ring only). With a token key active it is what the route seals
+/// under, so a token that is down while it is not cached is a 503, with
+/// nothing forwarded.
+async fn deployment_keys(
+    rt: &Runtime,
+    route: &RouteRuntime,
+    ex: &mut Exchange,
+) -> Result<Option<Arc<SubjectKeys>>, ProxyError> {
+    let Some(service) = rt.key_service.as_ref() else {
+        return Ok(None);
+    };
+    if service.deployment() == DeploymentKeys::Unused {
+        return Ok(None);
+    }
+    if let Some((_, keys)) = &ex.subject_keys {
+        return Ok(Some(Arc::clone(keys)));
+    }
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(request_id = ex.id(), route = %route.route.name, error = %e, "deployment data key unavailable");
+        ProxyError::from(LocalError::KeyStoreUnavailable)
+    };
+    let resolved = service
+        .deployment_keys()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let mut keys = SubjectKeys::default();
+    match resolved {
+        Resolved::Keys(k) => {
+            for key in k {
+                keys.push(key);
+            }
+        }
+        _ => return Err(unavailable(&"the key store has no deployment data key")),
+    }
+    let keys = Arc::new(keys);
+    ex.subject_keys = Some((true, Arc::clone(&keys)));
     Ok(Some(keys))
 }
 

@@ -80,7 +80,7 @@ where
     }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
-        (&Method::GET, "/readyz") => readyz(shared),
+        (&Method::GET, "/readyz") => readyz(shared).await,
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(body::full(shared.metrics.encode()));
             r.headers_mut().insert(
@@ -410,7 +410,7 @@ fn info(shared: &Shared, loopback: bool) -> Value {
 
 /// Ready when the config is loaded and every key in the ring encrypts and
 /// decrypts a probe (the encryption health check).
-fn readyz(shared: &Shared) -> Response<ProxyBody> {
+async fn readyz(shared: &Shared) -> Response<ProxyBody> {
     let rt = shared.runtime.load();
     let mut checks = serde_json::Map::new();
     let mut ready = true;
@@ -446,9 +446,18 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
         }
     }
     if let Some(service) = &rt.key_service {
-        // One round trip to the store (SQLite: a local read).
-        let store = service.store();
-        match store.ping() {
+        // One round trip to the store (SQLite: a local read; PostgreSQL:
+        // bounded by its timeouts), on the blocking pool: never on a worker.
+        let store = Arc::clone(service.store());
+        let probe = Arc::clone(&store);
+        let pinged = tokio::task::spawn_blocking(move || probe.ping())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::keystore::StoreError::Unavailable(
+                    "the probe task failed".into(),
+                ))
+            });
+        match pinged {
             Ok(()) => {
                 checks.insert(
                     "key_store".into(),

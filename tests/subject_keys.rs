@@ -1,7 +1,9 @@
 //! Per-subject keys from a verified identity, end to end: real TLS clients,
-//! tokens signed with a generated EC key, the embedded SQLite key store in
-//! a temp dir, and a backend that stores records by path and answers reads
-//! with exactly the bytes it stored.
+//! tokens signed with a generated EC key, and a backend that stores records
+//! by path and answers reads with exactly the bytes it stored. Every
+//! behaviour runs against both key stores (`both_stores!`): the embedded
+//! SQLite file in a temp dir, and a real PostgreSQL cluster this binary
+//! starts (one database per test).
 
 mod common;
 
@@ -97,15 +99,75 @@ impl RecordStore {
 const BIN: &str = env!("CARGO_BIN_EXE_fieldseal");
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// Which key store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL cluster of this test binary, started on first use; None
+/// (the test skips, with a message) when PostgreSQL is not installed.
+fn cluster() -> Option<&'static common::pg::PgCluster> {
+    static PG: std::sync::OnceLock<Option<common::pg::PgCluster>> = std::sync::OnceLock::new();
+    PG.get_or_init(common::pg::PgCluster::start).as_ref()
+}
+
+/// Runs `case` once per store: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! both_stores {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(super::Kind::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if super::cluster().is_some() {
+                    super::$case(super::Kind::Postgres).await
+                }
+            }
+        }
+    };
+}
+
+/// Where a site's keys live.
+enum StoreAt {
+    Sqlite,
+    Postgres {
+        url: String,
+        cluster: &'static common::pg::PgCluster,
+    },
+}
+
 /// The files of one deployment: ring key files, the JWKS, the key store,
 /// the admin token. Proxies started on it share them (and the backend).
 struct Site {
     dir: tempfile::TempDir,
     signer: SigningKey,
+    store: StoreAt,
 }
 
 impl Site {
     fn new() -> Site {
+        Site::on(Kind::Sqlite)
+    }
+
+    fn on(kind: Kind) -> Site {
+        let store = match kind {
+            Kind::Sqlite => StoreAt::Sqlite,
+            Kind::Postgres => {
+                let cluster = cluster().expect("postgres");
+                StoreAt::Postgres {
+                    url: cluster.database(),
+                    cluster,
+                }
+            }
+        };
+        Site::with_store(store)
+    }
+
+    fn with_store(store: StoreAt) -> Site {
         let dir = tempfile::tempdir().unwrap();
         key_file(dir.path(), "k1");
         key_file(dir.path(), "k2");
@@ -122,7 +184,27 @@ impl Site {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        Site { dir, signer }
+        Site { dir, signer, store }
+    }
+
+    /// The `key_store` line naming this site's store.
+    fn store_line(&self) -> String {
+        match &self.store {
+            StoreAt::Sqlite => format!("  sqlite: \"{}/keys.db\"", self.dir.path().display()),
+            StoreAt::Postgres { url, .. } => format!("  postgres_url: \"{url}\""),
+        }
+    }
+
+    /// Every byte the key store holds (the SQLite file, or a pg_dump).
+    fn store_bytes(&self) -> Vec<u8> {
+        match &self.store {
+            // The database and its write-ahead log (recent commits live there).
+            StoreAt::Sqlite => ["keys.db", "keys.db-wal"]
+                .iter()
+                .flat_map(|f| std::fs::read(self.path(f)).unwrap_or_default())
+                .collect(),
+            StoreAt::Postgres { url, cluster } => cluster.dump(common::pg::db_name(url)),
+        }
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
@@ -132,6 +214,7 @@ impl Site {
     /// The config after `listen`/`admin`: `ring` is the `keys` section body.
     fn yaml(&self, backend: &str, ring: &str, store_extra: &str, route_extra: &str) -> String {
         let d = self.dir.path().display();
+        let store = self.store_line();
         format!(
             r#"upstreams:
   legacy: {{ url: "{backend}" }}
@@ -145,7 +228,7 @@ identity:
       algorithms: [ES256]
       jwks_file: "{d}/jwks.json"
 key_store:
-  sqlite: "{d}/keys.db"
+{store}
 {store_extra}
 routes:
   - name: records
@@ -199,12 +282,12 @@ struct World {
 }
 
 impl World {
-    async fn start(route_extra: &str) -> World {
-        World::start_with("", route_extra).await
+    async fn start(kind: Kind, route_extra: &str) -> World {
+        World::start_with(kind, "", route_extra).await
     }
 
-    async fn start_with(store_extra: &str, route_extra: &str) -> World {
-        let site = Site::new();
+    async fn start_with(kind: Kind, store_extra: &str, route_extra: &str) -> World {
+        let site = Site::on(kind);
         let backend = RecordStore::start().await;
         let yaml = site.yaml(
             &backend.url,
@@ -267,9 +350,9 @@ async fn answer(rb: reqwest::RequestBuilder) -> (StatusCode, Value) {
 const SSN_A: &str = "123-45-6789";
 const SSN_B: &str = "987-65-4321";
 
-#[tokio::test]
-async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
-    let w = World::start("    on_foreign_subject: \"null\"\n").await;
+both_stores!(a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it);
+async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it(kind: Kind) {
+    let w = World::start(kind, "    on_foreign_subject: \"null\"\n").await;
 
     // A writes and reads back plaintext.
     let (s, _) = w
@@ -299,8 +382,16 @@ async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
     assert_eq!(reference.len(), 22);
     // The key store holds the key only wrapped: its bytes are not the data key
     // (which would open the envelope) and the file has no plaintext either.
-    let db = std::fs::read(w.site.path("keys.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&db).contains("alice"));
+    let db = String::from_utf8_lossy(&w.site.store_bytes()).into_owned();
+    assert!(
+        db.contains("fieldseal_data_keys"),
+        "the dump holds the keys table"
+    );
+    assert!(
+        !db.contains("alice"),
+        "the raw subject id is in the key store"
+    );
+    assert!(!db.contains(SSN_A), "plaintext is in the key store");
 
     // B reads A's record: on_foreign_subject null, never A's plaintext.
     let (s, v) = w.get("bob", "/api/records/a").await;
@@ -341,9 +432,9 @@ async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
     assert_eq!(w.get("bob", "/api/records/b3").await.1["ssn"], json!(fs1));
 }
 
-#[tokio::test]
-async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable() {
-    let w = World::start("").await;
+both_stores!(foreign_subject_error_is_403_and_old_fs1_data_stays_readable);
+async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable(kind: Kind) {
+    let w = World::start(kind, "").await;
     let (s, _) = w
         .put("alice", "/api/records/a", &json!({"ssn": SSN_A}))
         .await;
@@ -364,9 +455,9 @@ async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable() {
     assert_eq!(v["ssn"], json!(SSN_B));
 }
 
-#[tokio::test]
-async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key() {
-    let w = World::start("").await;
+both_stores!(a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key);
+async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key(kind: Kind) {
+    let w = World::start(kind, "").await;
     let service = w.proxy.proxy.key_service().expect("key service");
     let before = service.stats();
     w.put("carol", "/api/records/c", &json!({"ssn": SSN_A}))
@@ -402,9 +493,9 @@ async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_on
     assert_eq!(with_keys.len(), 2, "{list:?}");
 }
 
-#[tokio::test]
-async fn subject_scope_needs_a_verified_token() {
-    let w = World::start("").await;
+both_stores!(subject_scope_needs_a_verified_token);
+async fn subject_scope_needs_a_verified_token(kind: Kind) {
+    let w = World::start(kind, "").await;
     let resp = bounded(
         "no token",
         w.proxy
@@ -419,9 +510,9 @@ async fn subject_scope_needs_a_verified_token() {
     assert!(w.backend.all_received().is_empty());
 }
 
-#[tokio::test]
-async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone() {
-    let w = World::start("    on_erased: \"null\"\n").await;
+both_stores!(erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone);
+async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone(kind: Kind) {
+    let w = World::start(kind, "    on_erased: \"null\"\n").await;
     let (s, _) = w
         .put(
             "alice",
@@ -487,9 +578,10 @@ async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone
     );
 }
 
-#[tokio::test]
-async fn after_erasure_new_key_policy_and_marker_and_410() {
+both_stores!(after_erasure_new_key_policy_and_marker_and_410);
+async fn after_erasure_new_key_policy_and_marker_and_410(kind: Kind) {
     let w = World::start(
+        kind,
         "    on_erased: marker\n    erased_marker: \"[gone]\"\n    on_erased_write: new_key\n",
     )
     .await;
@@ -521,7 +613,7 @@ async fn after_erasure_new_key_policy_and_marker_and_410() {
     );
 
     // on_erased: error (the default) answers 410.
-    let w = World::start("").await;
+    let w = World::start(kind, "").await;
     w.put("carol", "/api/records/c", &json!({"ssn": SSN_A}))
         .await;
     assert_eq!(
@@ -533,9 +625,9 @@ async fn after_erasure_new_key_policy_and_marker_and_410() {
     assert!(!v.to_string().contains(SSN_A));
 }
 
-#[tokio::test]
-async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl() {
-    let w = World::start_with("  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
+both_stores!(a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl);
+async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl(kind: Kind) {
+    let w = World::start_with(kind, "  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
     w.put("dave", "/api/records/d", &json!({"ssn": SSN_A}))
         .await;
     assert_eq!(w.get("dave", "/api/records/d").await.1["ssn"], json!(SSN_A));
@@ -567,7 +659,7 @@ async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl() {
 
 #[tokio::test]
 async fn the_store_failing_gives_503_for_uncached_subjects_and_recovers() {
-    let w = World::start("").await;
+    let w = World::start(Kind::Sqlite, "").await;
     w.put("erin", "/api/records/e", &json!({"ssn": SSN_A}))
         .await;
     // The store breaks under the proxy (its table vanishes).
@@ -604,9 +696,9 @@ async fn the_store_failing_gives_503_for_uncached_subjects_and_recovers() {
     );
 }
 
-#[tokio::test]
-async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads() {
-    let site = Site::new();
+both_stores!(rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads);
+async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads(kind: Kind) {
+    let site = Site::on(kind);
     let backend = RecordStore::start().await;
     let yaml = site.yaml(&backend.url, &site.ring("k1", &["k1"]), "", "");
     let proxy = TestProxy::start(&yaml).await;

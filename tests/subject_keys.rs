@@ -113,8 +113,23 @@ fn cluster() -> Option<&'static common::pg::PgCluster> {
     PG.get_or_init(common::pg::PgCluster::start).as_ref()
 }
 
-/// Runs `case` once per store: `NAME::sqlite` and `NAME::postgres`.
+/// Runs `case` once per store: `NAME::sqlite` and `NAME::postgres`
+/// (`, threads` on a multi-threaded runtime, for races).
 macro_rules! both_stores {
+    ($case:ident, threads) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$case(super::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if super::cluster().is_some() {
+                    super::$case(super::Kind::Postgres).await
+                }
+            }
+        }
+    };
     ($case:ident) => {
         mod $case {
             #[tokio::test]
@@ -324,6 +339,42 @@ impl World {
             .h1()
             .get(self.proxy.url(path))
             .bearer_auth(self.token(sub));
+        answer(rb).await
+    }
+
+    /// A second proxy on the same store and backend (another replica),
+    /// with `store_extra` in its `key_store` and `route_extra` in its route.
+    async fn replica(&self, store_extra: &str, route_extra: &str) -> TestProxy {
+        let yaml = self.site.yaml(
+            &self.backend.url,
+            &self.site.ring("k1", &["k1"]),
+            store_extra,
+            route_extra,
+        );
+        let token = format!(
+            ", token_file: \"{}\"",
+            self.site.path("admin.token").display()
+        );
+        TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await
+    }
+
+    async fn put_via(
+        &self,
+        p: &TestProxy,
+        sub: &str,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let rb = p
+            .h1()
+            .put(p.url(path))
+            .bearer_auth(self.token(sub))
+            .json(body);
+        answer(rb).await
+    }
+
+    async fn get_via(&self, p: &TestProxy, sub: &str, path: &str) -> (StatusCode, Value) {
+        let rb = p.h1().get(p.url(path)).bearer_auth(self.token(sub));
         answer(rb).await
     }
 
@@ -766,4 +817,291 @@ fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
     }
     // Refusing a parameter binds it to no key: allowed.
     assert!(load("    query: { ssn: refuse }\n").is_ok());
+}
+
+both_stores!(
+    two_replicas_racing_first_writes_of_one_subject_make_exactly_one_key,
+    threads
+);
+async fn two_replicas_racing_first_writes_of_one_subject_make_exactly_one_key(kind: Kind) {
+    let w = World::start(kind, "").await;
+    let other = w.replica("", "").await;
+    let w = Arc::new(w);
+    let other = Arc::new(other);
+    // Open the connections first (other subjects), so the race below is not
+    // spread out by TLS handshakes.
+    let mut warm = Vec::new();
+    for i in 0..40 {
+        let (w, other) = (Arc::clone(&w), Arc::clone(&other));
+        warm.push(tokio::spawn(async move {
+            let p = if i % 2 == 0 { &w.proxy } else { &*other };
+            w.get_via(p, &format!("warm{i}"), "/api/records/none")
+                .await
+                .0
+        }));
+    }
+    for t in warm {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    // Many first writes of one subject at once, half through each replica.
+    let start = Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (w, other, start) = (Arc::clone(&w), Arc::clone(&other), Arc::clone(&start));
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let path = format!("/api/records/race{i}");
+            let body = json!({"ssn": format!("{SSN_A}-{i}")});
+            if i % 2 == 0 {
+                w.put("racer", &path, &body).await
+            } else {
+                w.put_via(&other, "racer", &path, &body).await
+            }
+        }));
+    }
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Exactly one key for the subject (plus the shared reference secret).
+    let list = w.proxy.proxy.key_service().unwrap().store().list().unwrap();
+    let keyed: Vec<_> = list
+        .iter()
+        .filter(|s| s.reference != fieldseal::keystore::REF_SECRET_REFERENCE)
+        .collect();
+    assert_eq!(keyed.len(), 1, "{list:?}");
+    assert_eq!(keyed[0].versions, vec![1], "{list:?}");
+    // Every record reads back through both replicas, all under that key.
+    for i in 0..40 {
+        let path = format!("/api/records/race{i}");
+        let stored: Value = serde_json::from_slice(&w.backend.stored(&path)).unwrap();
+        let (reference, version) =
+            fieldseal::crypto::envelope_subject(stored["ssn"].as_str().unwrap()).unwrap();
+        assert_eq!(reference, keyed[0].reference);
+        assert_eq!(version, 1);
+        let want = json!(format!("{SSN_A}-{i}"));
+        assert_eq!(w.get("racer", &path).await.1["ssn"], want);
+        assert_eq!(w.get_via(&other, "racer", &path).await.1["ssn"], want);
+    }
+}
+
+both_stores!(an_erase_through_one_replica_is_in_force_on_the_other_within_the_cache_ttl);
+async fn an_erase_through_one_replica_is_in_force_on_the_other_within_the_cache_ttl(kind: Kind) {
+    let w = World::start_with(kind, "  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
+    let other = w
+        .replica("  cache_ttl: 1s\n", "    on_erased: \"null\"\n")
+        .await;
+    let (s, _) = w
+        .put("gina", "/api/records/g", &json!({"ssn": SSN_A}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // The other replica reads it (and caches the key).
+    assert_eq!(
+        w.get_via(&other, "gina", "/api/records/g").await.1["ssn"],
+        json!(SSN_A)
+    );
+    // Erased through the first replica's admin endpoint: in force there at once.
+    let resp = w.erase("gina", Some(ADMIN_TOKEN)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(w.get("gina", "/api/records/g").await.1["ssn"], Value::Null);
+    // And on the other one once its cached key is older than cache_ttl.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        w.get_via(&other, "gina", "/api/records/g").await.1["ssn"],
+        Value::Null
+    );
+    let n = w.backend.received.lock().unwrap().len();
+    let (s, v) = w
+        .put_via(&other, "gina", "/api/records/g2", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+}
+
+/// PostgreSQL stopped under a running proxy: uncached subjects get 503 and
+/// nothing is forwarded, cached ones keep working until their TTL, /readyz
+/// says why, and the proxy recovers by itself when the server is back.
+#[tokio::test]
+async fn postgres_stopped_mid_run_gives_503_for_uncached_subjects_and_recovers() {
+    let Some(own) = common::pg::PgCluster::start() else {
+        return;
+    };
+    // Its own cluster: this test stops it.
+    let own: &'static common::pg::PgCluster = Box::leak(Box::new(own));
+    let site = Site::with_store(StoreAt::Postgres {
+        url: own.database(),
+        cluster: own,
+    });
+    let backend = RecordStore::start().await;
+    let ttl = std::time::Duration::from_secs(4);
+    let yaml = site.yaml(
+        &backend.url,
+        &site.ring("k1", &["k1"]),
+        "  cache_ttl: 4s\n  connect_timeout: 1s\n  statement_timeout: 1s\n",
+        "",
+    );
+    let token = format!(", token_file: \"{}\"", site.path("admin.token").display());
+    let proxy = TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await;
+    let w = World {
+        proxy,
+        backend,
+        site,
+    };
+    let (s, _) = w
+        .put("erin", "/api/records/e", &json!({"ssn": SSN_A}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cached_at = std::time::Instant::now();
+
+    own.stop_server();
+    let n = w.backend.received.lock().unwrap().len();
+    let (s, v) = w
+        .put("frank", "/api/records/f", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"], "the key store is unavailable", "{v}");
+    assert_eq!(
+        w.backend.received.lock().unwrap().len(),
+        n,
+        "forwarded while the store is down"
+    );
+    assert!(!String::from_utf8_lossy(&w.backend.all_received()).contains(SSN_B));
+    // Many at once: every one refused, none forwarded.
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let w = Arc::clone(&w);
+        tasks.push(tokio::spawn(async move {
+            w.put(&format!("u{i}"), "/api/records/x", &json!({"ssn": SSN_B}))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+    let ready: Value = reqwest::get(w.proxy.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = &ready["checks"]["key_store"];
+    assert_eq!(check["status"], "failed", "{ready}");
+    assert_eq!(check["kind"], "postgres", "{ready}");
+    assert!(
+        check["reason"].as_str().unwrap().contains("postgres"),
+        "{ready}"
+    );
+    // A cached subject keeps working while its key is younger than the TTL
+    // (checked only if this slow machine got here in time).
+    let (s, v) = w.get("erin", "/api/records/e").await;
+    if cached_at.elapsed() < ttl {
+        assert_eq!((s, &v["ssn"]), (StatusCode::OK, &json!(SSN_A)), "{v}");
+    }
+    // Past the TTL it needs the store again: 503.
+    tokio::time::sleep(ttl.saturating_sub(cached_at.elapsed())).await;
+    assert_eq!(
+        w.get("erin", "/api/records/e").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The server comes back on the same port: the proxy recovers by itself.
+    own.start_server();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, _) = w
+            .put("frank", "/api/records/f", &json!({"ssn": SSN_B}))
+            .await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        w.get("frank", "/api/records/f").await.1["ssn"],
+        json!(SSN_B)
+    );
+    assert_eq!(w.get("erin", "/api/records/e").await.1["ssn"], json!(SSN_A));
+    let ready: Value = reqwest::get(w.proxy.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["key_store"]["status"], "ok", "{ready}");
+}
+
+// The store's own guarantee, under the most contention a test can make:
+// threads released at once, each with its own candidate key, all calling
+// `create_first` for one reference on separate connections.
+both_stores!(concurrent_create_first_calls_store_one_key_and_all_see_it);
+async fn concurrent_create_first_calls_store_one_key_and_all_see_it(kind: Kind) {
+    use fieldseal::keystore::{KeyStore, StoredKey, SubjectRecord};
+    let site = Site::on(kind);
+    let cfg = site.config_file(
+        "store.yaml",
+        &site.yaml(
+            "http://127.0.0.1:9",
+            &site.ring("k1", &["k1"]),
+            if kind == Kind::Postgres {
+                "  pool_max: 16\n"
+            } else {
+                ""
+            },
+            "",
+        ),
+    );
+    let cfg = fieldseal::config::Config::load(&cfg).unwrap();
+    let spec = cfg.key_store.clone().unwrap();
+    let store: Arc<dyn KeyStore> = tokio::task::spawn_blocking(move || match &spec.backend {
+        fieldseal::config::KeyStoreBackend::Sqlite(p) => {
+            Arc::new(fieldseal::keystore::SqliteStore::open(p).unwrap()) as Arc<dyn KeyStore>
+        }
+        fieldseal::config::KeyStoreBackend::Postgres(pg) => {
+            Arc::new(fieldseal::keystore::PostgresStore::open(pg).unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    for round in 0..5 {
+        let reference = format!("race-reference-{round}");
+        let n = 16;
+        let start = Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, start, reference) =
+                    (Arc::clone(&store), Arc::clone(&start), reference.clone());
+                std::thread::spawn(move || {
+                    let key = StoredKey {
+                        version: 1,
+                        kek_id: "k1".into(),
+                        wrapped: vec![i as u8; 60],
+                        created_at: 1,
+                    };
+                    start.wait();
+                    store.create_first(&reference, &key, false)
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in threads {
+            match t.join().unwrap() {
+                Ok(SubjectRecord::Keys(keys)) => {
+                    assert_eq!(keys.len(), 1, "{keys:?}");
+                    seen.push(keys[0].wrapped.clone());
+                }
+                other => panic!("create_first: {other:?}"),
+            }
+        }
+        // Every caller got the one winner's key, and only it is stored.
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "two first keys");
+        match store.get(&reference).unwrap() {
+            SubjectRecord::Keys(keys) => assert_eq!(keys.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -1105,3 +1105,59 @@ async fn concurrent_create_first_calls_store_one_key_and_all_see_it(kind: Kind) 
         }
     }
 }
+
+#[test]
+fn check_validates_the_postgres_store_and_warns_what_an_operator_gets_wrong() {
+    let site = Site::new();
+    write_certs(site.dir.path());
+    let sqlite_line = site.store_line();
+    let run = |store: &str, url: Option<&str>| {
+        let yaml = site
+            .yaml("http://127.0.0.1:9", &site.ring("k1", &["k1"]), "", "")
+            .replace(&sqlite_line, store);
+        let cfg = site.config_file("check.yaml", &yaml);
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["check", "--config", cfg.to_str().unwrap()]);
+        match url {
+            Some(u) => cmd.env("FIELDSEAL_TEST_PG_URL", u),
+            None => cmd.env_remove("FIELDSEAL_TEST_PG_URL"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("s3cret"),
+            "the URL's password was shown: {err}"
+        );
+        (out.status.success(), err)
+    };
+    let env = "  postgres_url_env: FIELDSEAL_TEST_PG_URL";
+    let (ok, err) = run(env, None);
+    assert!(
+        !ok && err.contains("postgres_url_env") && err.contains("not set"),
+        "{err}"
+    );
+    let (ok, err) = run(env, Some("postgres://fs:s3cret@db.example.com:5432/fs"));
+    assert!(ok, "{err}");
+    assert!(err.contains("sslmode=require"), "{err}");
+    let (ok, err) = run(
+        env,
+        Some("postgres://fs:s3cret@db.example.com/fs?sslmode=require"),
+    );
+    assert!(ok && !err.contains("sslmode"), "{err}");
+    let (ok, err) = run(
+        env,
+        Some("postgres://fs:s3cret@127.0.0.1/fs?sslmode=disable"),
+    );
+    assert!(ok && !err.contains("sslmode"), "{err}");
+    let (ok, err) = run(env, Some("not a url s3cret"));
+    assert!(!ok && err.contains("PostgreSQL URL"), "{err}");
+    let (ok, err) = run(
+        &format!("{env}\n  ca: missing-ca.pem"),
+        Some("postgres://fs@db.example.com/fs?sslmode=require"),
+    );
+    assert!(!ok && err.contains("key_store.ca"), "{err}");
+    let (ok, err) = run("  postgres_url_file: missing-url", None);
+    assert!(!ok && err.contains("postgres_url_file"), "{err}");
+    let (ok, err) = run("  postgres_url: \"postgres://fs:s3cret@db/fs\"", None);
+    assert!(!ok && err.contains("password"), "{err}");
+}

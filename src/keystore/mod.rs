@@ -14,7 +14,9 @@ mod postgres;
 mod service;
 mod sqlite;
 
-pub use postgres::PostgresStore;
+pub use postgres::{
+    local_only as postgres_local_only, resolve_url as resolve_postgres_url, PostgresStore,
+};
 pub use service::{KeyService, Resolved, ServiceError, ServiceStats};
 pub use sqlite::SqliteStore;
 
@@ -39,6 +41,15 @@ pub fn open_service(
         spec.cache_max,
     )
     .map_err(|e| e.to_string())
+}
+
+/// Whether `ca` is a readable PEM bundle with at least one certificate.
+pub fn postgres_tls_check(ca: &std::path::Path) -> Result<(), String> {
+    postgres::tls_config(Some(ca))
+        .map(|_| ())
+        .map_err(|e| match e {
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
+        })
 }
 
 /// The reserved reference of the deployment's subject-reference secret.

@@ -122,6 +122,34 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// The URL where the settings say it is, parsed; for `check` and `open`.
+/// Errors name the config key and never quote the URL.
+pub fn resolve_url(s: &PostgresSettings) -> Result<tokio_postgres::Config, (&'static str, String)> {
+    let key = match &s.url {
+        PostgresUrl::Env(_) => "postgres_url_env",
+        PostgresUrl::File(_) => "postgres_url_file",
+        PostgresUrl::Inline(_) => "postgres_url",
+    };
+    let url = read_url(&s.url).map_err(|e| (key, e.to_string()))?;
+    crate::config::parse_postgres_url(&url).map_err(|e| (key, format!("the PostgreSQL URL {e}")))
+}
+
+/// Whether every host of `c` is this machine (a Unix socket or loopback),
+/// where a connection without TLS stays on the host.
+pub fn local_only(c: &tokio_postgres::Config) -> bool {
+    c.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// Reads the URL where the settings say it is. Errors never quote it.
 fn read_url(url: &PostgresUrl) -> Result<String, StoreError> {
     match url {
@@ -142,7 +170,7 @@ fn read_url(url: &PostgresUrl) -> Result<String, StoreError> {
     }
 }
 
-fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+pub(crate) fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, StoreError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(ca) => {
@@ -178,9 +206,8 @@ fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, StoreError
 impl PostgresStore {
     /// Reads the URL, connects, creates or migrates the schema. Blocking.
     pub fn open(s: &PostgresSettings) -> Result<PostgresStore, StoreError> {
-        let url = read_url(&s.url)?;
-        let mut config = crate::config::parse_postgres_url(&url)
-            .map_err(|e| unavailable(format!("key_store: the PostgreSQL URL {e}")))?;
+        let mut config =
+            resolve_url(s).map_err(|(key, e)| unavailable(format!("key_store.{key}: {e}")))?;
         let ms = s.statement_timeout.as_millis();
         // The server stops a statement (and a lock wait) at the same bound
         // as this side, and never keeps a transaction we abandoned open.

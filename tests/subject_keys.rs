@@ -1161,3 +1161,148 @@ fn check_validates_the_postgres_store_and_warns_what_an_operator_gets_wrong() {
     let (ok, err) = run("  postgres_url: \"postgres://fs:s3cret@db/fs\"", None);
     assert!(!ok && err.contains("password"), "{err}");
 }
+
+/// A TCP relay to PostgreSQL that can stall: while stalled it accepts and
+/// holds connections without a byte either way, and stops relaying on the
+/// ones it had (a hung server or a silent network). Counts accepts.
+struct StallingRelay {
+    port: u16,
+    stalled: tokio::sync::watch::Sender<bool>,
+    accepts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingRelay {
+    async fn start(target_port: u16) -> StallingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepts);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let stalled_now = *watch.borrow();
+                    if stalled_now {
+                        // Hold it, silent, until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    let stalled_mid = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = async { let _ = watch.wait_for(|s| *s).await; } => true,
+                    };
+                    if stalled_mid {
+                        // Keep both sockets open, relay nothing.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        StallingRelay {
+            port,
+            stalled,
+            accepts,
+        }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.send_replace(on);
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A database that stops answering (not refusing: silent) never holds a
+/// request past connect_timeout + statement_timeout: 503, nothing forwarded.
+/// While it stays down, requests fail at once instead of each opening a
+/// connection (no reconnect storm); when it answers again the proxy recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_postgres_gives_503_within_the_bound_without_a_reconnect_storm() {
+    let Some(pg) = cluster() else {
+        return;
+    };
+    let relay = StallingRelay::start(pg.port).await;
+    let url = pg
+        .database()
+        .replace(&format!(":{}/", pg.port), &format!(":{}/", relay.port));
+    let site = Site::with_store(StoreAt::Postgres { url, cluster: pg });
+    let backend = RecordStore::start().await;
+    let yaml = site.yaml(
+        &backend.url,
+        &site.ring("k1", &["k1"]),
+        "  pool_max: 4\n  connect_timeout: 1s\n  statement_timeout: 1s\n",
+        "",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let w = Arc::new(World {
+        proxy,
+        backend,
+        site,
+    });
+    let (s, _) = w.put("ann", "/api/records/a", &json!({"ssn": SSN_A})).await;
+    assert_eq!(s, StatusCode::OK);
+
+    relay.stall(true);
+    let n = w.backend.received.lock().unwrap().len();
+    // The pooled connection hangs, then a new one gets no answer: 503, bounded
+    // (`answer` gives up after 30s; the store's bound is 2s).
+    let (s, v) = w.put("ben", "/api/records/b", &json!({"ssn": SSN_B})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+    // The cached subject is untouched by the outage.
+    assert_eq!(w.get("ann", "/api/records/a").await.1["ssn"], json!(SSN_A));
+    let n = w.backend.received.lock().unwrap().len();
+    // The breaker is open now: a burst of uncached subjects fails without a
+    // connection each (at most one probe per back-off window gets through).
+    let before = relay.accepts();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let w = Arc::clone(&w);
+        tasks.push(tokio::spawn(async move {
+            w.put(
+                &format!("burst{i}"),
+                "/api/records/x",
+                &json!({"ssn": SSN_B}),
+            )
+            .await
+            .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let during = relay.accepts() - before;
+    assert!(
+        during <= 3,
+        "{during} connections opened for 30 requests while down"
+    );
+    assert_eq!(
+        w.backend.received.lock().unwrap().len(),
+        n,
+        "forwarded while the store hangs"
+    );
+
+    relay.stall(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, _) = w.put("ben", "/api/records/b", &json!({"ssn": SSN_B})).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(w.get("ben", "/api/records/b").await.1["ssn"], json!(SSN_B));
+}

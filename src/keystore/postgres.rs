@@ -266,13 +266,20 @@ impl PostgresStore {
         let bound = self.inner.connect_timeout + self.inner.statement_timeout;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let fut = op(Arc::clone(&self.inner));
+        let inner = Arc::clone(&self.inner);
         rt.spawn(async move {
             let r = match tokio::time::timeout(bound, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(unavailable(format!(
-                    "postgres did not answer within {}",
-                    humantime::format_duration(bound)
-                ))),
+                Err(_) => {
+                    // A server that stops answering is treated as down: the
+                    // next calls fail at once instead of each waiting.
+                    let failure = format!(
+                        "postgres did not answer within {}",
+                        humantime::format_duration(bound)
+                    );
+                    inner.trip(&failure);
+                    Err(unavailable(failure))
+                }
             };
             let _ = tx.send(r);
         });
@@ -405,15 +412,20 @@ impl Inner {
                 humantime::format_duration(self.connect_timeout)
             ),
         };
+        self.trip(&failure);
+        Err(unavailable(failure))
+    }
+
+    /// Opens the breaker: no new connection before the back-off elapses.
+    fn trip(&self, failure: &str) {
         if let Ok(mut b) = self.breaker.lock() {
             if b.retry_at.is_none() {
                 tracing::error!(error = %failure, "key store: postgres unreachable");
             }
             b.retry_at = Some(Instant::now() + b.backoff);
             b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
-            b.last_error = failure.clone();
+            b.last_error = failure.to_owned();
         }
-        Err(unavailable(failure))
     }
 
     async fn migrate(self: Arc<Self>) -> Result<(), StoreError> {

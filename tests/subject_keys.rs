@@ -1306,3 +1306,55 @@ async fn a_stalled_postgres_gives_503_within_the_bound_without_a_reconnect_storm
     }
     assert_eq!(w.get("ben", "/api/records/b").await.1["ssn"], json!(SSN_B));
 }
+
+/// TLS to PostgreSQL with rustls: a server that accepts only TLS, a
+/// certificate for `localhost`. `sslmode=require` with the right `ca`
+/// connects (and the session is TLS); without TLS the server refuses; a
+/// wrong CA or a host name the certificate doesn't name is refused by us.
+#[test]
+fn postgres_over_tls_verifies_the_server_certificate_against_ca() {
+    use fieldseal::config::{PostgresSettings, PostgresUrl};
+    use fieldseal::keystore::{KeyStore, PostgresStore};
+    let Some(own) = common::pg::PgCluster::start() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        fieldseal::tls::write_self_signed(certs.path(), &["localhost".to_string()], false).unwrap();
+    own.require_tls(&cert, &key);
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _) =
+        fieldseal::tls::write_self_signed(other.path(), &["localhost".to_string()], false).unwrap();
+    let db = common::pg::db_name(&own.database()).to_string();
+    let open = |host: &str, mode: &str, ca: &std::path::Path| {
+        PostgresStore::open(&PostgresSettings {
+            url: PostgresUrl::Inline(format!(
+                "postgres://fieldseal@{host}:{}/{db}?sslmode={mode}",
+                own.port
+            )),
+            ca: Some(ca.to_path_buf()),
+            pool_max: 2,
+            connect_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(5),
+        })
+    };
+    let store = open("localhost", "require", &cert).expect("TLS with the right CA");
+    store.ping().unwrap();
+    assert_eq!(
+        own.sql(&db, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'fieldseal' AND s.ssl").trim(),
+        "1",
+        "the store's session is not TLS"
+    );
+    drop(store);
+    let e = open("localhost", "disable", &cert).unwrap_err().to_string();
+    assert!(e.contains("postgres"), "{e}");
+    let e = open("localhost", "require", &wrong_ca)
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "wrong CA: {e}");
+    let e = open("127.0.0.1", "require", &cert).unwrap_err().to_string();
+    assert!(
+        e.to_lowercase().contains("certificate"),
+        "name mismatch: {e}"
+    );
+}

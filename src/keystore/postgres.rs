@@ -118,7 +118,17 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     // The client's messages name the server's error, never the URL.
     match e.as_db_error() {
         Some(d) => StoreError::Unavailable(format!("postgres: {}", d.message())),
-        None => StoreError::Unavailable(format!("postgres: {e}")),
+        None => {
+            // With its causes: "error performing TLS handshake: invalid
+            // peer certificate: UnknownIssuer" says what to fix.
+            let mut m = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                m.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            StoreError::Unavailable(m)
+        }
     }
 }
 

@@ -197,6 +197,46 @@ impl PgCluster {
         );
     }
 
+    /// Serves TLS with `cert`/`key` (PEM files) and refuses TCP
+    /// connections without it (`hostssl` only); restarts the server.
+    pub fn require_tls(&self, cert: &Path, key: &Path) {
+        let data = self.data();
+        std::fs::copy(cert, data.join("server.crt")).unwrap();
+        std::fs::copy(key, data.join("server.key")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        use std::io::Write;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres", data.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        self.stop_server();
+        self.start_server();
+    }
+
     /// A new, empty database; returns its URL (no password: trust auth).
     pub fn database(&self) -> String {
         let name = format!(

@@ -1358,3 +1358,160 @@ fn postgres_over_tls_verifies_the_server_certificate_against_ca() {
         "name mismatch: {e}"
     );
 }
+
+impl Site {
+    /// Runs the CLI with `input` on stdin: (exit code, stdout, stderr).
+    fn cli_with_stdin(&self, args: &[&str], input: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cli runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+// Data sealed under the deployment's keys (fs1) before the route became
+// subject-scoped, moved offline onto each record's subject key: through the
+// CLI binary, then read back through the proxy by its owner only.
+both_stores!(subjects_rewrap_moves_fs1_dumps_onto_each_records_subject_key);
+async fn subjects_rewrap_moves_fs1_dumps_onto_each_records_subject_key(kind: Kind) {
+    let w = World::start(kind, "").await;
+    let ring = file_ring("k1", &[("k1", &w.site.path("k1.key"))]);
+    let fs1_a = ring.seal(&json!(SSN_A), "ssn").unwrap();
+    let fs1_b = ring.seal(&json!(SSN_B), "ssn").unwrap();
+    let dump = format!(
+        "{}\n{}\n",
+        json!({"id": "a", "owner_id": "alice", "ssn": fs1_a}),
+        json!({"id": "b", "owner_id": 4242, "ssn": fs1_b})
+    );
+    let yaml = w
+        .site
+        .yaml(&w.backend.url, &w.site.ring("k1", &["k1"]), "", "");
+    let cfg = w.site.config_file("cli.yaml", &yaml);
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "subjects",
+        "rewrap",
+        "--config",
+        cfg,
+        "--route",
+        "records",
+        "--subject-path",
+        "$.owner_id",
+    ];
+    let (code, out, err) = w.site.cli_with_stdin(&args, &dump);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("2 re-sealed under their subject's key"),
+        "{err}"
+    );
+    assert!(!out.contains(&fs1_a) && !out.contains(&fs1_b), "{out}");
+    assert!(
+        !out.contains(SSN_A) && !out.contains(SSN_B),
+        "plaintext written"
+    );
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(l["ssn"].as_str().unwrap().starts_with("fs2:"), "{l}");
+    }
+    // The backend gets the rewrapped records; their owners read them.
+    w.backend
+        .put("/api/records/a", Bytes::from(lines[0].to_string()));
+    w.backend
+        .put("/api/records/b", Bytes::from(lines[1].to_string()));
+    assert_eq!(
+        w.get("alice", "/api/records/a").await.1["ssn"],
+        json!(SSN_A)
+    );
+    assert_eq!(w.get("4242", "/api/records/b").await.1["ssn"], json!(SSN_B));
+    // No one else: alice's record is not readable by 4242, nor the reverse.
+    assert_eq!(
+        w.get("4242", "/api/records/a").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.get("alice", "/api/records/b").await.0,
+        StatusCode::FORBIDDEN
+    );
+    // The proxy and the CLI made one key per subject between them.
+    let (s, _) = w
+        .put("alice", "/api/records/a2", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let list = w.site.cli(&["subjects", "list", "--config", cfg]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    // A record without a subject fails (exit 1), never written unsealed.
+    let bad = format!("{}\n", json!({"id": "c", "ssn": fs1_a}));
+    let (code, out, err) = w.site.cli_with_stdin(&args, &bad);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no subject"), "{err}");
+
+    // Offline encrypt under subject keys: plaintext in, each owner's fs2 out.
+    let plain = format!(
+        "{}\n",
+        json!({"id": "d", "owner_id": "alice", "ssn": SSN_A})
+    );
+    let (code, out, err) = w.site.cli_with_stdin(
+        &[
+            "encrypt",
+            "--config",
+            cfg,
+            "--route",
+            "records",
+            "--subject-path",
+            "$.owner_id",
+        ],
+        &plain,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(SSN_A), "{out}");
+    let sealed: Value = serde_json::from_str(out.trim()).unwrap();
+    w.backend
+        .put("/api/records/d", Bytes::from(sealed.to_string()));
+    assert_eq!(
+        w.get("alice", "/api/records/d").await.1["ssn"],
+        json!(SSN_A)
+    );
+    assert_eq!(
+        w.get("4242", "/api/records/d").await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // A deployment-scoped route is refused for --subject-path.
+    let (code, _, err) = w.site.cli_with_stdin(
+        &[
+            "subjects",
+            "rewrap",
+            "--config",
+            cfg,
+            "--route",
+            "nope",
+            "--subject-path",
+            "$.owner_id",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no route named"), "{err}");
+}

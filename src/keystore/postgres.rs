@@ -308,6 +308,7 @@ impl PostgresStore {
             let conn = inner.get().await?;
             let (out, mut conn) = op(conn).await?;
             conn.healthy = true;
+            inner.answered();
             Ok(out)
         })
     }
@@ -424,6 +425,17 @@ impl Inner {
         };
         self.trip(&failure);
         Err(unavailable(failure))
+    }
+
+    /// A call succeeded: a breaker a timeout opened closes, and the back-off
+    /// starts again from its first step.
+    fn answered(&self) {
+        if let Ok(mut b) = self.breaker.lock() {
+            if b.retry_at.take().is_some() {
+                tracing::info!("key store: postgres answers again");
+            }
+            b.backoff = BACKOFF_FIRST;
+        }
     }
 
     /// Opens the breaker: no new connection before the back-off elapses.

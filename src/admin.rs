@@ -455,9 +455,18 @@ async fn readyz(shared: &Shared) -> Response<ProxyBody> {
         }
     }
     if let Some(service) = &rt.key_service {
-        // One round trip to the store (SQLite: a local read).
-        let store = service.store();
-        match store.ping() {
+        // One round trip to the store (SQLite: a local read; PostgreSQL:
+        // bounded by its timeouts), on the blocking pool: never on a worker.
+        let store = Arc::clone(service.store());
+        let probe = Arc::clone(&store);
+        let pinged = tokio::task::spawn_blocking(move || probe.ping())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::keystore::StoreError::Unavailable(
+                    "the probe task failed".into(),
+                ))
+            });
+        match pinged {
             Ok(()) => {
                 checks.insert(
                     "key_store".into(),

@@ -121,6 +121,8 @@ enum Command {
         #[arg(long, short)]
         route: String,
         #[command(flatten)]
+        subject: SubjectPathArgs,
+        #[command(flatten)]
         failures: FailureArgs,
     },
     /// Decrypt a route's `decrypt` fields in JSON/NDJSON from stdin
@@ -237,11 +239,36 @@ enum SubjectsCommand {
         #[arg(long, default_value = "cli")]
         requested_by: String,
     },
-    /// Rewrap every stored key under the ring's active key (after a ring rotation)
+    /// Rewrap every stored key under the ring's active key (after a ring rotation); with
+    /// --subject-path, move the envelopes of JSON/NDJSON from stdin (fs1 data sealed under the
+    /// deployment's keys) onto each record's subject key
+    #[command(after_help = OFFLINE_EXIT_CODES)]
     Rewrap {
         #[arg(long, short)]
         config: PathBuf,
+        /// With --subject-path: the tenant- or subject-scoped route the data belongs to
+        #[arg(long, short, requires = "subject_path")]
+        route: Option<String>,
+        #[command(flatten)]
+        subject: SubjectPathArgs,
+        #[command(flatten)]
+        failures: FailureArgs,
     },
+}
+
+/// Whose keys seal each document (a tenant- or subject-scoped route): the
+/// subject, and the tenant, taken from each record.
+#[derive(clap::Args)]
+struct SubjectPathArgs {
+    /// Seal each document under the data key of the subject found at this
+    /// path (`$.owner_id`), from the config's key_store; the route must have
+    /// key_scope subject or tenant (for tenant scope, the tenant's id)
+    #[arg(long, value_name = "$.PATH")]
+    subject_path: Option<String>,
+    /// The tenant of each document, as the proxy takes it from the token's
+    /// tenant claim: give it whenever the tokens carry one
+    #[arg(long, value_name = "$.PATH", requires = "subject_path")]
+    tenant_path: Option<String>,
 }
 
 /// What the offline tools do with a document they cannot transform.
@@ -379,12 +406,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Encrypt {
             config,
             route,
+            subject,
             failures,
-        } => Ok(offline_exit(transform_cmd(
-            &config,
-            Transform::Encrypt(route),
-            failures,
-        ))),
+        } => Ok(offline_exit(match subject.subject_path {
+            None => transform_cmd(&config, Transform::Encrypt(route), failures),
+            Some(_) => subject_transform_cmd(&config, &route, false, &subject, failures),
+        })),
         Command::Decrypt {
             config,
             route,
@@ -422,6 +449,17 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ..
         } => Ok(offline_exit(keys_cmd(&config, scan))),
         Command::Keys { config: None, .. } => Err(anyhow!("keys: --config is required")),
+        Command::Subjects {
+            command:
+                SubjectsCommand::Rewrap {
+                    config,
+                    route: Some(route),
+                    subject,
+                    failures,
+                },
+        } if subject.subject_path.is_some() => Ok(offline_exit(subject_transform_cmd(
+            &config, &route, true, &subject, failures,
+        ))),
         Command::Subjects { command } => Ok(offline_exit(subjects_cmd(command))),
         Command::Audit {
             command:
@@ -487,6 +525,95 @@ fn stdin_size() -> Option<u64> {
     meta.is_file().then_some(meta.len())
 }
 
+/// `subjects rewrap --subject-path` and `encrypt --subject-path`: each
+/// document sealed under its own subject's (or tenant's) data key, created
+/// in the key store on first use as a proxy's first write would.
+fn subject_transform_cmd(
+    config: &Path,
+    route_name: &str,
+    rewrap: bool,
+    paths: &SubjectPathArgs,
+    failures: FailureArgs,
+) -> Result<ExitCode> {
+    use fieldseal::crypto::{RefScope, SubjectKeys};
+    use fieldseal::keystore::Resolved;
+    let cfg = Config::load(config)?;
+    init_logging("warn", false)?;
+    let route = cfg
+        .routes
+        .by_name(route_name)
+        .ok_or_else(|| anyhow!("no route named {route_name:?}"))?;
+    let scope = route.ref_scope().ok_or_else(|| {
+        anyhow!(
+            "route {route_name:?} has key_scope deployment: --subject-path needs a tenant- or subject-scoped route"
+        )
+    })?;
+    let parse = |flag: &str, p: &str| {
+        offline::parse_subject_path(p).ok_or_else(|| {
+            anyhow!("{flag} {p:?}: expected $.name or $.name.name (member names only)")
+        })
+    };
+    let subject_path = parse(
+        "--subject-path",
+        paths.subject_path.as_deref().unwrap_or_default(),
+    )?;
+    let tenant_path = paths
+        .tenant_path
+        .as_deref()
+        .map(|p| parse("--tenant-path", p))
+        .transpose()?;
+    let spec = cfg
+        .key_store
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
+    let ring = load_ring(&cfg, config)?;
+    let keks = fieldseal::crypto::Keks::for_ring(&ring, keys_of(&cfg, config)?)
+        .ok_or_else(|| anyhow!("the active key has no key-encryption key"))?;
+    let service = fieldseal::keystore::open_service(spec, keks).map_err(|e| anyhow!(e))?;
+    let revive = route.new_key_after_erasure();
+    let shown = paths.subject_path.clone().unwrap_or_default();
+    let keys_for = |doc: &[u8]| -> Result<SubjectKeys, String> {
+        let tenant = match &tenant_path {
+            Some(p) => Some(
+                offline::subject_at(doc, p)
+                    .ok_or_else(|| "no tenant (a string or number) at --tenant-path".to_string())?,
+            ),
+            None => None,
+        };
+        let subject = offline::subject_at(doc, &subject_path)
+            .ok_or_else(|| format!("no subject (a string or number) at {shown}"))?;
+        // A tenant-scoped route: the value at --subject-path is the tenant.
+        let (tenant, subject) = match scope {
+            RefScope::Tenant => (Some(subject.clone()), subject),
+            RefScope::Subject => (tenant, subject),
+        };
+        let reference = service
+            .reference(scope, tenant.as_deref(), &subject)
+            .ok_or_else(|| "the subject has no reference".to_string())?;
+        match service.resolve_now(&reference, true, revive) {
+            Ok(Resolved::Keys(keys)) => {
+                let mut sk = SubjectKeys::default();
+                for k in keys {
+                    sk.push(k);
+                }
+                Ok(sk)
+            }
+            Ok(Resolved::Erased) => Err(format!(
+                "subject {reference} is erased (the route's on_erased_write is refuse)"
+            )),
+            Ok(Resolved::Absent) => Err(format!("subject {reference} has no key")),
+            Err(e) => Err(format!("subject {reference}: {e}")),
+        }
+    };
+    let rules = route.decrypt_or_encrypt_rules();
+    let mode = if rewrap {
+        offline::Mode::RewrapToSubject(Some(rules.as_slice()), &keys_for)
+    } else {
+        offline::Mode::EncryptForSubject(route, &keys_for)
+    };
+    run_transform(&mode, &ring, failures, rewrap)
+}
+
 /// `encrypt`, `decrypt`, `rewrap`: stdin to stdout, summary on stderr.
 fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Result<ExitCode> {
     let cfg = Config::load(config)?;
@@ -518,6 +645,18 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
             Mode::Rewrap(rewrap_rules.as_deref())
         }
     };
+    let rewrap = matches!(what, Transform::Rewrap(_));
+    run_transform(&mode, &ring, failures, rewrap)
+}
+
+/// Runs one offline transform over stdin to stdout; the summary and any
+/// failure on stderr.
+fn run_transform(
+    mode: &offline::Mode<'_>,
+    ring: &Keyring,
+    failures: FailureArgs,
+    rewrap: bool,
+) -> Result<ExitCode> {
     let mut failures_file = match &failures.failures {
         Some(p) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -536,8 +675,8 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let verb = mode.verb();
     let stdin = std::io::stdin();
     let stats = offline::transform_stream(
-        &mode,
-        &ring,
+        mode,
+        ring,
         std::io::BufReader::with_capacity(1 << 16, stdin.lock()),
         std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
         offline::RunOptions {
@@ -546,7 +685,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
             progress: offline::Progress::on_stderr(verb, stdin_size()),
         },
     )?;
-    eprintln!("{}", offline::summary(&mode, &ring, &stats));
+    eprintln!("{}", offline::summary(mode, ring, &stats));
     if let Some(f) = &stats.stopped {
         eprintln!(
             "fieldseal {verb}: stopped at {f}; the {} documents before it were written, nothing after it",
@@ -563,7 +702,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
             "fieldseal {verb}: {} documents failed and are not in the output{at}",
             stats.failed
         );
-        if matches!(what, Transform::Rewrap(_)) {
+        if rewrap {
             eprintln!(
                 "fieldseal rewrap: keep every old key until those documents are re-encrypted too"
             );
@@ -580,7 +719,7 @@ fn subjects_cmd(command: SubjectsCommand) -> Result<ExitCode> {
         SubjectsCommand::List { config }
         | SubjectsCommand::Show { config, .. }
         | SubjectsCommand::Erase { config, .. }
-        | SubjectsCommand::Rewrap { config } => config.clone(),
+        | SubjectsCommand::Rewrap { config, .. } => config.clone(),
     };
     let cfg = Config::load(&config)?;
     let spec = cfg

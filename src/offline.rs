@@ -502,15 +502,27 @@ pub enum Mode<'a> {
     /// Add or recompute a route's blind indexes, from plaintext or by
     /// opening envelopes.
     Index(&'a Route),
+    /// Move envelopes (`fs1` under the ring, or `fs2`) onto the data key of
+    /// the document's own subject, as a tenant- or subject-scoped route
+    /// seals them: `rewrap` with each document's keys.
+    RewrapToSubject(Option<&'a [FieldRule]>, &'a KeysFor<'a>),
+    /// `encrypt` with each document's subject keys.
+    EncryptForSubject(&'a Route, &'a KeysFor<'a>),
 }
+
+/// The data keys of one document's subject (newest first), or why there
+/// are none (no subject at the path, erased, store unavailable). Never the
+/// document's values in the error.
+pub type KeysFor<'a> = dyn Fn(&[u8]) -> Result<crate::crypto::SubjectKeys, String> + 'a;
 
 impl Mode<'_> {
     pub fn verb(&self) -> &'static str {
         match self {
             Mode::Encrypt(_) => "encrypt",
             Mode::Decrypt(_) => "decrypt",
-            Mode::Rewrap(_) => "rewrap",
+            Mode::Rewrap(_) | Mode::RewrapToSubject(..) => "rewrap",
             Mode::Index(_) => "index",
+            Mode::EncryptForSubject(..) => "encrypt",
         }
     }
 }
@@ -552,6 +564,16 @@ pub fn transform_stream(
                 .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "decrypt"))?,
         ),
         Mode::Rewrap(rules) => Plan::Rewrap(*rules),
+        Mode::RewrapToSubject(rules, keys_for) => Plan::RewrapToSubject(*rules, *keys_for),
+        Mode::EncryptForSubject(r, keys_for) => Plan::EncryptForSubject(
+            Box::new(
+                r.seal
+                    .as_ref()
+                    .map(SealSpec::for_stored_data)
+                    .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "encrypt"))?,
+            ),
+            *keys_for,
+        ),
         Mode::Index(r) => Plan::Index(
             r.seal
                 .as_ref()
@@ -609,6 +631,8 @@ enum Plan<'a> {
     Decrypt(&'a OpenSpec),
     Rewrap(Option<&'a [FieldRule]>),
     Index(&'a [crate::transform::index::IndexRule]),
+    RewrapToSubject(Option<&'a [FieldRule]>, &'a KeysFor<'a>),
+    EncryptForSubject(Box<SealSpec>, &'a KeysFor<'a>),
 }
 
 /// The transformed bytes of one document.
@@ -620,7 +644,40 @@ fn transform_one(
 ) -> Result<Vec<u8>, Failure> {
     let now = unix_now();
     let keys = Keys::from(ring);
+    let fail = |kind: &'static str, error: String| Failure {
+        document: doc.number,
+        line: doc.first_line,
+        last_line: doc.last_line,
+        kind,
+        error,
+    };
+    let subject_keys = match plan {
+        Plan::RewrapToSubject(_, keys_for) | Plan::EncryptForSubject(_, keys_for) => {
+            Some(keys_for(&doc.bytes).map_err(|e| fail("subject", e))?)
+        }
+        _ => None,
+    };
+    let for_subject = match &subject_keys {
+        Some(sk) => Some(Keys {
+            seal: sk
+                .first()
+                .ok_or_else(|| fail("subject", "the subject has no key".into()))?
+                .sealing_key(),
+            ring,
+            subjects: sk,
+            subject_only: false,
+        }),
+        None => None,
+    };
     let result = match plan {
+        Plan::RewrapToSubject(rules, _) => match for_subject {
+            Some(k) => transform::rewrap(&doc.bytes, *rules, k, now),
+            None => return Err(fail("subject", "no subject keys".into())),
+        },
+        Plan::EncryptForSubject(spec, _) => match for_subject {
+            Some(k) => transform::encrypt(&doc.bytes, spec, k, now),
+            None => return Err(fail("subject", "no subject keys".into())),
+        },
         // The proxy's engine and look-alike policy (a route's request
         // schema is about requests, not stored records).
         Plan::Encrypt(spec) => transform::encrypt(&doc.bytes, spec, keys, now),
@@ -658,13 +715,39 @@ fn transform_one(
             stats.opened += report.decrypted as u64;
             stats.not_opened += report.failures.len() as u64;
         }
-        Plan::Rewrap(_) => {
+        Plan::Rewrap(_) | Plan::RewrapToSubject(..) => {
             stats.opened += report.decrypted as u64;
             stats.resealed += report.encrypted as u64;
         }
         Plan::Index(_) => stats.indexed += report.encrypted as u64,
+        Plan::EncryptForSubject(..) => stats.sealed += report.encrypted as u64,
     }
     Ok(out)
+}
+
+/// The string or number at a `$.a.b` path of a JSON document: the subject
+/// (or tenant) it belongs to. None when absent or of another type.
+pub fn subject_at(doc: &[u8], path: &[String]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(doc).ok()?;
+    let mut at = &v;
+    for name in path {
+        at = at.as_object()?.get(name)?;
+    }
+    match at {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `$.a.b` (member names only) as its names; None otherwise.
+pub fn parse_subject_path(p: &str) -> Option<Vec<String>> {
+    let rest = p.strip_prefix("$.")?;
+    let names: Vec<String> = rest.split('.').map(str::to_owned).collect();
+    names
+        .iter()
+        .all(|n| !n.is_empty() && !n.contains(['[', ']', '*', '\'', '"']))
+        .then_some(names)
 }
 
 /// Writes the JSON document `doc` without the whitespace between its
@@ -712,6 +795,15 @@ pub fn summary(mode: &Mode<'_>, ring: &Keyring, s: &Stats) -> String {
             s.opened - s.resealed.min(s.opened)
         ),
         Mode::Index(_) => format!("{} blind indexes written", s.indexed),
+        Mode::RewrapToSubject(..) => format!(
+            "{} envelopes: {} re-sealed under their subject's key, {} already under it",
+            s.opened,
+            s.resealed,
+            s.opened - s.resealed.min(s.opened)
+        ),
+        Mode::EncryptForSubject(..) => {
+            format!("{} fields sealed under their subject's key", s.sealed)
+        }
     };
     format!("{docs}; {fields}")
 }

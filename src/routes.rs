@@ -138,6 +138,20 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whose data keys seal this route's fields: None for the deployment's.
+    pub fn ref_scope(&self) -> Option<crate::crypto::RefScope> {
+        match self.key_scope {
+            KeyScope::Deployment => None,
+            KeyScope::Tenant => Some(crate::crypto::RefScope::Tenant),
+            KeyScope::Subject => Some(crate::crypto::RefScope::Subject),
+        }
+    }
+
+    /// Whether a write for an erased subject gets a fresh key.
+    pub fn new_key_after_erasure(&self) -> bool {
+        self.on_erased_write == OnErasedWrite::NewKey
+    }
+
     pub fn transforms_request(&self) -> bool {
         self.seal.is_some()
     }

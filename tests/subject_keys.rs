@@ -1,7 +1,9 @@
 //! Per-subject keys from a verified identity, end to end: real TLS clients,
-//! tokens signed with a generated EC key, the embedded SQLite key store in
-//! a temp dir, and a backend that stores records by path and answers reads
-//! with exactly the bytes it stored.
+//! tokens signed with a generated EC key, and a backend that stores records
+//! by path and answers reads with exactly the bytes it stored. Every
+//! behaviour runs against both key stores (`both_stores!`): the embedded
+//! SQLite file in a temp dir, and a real PostgreSQL cluster this binary
+//! starts (one database per test).
 
 mod common;
 
@@ -97,15 +99,90 @@ impl RecordStore {
 const BIN: &str = env!("CARGO_BIN_EXE_fieldseal");
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// Which key store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL cluster of this test binary, started on first use; None
+/// (the test skips, with a message) when PostgreSQL is not installed.
+fn cluster() -> Option<&'static common::pg::PgCluster> {
+    static PG: std::sync::OnceLock<Option<common::pg::PgCluster>> = std::sync::OnceLock::new();
+    PG.get_or_init(common::pg::PgCluster::start).as_ref()
+}
+
+/// Runs `case` once per store: `NAME::sqlite` and `NAME::postgres`
+/// (`, threads` on a multi-threaded runtime, for races).
+macro_rules! both_stores {
+    ($case:ident, threads) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$case(super::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if super::cluster().is_some() {
+                    super::$case(super::Kind::Postgres).await
+                }
+            }
+        }
+    };
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(super::Kind::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if super::cluster().is_some() {
+                    super::$case(super::Kind::Postgres).await
+                }
+            }
+        }
+    };
+}
+
+/// Where a site's keys live.
+enum StoreAt {
+    Sqlite,
+    Postgres {
+        url: String,
+        cluster: &'static common::pg::PgCluster,
+    },
+}
+
 /// The files of one deployment: ring key files, the JWKS, the key store,
 /// the admin token. Proxies started on it share them (and the backend).
 struct Site {
     dir: tempfile::TempDir,
     signer: SigningKey,
+    store: StoreAt,
 }
 
 impl Site {
     fn new() -> Site {
+        Site::on(Kind::Sqlite)
+    }
+
+    fn on(kind: Kind) -> Site {
+        let store = match kind {
+            Kind::Sqlite => StoreAt::Sqlite,
+            Kind::Postgres => {
+                let cluster = cluster().expect("postgres");
+                StoreAt::Postgres {
+                    url: cluster.database(),
+                    cluster,
+                }
+            }
+        };
+        Site::with_store(store)
+    }
+
+    fn with_store(store: StoreAt) -> Site {
         let dir = tempfile::tempdir().unwrap();
         key_file(dir.path(), "k1");
         key_file(dir.path(), "k2");
@@ -122,7 +199,27 @@ impl Site {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        Site { dir, signer }
+        Site { dir, signer, store }
+    }
+
+    /// The `key_store` line naming this site's store.
+    fn store_line(&self) -> String {
+        match &self.store {
+            StoreAt::Sqlite => format!("  sqlite: \"{}/keys.db\"", self.dir.path().display()),
+            StoreAt::Postgres { url, .. } => format!("  postgres_url: \"{url}\""),
+        }
+    }
+
+    /// Every byte the key store holds (the SQLite file, or a pg_dump).
+    fn store_bytes(&self) -> Vec<u8> {
+        match &self.store {
+            // The database and its write-ahead log (recent commits live there).
+            StoreAt::Sqlite => ["keys.db", "keys.db-wal"]
+                .iter()
+                .flat_map(|f| std::fs::read(self.path(f)).unwrap_or_default())
+                .collect(),
+            StoreAt::Postgres { url, cluster } => cluster.dump(common::pg::db_name(url)),
+        }
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
@@ -132,6 +229,7 @@ impl Site {
     /// The config after `listen`/`admin`: `ring` is the `keys` section body.
     fn yaml(&self, backend: &str, ring: &str, store_extra: &str, route_extra: &str) -> String {
         let d = self.dir.path().display();
+        let store = self.store_line();
         format!(
             r#"upstreams:
   legacy: {{ url: "{backend}" }}
@@ -145,7 +243,7 @@ identity:
       algorithms: [ES256]
       jwks_file: "{d}/jwks.json"
 key_store:
-  sqlite: "{d}/keys.db"
+{store}
 {store_extra}
 routes:
   - name: records
@@ -199,12 +297,12 @@ struct World {
 }
 
 impl World {
-    async fn start(route_extra: &str) -> World {
-        World::start_with("", route_extra).await
+    async fn start(kind: Kind, route_extra: &str) -> World {
+        World::start_with(kind, "", route_extra).await
     }
 
-    async fn start_with(store_extra: &str, route_extra: &str) -> World {
-        let site = Site::new();
+    async fn start_with(kind: Kind, store_extra: &str, route_extra: &str) -> World {
+        let site = Site::on(kind);
         let backend = RecordStore::start().await;
         let yaml = site.yaml(
             &backend.url,
@@ -244,6 +342,42 @@ impl World {
         answer(rb).await
     }
 
+    /// A second proxy on the same store and backend (another replica),
+    /// with `store_extra` in its `key_store` and `route_extra` in its route.
+    async fn replica(&self, store_extra: &str, route_extra: &str) -> TestProxy {
+        let yaml = self.site.yaml(
+            &self.backend.url,
+            &self.site.ring("k1", &["k1"]),
+            store_extra,
+            route_extra,
+        );
+        let token = format!(
+            ", token_file: \"{}\"",
+            self.site.path("admin.token").display()
+        );
+        TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await
+    }
+
+    async fn put_via(
+        &self,
+        p: &TestProxy,
+        sub: &str,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let rb = p
+            .h1()
+            .put(p.url(path))
+            .bearer_auth(self.token(sub))
+            .json(body);
+        answer(rb).await
+    }
+
+    async fn get_via(&self, p: &TestProxy, sub: &str, path: &str) -> (StatusCode, Value) {
+        let rb = p.h1().get(p.url(path)).bearer_auth(self.token(sub));
+        answer(rb).await
+    }
+
     async fn erase(&self, subject: &str, token: Option<&str>) -> reqwest::Response {
         let mut rb = reqwest::Client::new()
             .post(self.proxy.admin_url("/subjects/erase"))
@@ -267,9 +401,9 @@ async fn answer(rb: reqwest::RequestBuilder) -> (StatusCode, Value) {
 const SSN_A: &str = "123-45-6789";
 const SSN_B: &str = "987-65-4321";
 
-#[tokio::test]
-async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
-    let w = World::start("    on_foreign_subject: \"null\"\n").await;
+both_stores!(a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it);
+async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it(kind: Kind) {
+    let w = World::start(kind, "    on_foreign_subject: \"null\"\n").await;
 
     // A writes and reads back plaintext.
     let (s, _) = w
@@ -299,8 +433,16 @@ async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
     assert_eq!(reference.len(), 22);
     // The key store holds the key only wrapped: its bytes are not the data key
     // (which would open the envelope) and the file has no plaintext either.
-    let db = std::fs::read(w.site.path("keys.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&db).contains("alice"));
+    let db = String::from_utf8_lossy(&w.site.store_bytes()).into_owned();
+    assert!(
+        db.contains("fieldseal_data_keys"),
+        "the dump holds the keys table"
+    );
+    assert!(
+        !db.contains("alice"),
+        "the raw subject id is in the key store"
+    );
+    assert!(!db.contains(SSN_A), "plaintext is in the key store");
 
     // B reads A's record: on_foreign_subject null, never A's plaintext.
     let (s, v) = w.get("bob", "/api/records/a").await;
@@ -341,9 +483,9 @@ async fn a_subject_reads_its_own_data_and_no_other_subject_ever_sees_it() {
     assert_eq!(w.get("bob", "/api/records/b3").await.1["ssn"], json!(fs1));
 }
 
-#[tokio::test]
-async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable() {
-    let w = World::start("").await;
+both_stores!(foreign_subject_error_is_403_and_old_fs1_data_stays_readable);
+async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable(kind: Kind) {
+    let w = World::start(kind, "").await;
     let (s, _) = w
         .put("alice", "/api/records/a", &json!({"ssn": SSN_A}))
         .await;
@@ -364,9 +506,9 @@ async fn foreign_subject_error_is_403_and_old_fs1_data_stays_readable() {
     assert_eq!(v["ssn"], json!(SSN_B));
 }
 
-#[tokio::test]
-async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key() {
-    let w = World::start("").await;
+both_stores!(a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key);
+async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_one_key(kind: Kind) {
+    let w = World::start(kind, "").await;
     let service = w.proxy.proxy.key_service().expect("key service");
     let before = service.stats();
     w.put("carol", "/api/records/c", &json!({"ssn": SSN_A}))
@@ -402,9 +544,9 @@ async fn a_warm_request_makes_no_store_round_trip_and_the_first_write_creates_on
     assert_eq!(with_keys.len(), 2, "{list:?}");
 }
 
-#[tokio::test]
-async fn subject_scope_needs_a_verified_token() {
-    let w = World::start("").await;
+both_stores!(subject_scope_needs_a_verified_token);
+async fn subject_scope_needs_a_verified_token(kind: Kind) {
+    let w = World::start(kind, "").await;
     let resp = bounded(
         "no token",
         w.proxy
@@ -419,9 +561,9 @@ async fn subject_scope_needs_a_verified_token() {
     assert!(w.backend.all_received().is_empty());
 }
 
-#[tokio::test]
-async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone() {
-    let w = World::start("    on_erased: \"null\"\n").await;
+both_stores!(erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone);
+async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone(kind: Kind) {
+    let w = World::start(kind, "    on_erased: \"null\"\n").await;
     let (s, _) = w
         .put(
             "alice",
@@ -487,9 +629,10 @@ async fn erase_destroys_the_keys_reads_follow_on_erased_and_writes_the_tombstone
     );
 }
 
-#[tokio::test]
-async fn after_erasure_new_key_policy_and_marker_and_410() {
+both_stores!(after_erasure_new_key_policy_and_marker_and_410);
+async fn after_erasure_new_key_policy_and_marker_and_410(kind: Kind) {
     let w = World::start(
+        kind,
         "    on_erased: marker\n    erased_marker: \"[gone]\"\n    on_erased_write: new_key\n",
     )
     .await;
@@ -521,7 +664,7 @@ async fn after_erasure_new_key_policy_and_marker_and_410() {
     );
 
     // on_erased: error (the default) answers 410.
-    let w = World::start("").await;
+    let w = World::start(kind, "").await;
     w.put("carol", "/api/records/c", &json!({"ssn": SSN_A}))
         .await;
     assert_eq!(
@@ -533,9 +676,9 @@ async fn after_erasure_new_key_policy_and_marker_and_410() {
     assert!(!v.to_string().contains(SSN_A));
 }
 
-#[tokio::test]
-async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl() {
-    let w = World::start_with("  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
+both_stores!(a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl);
+async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl(kind: Kind) {
+    let w = World::start_with(kind, "  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
     w.put("dave", "/api/records/d", &json!({"ssn": SSN_A}))
         .await;
     assert_eq!(w.get("dave", "/api/records/d").await.1["ssn"], json!(SSN_A));
@@ -567,7 +710,7 @@ async fn a_cli_erase_from_another_process_is_in_force_within_the_cache_ttl() {
 
 #[tokio::test]
 async fn the_store_failing_gives_503_for_uncached_subjects_and_recovers() {
-    let w = World::start("").await;
+    let w = World::start(Kind::Sqlite, "").await;
     w.put("erin", "/api/records/e", &json!({"ssn": SSN_A}))
         .await;
     // The store breaks under the proxy (its table vanishes).
@@ -604,9 +747,9 @@ async fn the_store_failing_gives_503_for_uncached_subjects_and_recovers() {
     );
 }
 
-#[tokio::test]
-async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads() {
-    let site = Site::new();
+both_stores!(rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads);
+async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads(kind: Kind) {
+    let site = Site::on(kind);
     let backend = RecordStore::start().await;
     let yaml = site.yaml(&backend.url, &site.ring("k1", &["k1"]), "", "");
     let proxy = TestProxy::start(&yaml).await;
@@ -674,6 +817,703 @@ fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
     }
     // Refusing a parameter binds it to no key: allowed.
     assert!(load("    query: { ssn: refuse }\n").is_ok());
+}
+
+both_stores!(
+    two_replicas_racing_first_writes_of_one_subject_make_exactly_one_key,
+    threads
+);
+async fn two_replicas_racing_first_writes_of_one_subject_make_exactly_one_key(kind: Kind) {
+    let w = World::start(kind, "").await;
+    let other = w.replica("", "").await;
+    let w = Arc::new(w);
+    let other = Arc::new(other);
+    // Open the connections first (other subjects), so the race below is not
+    // spread out by TLS handshakes.
+    let mut warm = Vec::new();
+    for i in 0..40 {
+        let (w, other) = (Arc::clone(&w), Arc::clone(&other));
+        warm.push(tokio::spawn(async move {
+            let p = if i % 2 == 0 { &w.proxy } else { &*other };
+            w.get_via(p, &format!("warm{i}"), "/api/records/none")
+                .await
+                .0
+        }));
+    }
+    for t in warm {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    // Many first writes of one subject at once, half through each replica.
+    let start = Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (w, other, start) = (Arc::clone(&w), Arc::clone(&other), Arc::clone(&start));
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let path = format!("/api/records/race{i}");
+            let body = json!({"ssn": format!("{SSN_A}-{i}")});
+            if i % 2 == 0 {
+                w.put("racer", &path, &body).await
+            } else {
+                w.put_via(&other, "racer", &path, &body).await
+            }
+        }));
+    }
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Exactly one key for the subject (plus the shared reference secret).
+    let list = w.proxy.proxy.key_service().unwrap().store().list().unwrap();
+    let keyed: Vec<_> = list
+        .iter()
+        .filter(|s| s.reference != fieldseal::keystore::REF_SECRET_REFERENCE)
+        .collect();
+    assert_eq!(keyed.len(), 1, "{list:?}");
+    assert_eq!(keyed[0].versions, vec![1], "{list:?}");
+    // Every record reads back through both replicas, all under that key.
+    for i in 0..40 {
+        let path = format!("/api/records/race{i}");
+        let stored: Value = serde_json::from_slice(&w.backend.stored(&path)).unwrap();
+        let (reference, version) =
+            fieldseal::crypto::envelope_subject(stored["ssn"].as_str().unwrap()).unwrap();
+        assert_eq!(reference, keyed[0].reference);
+        assert_eq!(version, 1);
+        let want = json!(format!("{SSN_A}-{i}"));
+        assert_eq!(w.get("racer", &path).await.1["ssn"], want);
+        assert_eq!(w.get_via(&other, "racer", &path).await.1["ssn"], want);
+    }
+}
+
+both_stores!(an_erase_through_one_replica_is_in_force_on_the_other_within_the_cache_ttl);
+async fn an_erase_through_one_replica_is_in_force_on_the_other_within_the_cache_ttl(kind: Kind) {
+    let w = World::start_with(kind, "  cache_ttl: 1s\n", "    on_erased: \"null\"\n").await;
+    let other = w
+        .replica("  cache_ttl: 1s\n", "    on_erased: \"null\"\n")
+        .await;
+    let (s, _) = w
+        .put("gina", "/api/records/g", &json!({"ssn": SSN_A}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // The other replica reads it (and caches the key).
+    assert_eq!(
+        w.get_via(&other, "gina", "/api/records/g").await.1["ssn"],
+        json!(SSN_A)
+    );
+    // Erased through the first replica's admin endpoint: in force there at once.
+    let resp = w.erase("gina", Some(ADMIN_TOKEN)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(w.get("gina", "/api/records/g").await.1["ssn"], Value::Null);
+    // And on the other one once its cached key is older than cache_ttl.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        w.get_via(&other, "gina", "/api/records/g").await.1["ssn"],
+        Value::Null
+    );
+    let n = w.backend.received.lock().unwrap().len();
+    let (s, v) = w
+        .put_via(&other, "gina", "/api/records/g2", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+}
+
+/// PostgreSQL stopped under a running proxy: uncached subjects get 503 and
+/// nothing is forwarded, cached ones keep working until their TTL, /readyz
+/// says why, and the proxy recovers by itself when the server is back.
+#[tokio::test]
+async fn postgres_stopped_mid_run_gives_503_for_uncached_subjects_and_recovers() {
+    let Some(own) = common::pg::PgCluster::start() else {
+        return;
+    };
+    // Its own cluster: this test stops it.
+    let own: &'static common::pg::PgCluster = Box::leak(Box::new(own));
+    let site = Site::with_store(StoreAt::Postgres {
+        url: own.database(),
+        cluster: own,
+    });
+    let backend = RecordStore::start().await;
+    let ttl = std::time::Duration::from_secs(4);
+    let yaml = site.yaml(
+        &backend.url,
+        &site.ring("k1", &["k1"]),
+        "  cache_ttl: 4s\n  connect_timeout: 1s\n  statement_timeout: 1s\n",
+        "",
+    );
+    let token = format!(", token_file: \"{}\"", site.path("admin.token").display());
+    let proxy = TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await;
+    let w = World {
+        proxy,
+        backend,
+        site,
+    };
+    let (s, _) = w
+        .put("erin", "/api/records/e", &json!({"ssn": SSN_A}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cached_at = std::time::Instant::now();
+
+    own.stop_server();
+    let n = w.backend.received.lock().unwrap().len();
+    let (s, v) = w
+        .put("frank", "/api/records/f", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"], "the key store is unavailable", "{v}");
+    assert_eq!(
+        w.backend.received.lock().unwrap().len(),
+        n,
+        "forwarded while the store is down"
+    );
+    assert!(!String::from_utf8_lossy(&w.backend.all_received()).contains(SSN_B));
+    // Many at once: every one refused, none forwarded.
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let w = Arc::clone(&w);
+        tasks.push(tokio::spawn(async move {
+            w.put(&format!("u{i}"), "/api/records/x", &json!({"ssn": SSN_B}))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+    let ready: Value = reqwest::get(w.proxy.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = &ready["checks"]["key_store"];
+    assert_eq!(check["status"], "failed", "{ready}");
+    assert_eq!(check["kind"], "postgres", "{ready}");
+    assert!(
+        check["reason"].as_str().unwrap().contains("postgres"),
+        "{ready}"
+    );
+    // A cached subject keeps working while its key is younger than the TTL
+    // (checked only if this slow machine got here in time).
+    let (s, v) = w.get("erin", "/api/records/e").await;
+    if cached_at.elapsed() < ttl {
+        assert_eq!((s, &v["ssn"]), (StatusCode::OK, &json!(SSN_A)), "{v}");
+    }
+    // Past the TTL it needs the store again: 503.
+    tokio::time::sleep(ttl.saturating_sub(cached_at.elapsed())).await;
+    assert_eq!(
+        w.get("erin", "/api/records/e").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The server comes back on the same port: the proxy recovers by itself.
+    own.start_server();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, _) = w
+            .put("frank", "/api/records/f", &json!({"ssn": SSN_B}))
+            .await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        w.get("frank", "/api/records/f").await.1["ssn"],
+        json!(SSN_B)
+    );
+    assert_eq!(w.get("erin", "/api/records/e").await.1["ssn"], json!(SSN_A));
+    let ready: Value = reqwest::get(w.proxy.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["key_store"]["status"], "ok", "{ready}");
+}
+
+// The store's own guarantee, under the most contention a test can make:
+// threads released at once, each with its own candidate key, all calling
+// `create_first` for one reference on separate connections.
+both_stores!(concurrent_create_first_calls_store_one_key_and_all_see_it);
+async fn concurrent_create_first_calls_store_one_key_and_all_see_it(kind: Kind) {
+    use fieldseal::keystore::{KeyStore, StoredKey, SubjectRecord};
+    let site = Site::on(kind);
+    let cfg = site.config_file(
+        "store.yaml",
+        &site.yaml(
+            "http://127.0.0.1:9",
+            &site.ring("k1", &["k1"]),
+            if kind == Kind::Postgres {
+                "  pool_max: 16\n"
+            } else {
+                ""
+            },
+            "",
+        ),
+    );
+    let cfg = fieldseal::config::Config::load(&cfg).unwrap();
+    let spec = cfg.key_store.clone().unwrap();
+    let store: Arc<dyn KeyStore> = tokio::task::spawn_blocking(move || match &spec.backend {
+        fieldseal::config::KeyStoreBackend::Sqlite(p) => {
+            Arc::new(fieldseal::keystore::SqliteStore::open(p).unwrap()) as Arc<dyn KeyStore>
+        }
+        fieldseal::config::KeyStoreBackend::Postgres(pg) => {
+            Arc::new(fieldseal::keystore::PostgresStore::open(pg).unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    for round in 0..5 {
+        let reference = format!("race-reference-{round}");
+        let n = 16;
+        let start = Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, start, reference) =
+                    (Arc::clone(&store), Arc::clone(&start), reference.clone());
+                std::thread::spawn(move || {
+                    let key = StoredKey {
+                        version: 1,
+                        kek_id: "k1".into(),
+                        wrapped: vec![i as u8; 60],
+                        created_at: 1,
+                    };
+                    start.wait();
+                    store.create_first(&reference, &key, false)
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in threads {
+            match t.join().unwrap() {
+                Ok(SubjectRecord::Keys(keys)) => {
+                    assert_eq!(keys.len(), 1, "{keys:?}");
+                    seen.push(keys[0].wrapped.clone());
+                }
+                other => panic!("create_first: {other:?}"),
+            }
+        }
+        // Every caller got the one winner's key, and only it is stored.
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "two first keys");
+        match store.get(&reference).unwrap() {
+            SubjectRecord::Keys(keys) => assert_eq!(keys.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn check_validates_the_postgres_store_and_warns_what_an_operator_gets_wrong() {
+    let site = Site::new();
+    write_certs(site.dir.path());
+    let sqlite_line = site.store_line();
+    let run = |store: &str, url: Option<&str>| {
+        let yaml = site
+            .yaml("http://127.0.0.1:9", &site.ring("k1", &["k1"]), "", "")
+            .replace(&sqlite_line, store);
+        let cfg = site.config_file("check.yaml", &yaml);
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["check", "--config", cfg.to_str().unwrap()]);
+        match url {
+            Some(u) => cmd.env("FIELDSEAL_TEST_PG_URL", u),
+            None => cmd.env_remove("FIELDSEAL_TEST_PG_URL"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("s3cret"),
+            "the URL's password was shown: {err}"
+        );
+        (out.status.success(), err)
+    };
+    let env = "  postgres_url_env: FIELDSEAL_TEST_PG_URL";
+    let (ok, err) = run(env, None);
+    assert!(
+        !ok && err.contains("postgres_url_env") && err.contains("not set"),
+        "{err}"
+    );
+    let (ok, err) = run(env, Some("postgres://fs:s3cret@db.example.com:5432/fs"));
+    assert!(ok, "{err}");
+    assert!(err.contains("sslmode=require"), "{err}");
+    let (ok, err) = run(
+        env,
+        Some("postgres://fs:s3cret@db.example.com/fs?sslmode=require"),
+    );
+    assert!(ok && !err.contains("sslmode"), "{err}");
+    let (ok, err) = run(
+        env,
+        Some("postgres://fs:s3cret@127.0.0.1/fs?sslmode=disable"),
+    );
+    assert!(ok && !err.contains("sslmode"), "{err}");
+    let (ok, err) = run(env, Some("not a url s3cret"));
+    assert!(!ok && err.contains("PostgreSQL URL"), "{err}");
+    let (ok, err) = run(
+        &format!("{env}\n  ca: missing-ca.pem"),
+        Some("postgres://fs@db.example.com/fs?sslmode=require"),
+    );
+    assert!(!ok && err.contains("key_store.ca"), "{err}");
+    let (ok, err) = run("  postgres_url_file: missing-url", None);
+    assert!(!ok && err.contains("postgres_url_file"), "{err}");
+    let (ok, err) = run("  postgres_url: \"postgres://fs:s3cret@db/fs\"", None);
+    assert!(!ok && err.contains("password"), "{err}");
+}
+
+/// A TCP relay to PostgreSQL that can stall: while stalled it accepts and
+/// holds connections without a byte either way, and stops relaying on the
+/// ones it had (a hung server or a silent network). Counts accepts.
+struct StallingRelay {
+    port: u16,
+    stalled: tokio::sync::watch::Sender<bool>,
+    accepts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingRelay {
+    async fn start(target_port: u16) -> StallingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepts);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let stalled_now = *watch.borrow();
+                    if stalled_now {
+                        // Hold it, silent, until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    let stalled_mid = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = async { let _ = watch.wait_for(|s| *s).await; } => true,
+                    };
+                    if stalled_mid {
+                        // Keep both sockets open, relay nothing.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        StallingRelay {
+            port,
+            stalled,
+            accepts,
+        }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.send_replace(on);
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A database that stops answering (not refusing: silent) never holds a
+/// request past connect_timeout + statement_timeout: 503, nothing forwarded.
+/// While it stays down, requests fail at once instead of each opening a
+/// connection (no reconnect storm); when it answers again the proxy recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_postgres_gives_503_within_the_bound_without_a_reconnect_storm() {
+    let Some(pg) = cluster() else {
+        return;
+    };
+    let relay = StallingRelay::start(pg.port).await;
+    let url = pg
+        .database()
+        .replace(&format!(":{}/", pg.port), &format!(":{}/", relay.port));
+    let site = Site::with_store(StoreAt::Postgres { url, cluster: pg });
+    let backend = RecordStore::start().await;
+    let yaml = site.yaml(
+        &backend.url,
+        &site.ring("k1", &["k1"]),
+        "  pool_max: 4\n  connect_timeout: 1s\n  statement_timeout: 1s\n",
+        "",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let w = Arc::new(World {
+        proxy,
+        backend,
+        site,
+    });
+    let (s, _) = w.put("ann", "/api/records/a", &json!({"ssn": SSN_A})).await;
+    assert_eq!(s, StatusCode::OK);
+
+    relay.stall(true);
+    let n = w.backend.received.lock().unwrap().len();
+    // The pooled connection hangs, then a new one gets no answer: 503, bounded
+    // (`answer` gives up after 30s; the store's bound is 2s).
+    let (s, v) = w.put("ben", "/api/records/b", &json!({"ssn": SSN_B})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(w.backend.received.lock().unwrap().len(), n);
+    // The cached subject is untouched by the outage.
+    assert_eq!(w.get("ann", "/api/records/a").await.1["ssn"], json!(SSN_A));
+    let n = w.backend.received.lock().unwrap().len();
+    // The breaker is open now: a burst of uncached subjects fails without a
+    // connection each (at most one probe per back-off window gets through).
+    let before = relay.accepts();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let w = Arc::clone(&w);
+        tasks.push(tokio::spawn(async move {
+            w.put(
+                &format!("burst{i}"),
+                "/api/records/x",
+                &json!({"ssn": SSN_B}),
+            )
+            .await
+            .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let during = relay.accepts() - before;
+    assert!(
+        during <= 3,
+        "{during} connections opened for 30 requests while down"
+    );
+    assert_eq!(
+        w.backend.received.lock().unwrap().len(),
+        n,
+        "forwarded while the store hangs"
+    );
+
+    relay.stall(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, _) = w.put("ben", "/api/records/b", &json!({"ssn": SSN_B})).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(w.get("ben", "/api/records/b").await.1["ssn"], json!(SSN_B));
+}
+
+/// TLS to PostgreSQL with rustls: a server that accepts only TLS, a
+/// certificate for `localhost`. `sslmode=require` with the right `ca`
+/// connects (and the session is TLS); without TLS the server refuses; a
+/// wrong CA or a host name the certificate doesn't name is refused by us.
+#[test]
+fn postgres_over_tls_verifies_the_server_certificate_against_ca() {
+    use fieldseal::config::{PostgresSettings, PostgresUrl};
+    use fieldseal::keystore::{KeyStore, PostgresStore};
+    let Some(own) = common::pg::PgCluster::start() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        fieldseal::tls::write_self_signed(certs.path(), &["localhost".to_string()], false).unwrap();
+    own.require_tls(&cert, &key);
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _) =
+        fieldseal::tls::write_self_signed(other.path(), &["localhost".to_string()], false).unwrap();
+    let db = common::pg::db_name(&own.database()).to_string();
+    let open = |host: &str, mode: &str, ca: &std::path::Path| {
+        PostgresStore::open(&PostgresSettings {
+            url: PostgresUrl::Inline(format!(
+                "postgres://fieldseal@{host}:{}/{db}?sslmode={mode}",
+                own.port
+            )),
+            ca: Some(ca.to_path_buf()),
+            pool_max: 2,
+            connect_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(5),
+        })
+    };
+    let store = open("localhost", "require", &cert).expect("TLS with the right CA");
+    store.ping().unwrap();
+    assert_eq!(
+        own.sql(&db, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'fieldseal' AND s.ssl").trim(),
+        "1",
+        "the store's session is not TLS"
+    );
+    drop(store);
+    let e = open("localhost", "disable", &cert).unwrap_err().to_string();
+    assert!(e.contains("postgres"), "{e}");
+    let e = open("localhost", "require", &wrong_ca)
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "wrong CA: {e}");
+    let e = open("127.0.0.1", "require", &cert).unwrap_err().to_string();
+    assert!(
+        e.to_lowercase().contains("certificate"),
+        "name mismatch: {e}"
+    );
+}
+
+impl Site {
+    /// Runs the CLI with `input` on stdin: (exit code, stdout, stderr).
+    fn cli_with_stdin(&self, args: &[&str], input: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cli runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+// Data sealed under the deployment's keys (fs1) before the route became
+// subject-scoped, moved offline onto each record's subject key: through the
+// CLI binary, then read back through the proxy by its owner only.
+both_stores!(subjects_rewrap_moves_fs1_dumps_onto_each_records_subject_key);
+async fn subjects_rewrap_moves_fs1_dumps_onto_each_records_subject_key(kind: Kind) {
+    let w = World::start(kind, "").await;
+    let ring = file_ring("k1", &[("k1", &w.site.path("k1.key"))]);
+    let fs1_a = ring.seal(&json!(SSN_A), "ssn").unwrap();
+    let fs1_b = ring.seal(&json!(SSN_B), "ssn").unwrap();
+    let dump = format!(
+        "{}\n{}\n",
+        json!({"id": "a", "owner_id": "alice", "ssn": fs1_a}),
+        json!({"id": "b", "owner_id": 4242, "ssn": fs1_b})
+    );
+    let yaml = w
+        .site
+        .yaml(&w.backend.url, &w.site.ring("k1", &["k1"]), "", "");
+    let cfg = w.site.config_file("cli.yaml", &yaml);
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "subjects",
+        "rewrap",
+        "--config",
+        cfg,
+        "--route",
+        "records",
+        "--subject-path",
+        "$.owner_id",
+    ];
+    let (code, out, err) = w.site.cli_with_stdin(&args, &dump);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("2 re-sealed under their subject's key"),
+        "{err}"
+    );
+    assert!(!out.contains(&fs1_a) && !out.contains(&fs1_b), "{out}");
+    assert!(
+        !out.contains(SSN_A) && !out.contains(SSN_B),
+        "plaintext written"
+    );
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(l["ssn"].as_str().unwrap().starts_with("fs2:"), "{l}");
+    }
+    // The backend gets the rewrapped records; their owners read them.
+    w.backend
+        .put("/api/records/a", Bytes::from(lines[0].to_string()));
+    w.backend
+        .put("/api/records/b", Bytes::from(lines[1].to_string()));
+    assert_eq!(
+        w.get("alice", "/api/records/a").await.1["ssn"],
+        json!(SSN_A)
+    );
+    assert_eq!(w.get("4242", "/api/records/b").await.1["ssn"], json!(SSN_B));
+    // No one else: alice's record is not readable by 4242, nor the reverse.
+    assert_eq!(
+        w.get("4242", "/api/records/a").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.get("alice", "/api/records/b").await.0,
+        StatusCode::FORBIDDEN
+    );
+    // The proxy and the CLI made one key per subject between them.
+    let (s, _) = w
+        .put("alice", "/api/records/a2", &json!({"ssn": SSN_B}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let list = w.site.cli(&["subjects", "list", "--config", cfg]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    // A record without a subject fails (exit 1), never written unsealed.
+    let bad = format!("{}\n", json!({"id": "c", "ssn": fs1_a}));
+    let (code, out, err) = w.site.cli_with_stdin(&args, &bad);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no subject"), "{err}");
+
+    // Offline encrypt under subject keys: plaintext in, each owner's fs2 out.
+    let plain = format!(
+        "{}\n",
+        json!({"id": "d", "owner_id": "alice", "ssn": SSN_A})
+    );
+    let (code, out, err) = w.site.cli_with_stdin(
+        &[
+            "encrypt",
+            "--config",
+            cfg,
+            "--route",
+            "records",
+            "--subject-path",
+            "$.owner_id",
+        ],
+        &plain,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(SSN_A), "{out}");
+    let sealed: Value = serde_json::from_str(out.trim()).unwrap();
+    w.backend
+        .put("/api/records/d", Bytes::from(sealed.to_string()));
+    assert_eq!(
+        w.get("alice", "/api/records/d").await.1["ssn"],
+        json!(SSN_A)
+    );
+    assert_eq!(
+        w.get("4242", "/api/records/d").await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // A deployment-scoped route is refused for --subject-path.
+    let (code, _, err) = w.site.cli_with_stdin(
+        &[
+            "subjects",
+            "rewrap",
+            "--config",
+            cfg,
+            "--route",
+            "nope",
+            "--subject-path",
+            "$.owner_id",
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no route named"), "{err}");
 }
 
 // ---- read_any_subject: roles that read every subject's data -------------

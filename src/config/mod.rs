@@ -10,6 +10,7 @@ mod admin;
 mod audit;
 mod headers;
 mod identity;
+mod key_store;
 mod keys;
 mod limits;
 mod listen;
@@ -36,6 +37,9 @@ use crate::routes::RouteTable;
 use crate::tls::TlsSettings;
 use locate::At;
 
+pub use self::key_store::{
+    parse_url as parse_postgres_url, KeyStoreBackend, KeyStoreSpec, PostgresSettings, PostgresUrl,
+};
 pub use self::redis::{RedisSettings, RedisUrl};
 pub use crate::logging::{LogFormat, LogLevel, LogPaths, TrustRequestId};
 pub use admin::DEFAULT_ADDRESS as DEFAULT_ADMIN_ADDRESS;
@@ -156,14 +160,6 @@ impl Config {
     }
 }
 
-/// `key_store`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyStoreSpec {
-    pub sqlite: PathBuf,
-    pub cache_ttl: Duration,
-    pub cache_max: usize,
-}
-
 /// The JSON Schema (draft 2020-12) of the config file, generated from the
 /// raw structs the loader parses (`fieldseal config-schema`). It describes
 /// the shape; values (durations, JSONPaths, addresses) are checked by `check`.
@@ -214,31 +210,13 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
     let key_store = match &raw.key_store {
         None => None,
         Some(k) => {
-            let at = At::top("key_store");
-            let sqlite = match k.sqlite.as_deref() {
-                Some("") | None => {
-                    return Err(invalid(
-                        &at,
-                        "name the store: `sqlite: /var/lib/fieldseal/keys.db`",
-                    ))
-                }
-                Some(p) => resolve(base, p),
-            };
             if keys.is_none() {
                 return Err(invalid(
-                    &at,
+                    &At::top("key_store"),
                     "needs a `keys` section: its keys wrap the stored data keys",
                 ));
             }
-            let cache_ttl = duration(&at.key("cache_ttl"), &k.cache_ttl, Duration::from_secs(60))?;
-            if cache_ttl.is_zero() {
-                return Err(invalid(&at.key("cache_ttl"), "must be more than 0s"));
-            }
-            Some(KeyStoreSpec {
-                sqlite,
-                cache_ttl,
-                cache_max: k.cache_max.unwrap_or(10_000).max(1),
-            })
+            Some(key_store::compile(k, base)?)
         }
     };
     if let Some(k) = &keys {

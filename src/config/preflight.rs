@@ -41,6 +41,7 @@ pub fn check_text(cfg: &Config, text: &str) -> Report {
     p.keys();
     p.admin_token();
     p.redis();
+    p.key_store();
     p.audit();
     p.addresses();
     p.report
@@ -181,6 +182,57 @@ impl Preflight<'_> {
             self.report
                 .warnings
                 .push("redis: no rate_limit names store: redis; the section is unused".into());
+        }
+    }
+
+    /// `key_store`: the PostgreSQL URL (env or file) and CA bundle are there
+    /// and well formed, and what an operator would get wrong is warned
+    /// about. The database itself is not contacted (`run` needs it).
+    fn key_store(&mut self) {
+        let Some(spec) = &self.cfg.key_store else {
+            return;
+        };
+        let at = At::top("key_store");
+        let scoped = self
+            .cfg
+            .routes
+            .routes
+            .iter()
+            .any(|r| r.key_scope != crate::routes::KeyScope::Deployment);
+        if !scoped {
+            self.report.warnings.push(
+                "key_store: no route has key_scope tenant or subject; the section is unused".into(),
+            );
+        }
+        if spec.cache_ttl > std::time::Duration::from_secs(300) {
+            self.report.warnings.push(format!(
+                "key_store.cache_ttl: an erasure through another replica or the CLI takes up to {} to be in force on this one",
+                humantime::format_duration(spec.cache_ttl)
+            ));
+        }
+        let super::KeyStoreBackend::Postgres(pg) = &spec.backend else {
+            return;
+        };
+        match crate::keystore::resolve_postgres_url(pg) {
+            Err((key, e)) => self.error(&at.key(key), e),
+            Ok(c) => {
+                let tls_required = c.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+                if !tls_required && !crate::keystore::postgres_local_only(&c) {
+                    self.report.warnings.push(
+                        "key_store: the PostgreSQL URL does not require TLS to a host that is not this one (wrapped keys and the password would cross the network in clear if the server allows it): add ?sslmode=require".into(),
+                    );
+                }
+                if pg.ca.is_some() && !tls_required {
+                    self.report.warnings.push(
+                        "key_store.ca is set but the URL does not say sslmode=require: TLS is only tried (sslmode=prefer) or off".into(),
+                    );
+                }
+            }
+        }
+        if let Some(ca) = &pg.ca {
+            if let Err(e) = crate::keystore::postgres_tls_check(ca) {
+                self.error(&at.key("ca"), e);
+            }
         }
     }
 

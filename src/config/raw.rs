@@ -746,9 +746,32 @@ pub enum ParamWord {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeyStore {
-    /// The embedded store: a SQLite file (created mode 0600).
+    /// The embedded store: a SQLite file (created mode 0600). One host.
     #[serde(default)]
     pub sqlite: Option<String>,
+    /// A fleet's store: the environment variable holding the PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db?sslmode=require`).
+    #[serde(default)]
+    pub postgres_url_env: Option<String>,
+    /// A file holding the PostgreSQL URL (a mounted secret).
+    #[serde(default)]
+    pub postgres_url_file: Option<String>,
+    /// The PostgreSQL URL written here; refused if it holds a password.
+    #[serde(default)]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL: CA bundle (PEM) the server's certificate must chain to;
+    /// else the system's roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PostgreSQL: most connections per replica. Default 8, at most 64.
+    #[serde(default)]
+    pub pool_max: Option<usize>,
+    /// PostgreSQL: budget to get a connection. Default 2s, at most 10s.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// PostgreSQL: budget of one store operation. Default 2s, at most 10s.
+    #[serde(default)]
+    pub statement_timeout: Option<String>,
     /// How long an unwrapped key stays cached (and so the bound for an
     /// erasure through another replica to take effect here). Default 60s.
     #[serde(default)]

@@ -620,3 +620,68 @@ fn a_route_names_its_store_and_inherits_the_rest_of_the_global_limit() {
     assert_eq!(r.timeout, std::time::Duration::from_millis(5));
     assert_eq!(r.key_prefix, "fieldseal:rl:");
 }
+
+#[test]
+fn key_store_names_one_store_and_refuses_passwords_and_unbounded_timeouts() {
+    let keys = "keys:\n  active: k1\n  ring:\n    - { id: k1, file: keys/k1.key }\n";
+    let with = |store: &str| load(&format!("{MINIMAL}{keys}key_store:\n{store}"));
+    let pg = with("  postgres_url_env: FIELDSEAL_PG_URL\n").unwrap();
+    match pg.key_store.unwrap().backend {
+        KeyStoreBackend::Postgres(p) => {
+            assert_eq!(p.url, PostgresUrl::Env("FIELDSEAL_PG_URL".into()));
+            assert_eq!(p.pool_max, 8);
+            assert_eq!(p.connect_timeout, Duration::from_secs(2));
+            assert_eq!(p.statement_timeout, Duration::from_secs(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let file =
+        with("  postgres_url_file: secrets/pg-url\n  ca: pg-ca.pem\n  pool_max: 4\n").unwrap();
+    match file.key_store.unwrap().backend {
+        KeyStoreBackend::Postgres(p) => {
+            assert_eq!(
+                p.url,
+                PostgresUrl::File("/etc/fieldseal/secrets/pg-url".into())
+            );
+            assert_eq!(p.ca, Some("/etc/fieldseal/pg-ca.pem".into()));
+            assert_eq!(p.pool_max, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    for (store, says) in [
+        ("  sqlite: k.db\n  postgres_url_env: X\n", "not both"),
+        ("  postgres_url_env: X\n  postgres_url_file: f\n", "one of"),
+        ("  sqlite: k.db\n  pool_max: 3\n", "PostgreSQL settings"),
+        ("  postgres_url: \"postgres://u:pw@db/fs\"\n", "password"),
+        (
+            "  postgres_url: \"postgres://u@db/fs?password=pw\"\n",
+            "password",
+        ),
+        (
+            "  postgres_url: \"host=db user=u password=pw\"\n",
+            "password",
+        ),
+        ("  postgres_url: \"nonsense\"\n", "PostgreSQL URL"),
+        ("  postgres_url_env: \"A=B\"\n", "environment variable"),
+        (
+            "  postgres_url_env: X\n  statement_timeout: 30s\n",
+            "at most 10s",
+        ),
+        (
+            "  postgres_url_env: X\n  connect_timeout: 0s\n",
+            "more than 0",
+        ),
+        ("  postgres_url_env: X\n  pool_max: 0\n", "1 to 64"),
+        ("  postgres_url_env: X\n  pool_max: 500\n", "1 to 64"),
+        ("  cache_ttl: 5s\n", "name the store"),
+    ] {
+        let e = with(store).expect_err(store);
+        assert!(e.message.contains(says), "{store}: {e}");
+        assert!(
+            !e.to_string().contains("pw@") && !e.to_string().contains("=pw"),
+            "{e}"
+        );
+    }
+    let inline = with("  postgres_url: \"postgres://fieldseal@db:5432/fs?sslmode=require\"\n");
+    assert!(inline.is_ok(), "{inline:?}");
+}

@@ -1,6 +1,7 @@
 //! The key store: tenant and subject data keys, kept only wrapped by a
 //! key-encryption key, versioned, with erasure tombstones. One blocking
-//! trait (`KeyStore`), implemented over embedded SQLite (`sqlite`); the
+//! trait (`KeyStore`), implemented over embedded SQLite (`sqlite`, one
+//! host) and PostgreSQL (`postgres`, a fleet of replicas); the
 //! service that resolves a request's keys through a bounded, expiring
 //! cache of unwrapped keys is `service`.
 //!
@@ -9,9 +10,13 @@
 //! creation time. The deployment's reference secret is one more row, under
 //! the reserved reference `_fieldseal_ref`.
 
+mod postgres;
 mod service;
 mod sqlite;
 
+pub use postgres::{
+    local_only as postgres_local_only, resolve_url as resolve_postgres_url, PostgresStore,
+};
 pub use service::{DeploymentKeys, KeyService, Resolved, ServiceError, ServiceStats};
 pub use sqlite::SqliteStore;
 
@@ -23,14 +28,24 @@ pub fn open_service(
     spec: &crate::config::KeyStoreSpec,
     keks: crate::crypto::Keks,
 ) -> Result<KeyService, String> {
-    let store = SqliteStore::open(&spec.sqlite).map_err(|e| e.to_string())?;
-    KeyService::open(
-        std::sync::Arc::new(store),
-        keks,
-        spec.cache_ttl,
-        spec.cache_max,
-    )
-    .map_err(|e| e.to_string())
+    let store: std::sync::Arc<dyn KeyStore> = match &spec.backend {
+        crate::config::KeyStoreBackend::Sqlite(path) => {
+            std::sync::Arc::new(SqliteStore::open(path).map_err(|e| e.to_string())?)
+        }
+        crate::config::KeyStoreBackend::Postgres(pg) => {
+            std::sync::Arc::new(PostgresStore::open(pg).map_err(|e| e.to_string())?)
+        }
+    };
+    KeyService::open(store, keks, spec.cache_ttl, spec.cache_max).map_err(|e| e.to_string())
+}
+
+/// Whether `ca` is a readable PEM bundle with at least one certificate.
+pub fn postgres_tls_check(ca: &std::path::Path) -> Result<(), String> {
+    postgres::tls_config(Some(ca))
+        .map(|_| ())
+        .map_err(|e| match e {
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
+        })
 }
 
 /// The reserved reference of the deployment's subject-reference secret.

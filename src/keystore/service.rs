@@ -328,6 +328,21 @@ impl KeyService {
         }
     }
 
+    /// As `resolve`, on the calling thread (the offline tools). Blocking.
+    pub fn resolve_now(
+        &self,
+        reference: &str,
+        create: bool,
+        revive: bool,
+    ) -> Result<Resolved, ServiceError> {
+        if let Some(hit) = self.cached(reference) {
+            if matches!(hit, Resolved::Keys(_)) {
+                return Ok(hit);
+            }
+        }
+        self.resolve_blocking(reference, create, revive)
+    }
+
     fn resolve_blocking(
         &self,
         reference: &str,

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod jwt;
+pub mod pg;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -141,6 +141,13 @@ enum Command {
         config: PathBuf,
         #[arg(long, short)]
         route: String,
+        /// Where each record names its tenant (`$.tenant_id`): needed when the
+        /// route's indexes are keyed per tenant (`index_scope: tenant`)
+        #[arg(long)]
+        tenant_path: Option<String>,
+        /// Where each record names its subject: needed for `index_scope: subject`
+        #[arg(long)]
+        subject_path: Option<String>,
         #[command(flatten)]
         failures: FailureArgs,
     },
@@ -385,10 +392,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Index {
             config,
             route,
+            tenant_path,
+            subject_path,
             failures,
         } => Ok(offline_exit(transform_cmd(
             &config,
-            Transform::Index(route),
+            Transform::Index(route, tenant_path, subject_path),
             failures,
         ))),
         Command::Rewrap {
@@ -444,7 +453,8 @@ enum Transform {
     Encrypt(String),
     Decrypt(String),
     Rewrap(Option<String>),
-    Index(String),
+    /// Route, tenant path, subject path.
+    Index(String, Option<String>, Option<String>),
 }
 
 fn load_ring(cfg: &Config, config: &Path) -> Result<Keyring> {
@@ -480,7 +490,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let mode = match &what {
         Transform::Encrypt(r) => Mode::Encrypt(route(r)?),
         Transform::Decrypt(r) => Mode::Decrypt(route(r)?),
-        Transform::Index(r) => Mode::Index(route(r)?),
+        Transform::Index(r, ..) => Mode::Index(route(r)?),
         Transform::Rewrap(r) => {
             rewrap_rules = r
                 .as_deref()
@@ -504,6 +514,33 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
         }
         None => None,
     };
+    // Tenant- or subject-keyed indexes: each record's key from the store.
+    let service = match &what {
+        Transform::Index(_, t, s) if t.is_some() || s.is_some() => {
+            let spec = cfg
+                .key_store
+                .as_ref()
+                .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
+            Some(fieldseal::keystore::open_service(spec, &ring).map_err(|e| anyhow!(e))?)
+        }
+        _ => None,
+    };
+    let path = |flag: &str, p: &Option<String>| {
+        p.as_deref()
+            .map(|p| {
+                offline::member_path(p)
+                    .ok_or_else(|| anyhow!("{flag} {p:?}: expected $.member(.member)*"))
+            })
+            .transpose()
+    };
+    let index_keys = match (&what, &service) {
+        (Transform::Index(_, t, s), Some(service)) => Some(offline::IndexKeySource {
+            service,
+            tenant: path("--tenant-path", t)?,
+            subject: path("--subject-path", s)?,
+        }),
+        _ => None,
+    };
     let verb = mode.verb();
     let stdin = std::io::stdin();
     let stats = offline::transform_stream(
@@ -515,6 +552,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
             keep_going: failures.keep_going,
             failures: failures_file.as_mut().map(|w| w as &mut dyn Write),
             progress: offline::Progress::on_stderr(verb, stdin_size()),
+            index_keys,
         },
     )?;
     eprintln!("{}", offline::summary(&mode, &ring, &stats));

@@ -115,6 +115,9 @@ pub struct Route {
     /// `auth`: whether a bearer token is looked at.
     pub auth: crate::identity::AuthMode,
     pub key_scope: KeyScope,
+    /// Whose key computes the route's blind indexes: `Deployment` (the
+    /// ring) or the route's own `key_scope` (the request's data key).
+    pub index_scope: KeyScope,
     pub on_erased_write: OnErasedWrite,
     /// What query parameters get (None: forwarded as sent; a route with
     /// encrypt rules or a `query:` section always has one).
@@ -513,6 +516,7 @@ pub(crate) mod tests {
             open: None,
             auth: crate::identity::AuthMode::None,
             key_scope: KeyScope::Deployment,
+            index_scope: KeyScope::Deployment,
             on_erased_write: OnErasedWrite::Refuse,
             query: None,
             form: None,

@@ -168,29 +168,8 @@ fn route(
                 "needs encrypt or decrypt rules on the route",
             ));
         }
-        // Query and form pairs are sealed, and blind indexes keyed, under
-        // the deployment's keys: on a tenant or subject route that would
-        // bind them to no one (and let equal values match across tenants).
-        let deployment_keyed = r.form.is_some()
-            || !r.index.is_empty()
-            || r.query.as_ref().is_some_and(|q| {
-                q.values().any(|p| {
-                    matches!(
-                        p,
-                        RawParam::Keyword(Word::Known(ParamWord::Seal)) | RawParam::Index(_)
-                    )
-                })
-            })
-            || r.path_params
-                .as_ref()
-                .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
-        if deployment_keyed {
-            return Err(invalid(
-                &at.key("key_scope"),
-                "query parameters and form fields are sealed, and blind indexes keyed, under the deployment's key: `form:`, `index:`, `query: {name: seal | {index: ..}}` and indexed `path_params` are not available on a tenant or subject route yet (refuse such parameters instead)",
-            ));
-        }
     }
+    let index_scope = index_scope(at, r, key_scope)?;
     let route = Route {
         name: r.name.clone(),
         host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -215,6 +194,7 @@ fn route(
         open,
         auth,
         key_scope,
+        index_scope,
         on_erased_write,
         query,
         form,
@@ -223,6 +203,54 @@ fn route(
         drop_in_response,
     };
     Ok((route, warnings))
+}
+
+/// `index_scope`: whose key computes the route's blind indexes. Only the
+/// combinations whose meaning is written down (docs/blind-index.md) load.
+fn index_scope(
+    at: &At,
+    r: &RawRoute,
+    key_scope: crate::routes::KeyScope,
+) -> Result<crate::routes::KeyScope, Invalid> {
+    use crate::routes::KeyScope;
+    let indexes = !r.index.is_empty()
+        || r.form.as_ref().is_some_and(|f| !f.index.is_empty())
+        || r.query
+            .as_ref()
+            .is_some_and(|q| q.values().any(|p| matches!(p, RawParam::Index(_))))
+        || r.path_params
+            .as_ref()
+            .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+    let at = at.key("index_scope");
+    let chosen = match &r.index_scope {
+        None => None,
+        Some(w) => Some(word::<KeyScope>(&at, w, "")?),
+    };
+    if chosen.is_some() && !indexes {
+        return Err(invalid(&at, "the route writes no blind index"));
+    }
+    match (key_scope, chosen) {
+        (KeyScope::Subject, None) if indexes => Err(invalid(
+            &at,
+            "a subject route's blind indexes need an explicit `index_scope`: `subject` (a search finds only the searching subject's own records) or `deployment` (any record is found, and equal values are equal across all subjects)",
+        )),
+        (ks, None) => Ok(ks),
+        (_, Some(KeyScope::Deployment)) => Ok(KeyScope::Deployment),
+        (KeyScope::Deployment, Some(_)) => Err(invalid(
+            &at,
+            "a deployment route has no tenant or subject key: its indexes are keyed by the deployment",
+        )),
+        (KeyScope::Tenant, Some(KeyScope::Tenant)) => Ok(KeyScope::Tenant),
+        (KeyScope::Tenant, Some(_)) => Err(invalid(
+            &at,
+            "a tenant route holds the tenant's key, not a subject's: `tenant` or `deployment`",
+        )),
+        (KeyScope::Subject, Some(KeyScope::Subject)) => Ok(KeyScope::Subject),
+        (KeyScope::Subject, Some(_)) => Err(invalid(
+            &at,
+            "not available: a subject route holds the subject's key, not its tenant's (a tenant-wide index beside per-subject keys is not built yet): `subject` or `deployment`",
+        )),
+    }
 }
 
 type Matcher = (PathMatch, Option<Vec<Method>>, Option<PathTemplate>);

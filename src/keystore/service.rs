@@ -165,7 +165,8 @@ impl KeyService {
             .map_err(|_| ServiceError::Task)?
     }
 
-    fn resolve_blocking(
+    /// [`resolve`](Self::resolve) on this thread (offline tools). Blocking.
+    pub(crate) fn resolve_blocking(
         &self,
         reference: &str,
         create: bool,

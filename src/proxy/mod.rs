@@ -166,6 +166,27 @@ async fn stages(
     let body =
         request_body::request_body(shared, rt, &route, &mut parts, incoming, &held, ex).await?;
     let method = parts.method.clone();
+    // Query pairs and path segments sealed or indexed under the request's
+    // own data key (tenant and subject routes).
+    let needs_keys = (parts.uri.query().is_some()
+        && route.route.query.as_ref().is_some_and(|q| q.needs_keys()))
+        || route
+            .route
+            .path_params
+            .iter()
+            .any(|p| matches!(p, Some(crate::routes::template::PathParamAction::Index(_))));
+    let subject = match needs_keys {
+        true => subject_keys::for_request(rt, &route, ex, true).await?,
+        false => None,
+    };
+    let keys = match rt.keyring.as_deref() {
+        Some(ring) => Some(request_body::request_keys(
+            &route.route,
+            ring,
+            subject.as_deref(),
+        )?),
+        None => None,
+    };
     let target = forward::Target {
         upstream: &route.upstream.spec,
         path: &admitted.path.path,
@@ -175,7 +196,7 @@ async fn stages(
         request_id: &ex.request_id,
         reads_answer: route.open.is_some(),
         query: route.route.query.as_ref(),
-        keys: rt.keyring.as_deref(),
+        keys,
         now: crate::crypto::unix_now(),
         template: route.route.template.as_ref().map(|t| forward::Template {
             template: t,

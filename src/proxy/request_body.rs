@@ -13,6 +13,7 @@ use crate::crypto::{unix_now, Keyring, SubjectKeys};
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::routes::Route;
 use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::transform::index::IndexKeys;
 use crate::transform::{self, Keys, SealSpec, TransformError, TransformReport};
 
 /// The body to forward for `parts`. Refusals come before a byte is sent.
@@ -97,7 +98,11 @@ where
     if let Some(spec) = form {
         let text = std::str::from_utf8(&plain)
             .map_err(|_| ProxyError::from(ClientError::BadRequest("the form body is not UTF-8")))?;
-        let keys = rt.keyring.as_deref().map(crate::transform::Keys::from);
+        let subject = super::subject_keys::for_request(rt, route, ex, true).await?;
+        let keys = match rt.keyring.as_deref() {
+            Some(ring) => Some(request_keys(&route.route, ring, subject.as_deref())?),
+            None => None,
+        };
         let out = transform::pairs::rewrite(text, spec, keys, unix_now())
             .map_err(ProxyError::from_pairs)?;
         let out = match out {
@@ -193,20 +198,7 @@ fn seal_with(
     ring: &Keyring,
     subject: Option<&SubjectKeys>,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
-    let keys = match subject {
-        None => Keys::from(ring),
-        Some(sk) => {
-            let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
-                "no subject key to seal with",
-            )))?;
-            Keys {
-                seal: newest.sealing_key(),
-                ring,
-                subjects: sk,
-                subject_only: true,
-            }
-        }
-    };
+    let keys = request_keys(route, ring, subject)?;
     // One streaming pass over the bytes: strict JSON validation, depth
     // limit, the route's schema and look-alike check, sealing; unselected
     // bytes copied verbatim.
@@ -223,6 +215,33 @@ fn seal_with(
             _ => {}
         }
         ProxyError::from_request_transform(e)
+    })
+}
+
+/// The keys of one request on `route`: the ring's, or on a tenant or
+/// subject route the request's data keys (the newest seals); blind indexes
+/// under the key the route's `index_scope` names.
+pub(super) fn request_keys<'k>(
+    route: &Route,
+    ring: &'k Keyring,
+    subject: Option<&'k SubjectKeys>,
+) -> Result<Keys<'k>, ProxyError> {
+    let Some(sk) = subject else {
+        return Ok(Keys::from(ring));
+    };
+    let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
+        "no subject key to seal with",
+    )))?;
+    let index = match route.index_scope {
+        crate::routes::KeyScope::Deployment => IndexKeys::Ring(ring),
+        _ => IndexKeys::DataKey(newest),
+    };
+    Ok(Keys {
+        seal: newest.sealing_key(),
+        ring,
+        subjects: sk,
+        subject_only: true,
+        index,
     })
 }
 

@@ -136,6 +136,13 @@ impl PairsSpec {
         self.named.is_on() || self.guard.is_on()
     }
 
+    /// Does a rule seal or index (so a request needs its keys)?
+    pub fn needs_keys(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| !matches!(r.action, ParamAction::Refuse | ParamAction::Drop))
+    }
+
     pub fn rules(&self) -> &[ParamRule] {
         &self.rules
     }
@@ -352,7 +359,7 @@ fn index_pair(
     index: &IndexSpec,
     keys: Keys<'_>,
 ) -> Result<(), PairsError> {
-    let text = index.index(keys.ring, value).map_err(PairsError::Seal)?;
+    let text = index.index(keys.index, value).map_err(PairsError::Seal)?;
     encode_into(out, name.get(..part.start).unwrap_or(""));
     encode_into(out, &index.name);
     encode_into(out, name.get(part.end..).unwrap_or(""));
@@ -588,7 +595,12 @@ mod tests {
             key_id: None,
         };
         let s = spec(&[("email", ParamAction::Index(idx.clone()))], &["$.email"]);
-        let want = idx.index(&ring(), "ada@example.com").expect("index");
+        let want = idx
+            .index(
+                super::super::index::IndexKeys::Ring(&ring()),
+                "ada@example.com",
+            )
+            .expect("index");
         let mut enc = String::new();
         encode_into(&mut enc, &want);
         for (q, name) in [

@@ -148,6 +148,7 @@ async fn start_store() -> (String, Arc<Mutex<Store>>) {
 async fn a_record_is_found_by_its_email_and_the_store_never_sees_it() {
     let keys = tempfile::tempdir().expect("tempdir");
     let k1 = key_file(keys.path(), "k1");
+    let audit = keys.path().join("audit.log");
     let (url, store) = start_store().await;
     let proxy = TestProxy::start(&format!(
         r#"upstreams:
@@ -156,6 +157,7 @@ keys:
   active: k1
   ring:
     - {{ id: k1, file: "{k1}" }}
+audit: {{ sink: "{audit}" }}
 routes:
   - name: by-email
     match: {{ path: "/api/users/by-email/{{email}}" }}
@@ -176,7 +178,8 @@ routes:
       ssn: refuse
     form: {{ encrypt: [ssn, email], index: [ {{ field: email, into: email_idx }} ] }}
 "#,
-        k1 = k1.display()
+        k1 = k1.display(),
+        audit = audit.display(),
     ))
     .await;
     let h1 = proxy.h1();
@@ -387,7 +390,40 @@ routes:
             "the store received {plain}: {received}"
         );
     }
+    // Pairs are counted per route, by source and action.
+    let (status, metrics) = admin_get(&proxy, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for (route, source, action, want) in [
+        ("users", "query", "indexed", 12.0),
+        ("users", "query", "refused", 4.0),
+        ("users", "query", "sealed", 0.0),
+        ("users", "form", "sealed", 4.0),
+        ("users", "form", "indexed", 2.0),
+        ("by-email", "path", "indexed", 8.0),
+        ("by-email", "path", "refused", 0.0),
+    ] {
+        let n = metric_value(
+            &metrics,
+            "fieldseal_pairs_total",
+            &[("route", route), ("source", source), ("action", action)],
+        );
+        assert_eq!(n, Some(want), "{route} {source} {action}:\n{metrics}");
+    }
     proxy.stop().await;
+    // ... and named by rule, never by value, in the audit record.
+    let audit = std::fs::read_to_string(&audit).expect("audit log");
+    let mut fields = std::collections::BTreeSet::new();
+    for line in audit.lines() {
+        let v: Value = serde_json::from_str(line).expect("audit line");
+        for f in v["fields"].as_array().expect("fields") {
+            fields.insert(f.as_str().expect("name").to_string());
+        }
+    }
+    for want in ["query:email", "form:ssn", "form:email", "path:email"] {
+        assert!(fields.contains(want), "{want}: {fields:?}");
+    }
+    let lower = audit.to_lowercase();
+    assert!(!lower.contains("ada@") && !lower.contains("grace@") && !lower.contains("ssn]"));
 }
 
 /// Index keys follow the route's key scope: on a `key_scope: tenant` route

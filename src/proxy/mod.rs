@@ -70,7 +70,22 @@ struct Exchange {
     /// The caller's data keys on a tenant- or subject-scoped route, once
     /// resolved (and whether for a write, which may have created one).
     subject_keys: Option<(bool, Arc<crate::crypto::SubjectKeys>)>,
+    /// Protected query, form and path pairs sealed, indexed or refused.
+    pairs: PairsSeen,
 }
+
+/// What happened to a request's protected pairs, by source (indexes of
+/// `metrics::PAIR_SOURCES`: query, form, path).
+#[derive(Default)]
+struct PairsSeen {
+    reports: [crate::transform::pairs::PairsReport; 3],
+    /// The source of the pair that refused the request.
+    refused: Option<usize>,
+}
+
+const PAIRS_QUERY: usize = 0;
+const PAIRS_FORM: usize = 1;
+const PAIRS_PATH: usize = 2;
 
 impl Exchange {
     fn new(
@@ -97,6 +112,7 @@ impl Exchange {
             response_report: TransformReport::default(),
             principal: None,
             subject_keys: None,
+            pairs: PairsSeen::default(),
         }
     }
 
@@ -131,6 +147,16 @@ pub async fn handle(
             Err(e)
         }
     };
+    if let Some(route) = &ex.route {
+        let m = &route.metrics.pairs;
+        for (source, r) in ex.pairs.reports.iter().enumerate() {
+            m.add(source, 0, r.sealed as u64);
+            m.add(source, 1, r.indexed as u64);
+        }
+        if let Some(source) = ex.pairs.refused {
+            m.add(source, 2, 1);
+        }
+    }
     let response = match result {
         Ok(r) => r,
         Err(e) => {
@@ -205,7 +231,7 @@ async fn stages(
             case_insensitive: route.route.case_insensitive,
         }),
     };
-    let upstream_req = forward::forward(parts, body, &target)?;
+    let upstream_req = forward::forward(parts, body, &target, &mut ex.pairs)?;
 
     let sent = Instant::now();
     let answer = route.upstream.send(upstream_req).await;

@@ -103,8 +103,14 @@ where
             Some(ring) => Some(request_keys(&route.route, ring, subject.as_deref())?),
             None => None,
         };
-        let out = transform::pairs::rewrite(text, spec, keys, unix_now())
-            .map_err(ProxyError::from_pairs)?;
+        let report = &mut ex.pairs.reports[super::PAIRS_FORM];
+        let out = transform::pairs::rewrite_reporting(text, spec, keys, unix_now(), report)
+            .map_err(|e| {
+                if matches!(e, transform::pairs::PairsError::Protected { .. }) {
+                    ex.pairs.refused = Some(super::PAIRS_FORM);
+                }
+                ProxyError::from_pairs(e)
+            })?;
         let out = match out {
             Some(o) => {
                 // Counted before it is held, with the input, then alone.

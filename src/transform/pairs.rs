@@ -233,6 +233,36 @@ pub fn rewrite(
     keys: Option<Keys<'_>>,
     now: u64,
 ) -> Result<Option<String>, PairsError> {
+    rewrite_reporting(input, spec, keys, now, &mut PairsReport::default())
+}
+
+/// What a rewrite did, for metrics and the audit record: counts, and the
+/// config's names of the rules that sealed or indexed (never a client's
+/// spelling, never a value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairsReport {
+    pub sealed: usize,
+    pub indexed: usize,
+    /// Rule names, without repeats.
+    pub rules: Vec<String>,
+}
+
+impl PairsReport {
+    fn hit(&mut self, rule: &str) {
+        if !self.rules.iter().any(|r| r == rule) {
+            self.rules.push(rule.to_owned());
+        }
+    }
+}
+
+/// [`rewrite`], adding what it did to `report`.
+pub fn rewrite_reporting(
+    input: &str,
+    spec: &PairsSpec,
+    keys: Option<Keys<'_>>,
+    now: u64,
+    report: &mut PairsReport,
+) -> Result<Option<String>, PairsError> {
     if !spec.is_on() {
         return Ok(None);
     }
@@ -246,7 +276,7 @@ pub fn rewrite(
             .and_then(|rest| rest.iter().position(|&b| b == b'&' || b == b';'))
             .map_or(input.len(), |i| start + i);
         let seg = input.get(start..end).ok_or(PairsError::Encoding)?;
-        if let Some(replacement) = judge_pair(seg, spec, keys, now)? {
+        if let Some(replacement) = judge_pair(seg, spec, keys, now, report)? {
             let o = out.get_or_insert_with(|| String::with_capacity(input.len() + 128));
             o.push_str(input.get(copied..start).ok_or(PairsError::Encoding)?);
             o.push_str(&replacement);
@@ -267,6 +297,7 @@ fn judge_pair(
     spec: &PairsSpec,
     keys: Option<Keys<'_>>,
     now: u64,
+    report: &mut PairsReport,
 ) -> Result<Option<String>, PairsError> {
     let (raw_name, raw_value) = match seg.find('=') {
         Some(i) => (&seg[..i], Some(&seg[i + 1..])),
@@ -315,9 +346,13 @@ fn judge_pair(
         ParamAction::Seal => {
             let context = part.text.as_str();
             seal_pair(&mut out, name, &value()?, context, keys()?, now)?;
+            report.sealed += 1;
+            report.hit(&rule.name);
         }
         ParamAction::Index(index) => {
             index_pair(&mut out, name, &part.span, &value()?, index, keys()?)?;
+            report.indexed += 1;
+            report.hit(&rule.name);
         }
         ParamAction::SealAndIndex(index) => {
             let context = part.text.as_str();
@@ -325,6 +360,9 @@ fn judge_pair(
             seal_pair(&mut out, name, &v, context, k, now)?;
             out.push('&');
             index_pair(&mut out, name, &part.span, &v, index, k)?;
+            report.sealed += 1;
+            report.indexed += 1;
+            report.hit(&rule.name);
         }
     }
     Ok(Some(out))

@@ -126,6 +126,7 @@ fn bench(c: &mut Criterion) {
             ring: &ring,
             subjects: &sk,
             subject_only: true,
+            index: fieldseal::transform::index::IndexKeys::DataKey(sk.first().unwrap()),
         };
         transform::encrypt_request(&body, &spec, keys, now).unwrap()
     };

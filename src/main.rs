@@ -143,6 +143,13 @@ enum Command {
         config: PathBuf,
         #[arg(long, short)]
         route: String,
+        /// Where each record names its tenant (`$.tenant_id`): needed when the
+        /// route's indexes are keyed per tenant (`index_scope: tenant`)
+        #[arg(long)]
+        tenant_path: Option<String>,
+        /// Where each record names its subject: needed for `index_scope: subject`
+        #[arg(long)]
+        subject_path: Option<String>,
         #[command(flatten)]
         failures: FailureArgs,
     },
@@ -424,10 +431,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Index {
             config,
             route,
+            tenant_path,
+            subject_path,
             failures,
         } => Ok(offline_exit(transform_cmd(
             &config,
-            Transform::Index(route),
+            Transform::Index(route, tenant_path, subject_path),
             failures,
         ))),
         Command::Rewrap {
@@ -503,7 +512,8 @@ enum Transform {
     Encrypt(String),
     Decrypt(String),
     Rewrap(Option<String>),
-    Index(String),
+    /// Route, tenant path, subject path.
+    Index(String, Option<String>, Option<String>),
 }
 
 fn load_ring(cfg: &Config, config: &Path) -> Result<Keyring> {
@@ -611,7 +621,7 @@ fn subject_transform_cmd(
     } else {
         offline::Mode::EncryptForSubject(route, &keys_for)
     };
-    run_transform(&mode, &ring, failures, rewrap)
+    run_transform(&mode, &ring, failures, rewrap, None)
 }
 
 /// `encrypt`, `decrypt`, `rewrap`: stdin to stdout, summary on stderr.
@@ -636,7 +646,7 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
     let mode = match &what {
         Transform::Encrypt(r) => Mode::Encrypt(route(r)?),
         Transform::Decrypt(r) => Mode::Decrypt(route(r)?),
-        Transform::Index(r) => Mode::Index(route(r)?),
+        Transform::Index(r, ..) => Mode::Index(route(r)?),
         Transform::Rewrap(r) => {
             rewrap_rules = r
                 .as_deref()
@@ -645,8 +655,37 @@ fn transform_cmd(config: &Path, what: Transform, failures: FailureArgs) -> Resul
             Mode::Rewrap(rewrap_rules.as_deref())
         }
     };
+    // Tenant- or subject-keyed indexes: each record's key from the store.
+    let service = match &what {
+        Transform::Index(_, t, s) if t.is_some() || s.is_some() => {
+            let spec = cfg
+                .key_store
+                .as_ref()
+                .ok_or_else(|| anyhow!("{}: no key_store section", config.display()))?;
+            let keks = fieldseal::crypto::Keks::for_ring(&ring, keys_of(&cfg, config)?)
+                .ok_or_else(|| anyhow!("the active key has no key-encryption key"))?;
+            Some(fieldseal::keystore::open_service(spec, keks).map_err(|e| anyhow!(e))?)
+        }
+        _ => None,
+    };
+    let path = |flag: &str, p: &Option<String>| {
+        p.as_deref()
+            .map(|p| {
+                offline::member_path(p)
+                    .ok_or_else(|| anyhow!("{flag} {p:?}: expected $.member(.member)*"))
+            })
+            .transpose()
+    };
+    let index_keys = match (&what, &service) {
+        (Transform::Index(_, t, s), Some(service)) => Some(offline::IndexKeySource {
+            service,
+            tenant: path("--tenant-path", t)?,
+            subject: path("--subject-path", s)?,
+        }),
+        _ => None,
+    };
     let rewrap = matches!(what, Transform::Rewrap(_));
-    run_transform(&mode, &ring, failures, rewrap)
+    run_transform(&mode, &ring, failures, rewrap, index_keys)
 }
 
 /// Runs one offline transform over stdin to stdout; the summary and any
@@ -656,6 +695,7 @@ fn run_transform(
     ring: &Keyring,
     failures: FailureArgs,
     rewrap: bool,
+    index_keys: Option<offline::IndexKeySource<'_>>,
 ) -> Result<ExitCode> {
     let mut failures_file = match &failures.failures {
         Some(p) => {
@@ -683,6 +723,7 @@ fn run_transform(
             keep_going: failures.keep_going,
             failures: failures_file.as_mut().map(|w| w as &mut dyn Write),
             progress: offline::Progress::on_stderr(verb, stdin_size()),
+            index_keys,
         },
     )?;
     eprintln!("{}", offline::summary(mode, ring, &stats));

@@ -40,6 +40,35 @@ pub struct ServerLabel {
     pub server: String,
 }
 
+/// A protected name/value pair outside a JSON body: where (`query`,
+/// `form`, `path`) and what happened to it (`sealed`, `indexed`, `refused`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairLabel {
+    pub route: String,
+    pub source: &'static str,
+    pub action: &'static str,
+}
+
+/// Where a pair was.
+pub const PAIR_SOURCES: [&str; 3] = ["query", "form", "path"];
+/// What happened to it.
+pub const PAIR_ACTIONS: [&str; 3] = ["sealed", "indexed", "refused"];
+
+/// One route's pair counters, by source and action (indexes into
+/// `PAIR_SOURCES` and `PAIR_ACTIONS`).
+#[derive(Clone)]
+pub struct PairCounters(Vec<Counter>);
+
+impl PairCounters {
+    pub fn add(&self, source: usize, action: usize, n: u64) {
+        if n > 0 {
+            if let Some(c) = self.0.get(source * PAIR_ACTIONS.len() + action) {
+                c.inc_by(n);
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteReason {
     pub route: String,
@@ -94,6 +123,7 @@ pub struct RouteMetrics {
     pub rate_limited: Counter,
     /// Data subjects a `read_any_subject` role holder read, per request.
     pub role_subject_reads: Counter,
+    pub pairs: PairCounters,
 }
 
 pub struct Metrics {
@@ -104,6 +134,7 @@ pub struct Metrics {
     pub fields_encrypted: Family<RouteLabel, Counter>,
     pub fields_decrypted: Family<RouteLabel, Counter>,
     pub decrypt_failures: Family<RouteReason, Counter>,
+    pub pairs: Family<PairLabel, Counter>,
     pub rate_limited: Family<RouteLabel, Counter>,
     pub upstream_errors: Family<UpstreamKind, Counter>,
     /// Requests sent again to another server of their upstream.
@@ -151,6 +182,7 @@ impl Metrics {
             fields_encrypted: Family::default(),
             fields_decrypted: Family::default(),
             decrypt_failures: Family::default(),
+            pairs: Family::default(),
             rate_limited: Family::default(),
             upstream_errors: Family::default(),
             upstream_retries: Family::default(),
@@ -211,6 +243,11 @@ impl Metrics {
             "fields_decrypted",
             "Field values decrypted in responses, by route",
             m.fields_decrypted.clone(),
+        );
+        registry.register(
+            "pairs",
+            "Protected query, form and path pairs sealed, indexed or refused, by route, source and action",
+            m.pairs.clone(),
         );
         registry.register(
             "decrypt_failures",
@@ -339,6 +376,19 @@ impl Metrics {
             fields_decrypted: self.fields_decrypted.get_or_create(&label).clone(),
             rate_limited: self.rate_limited.get_or_create(&label).clone(),
             role_subject_reads: self.role_subject_reads.get_or_create(&label).clone(),
+            pairs: PairCounters(
+                PAIR_SOURCES
+                    .iter()
+                    .flat_map(|source| {
+                        PAIR_ACTIONS.iter().map(move |action| PairLabel {
+                            route: route.to_string(),
+                            source,
+                            action,
+                        })
+                    })
+                    .map(|l| self.pairs.get_or_create(&l).clone())
+                    .collect(),
+            ),
         }
     }
 

@@ -28,6 +28,10 @@ use crate::transform::{self, FieldRule, Keys, OpenSpec, SealSpec, StringKind, Tr
 pub enum OfflineError {
     #[error("route {0:?} has no {1} rules")]
     NoRules(String, &'static str),
+    /// A tenant- or subject-scoped index without the per-record tenant
+    /// (subject) path or key store it needs.
+    #[error("route {0:?}: {1}")]
+    Scope(String, &'static str),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -536,6 +540,32 @@ pub struct RunOptions<'a> {
     /// One JSON line per failed document (document, lines, error).
     pub failures: Option<&'a mut dyn Write>,
     pub progress: Option<Progress>,
+    /// `index` on a route whose indexes are keyed by a tenant's or
+    /// subject's data key: where each record names its tenant (subject).
+    pub index_keys: Option<IndexKeySource<'a>>,
+}
+
+/// Whose data key indexes one stored record: the tenant (and subject)
+/// read from the record itself, resolved through the key store.
+pub struct IndexKeySource<'a> {
+    pub service: &'a crate::keystore::KeyService,
+    /// Member names from the root (`$.tenant_id` → `["tenant_id"]`).
+    pub tenant: Option<Vec<String>>,
+    pub subject: Option<Vec<String>>,
+}
+
+/// `$.a.b` → `["a", "b"]`: the only paths `--tenant-path` takes.
+pub fn member_path(p: &str) -> Option<Vec<String>> {
+    let rest = p.strip_prefix("$.")?;
+    let parts: Vec<String> = rest.split('.').map(str::to_owned).collect();
+    parts
+        .iter()
+        .all(|m| {
+            !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        })
+        .then_some(parts)
 }
 
 /// Reads documents from `input`, transforms each, writes one per line.
@@ -551,6 +581,7 @@ pub fn transform_stream(
     mut output: impl Write,
     mut opts: RunOptions<'_>,
 ) -> Result<Stats, OfflineError> {
+    let index_keys = opts.index_keys.take();
     let plan = match mode {
         Mode::Encrypt(r) => Plan::Encrypt(Box::new(
             r.seal
@@ -573,14 +604,44 @@ pub fn transform_stream(
                     .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "encrypt"))?,
             ),
             *keys_for,
+            r.index_scope == crate::routes::KeyScope::Deployment,
         ),
-        Mode::Index(r) => Plan::Index(
-            r.seal
+        Mode::Index(r) => {
+            let rules = r
+                .seal
                 .as_ref()
                 .map(|s| s.indexes.as_slice())
                 .filter(|i| !i.is_empty())
-                .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "index"))?,
-        ),
+                .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "index"))?;
+            let scope = match r.index_scope {
+                crate::routes::KeyScope::Deployment => None,
+                crate::routes::KeyScope::Tenant => Some(crate::crypto::RefScope::Tenant),
+                crate::routes::KeyScope::Subject => Some(crate::crypto::RefScope::Subject),
+            };
+            let scoped = match (scope, index_keys.as_ref()) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(OfflineError::Scope(
+                        r.name.clone(),
+                        "its indexes are keyed per tenant or subject: give --tenant-path (and --subject-path) and a key_store section",
+                    ))
+                }
+                (Some(sc), Some(src)) => {
+                    let missing = match sc {
+                        crate::crypto::RefScope::Tenant => src.tenant.is_none(),
+                        crate::crypto::RefScope::Subject => src.subject.is_none(),
+                    };
+                    if missing {
+                        return Err(OfflineError::Scope(
+                            r.name.clone(),
+                            "a tenant index needs --tenant-path, a subject index --subject-path (and --tenant-path when subjects belong to tenants)",
+                        ));
+                    }
+                    Some((sc, src))
+                }
+            };
+            Plan::Index(rules, scoped)
+        }
     };
     let mut stats = Stats::default();
     let mut reader = Reader::new(input);
@@ -626,24 +687,79 @@ pub fn transform_stream(
 }
 
 /// A `Mode` made ready to run: the specs the engine takes.
-enum Plan<'a> {
+enum Plan<'a, 'k> {
     Encrypt(Box<SealSpec>),
     Decrypt(&'a OpenSpec),
     Rewrap(Option<&'a [FieldRule]>),
-    Index(&'a [crate::transform::index::IndexRule]),
+    Index(
+        &'a [crate::transform::index::IndexRule],
+        Option<(crate::crypto::RefScope, &'k IndexKeySource<'k>)>,
+    ),
     RewrapToSubject(Option<&'a [FieldRule]>, &'a KeysFor<'a>),
-    EncryptForSubject(Box<SealSpec>, &'a KeysFor<'a>),
+    /// The bool: the route's blind indexes are keyed by the deployment
+    /// (`index_scope: deployment`), not by the record's data key.
+    EncryptForSubject(Box<SealSpec>, &'a KeysFor<'a>, bool),
+}
+
+/// The data keys of the tenant (subject) a stored record names at the
+/// source's paths; a tenant without a key gets one, as its first write
+/// through the proxy would. The error never shows the record's values.
+fn keys_of_record(
+    doc: &[u8],
+    scope: crate::crypto::RefScope,
+    source: &IndexKeySource<'_>,
+) -> Result<crate::crypto::SubjectKeys, &'static str> {
+    let v: Value = serde_json::from_slice(doc).map_err(|_| "the document is not valid JSON")?;
+    let at = |path: &Option<Vec<String>>| -> Result<Option<String>, &'static str> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let mut cur = &v;
+        for m in path {
+            cur = cur
+                .get(m)
+                .ok_or("the record has no value at the tenant or subject path")?;
+        }
+        match cur {
+            Value::String(s) if !s.is_empty() => Ok(Some(s.clone())),
+            Value::Number(n) => Ok(Some(n.to_string())),
+            _ => Err("the tenant or subject path holds no string or number"),
+        }
+    };
+    let tenant = at(&source.tenant)?;
+    let subject = match scope {
+        crate::crypto::RefScope::Tenant => String::new(),
+        crate::crypto::RefScope::Subject => at(&source.subject)?.unwrap_or_default(),
+    };
+    let reference = source
+        .service
+        .reference(scope, tenant.as_deref(), &subject)
+        .ok_or("reference")?;
+    match source
+        .service
+        .resolve_blocking(&reference, true, false)
+        .map_err(|_| "the key store could not give the record's key")?
+    {
+        crate::keystore::Resolved::Keys(k) => {
+            let mut keys = crate::crypto::SubjectKeys::default();
+            for key in k {
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+        crate::keystore::Resolved::Erased => Err("the record's tenant or subject is erased"),
+        crate::keystore::Resolved::Absent => Err("no data key"),
+    }
 }
 
 /// The transformed bytes of one document.
 fn transform_one(
-    plan: &Plan<'_>,
+    plan: &Plan<'_, '_>,
     ring: &Keyring,
     doc: &Document,
     stats: &mut Stats,
 ) -> Result<Vec<u8>, Failure> {
     let now = unix_now();
-    let keys = Keys::from(ring);
     let fail = |kind: &'static str, error: String| Failure {
         document: doc.number,
         line: doc.first_line,
@@ -651,8 +767,27 @@ fn transform_one(
         kind,
         error,
     };
+    let record_keys;
+    let keys = match plan {
+        Plan::Index(_, Some((scope, source))) => {
+            record_keys = keys_of_record(&doc.bytes, *scope, source)
+                .map_err(|e| fail("keys", e.to_owned()))?;
+            let newest = record_keys
+                .first()
+                .ok_or_else(|| fail("keys", "no data key".into()))?;
+            Keys {
+                seal: newest.sealing_key(),
+                ring,
+                subjects: &record_keys,
+                // Stored records may still hold ring envelopes.
+                subject_only: false,
+                index: crate::transform::index::IndexKeys::DataKey(newest),
+            }
+        }
+        _ => Keys::from(ring),
+    };
     let subject_keys = match plan {
-        Plan::RewrapToSubject(_, keys_for) | Plan::EncryptForSubject(_, keys_for) => {
+        Plan::RewrapToSubject(_, keys_for) | Plan::EncryptForSubject(_, keys_for, _) => {
             Some(keys_for(&doc.bytes).map_err(|e| fail("subject", e))?)
         }
         _ => None,
@@ -666,6 +801,15 @@ fn transform_one(
             ring,
             subjects: sk,
             subject_only: false,
+            index: match plan {
+                Plan::EncryptForSubject(_, _, true) => {
+                    crate::transform::index::IndexKeys::Ring(ring)
+                }
+                _ => crate::transform::index::IndexKeys::DataKey(
+                    sk.first()
+                        .ok_or_else(|| fail("subject", "the subject has no key".into()))?,
+                ),
+            },
         }),
         None => None,
     };
@@ -674,7 +818,7 @@ fn transform_one(
             Some(k) => transform::rewrap(&doc.bytes, *rules, k, now),
             None => return Err(fail("subject", "no subject keys".into())),
         },
-        Plan::EncryptForSubject(spec, _) => match for_subject {
+        Plan::EncryptForSubject(spec, ..) => match for_subject {
             Some(k) => transform::encrypt(&doc.bytes, spec, k, now),
             None => return Err(fail("subject", "no subject keys".into())),
         },
@@ -683,8 +827,8 @@ fn transform_one(
         Plan::Encrypt(spec) => transform::encrypt(&doc.bytes, spec, keys, now),
         Plan::Decrypt(spec) => transform::decrypt(&doc.bytes, spec, ring, now),
         Plan::Rewrap(rules) => transform::rewrap(&doc.bytes, *rules, keys, now),
-        Plan::Index(rules) => {
-            transform::index::add_indexes_opening(&doc.bytes, rules, ring).map(|o| {
+        Plan::Index(rules, _) => {
+            transform::index::add_indexes_opening(&doc.bytes, rules, keys, now).map(|o| {
                 let (bytes, n) = o.unwrap_or_else(|| (doc.bytes.to_vec(), 0));
                 let report = transform::TransformReport {
                     encrypted: n,
@@ -719,7 +863,7 @@ fn transform_one(
             stats.opened += report.decrypted as u64;
             stats.resealed += report.encrypted as u64;
         }
-        Plan::Index(_) => stats.indexed += report.encrypted as u64,
+        Plan::Index(..) => stats.indexed += report.encrypted as u64,
         Plan::EncryptForSubject(..) => stats.sealed += report.encrypted as u64,
     }
     Ok(out)

@@ -118,6 +118,9 @@ pub struct Route {
     /// `auth_sources`: where the caller may be identified from (empty
     /// without `auth`).
     pub auth_sources: Vec<crate::identity::AuthSource>,
+    /// Whose key computes the route's blind indexes: `Deployment` (the
+    /// ring) or the route's own `key_scope` (the request's data key).
+    pub index_scope: KeyScope,
     pub on_erased_write: OnErasedWrite,
     /// `read_any_subject`: roles whose holders open every subject's envelopes.
     pub read_any_subject: Vec<crate::identity::RoleRule>,
@@ -533,6 +536,7 @@ pub(crate) mod tests {
             auth: crate::identity::AuthMode::None,
             key_scope: KeyScope::Deployment,
             auth_sources: Vec::new(),
+            index_scope: KeyScope::Deployment,
             on_erased_write: OnErasedWrite::Refuse,
             read_any_subject: Vec::new(),
             query: None,

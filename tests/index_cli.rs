@@ -5,7 +5,7 @@
 mod common;
 
 use common::{file_ring, run_bin};
-use fieldseal::crypto::index::{IndexKey, IndexScope, Normalize};
+use fieldseal::crypto::index::{IndexKey, Normalize};
 use serde_json::{json, Value};
 
 fn config(dir: &std::path::Path, key: &str) -> std::path::PathBuf {
@@ -49,7 +49,7 @@ fn index_backfills_from_plaintext_and_envelopes_and_recomputes_on_rotation() {
         ],
     );
     let want = |key: &str, v: &str| {
-        IndexKey::derive(&ring, key, IndexScope::Deployment, "email_idx")
+        IndexKey::derive(&ring, key, "email_idx")
             .expect("key")
             .index(v, &[Normalize::Trim, Normalize::Lowercase], 64)
     };

@@ -795,7 +795,7 @@ async fn rotating_the_ring_rewraps_every_subject_key_and_all_data_still_reads(ki
 }
 
 #[test]
-fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
+fn a_subject_route_loads_pairs_under_its_key_and_indexes_only_with_an_explicit_scope() {
     let site = Site::new();
     let ring = site.ring("k1", &["k1"]);
     let load = |route_extra: &str| {
@@ -806,17 +806,38 @@ fn a_subject_route_refuses_pairs_and_indexes_keyed_by_the_deployment() {
         fieldseal::config::Config::from_yaml(&full, &site.path("fieldseal.yaml"))
     };
     assert!(load("").is_ok(), "{:?}", load("").err());
+    // Sealed under the request's subject key: no index involved.
     for extra in [
         "    form: { encrypt: [ssn] }\n",
         "    query: { ssn: seal }\n",
-        "    index: [ { field: \"$.ssn\", into: \"$.ssn_idx\" } ]\n",
-        "    index: [ { field: \"$.ssn\", into: \"$.ssn_idx\" } ]\n    query: { ssn: { index: ssn_idx } }\n",
+        "    query: { ssn: refuse }\n",
     ] {
-        let e = load(extra).expect_err(extra).to_string();
-        assert!(e.contains("deployment's key"), "{extra}: {e}");
+        assert!(load(extra).is_ok(), "{extra}: {:?}", load(extra).err());
     }
-    // Refusing a parameter binds it to no key: allowed.
-    assert!(load("    query: { ssn: refuse }\n").is_ok());
+    let index = "    index: [ { field: \"$.ssn\", into: \"$.ssn_idx\" } ]\n";
+    // An index on a subject route means little by default: the scope must be chosen.
+    for extra in [
+        index.to_string(),
+        format!("{index}    query: {{ ssn: {{ index: ssn_idx }} }}\n"),
+    ] {
+        let e = load(&extra).expect_err(&extra).to_string();
+        assert!(e.contains("explicit `index_scope`"), "{extra}: {e}");
+    }
+    for scope in ["subject", "deployment"] {
+        let extra = format!("{index}    index_scope: {scope}\n");
+        assert!(load(&extra).is_ok(), "{extra}: {:?}", load(&extra).err());
+    }
+    // Combinations without a written meaning fail closed, with the reason.
+    for (extra, why) in [
+        (format!("{index}    index_scope: tenant\n"), "not available"),
+        (
+            "    index_scope: subject\n".to_string(),
+            "writes no blind index",
+        ),
+    ] {
+        let e = load(&extra).expect_err(&extra).to_string();
+        assert!(e.contains(why), "{extra}: {e}");
+    }
 }
 
 both_stores!(

@@ -587,6 +587,13 @@ pub struct RawRoute {
     /// subject of the verified token, `fs2`; needs `auth: required` and `key_store`).
     #[serde(default)]
     pub key_scope: Option<Word<crate::routes::KeyScope>>,
+    /// Whose key computes this route's blind indexes (JSON `index:`, query
+    /// and form indexes, indexed `path_params`): by default the route's
+    /// `key_scope` on a deployment or tenant route; a subject route must
+    /// choose `subject` (finds only that subject's own records) or
+    /// `deployment` (finds any record; equal values match across subjects).
+    #[serde(default)]
+    pub index_scope: Option<Word<crate::routes::KeyScope>>,
     /// An answer's envelope sealed for another tenant or subject: `error`
     /// (403, default), `null` or `keep`.
     #[serde(default, deserialize_with = "null_is_a_mode")]

@@ -169,12 +169,6 @@ fn route(
             .iter()
             .any(|x| x.id == k.active && !x.source.has_bytes())
     });
-    if deployment_keyed && token_active && key_scope == crate::routes::KeyScope::Deployment {
-        return Err(invalid(
-            &at.key("key_scope"),
-            "the active key is a pkcs11 key: `form:`, `index:`, `query: {name: seal | {index: ..}}` and indexed `path_params` are sealed or keyed with a ring key's bytes, which a token key does not give (not available yet with a token key active)",
-        ));
-    }
     if key_scope != crate::routes::KeyScope::Deployment {
         if auth != crate::identity::AuthMode::Required {
             return Err(invalid(
@@ -194,14 +188,25 @@ fn route(
                 "needs encrypt or decrypt rules on the route",
             ));
         }
-        // On a tenant or subject route that would bind them to no one (and
-        // let equal values match across tenants).
-        if deployment_keyed {
-            return Err(invalid(
-                &at.key("key_scope"),
-                "query parameters and form fields are sealed, and blind indexes keyed, under the deployment's key: `form:`, `index:`, `query: {name: seal | {index: ..}}` and indexed `path_params` are not available on a tenant or subject route yet (refuse such parameters instead)",
-            ));
-        }
+    }
+    let index_scope = index_scope(at, r, key_scope)?;
+    // A blind index keyed by the deployment (on any route) needs the ring
+    // key's bytes; so do pairs sealed on a deployment-scoped route.
+    let deployment_indexed = !r.index.is_empty()
+        || r.query
+            .as_ref()
+            .is_some_and(|q| q.values().any(|p| matches!(p, RawParam::Index(_))))
+        || r.path_params
+            .as_ref()
+            .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+    if token_active
+        && ((deployment_keyed && key_scope == crate::routes::KeyScope::Deployment)
+            || (deployment_indexed && index_scope == crate::routes::KeyScope::Deployment))
+    {
+        return Err(invalid(
+            &at.key("key_scope"),
+            "the active key is a pkcs11 key: blind indexes keyed by the deployment, and on a deployment-scoped route `form:` and `query: {name: seal}`, are sealed or keyed with a ring key's bytes, which a token key does not give (not available yet with a token key active)",
+        ));
     }
     let read_any_subject = read_any_subject(at, r, raw, key_scope, open.is_some())?;
     let route = Route {
@@ -230,6 +235,7 @@ fn route(
         // Resolved against `identity` once both are compiled.
         auth_sources: Vec::new(),
         key_scope,
+        index_scope,
         on_erased_write,
         read_any_subject,
         query,
@@ -239,6 +245,54 @@ fn route(
         drop_in_response,
     };
     Ok((route, warnings))
+}
+
+/// `index_scope`: whose key computes the route's blind indexes. Only the
+/// combinations whose meaning is written down (docs/blind-index.md) load.
+fn index_scope(
+    at: &At,
+    r: &RawRoute,
+    key_scope: crate::routes::KeyScope,
+) -> Result<crate::routes::KeyScope, Invalid> {
+    use crate::routes::KeyScope;
+    let indexes = !r.index.is_empty()
+        || r.form.as_ref().is_some_and(|f| !f.index.is_empty())
+        || r.query
+            .as_ref()
+            .is_some_and(|q| q.values().any(|p| matches!(p, RawParam::Index(_))))
+        || r.path_params
+            .as_ref()
+            .is_some_and(|p| p.values().any(|x| matches!(x, RawPathParam::Index(_))));
+    let at = at.key("index_scope");
+    let chosen = match &r.index_scope {
+        None => None,
+        Some(w) => Some(word::<KeyScope>(&at, w, "")?),
+    };
+    if chosen.is_some() && !indexes {
+        return Err(invalid(&at, "the route writes no blind index"));
+    }
+    match (key_scope, chosen) {
+        (KeyScope::Subject, None) if indexes => Err(invalid(
+            &at,
+            "a subject route's blind indexes need an explicit `index_scope`: `subject` (a search finds only the searching subject's own records) or `deployment` (any record is found, and equal values are equal across all subjects)",
+        )),
+        (ks, None) => Ok(ks),
+        (_, Some(KeyScope::Deployment)) => Ok(KeyScope::Deployment),
+        (KeyScope::Deployment, Some(_)) => Err(invalid(
+            &at,
+            "a deployment route has no tenant or subject key: its indexes are keyed by the deployment",
+        )),
+        (KeyScope::Tenant, Some(KeyScope::Tenant)) => Ok(KeyScope::Tenant),
+        (KeyScope::Tenant, Some(_)) => Err(invalid(
+            &at,
+            "a tenant route holds the tenant's key, not a subject's: `tenant` or `deployment`",
+        )),
+        (KeyScope::Subject, Some(KeyScope::Subject)) => Ok(KeyScope::Subject),
+        (KeyScope::Subject, Some(_)) => Err(invalid(
+            &at,
+            "not available: a subject route holds the subject's key, not its tenant's (a tenant-wide index beside per-subject keys is not built yet): `subject` or `deployment`",
+        )),
+    }
 }
 
 type Matcher = (PathMatch, Option<Vec<Method>>, Option<PathTemplate>);

@@ -3,12 +3,17 @@
 //! The construction and its known-answer vectors are in
 //! `docs/blind-index.md`.
 //!
+//! Deployment scope (ring key K):
+//!
 //! ```text
 //! index key = HKDF-SHA256(master of ring key K, no salt,
 //!             info = "fieldseal v1 subkey" 0x00 "fieldseal blind index v1" 0x00
-//!                    scope 0x00 name)
+//!                    "deployment" 0x00 name)
 //! index     = "fsi1:" K ":" base64url(HMAC-SHA256(index key, normalize(value))[..bits/8])
 //! ```
+//!
+//! Tenant or subject scope: the key comes from that tenant's (subject's)
+//! data key instead ([`IndexKey::derive_for_data_key`]), `fsi2:` text form.
 //!
 //! The key is derived per index name and scope, separately from every
 //! encryption key (a different HKDF info), so an index key learns nothing
@@ -22,15 +27,22 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 
-use super::Keyring;
+use super::keys::hkdf;
+use super::subject::INDEX_ROOT_INFO_V2;
+use super::{Keyring, SubjectKey};
 
-/// The text form's version prefix.
+/// The text form's version prefix: deployment-scoped (a ring key).
 pub const INDEX_PREFIX: &str = "fsi1:";
+/// The text form's version prefix: under a tenant's or subject's data key.
+pub const INDEX_PREFIX_V2: &str = "fsi2:";
 /// Shortest and longest output, in bits (multiples of 8).
 pub const MIN_INDEX_BITS: u16 = 32;
 pub const MAX_INDEX_BITS: u16 = 256;
 /// `purpose` of `Keyring::derive_subkey`, before the scope and the name.
 const INDEX_PURPOSE: &[u8] = b"fieldseal blind index v1\0";
+/// The scope label of ring-derived index keys (the only ring scope: tenant
+/// and subject indexes are keyed by their data keys).
+const DEPLOYMENT_SCOPE: &[u8] = b"deployment";
 
 /// One normalization step. Whatever order a rule lists them in, they run
 /// in this order: trim, lowercase, NFC, digits.
@@ -50,62 +62,56 @@ pub enum Normalize {
     Digits,
 }
 
-/// Whose records an index key finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IndexScope<'a> {
-    /// One key for the whole deployment: any record can be found.
-    Deployment,
-    /// One key per tenant (derived from the tenant's data key once tenant
-    /// keys exist): a tenant's query finds only that tenant's records.
-    Tenant(&'a str),
-}
-
-impl IndexScope<'_> {
-    /// The scope's bytes in the HKDF info.
-    fn label(&self) -> Cow<'_, [u8]> {
-        match self {
-            IndexScope::Deployment => Cow::Borrowed(b"deployment"),
-            IndexScope::Tenant(t) => Cow::Owned([b"tenant:", t.as_bytes()].concat()),
-        }
-    }
-}
-
-/// One index's key, derived once at load: the HMAC state is keyed here,
-/// so a request only clones it.
+/// One index's key, derived per index name: the HMAC state is keyed here,
+/// so each value only clones it.
 #[derive(Clone)]
 pub struct IndexKey {
-    key_id: String,
+    /// The text form up to the MAC: `fsi1:K:` or `fsi2:reference:version:`.
+    head: String,
     mac: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for IndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IndexKey")
-            .field("key_id", &self.key_id)
+            .field("head", &self.head)
             .finish_non_exhaustive()
     }
 }
 
 impl IndexKey {
-    /// The key of index `name` in `scope`, from ring key `key_id` (None
-    /// when the ring has no such key).
-    pub fn derive(
-        ring: &Keyring,
-        key_id: &str,
-        scope: IndexScope<'_>,
-        name: &str,
-    ) -> Option<IndexKey> {
-        let purpose = [INDEX_PURPOSE, &scope.label(), b"\0", name.as_bytes()].concat();
+    /// The deployment-scoped key of index `name`, from ring key `key_id`
+    /// (None when the ring has no such key): one key for every record of
+    /// the deployment.
+    pub fn derive(ring: &Keyring, key_id: &str, name: &str) -> Option<IndexKey> {
+        let purpose = [INDEX_PURPOSE, DEPLOYMENT_SCOPE, b"\0", name.as_bytes()].concat();
         let sub = ring.derive_subkey_bytes(key_id, &purpose)?;
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(sub.as_ref()).ok()?;
         Some(IndexKey {
-            key_id: key_id.to_owned(),
+            head: format!("{INDEX_PREFIX}{key_id}:"),
             mac,
         })
     }
 
-    pub fn key_id(&self) -> &str {
-        &self.key_id
+    /// The key of index `name` under one tenant's (or subject's) data key:
+    /// it finds only records indexed under that same data key, and the
+    /// same value under two data keys gives unrelated indexes.
+    ///
+    /// ```text
+    /// root      = HKDF-SHA256(data key, no salt, info = "fieldseal v2 blind index")
+    /// index key = HKDF-SHA256(root, no salt, info = "fieldseal v2 blind index" 0x00 name)
+    /// index     = "fsi2:" reference ":" version ":" base64url(HMAC(index key, value)[..bits/8])
+    /// ```
+    pub fn derive_for_data_key(key: &SubjectKey, name: &str) -> Option<IndexKey> {
+        let sub = hkdf(
+            key.index_root(),
+            &[INDEX_ROOT_INFO_V2, b"\0", name.as_bytes()],
+        )?;
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(sub.as_ref()).ok()?;
+        Some(IndexKey {
+            head: format!("{INDEX_PREFIX_V2}{}:{}:", key.reference(), key.version()),
+            mac,
+        })
     }
 
     /// The text form of the index of `value`, normalized by `steps`,
@@ -117,10 +123,8 @@ impl IndexKey {
         mac.update(normalized.as_bytes());
         let digest = mac.finalize().into_bytes();
         let n = usize::from(bits / 8).clamp(1, digest.len());
-        let mut out = String::with_capacity(INDEX_PREFIX.len() + self.key_id.len() + 1 + 44);
-        out.push_str(INDEX_PREFIX);
-        out.push_str(&self.key_id);
-        out.push(':');
+        let mut out = String::with_capacity(self.head.len() + 44);
+        out.push_str(&self.head);
         URL_SAFE_NO_PAD.encode_string(&digest[..n], &mut out);
         out
     }
@@ -188,27 +192,44 @@ mod tests {
     fn indexes_are_equal_for_equal_normalized_inputs_and_differ_across_names_scopes_keys() {
         let r = ring();
         let steps = [Normalize::Trim, Normalize::Lowercase];
-        let k = IndexKey::derive(&r, "k1", IndexScope::Deployment, "email_idx").expect("key");
+        let k = IndexKey::derive(&r, "k1", "email_idx").expect("key");
         let a = k.index("Ada@Example.com", &steps, 64);
         assert_eq!(a, k.index("  ada@example.com", &steps, 64));
         assert!(a.starts_with("fsi1:k1:"));
         assert_eq!(a.len(), "fsi1:k1:".len() + 11);
         assert_ne!(a, k.index("bob@example.com", &steps, 64));
-        let other_name = IndexKey::derive(&r, "k1", IndexScope::Deployment, "ssn_idx").expect("k");
+        let other_name = IndexKey::derive(&r, "k1", "ssn_idx").expect("k");
         assert_ne!(a, other_name.index("ada@example.com", &steps, 64));
-        let tenant = IndexKey::derive(&r, "k1", IndexScope::Tenant("t1"), "email_idx").expect("k");
-        assert_ne!(a, tenant.index("ada@example.com", &steps, 64));
-        let tenant2 = IndexKey::derive(&r, "k1", IndexScope::Tenant("t2"), "email_idx").expect("k");
-        assert_ne!(
-            tenant.index("x", &steps, 64),
-            tenant2.index("x", &steps, 64)
-        );
-        let k2 = IndexKey::derive(&r, "k2", IndexScope::Deployment, "email_idx").expect("k");
+        let k2 = IndexKey::derive(&r, "k2", "email_idx").expect("k");
         let b = k2.index("ada@example.com", &steps, 64);
         assert!(b.starts_with("fsi1:k2:"));
         assert_ne!(a["fsi1:k1:".len()..], b["fsi1:k2:".len()..]);
-        assert!(IndexKey::derive(&r, "nope", IndexScope::Deployment, "e").is_none());
+        assert!(IndexKey::derive(&r, "nope", "e").is_none());
         assert_eq!(k.index("x", &steps, 256).len(), "fsi1:k1:".len() + 43);
+    }
+
+    #[test]
+    fn data_key_indexes_differ_across_tenants_names_and_the_ring() {
+        use crate::crypto::DataKey;
+        let steps = [Normalize::Trim, Normalize::Lowercase];
+        let t1 = SubjectKey::new("refA", 1, &DataKey::from_bytes([1u8; 32])).expect("key");
+        let t2 = SubjectKey::new("refB", 1, &DataKey::from_bytes([2u8; 32])).expect("key");
+        let i1 = IndexKey::derive_for_data_key(&t1, "email_idx").expect("k");
+        let a = i1.index(" Ada@Example.com", &steps, 64);
+        assert_eq!(a, i1.index("ada@example.com", &steps, 64));
+        assert!(a.starts_with("fsi2:refA:1:"), "{a}");
+        let i2 = IndexKey::derive_for_data_key(&t2, "email_idx").expect("k");
+        let b = i2.index("ada@example.com", &steps, 64);
+        assert_ne!(a["fsi2:refA:1:".len()..], b["fsi2:refB:1:".len()..]);
+        let other_name = IndexKey::derive_for_data_key(&t1, "ssn_idx").expect("k");
+        assert_ne!(a, other_name.index("ada@example.com", &steps, 64));
+        // The ring master equal to the data key's bytes still gives another key.
+        let r = Keyring::from_raw_keys("k1", vec![("k1".into(), [1u8; 32])]).expect("ring");
+        let ring_index = IndexKey::derive(&r, "k1", "email_idx").expect("k");
+        assert_ne!(
+            a["fsi2:refA:1:".len()..],
+            ring_index.index("ada@example.com", &steps, 64)["fsi1:k1:".len()..]
+        );
     }
 
     #[test]

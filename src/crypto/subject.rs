@@ -23,6 +23,9 @@ use super::keys::hkdf;
 
 /// HKDF info of the field key derived from a data key.
 pub(crate) const FIELD_KEY_INFO_V2: &[u8] = b"fieldseal v2 field encryption";
+/// HKDF info of the blind-index root derived from a data key (per-name
+/// index keys are derived from the root: `crypto::index`).
+pub(crate) const INDEX_ROOT_INFO_V2: &[u8] = b"fieldseal v2 blind index";
 /// HKDF info of the HMAC key derived from the reference secret.
 const REF_KEY_INFO: &[u8] = b"fieldseal v2 subject reference";
 /// HMAC message domain of a reference.
@@ -115,6 +118,8 @@ pub struct SubjectKey {
     /// `reference:version`, as the envelopes write it.
     label: String,
     cipher: Aes256Gcm,
+    /// The root of this key's blind-index keys (wiped on drop).
+    index_root: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for SubjectKey {
@@ -133,11 +138,13 @@ impl SubjectKey {
         }
         let field = hkdf(dek.expose(), &[FIELD_KEY_INFO_V2])?;
         let cipher = Aes256Gcm::new_from_slice(field.as_ref()).ok()?;
+        let index_root = hkdf(dek.expose(), &[INDEX_ROOT_INFO_V2])?;
         Some(SubjectKey {
             reference: reference.to_owned(),
             version,
             label: format!("{reference}:{version}"),
             cipher,
+            index_root,
         })
     }
 
@@ -168,6 +175,10 @@ impl SubjectKey {
     /// Seals `fs2` envelopes under this key.
     pub fn sealing_key(&self) -> SealingKey<'_> {
         SealingKey::new(self.view())
+    }
+
+    pub(crate) fn index_root(&self) -> &[u8; 32] {
+        &self.index_root
     }
 }
 

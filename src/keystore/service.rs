@@ -343,7 +343,8 @@ impl KeyService {
         self.resolve_blocking(reference, create, revive)
     }
 
-    fn resolve_blocking(
+    /// [`resolve`](Self::resolve) on this thread (offline tools). Blocking.
+    pub(crate) fn resolve_blocking(
         &self,
         reference: &str,
         create: bool,

@@ -139,7 +139,20 @@ pub(super) fn audit(
         return Ok(());
     };
     let (req, resp) = (&ex.request_report, &ex.response_report);
-    if req.encrypted == 0 && resp.decrypted == 0 && resp.failures.is_empty() {
+    // Pairs outside the JSON body, named by their rule as `query:email`,
+    // `form:ssn`, `path:email`.
+    let mut pair_fields = Vec::new();
+    let mut pairs_sealed = 0;
+    for (source, r) in ex.pairs.reports.iter().enumerate() {
+        let kind = crate::metrics::PAIR_SOURCES[source];
+        pair_fields.extend(r.rules.iter().map(|n| format!("{kind}:{n}")));
+        pairs_sealed += r.sealed;
+    }
+    if req.encrypted == 0
+        && resp.decrypted == 0
+        && resp.failures.is_empty()
+        && pair_fields.is_empty()
+    {
         return Ok(());
     }
     let Some(route) = &ex.route else {
@@ -161,9 +174,9 @@ pub(super) fn audit(
             .as_ref()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         method: ex.method.to_string(),
-        fields: union(&req.paths, &resp.paths),
+        fields: union(&union(&req.paths, &resp.paths), &pair_fields),
         key_ids: union(&req.key_ids, &resp.key_ids),
-        encrypted: req.encrypted,
+        encrypted: req.encrypted + pairs_sealed,
         decrypted: resp.decrypted,
         outcome: outcome.to_string(),
     };

@@ -9,7 +9,6 @@ use http::{Request, Uri, Version};
 use std::net::IpAddr;
 
 use crate::config::{HostHeader, Upstream};
-use crate::crypto::Keyring;
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::routes::template::{decode_segment, encode_segment, PathParamAction, PathTemplate};
@@ -31,8 +30,8 @@ pub(super) struct Target<'a> {
     pub reads_answer: bool,
     /// What the route does to query parameters (None: forwarded as sent).
     pub query: Option<&'a PairsSpec>,
-    /// The keys parameters are sealed with.
-    pub keys: Option<&'a Keyring>,
+    /// The keys parameters are sealed and indexed with.
+    pub keys: Option<Keys<'a>>,
     /// Seconds since the epoch, stamped into envelopes.
     pub now: u64,
     /// The route's path template and what its captures become, with the
@@ -51,7 +50,11 @@ pub(super) struct Template<'a> {
 /// The forwarded path of a template route: each captured segment decoded
 /// once, then kept, indexed, or the request refused. Never the plaintext
 /// of a protected segment.
-fn template_path(t: &Template<'_>, ring: Option<&Keyring>) -> Result<String, ProxyError> {
+fn template_path(
+    t: &Template<'_>,
+    keys: Option<Keys<'_>>,
+    seen: &mut super::PairsSeen,
+) -> Result<String, ProxyError> {
     let captured = t
         .template
         .capture(t.match_path, t.case_insensitive)
@@ -63,18 +66,26 @@ fn template_path(t: &Template<'_>, ring: Option<&Keyring>) -> Result<String, Pro
         let value = match t.params.get(i).and_then(Option::as_ref) {
             None => seg.to_owned(),
             Some(PathParamAction::Refuse) => {
-                return Err(ProxyError::from(ClientError::ProtectedParameter))
+                seen.refused = Some(super::PAIRS_PATH);
+                return Err(ProxyError::from(ClientError::ProtectedParameter));
             }
             Some(PathParamAction::Index(spec)) => {
                 let plain = decode_segment(seg).ok_or(ProxyError::from(ClientError::BadPath(
                     "a path segment is not validly percent-encoded UTF-8",
                 )))?;
-                let ring = ring.ok_or(ProxyError::from(LocalError::Internal(
+                let keys = keys.ok_or(ProxyError::from(LocalError::Internal(
                     "an index without keys",
                 )))?;
                 let index = spec
-                    .index(ring, &plain)
+                    .index(keys.index, &plain)
                     .map_err(ProxyError::from_request_transform)?;
+                let report = &mut seen.reports[super::PAIRS_PATH];
+                report.indexed += 1;
+                if let Some(name) = t.template.params().nth(i) {
+                    if !report.rules.iter().any(|r| r == name) {
+                        report.rules.push(name.to_owned());
+                    }
+                }
                 encode_segment(&index)
             }
         };
@@ -92,10 +103,11 @@ pub(super) fn forward<B>(
     mut parts: Parts,
     body: B,
     to: &Target<'_>,
+    seen: &mut super::PairsSeen,
 ) -> Result<Request<B>, ProxyError> {
     let upstream = to.upstream;
     let rebuilt = match &to.template {
-        Some(t) => Some(template_path(t, to.keys)?),
+        Some(t) => Some(template_path(t, to.keys, seen)?),
         None => None,
     };
     let path = rebuilt.as_deref().unwrap_or(to.path);
@@ -107,8 +119,15 @@ pub(super) fn forward<B>(
         match to.query {
             None => pq.push_str(q),
             Some(spec) => {
-                let keys = to.keys.map(Keys::from);
-                match pairs::rewrite(q, spec, keys, to.now).map_err(ProxyError::from_pairs)? {
+                let report = &mut seen.reports[super::PAIRS_QUERY];
+                let rewritten = pairs::rewrite_reporting(q, spec, to.keys, to.now, report)
+                    .map_err(|e| {
+                        if matches!(e, pairs::PairsError::Protected { .. }) {
+                            seen.refused = Some(super::PAIRS_QUERY);
+                        }
+                        ProxyError::from_pairs(e)
+                    })?;
+                match rewritten {
                     Some(rewritten) => pq.push_str(&rewritten),
                     None => pq.push_str(q),
                 }
@@ -212,7 +231,7 @@ mod tests {
             now: 0,
             template: None,
         };
-        forward(parts, (), &target).expect("forwarded")
+        forward(parts, (), &target, &mut super::super::PairsSeen::default()).expect("forwarded")
     }
 
     #[test]

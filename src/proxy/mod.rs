@@ -74,7 +74,22 @@ struct Exchange {
     /// this request (audited with the reader's reference; refused if that
     /// audit line can't be written).
     role_access: Option<crate::audit::SubjectAccess>,
+    /// Protected query, form and path pairs sealed, indexed or refused.
+    pairs: PairsSeen,
 }
+
+/// What happened to a request's protected pairs, by source (indexes of
+/// `metrics::PAIR_SOURCES`: query, form, path).
+#[derive(Default)]
+struct PairsSeen {
+    reports: [crate::transform::pairs::PairsReport; 3],
+    /// The source of the pair that refused the request.
+    refused: Option<usize>,
+}
+
+const PAIRS_QUERY: usize = 0;
+const PAIRS_FORM: usize = 1;
+const PAIRS_PATH: usize = 2;
 
 impl Exchange {
     fn new(
@@ -102,6 +117,7 @@ impl Exchange {
             principal: None,
             subject_keys: None,
             role_access: None,
+            pairs: PairsSeen::default(),
         }
     }
 
@@ -136,6 +152,16 @@ pub async fn handle(
             Err(e)
         }
     };
+    if let Some(route) = &ex.route {
+        let m = &route.metrics.pairs;
+        for (source, r) in ex.pairs.reports.iter().enumerate() {
+            m.add(source, 0, r.sealed as u64);
+            m.add(source, 1, r.indexed as u64);
+        }
+        if let Some(source) = ex.pairs.refused {
+            m.add(source, 2, 1);
+        }
+    }
     let response = match result {
         Ok(r) => r,
         Err(e) => {
@@ -171,6 +197,27 @@ async fn stages(
     let body =
         request_body::request_body(shared, rt, &route, &mut parts, incoming, &held, ex).await?;
     let method = parts.method.clone();
+    // Query pairs and path segments sealed or indexed under the request's
+    // own data key (tenant and subject routes).
+    let needs_keys = (parts.uri.query().is_some()
+        && route.route.query.as_ref().is_some_and(|q| q.needs_keys()))
+        || route
+            .route
+            .path_params
+            .iter()
+            .any(|p| matches!(p, Some(crate::routes::template::PathParamAction::Index(_))));
+    let subject = match needs_keys {
+        true => subject_keys::for_request(rt, &route, ex, true).await?,
+        false => None,
+    };
+    let keys = match rt.keyring.as_deref() {
+        Some(ring) => Some(request_body::request_keys(
+            &route.route,
+            ring,
+            subject.as_deref(),
+        )?),
+        None => None,
+    };
     let target = forward::Target {
         upstream: &route.upstream.spec,
         path: &admitted.path.path,
@@ -180,7 +227,7 @@ async fn stages(
         request_id: &ex.request_id,
         reads_answer: route.open.is_some(),
         query: route.route.query.as_ref(),
-        keys: rt.keyring.as_deref(),
+        keys,
         now: crate::crypto::unix_now(),
         template: route.route.template.as_ref().map(|t| forward::Template {
             template: t,
@@ -189,7 +236,7 @@ async fn stages(
             case_insensitive: route.route.case_insensitive,
         }),
     };
-    let upstream_req = forward::forward(parts, body, &target)?;
+    let upstream_req = forward::forward(parts, body, &target, &mut ex.pairs)?;
 
     let sent = Instant::now();
     let answer = route.upstream.send(upstream_req).await;

@@ -13,6 +13,7 @@ use crate::crypto::{unix_now, Keyring, SubjectKeys};
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::routes::Route;
 use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::transform::index::IndexKeys;
 use crate::transform::{self, Keys, SealSpec, TransformError, TransformReport};
 
 /// The body to forward for `parts`. Refusals come before a byte is sent.
@@ -97,9 +98,19 @@ where
     if let Some(spec) = form {
         let text = std::str::from_utf8(&plain)
             .map_err(|_| ProxyError::from(ClientError::BadRequest("the form body is not UTF-8")))?;
-        let keys = rt.keyring.as_deref().map(crate::transform::Keys::from);
-        let out = transform::pairs::rewrite(text, spec, keys, unix_now())
-            .map_err(ProxyError::from_pairs)?;
+        let subject = super::subject_keys::for_request(rt, route, ex, true).await?;
+        let keys = match rt.keyring.as_deref() {
+            Some(ring) => Some(request_keys(&route.route, ring, subject.as_deref())?),
+            None => None,
+        };
+        let report = &mut ex.pairs.reports[super::PAIRS_FORM];
+        let out = transform::pairs::rewrite_reporting(text, spec, keys, unix_now(), report)
+            .map_err(|e| {
+                if matches!(e, transform::pairs::PairsError::Protected { .. }) {
+                    ex.pairs.refused = Some(super::PAIRS_FORM);
+                }
+                ProxyError::from_pairs(e)
+            })?;
         let out = match out {
             Some(o) => {
                 // Counted before it is held, with the input, then alone.
@@ -193,32 +204,7 @@ fn seal_with(
     ring: &Keyring,
     subject: Option<&SubjectKeys>,
 ) -> Result<(Vec<u8>, TransformReport), ProxyError> {
-    let keys = match subject {
-        None => Keys::from(ring),
-        // The deployment data key opens `fs2:_fieldseal_dk` envelopes; it
-        // seals only when the active ring key is in a token (no bytes
-        // here to seal `fs1` with).
-        Some(sk) if route.key_scope == crate::routes::KeyScope::Deployment => Keys {
-            seal: match sk.first() {
-                Some(k) if !ring.active_has_bytes() => k.sealing_key(),
-                _ => ring.sealing_key(),
-            },
-            ring,
-            subjects: sk,
-            subject_only: false,
-        },
-        Some(sk) => {
-            let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
-                "no subject key to seal with",
-            )))?;
-            Keys {
-                seal: newest.sealing_key(),
-                ring,
-                subjects: sk,
-                subject_only: true,
-            }
-        }
-    };
+    let keys = request_keys(route, ring, subject)?;
     // One streaming pass over the bytes: strict JSON validation, depth
     // limit, the route's schema and look-alike check, sealing; unselected
     // bytes copied verbatim.
@@ -235,6 +221,48 @@ fn seal_with(
             _ => {}
         }
         ProxyError::from_request_transform(e)
+    })
+}
+
+/// The keys of one request on `route`: the ring's, or on a tenant or
+/// subject route the request's data keys (the newest seals); blind indexes
+/// under the key the route's `index_scope` names.
+pub(super) fn request_keys<'k>(
+    route: &Route,
+    ring: &'k Keyring,
+    subject: Option<&'k SubjectKeys>,
+) -> Result<Keys<'k>, ProxyError> {
+    let Some(sk) = subject else {
+        return Ok(Keys::from(ring));
+    };
+    if route.key_scope == crate::routes::KeyScope::Deployment {
+        // The deployment data key opens `fs2:_fieldseal_dk` envelopes; it
+        // seals only when the active ring key is in a token (no bytes here
+        // to seal `fs1` with).
+        return Ok(Keys {
+            seal: match sk.first() {
+                Some(k) if !ring.active_has_bytes() => k.sealing_key(),
+                _ => ring.sealing_key(),
+            },
+            ring,
+            subjects: sk,
+            subject_only: false,
+            index: IndexKeys::Ring(ring),
+        });
+    }
+    let newest = sk.first().ok_or(ProxyError::from(LocalError::Internal(
+        "no subject key to seal with",
+    )))?;
+    let index = match route.index_scope {
+        crate::routes::KeyScope::Deployment => IndexKeys::Ring(ring),
+        _ => IndexKeys::DataKey(newest),
+    };
+    Ok(Keys {
+        seal: newest.sealing_key(),
+        ring,
+        subjects: sk,
+        subject_only: true,
+        index,
     })
 }
 

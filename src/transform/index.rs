@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 
 use super::names::{names_match, normalized_name};
 use super::path::Segment;
-use super::{FieldPath, TransformError};
-use crate::crypto::index::{IndexKey, IndexScope, Normalize};
-use crate::crypto::Keyring;
+use super::{FieldPath, Keys, TransformError};
+use crate::crypto::index::{IndexKey, Normalize};
+use crate::crypto::{Keyring, SubjectKey};
 
 /// How one named index is computed, the same wherever it is used (JSON
 /// bodies, query parameters): the config refuses two definitions of one
@@ -31,12 +31,27 @@ pub struct IndexSpec {
     pub key_id: Option<String>,
 }
 
+/// The key a request's (or a record's) indexes are computed under: the
+/// route's `index_scope`, resolved.
+#[derive(Debug, Clone, Copy)]
+pub enum IndexKeys<'k> {
+    /// The deployment: the spec's ring key (`key:`, default the active one).
+    Ring(&'k Keyring),
+    /// The newest data key of the request's tenant or subject.
+    DataKey(&'k SubjectKey),
+}
+
 impl IndexSpec {
-    /// The index of `value` under `ring` in the deployment scope.
-    pub fn index(&self, ring: &Keyring, value: &str) -> Result<String, TransformError> {
-        let key_id = self.key_id.as_deref().unwrap_or(ring.active_id());
-        let key = IndexKey::derive(ring, key_id, IndexScope::Deployment, &self.name)
-            .ok_or(TransformError::Seal)?;
+    /// The index of `value` under `keys`.
+    pub fn index(&self, keys: IndexKeys<'_>, value: &str) -> Result<String, TransformError> {
+        let key = match keys {
+            IndexKeys::Ring(ring) => {
+                let key_id = self.key_id.as_deref().unwrap_or(ring.active_id());
+                IndexKey::derive(ring, key_id, &self.name)
+            }
+            IndexKeys::DataKey(k) => IndexKey::derive_for_data_key(k, &self.name),
+        }
+        .ok_or(TransformError::Seal)?;
         Ok(key.index(value, &self.normalize, self.bits))
     }
 }
@@ -69,9 +84,9 @@ impl IndexRule {
 pub fn add_indexes(
     doc: &[u8],
     rules: &[IndexRule],
-    ring: &Keyring,
+    keys: Keys<'_>,
 ) -> Result<Option<Vec<u8>>, TransformError> {
-    add_indexes_counting(doc, rules, ring, false).map(|o| o.map(|(d, _)| d))
+    add_indexes_counting(doc, rules, keys, None).map(|o| o.map(|(d, _)| d))
 }
 
 /// For stored records (`fieldseal index`): like [`add_indexes`], but a
@@ -81,16 +96,18 @@ pub fn add_indexes(
 pub fn add_indexes_opening(
     doc: &[u8],
     rules: &[IndexRule],
-    ring: &Keyring,
+    keys: Keys<'_>,
+    now: u64,
 ) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
-    add_indexes_counting(doc, rules, ring, true)
+    add_indexes_counting(doc, rules, keys, Some(now))
 }
 
+/// `open`: envelopes are opened (at that time) and indexed by plaintext.
 fn add_indexes_counting(
     doc: &[u8],
     rules: &[IndexRule],
-    ring: &Keyring,
-    open: bool,
+    keys: Keys<'_>,
+    open: Option<u64>,
 ) -> Result<Option<(Vec<u8>, usize)>, TransformError> {
     if rules.is_empty() {
         return Ok(None);
@@ -106,7 +123,7 @@ fn add_indexes_counting(
         let mut result = Ok(());
         visit_parents(&mut v, parent, &mut |obj| {
             if result.is_ok() {
-                result = index_member(obj, last, rule, ring, open).map(|n| written += n);
+                result = index_member(obj, last, rule, keys, open).map(|n| written += n);
             }
         });
         result?;
@@ -168,8 +185,8 @@ fn index_member(
     obj: &mut Map<String, Value>,
     last: &Segment,
     rule: &IndexRule,
-    ring: &Keyring,
-    open: bool,
+    keys: Keys<'_>,
+    open: Option<u64>,
 ) -> Result<usize, TransformError> {
     let into = normalized_name(&rule.spec.name);
     // Whatever the client wrote under the index's name goes.
@@ -184,10 +201,10 @@ fn index_member(
         return Err(TransformError::Unindexable);
     }
     let opened;
-    let value = match value {
-        Value::String(s) if open && crate::crypto::looks_like_envelope(s) => {
-            opened = ring
-                .open(s, key, None)
+    let value = match (value, open) {
+        (Value::String(s), Some(now)) if crate::crypto::looks_like_envelope(s) => {
+            opened = keys
+                .open_at(s, key, None, now)
                 .map_err(|e| {
                     TransformError::Decrypt(super::DecryptFailure {
                         location: format!("$[*]['{}']", rule.field.as_str()),
@@ -198,7 +215,7 @@ fn index_member(
                 .value;
             &opened
         }
-        v => v,
+        (v, _) => v,
     };
     let text = match value {
         Value::Null => return Ok(0),
@@ -207,7 +224,7 @@ fn index_member(
         Value::Bool(b) => b.to_string(),
         Value::Array(_) | Value::Object(_) => return Err(TransformError::Unindexable),
     };
-    let index = rule.spec.index(ring, &text)?;
+    let index = rule.spec.index(keys.index, &text)?;
     obj.insert(rule.spec.name.clone(), Value::String(index));
     Ok(1)
 }
@@ -234,7 +251,8 @@ mod tests {
     }
 
     fn run(doc: &str, rules: &[IndexRule]) -> Result<Value, TransformError> {
-        let out = add_indexes(doc.as_bytes(), rules, &ring())?.expect("changed");
+        let ring = ring();
+        let out = add_indexes(doc.as_bytes(), rules, Keys::from(&ring))?.expect("changed");
         Ok(serde_json::from_slice(&out).expect("json"))
     }
 
@@ -242,7 +260,10 @@ mod tests {
     fn the_index_goes_beside_the_field_and_replaces_a_forged_one() {
         let r = [rule("$.email", "email_idx")];
         let spec = &r[0].spec;
-        let want = spec.index(&ring(), "ada@example.com").expect("index");
+        let ring = ring();
+        let want = spec
+            .index(IndexKeys::Ring(&ring), "ada@example.com")
+            .expect("index");
         let v = run(
             r#"{"email": " Ada@Example.com", "EMAIL_IDX": "forged"}"#,
             &r,

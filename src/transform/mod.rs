@@ -205,6 +205,8 @@ pub struct Keys<'k> {
     /// bodies on a tenant- or subject-scoped route: a ring envelope or
     /// another subject's, pasted in by the client, is sealed as a string).
     pub subject_only: bool,
+    /// What blind indexes are computed under (the route's `index_scope`).
+    pub index: index::IndexKeys<'k>,
 }
 
 impl<'k> From<&'k Keyring> for Keys<'k> {
@@ -215,6 +217,7 @@ impl<'k> From<&'k Keyring> for Keys<'k> {
             ring,
             subjects: SubjectKeys::none(),
             subject_only: false,
+            index: index::IndexKeys::Ring(ring),
         }
     }
 }

@@ -136,6 +136,13 @@ impl PairsSpec {
         self.named.is_on() || self.guard.is_on()
     }
 
+    /// Does a rule seal or index (so a request needs its keys)?
+    pub fn needs_keys(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| !matches!(r.action, ParamAction::Refuse | ParamAction::Drop))
+    }
+
     pub fn rules(&self) -> &[ParamRule] {
         &self.rules
     }
@@ -226,6 +233,36 @@ pub fn rewrite(
     keys: Option<Keys<'_>>,
     now: u64,
 ) -> Result<Option<String>, PairsError> {
+    rewrite_reporting(input, spec, keys, now, &mut PairsReport::default())
+}
+
+/// What a rewrite did, for metrics and the audit record: counts, and the
+/// config's names of the rules that sealed or indexed (never a client's
+/// spelling, never a value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairsReport {
+    pub sealed: usize,
+    pub indexed: usize,
+    /// Rule names, without repeats.
+    pub rules: Vec<String>,
+}
+
+impl PairsReport {
+    fn hit(&mut self, rule: &str) {
+        if !self.rules.iter().any(|r| r == rule) {
+            self.rules.push(rule.to_owned());
+        }
+    }
+}
+
+/// [`rewrite`], adding what it did to `report`.
+pub fn rewrite_reporting(
+    input: &str,
+    spec: &PairsSpec,
+    keys: Option<Keys<'_>>,
+    now: u64,
+    report: &mut PairsReport,
+) -> Result<Option<String>, PairsError> {
     if !spec.is_on() {
         return Ok(None);
     }
@@ -239,7 +276,7 @@ pub fn rewrite(
             .and_then(|rest| rest.iter().position(|&b| b == b'&' || b == b';'))
             .map_or(input.len(), |i| start + i);
         let seg = input.get(start..end).ok_or(PairsError::Encoding)?;
-        if let Some(replacement) = judge_pair(seg, spec, keys, now)? {
+        if let Some(replacement) = judge_pair(seg, spec, keys, now, report)? {
             let o = out.get_or_insert_with(|| String::with_capacity(input.len() + 128));
             o.push_str(input.get(copied..start).ok_or(PairsError::Encoding)?);
             o.push_str(&replacement);
@@ -260,6 +297,7 @@ fn judge_pair(
     spec: &PairsSpec,
     keys: Option<Keys<'_>>,
     now: u64,
+    report: &mut PairsReport,
 ) -> Result<Option<String>, PairsError> {
     let (raw_name, raw_value) = match seg.find('=') {
         Some(i) => (&seg[..i], Some(&seg[i + 1..])),
@@ -308,9 +346,13 @@ fn judge_pair(
         ParamAction::Seal => {
             let context = part.text.as_str();
             seal_pair(&mut out, name, &value()?, context, keys()?, now)?;
+            report.sealed += 1;
+            report.hit(&rule.name);
         }
         ParamAction::Index(index) => {
             index_pair(&mut out, name, &part.span, &value()?, index, keys()?)?;
+            report.indexed += 1;
+            report.hit(&rule.name);
         }
         ParamAction::SealAndIndex(index) => {
             let context = part.text.as_str();
@@ -318,6 +360,9 @@ fn judge_pair(
             seal_pair(&mut out, name, &v, context, k, now)?;
             out.push('&');
             index_pair(&mut out, name, &part.span, &v, index, k)?;
+            report.sealed += 1;
+            report.indexed += 1;
+            report.hit(&rule.name);
         }
     }
     Ok(Some(out))
@@ -352,7 +397,7 @@ fn index_pair(
     index: &IndexSpec,
     keys: Keys<'_>,
 ) -> Result<(), PairsError> {
-    let text = index.index(keys.ring, value).map_err(PairsError::Seal)?;
+    let text = index.index(keys.index, value).map_err(PairsError::Seal)?;
     encode_into(out, name.get(..part.start).unwrap_or(""));
     encode_into(out, &index.name);
     encode_into(out, name.get(part.end..).unwrap_or(""));
@@ -588,7 +633,12 @@ mod tests {
             key_id: None,
         };
         let s = spec(&[("email", ParamAction::Index(idx.clone()))], &["$.email"]);
-        let want = idx.index(&ring(), "ada@example.com").expect("index");
+        let want = idx
+            .index(
+                super::super::index::IndexKeys::Ring(&ring()),
+                "ada@example.com",
+            )
+            .expect("index");
         let mut enc = String::new();
         encode_into(&mut enc, &want);
         for (q, name) in [

@@ -56,7 +56,7 @@ pub fn encrypt(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
 /// route's schema (if any) accepted the body. Nothing of a refused body may
 /// be forwarded.
 pub fn encrypt_request(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
-    if let Some(indexed) = super::index::add_indexes(input, &spec.indexes, keys.ring)? {
+    if let Some(indexed) = super::index::add_indexes(input, &spec.indexes, keys)? {
         return encrypt_checked(&indexed, spec, keys, now);
     }
     encrypt_checked(input, spec, keys, now)

@@ -35,9 +35,26 @@ cases = [
     ("deployment", "ssn_idx", "078-05-1120", ["digits"], 64),
     ("deployment", "ssn_idx", "078 05 1120", ["trim", "digits"], 32),
     ("deployment", "name_idx", "Cafe\u0301 \u039f\u0394\u039f\u03a3", ["lowercase", "nfc"], 128),
-    ("tenant:acme", "email_idx", "ada@example.com", ["trim", "lowercase"], 64),
     ("deployment", "email_idx", "ada@example.com", [], 256),
     ("deployment", "email_idx", "\u3000Ada@Example.com\x1c", ["trim", "lowercase"], 64),
 ]
 for scope, name, value, steps, bits in cases:
     print(repr((scope, name, value, steps, bits)), blind_index(master, "k1", scope, name, value, steps, bits))
+
+# Tenant or subject scope: the index key comes from that tenant's data key
+# (docs/blind-index.md, "Scopes"), the text form names its reference and
+# version. Data key = bytes 0x20..0x3f, reference "acmeRef", version 1.
+def data_key_index(dek, reference, version, name, value, steps, bits):
+    root = hkdf_sha256(dek, b"fieldseal v2 blind index")
+    key = hkdf_sha256(root, b"fieldseal v2 blind index\x00" + name.encode())
+    mac = hmac.new(key, normalize(value, steps).encode("utf-8"), hashlib.sha256).digest()
+    return "fsi2:%s:%d:" % (reference, version) + base64.urlsafe_b64encode(mac[: bits // 8]).rstrip(b"=").decode()
+
+dek = bytes(range(32, 64))
+data_key_cases = [
+    ("acmeRef", 1, "email_idx", "ada@example.com", ["trim", "lowercase"], 64),
+    ("acmeRef", 1, "email_idx", " Ada@Example.COM", ["trim", "lowercase"], 64),
+    ("acmeRef", 2, "ssn_idx", "078-05-1120", ["digits"], 128),
+]
+for ref, ver, name, value, steps, bits in data_key_cases:
+    print(repr((ref, ver, name, value, steps, bits)), data_key_index(dek, ref, ver, name, value, steps, bits))

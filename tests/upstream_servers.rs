@@ -402,3 +402,166 @@ async fn round_robin_spreads_requests_over_every_server() {
         assert_eq!(b.count(), 10, "{}", b.name);
     }
 }
+
+/// A backend that holds every request until `release`, then answers 200;
+/// counts the connections it accepted (and the most open at once).
+struct Stalled {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    most_open: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stalled {
+    async fn start() -> Stalled {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (release, released) = tokio::sync::watch::channel(false);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let most_open = Arc::new(AtomicUsize::new(0));
+        let (acc, op, most) = (
+            Arc::clone(&accepted),
+            Arc::clone(&open),
+            Arc::clone(&most_open),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                acc.fetch_add(1, Ordering::SeqCst);
+                let now = op.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let op = Arc::clone(&op);
+                let released = released.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let mut released = released.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            let _ = released.wait_for(|r| *r).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"{\"ok\":true}",
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                    op.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Stalled {
+            addr,
+            accepted,
+            open,
+            most_open,
+            release,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_backend_gets_at_most_max_connections_and_the_excess_a_503() {
+    let a = Stalled::start().await;
+    let b = Stalled::start().await;
+    let cap = 3;
+    let yaml = upstream_yaml(
+        &[a.url(), b.url()],
+        &format!("    max_connections: {cap}\n    queue_timeout: 200ms\n    timeout: 60s\n"),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    // One HTTP/2 client with many streams, and HTTP/1.1 clients beside it.
+    let h2 = proxy.h2();
+    let mut pending = JoinSet::new();
+    let total = 40;
+    for i in 0..total {
+        let client = if i % 4 == 0 { proxy.h1() } else { h2.clone() };
+        let url = proxy.url(&format!("/items/{i}"));
+        pending.spawn(async move {
+            let r = client.get(url).send().await.expect("send");
+            let status = r.status();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = r.bytes().await.expect("body");
+            (status, ct, body)
+        });
+    }
+    // Both servers at their cap are held; every other request is refused
+    // (on each server in turn: a retry is capped too) while they are.
+    let held = 2 * cap;
+    let mut refused = 0;
+    while refused < total - held {
+        let (status, ct, body) = bounded("a refused request", pending.join_next())
+            .await
+            .expect("a request left")
+            .expect("task");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+        assert_error_json(status, ct.as_deref(), &body);
+        refused += 1;
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.accepted.load(Ordering::SeqCst), cap, "accepted");
+        assert_eq!(s.open.load(Ordering::SeqCst), cap, "open");
+    }
+    let (_, m) = admin_get(&proxy, "/metrics").await;
+    let a_url = a.url();
+    let a_labels = [("upstream", "legacy"), ("server", a_url.as_str())];
+    assert_eq!(
+        metric_value(&m, "fieldseal_upstream_server_connections", &a_labels),
+        Some(cap as f64),
+        "{m}"
+    );
+    let busy: f64 = ["queue_full", "queue_timeout"]
+        .iter()
+        .filter_map(|r| {
+            metric_value(
+                &m,
+                "fieldseal_upstream_server_busy_total",
+                &[("server", a_url.as_str()), ("reason", r)],
+            )
+        })
+        .sum();
+    assert!(busy >= 1.0, "{m}");
+    let kind = metric_value(
+        &m,
+        "fieldseal_upstream_errors_total",
+        &[("upstream", "legacy"), ("kind", "busy")],
+    );
+    assert_eq!(kind, Some((total - held) as f64), "{m}");
+
+    // The backend answers again: the held requests are answered, and new
+    // ones go through on the same connections.
+    a.release.send_replace(true);
+    b.release.send_replace(true);
+    while let Some(done) = bounded("a held request", pending.join_next()).await {
+        let (status, _, body) = done.expect("task");
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+    }
+    // As many at once as both servers' connections and queues take.
+    let mut after = JoinSet::new();
+    for i in 0..2 * cap {
+        let client = if i % 4 == 0 { proxy.h1() } else { h2.clone() };
+        let url = proxy.url("/after");
+        after.spawn(async move { client.get(url).send().await.expect("send").status() });
+    }
+    while let Some(done) = bounded("a request after", after.join_next()).await {
+        assert_eq!(done.expect("task"), StatusCode::OK);
+    }
+    for s in [&a, &b] {
+        assert!(
+            s.most_open.load(Ordering::SeqCst) <= cap,
+            "never past the cap"
+        );
+    }
+}

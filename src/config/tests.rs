@@ -620,3 +620,42 @@ fn a_route_names_its_store_and_inherits_the_rest_of_the_global_limit() {
     assert_eq!(r.timeout, std::time::Duration::from_millis(5));
     assert_eq!(r.key_prefix, "fieldseal:rl:");
 }
+
+#[test]
+fn the_connection_cap_has_a_bounded_default_and_is_checked_against_the_pool_and_timeout() {
+    let u = &load(MINIMAL).unwrap().upstreams[0];
+    assert_eq!(u.max_connections, 256);
+    assert_eq!(u.pool_max_idle_per_host, 256);
+    assert_eq!(u.queue_timeout, Duration::from_secs(1));
+    assert_eq!(u.max_queued, 256);
+    let with = |extra: &str| {
+        load(&MINIMAL.replace(
+            "connect_timeout: 2s,",
+            &format!("connect_timeout: 2s, {extra},"),
+        ))
+    };
+    let u = &with("max_connections: 8").unwrap().upstreams[0];
+    assert_eq!(
+        (u.max_connections, u.pool_max_idle_per_host, u.max_queued),
+        (8, 8, 8)
+    );
+    for (extra, key) in [
+        ("max_connections: 0", "max_connections"),
+        (
+            "max_connections: 8, pool_max_idle_per_host: 9",
+            "pool_max_idle_per_host",
+        ),
+        ("queue_timeout: 0s", "queue_timeout"),
+        ("queue_timeout: 30s", "queue_timeout"),
+    ] {
+        let e = with(extra).unwrap_err();
+        assert!(e.message.contains(key), "{extra}: {e}");
+    }
+    let u = &with("max_queued: 0, queue_timeout: 50ms")
+        .unwrap()
+        .upstreams[0];
+    assert_eq!(
+        (u.max_queued, u.queue_timeout),
+        (0, Duration::from_millis(50))
+    );
+}

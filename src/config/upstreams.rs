@@ -29,6 +29,12 @@ pub struct Upstream {
     pub host: HostHeader,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Per server: open connections, idle ones included.
+    pub max_connections: usize,
+    /// The longest wait for a connection at `max_connections`.
+    pub queue_timeout: Duration,
+    /// Per server: requests waiting for a connection.
+    pub max_queued: usize,
 }
 
 impl Upstream {
@@ -203,6 +209,7 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
     };
     let health = health(&at.key("health"), u.health.as_ref())?;
     let tls = tls(&at.key("tls"), u.tls.as_ref(), &scheme, base)?;
+    let cap = cap(at, u, timeout)?;
     Ok(Upstream {
         name: name.to_string(),
         servers,
@@ -219,7 +226,64 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
             &u.pool_idle_timeout,
             Duration::from_secs(60),
         )?,
-        pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(256),
+        pool_max_idle_per_host: cap.idle,
+        max_connections: cap.max_connections,
+        queue_timeout: cap.queue_timeout,
+        max_queued: cap.max_queued,
+    })
+}
+
+/// The connection cap of each server and its queue, checked against the
+/// pool and the answer deadline.
+struct CapSettings {
+    max_connections: usize,
+    idle: usize,
+    queue_timeout: Duration,
+    max_queued: usize,
+}
+
+fn cap(at: &At, u: &RawUpstream, timeout: Duration) -> Result<CapSettings, Invalid> {
+    let max_connections = u.max_connections.unwrap_or(256);
+    if max_connections == 0 {
+        return Err(invalid(&at.key("max_connections"), "must be at least 1"));
+    }
+    // Idle pooled connections count against the cap: more could never be
+    // kept.
+    let idle = match u.pool_max_idle_per_host {
+        None => max_connections.min(256),
+        Some(n) if n > max_connections => {
+            return Err(invalid(
+                &at.key("pool_max_idle_per_host"),
+                format!("is more than max_connections ({max_connections}): idle connections count against it"),
+            ))
+        }
+        Some(n) => n,
+    };
+    let queue_timeout = duration(
+        &at.key("queue_timeout"),
+        &u.queue_timeout,
+        Duration::from_secs(1).min(timeout / 2),
+    )?;
+    if queue_timeout.is_zero() {
+        return Err(invalid(
+            &at.key("queue_timeout"),
+            "must be greater than zero",
+        ));
+    }
+    // The wait is part of the answer deadline; one as long would turn
+    // every busy answer into a 504.
+    if queue_timeout >= timeout {
+        return Err(invalid(
+            &at.key("queue_timeout"),
+            "must be less than the upstream's timeout",
+        ));
+    }
+    let max_queued = u.max_queued.unwrap_or(max_connections);
+    Ok(CapSettings {
+        max_connections,
+        idle,
+        queue_timeout,
+        max_queued,
     })
 }
 

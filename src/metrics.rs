@@ -48,6 +48,14 @@ pub struct ServerReason {
     pub reason: String,
 }
 
+/// A server and the outcome of an active health check of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerOutcome {
+    pub upstream: String,
+    pub server: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteReason {
     pub route: String,
@@ -125,6 +133,8 @@ pub struct Metrics {
     /// Connects refused at a server's `max_connections`, by reason
     /// (`queue_full`, `queue_timeout`).
     pub upstream_server_busy: Family<ServerReason, Counter>,
+    /// Active health checks, by outcome (`ok`, `failed`).
+    pub upstream_health_checks: Family<ServerOutcome, Counter>,
     pub open_connections: Gauge,
     pub tls_handshake_failures: Counter,
     pub encryptions: Family<KeyLabel, Counter>,
@@ -167,6 +177,7 @@ impl Metrics {
             upstream_server_up: Family::default(),
             upstream_server_connections: Family::default(),
             upstream_server_busy: Family::default(),
+            upstream_health_checks: Family::default(),
             open_connections: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             encryptions: Family::default(),
@@ -265,6 +276,11 @@ impl Metrics {
             "upstream_server_busy",
             "Requests refused a connection to an upstream server at its max_connections, by reason (queue_full, queue_timeout)",
             m.upstream_server_busy.clone(),
+        );
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks of an upstream server, by outcome (ok, failed)",
+            m.upstream_health_checks.clone(),
         );
         registry.register(
             "open_connections",

@@ -59,6 +59,8 @@ pub struct Audit {
 /// Everything compiled from one config file.
 pub struct Runtime {
     pub config: Config,
+    /// The upstreams in config order (routes hold them too).
+    pub upstreams: Vec<Arc<UpstreamClient>>,
     pub tls: Arc<rustls::ServerConfig>,
     pub keyring: Option<Arc<Keyring>>,
     /// The routes in match order, each with all a request on it needs.
@@ -166,6 +168,21 @@ fn with_keys<S>(
 }
 
 impl Runtime {
+    /// Starts the upstreams' active health checks: when this config starts
+    /// serving.
+    pub fn start_checks(&self) {
+        for u in &self.upstreams {
+            u.start_checks();
+        }
+    }
+
+    /// Stops them: when a reload replaces this config, and at shutdown.
+    pub fn stop_checks(&self) {
+        for u in &self.upstreams {
+            u.stop_checks();
+        }
+    }
+
     /// Builds a runtime: loads certificates and keys, opens the audit log
     /// (or reuses `previous`'s when its sink and key are unchanged, so the
     /// hash chain goes on without a second writer), and compiles every
@@ -264,6 +281,7 @@ impl Runtime {
         let path_key = PathKey::for_runtime(keyring.as_deref(), previous)?;
         Ok(Runtime {
             path_key,
+            upstreams,
             config,
             tls,
             keyring,
@@ -347,7 +365,10 @@ impl Shared {
         let status = match result {
             Ok(rt) => {
                 let summary = rt.config.summary();
-                self.runtime.store(Arc::new(rt));
+                // The new checkers start before the old ones stop: no gap.
+                rt.start_checks();
+                let old = self.runtime.swap(Arc::new(rt));
+                old.stop_checks();
                 self.metrics
                     .reloads
                     .get_or_create(&crate::metrics::OutcomeLabel {

@@ -565,3 +565,229 @@ async fn a_stalled_backend_gets_at_most_max_connections_and_the_excess_a_503() {
         );
     }
 }
+
+/// How a [`Checked`] backend answers its health path (`/healthz`).
+const HEALTH_OK: u8 = 0;
+/// Every path, the health path included, answers 503.
+const ALL_FAIL: u8 = 1;
+/// The health path never answers (other paths do).
+const HEALTH_HANGS: u8 = 2;
+
+/// A backend whose health can be switched; counts health checks and other
+/// requests apart.
+struct Checked {
+    addr: SocketAddr,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    checks: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+}
+
+impl Checked {
+    async fn start(name: &'static str) -> Checked {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(HEALTH_OK));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (m, c, s) = (Arc::clone(&mode), Arc::clone(&checks), Arc::clone(&served));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (m, c, s) = (Arc::clone(&m), Arc::clone(&c), Arc::clone(&s));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (m, c, s) = (Arc::clone(&m), Arc::clone(&c), Arc::clone(&s));
+                        async move {
+                            let health = req.uri().path() == "/healthz";
+                            let agent = req
+                                .headers()
+                                .get("user-agent")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let mode = m.load(Ordering::SeqCst);
+                            if health {
+                                assert_eq!(agent, "fieldseal-health-check");
+                                c.fetch_add(1, Ordering::SeqCst);
+                                if mode == HEALTH_HANGS {
+                                    std::future::pending::<()>().await;
+                                }
+                            } else {
+                                s.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let mut resp = Response::new(Full::new(Bytes::from(
+                                serde_json::json!({ "backend": name }).to_string(),
+                            )));
+                            if mode == ALL_FAIL {
+                                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Checked {
+            addr,
+            mode,
+            checks,
+            served,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits until `fieldseal_upstream_server_up` of `server` is `want`.
+async fn server_up_is(proxy: &TestProxy, server: &str, want: f64) -> String {
+    let labels = [("upstream", "legacy"), ("server", server)];
+    bounded("the server's state to change", async {
+        loop {
+            let (_, m) = admin_get(proxy, "/metrics").await;
+            if metric_value(&m, "fieldseal_upstream_server_up", &labels) == Some(want) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_a_failing_server_out_before_any_request_fails_and_bring_it_back() {
+    let a = Checked::start("a").await;
+    let b = Checked::start("b").await;
+    // A back-off far longer than the test: only a passing check brings b back.
+    let yaml = upstream_yaml(
+        &[a.url(), b.url()],
+        "    health: { fails: 2, backoff: 300s, path: /healthz, interval: 100ms, timeout: 1s }\n",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let client = proxy.h1();
+    wait_until("the first checks", || a.checks() >= 1 && b.checks() >= 1).await;
+    for _ in 0..4 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(b.served() >= 1, "b takes traffic while healthy");
+
+    // b breaks: its checks see it first, and no client request reaches it.
+    b.set(ALL_FAIL);
+    let b_url = b.url();
+    let m = server_up_is(&proxy, &b_url, 0.0).await;
+    let failed = metric_value(
+        &m,
+        "fieldseal_upstream_health_checks_total",
+        &[("server", b_url.as_str()), ("outcome", "failed")],
+    );
+    assert!(failed.unwrap_or(0.0) >= 2.0, "{m}");
+    let b_before = b.served();
+    for _ in 0..10 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "no request failed");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["backend"], "a");
+    }
+    assert_eq!(
+        b.served(),
+        b_before,
+        "no request went to b while it was down"
+    );
+
+    // b answers again: a passing check brings it back long before its back-off ends.
+    b.set(HEALTH_OK);
+    server_up_is(&proxy, &b_url, 1.0).await;
+    for _ in 0..6 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(b.served() > b_before, "b takes traffic again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_health_path_takes_its_server_out_and_holds_up_nothing_else() {
+    let a = Checked::start("a").await;
+    let b = Checked::start("b").await;
+    b.set(HEALTH_HANGS);
+    let yaml = upstream_yaml(
+        &[a.url(), b.url()],
+        "    health: { fails: 2, backoff: 300s, path: /healthz, interval: 100ms, timeout: 200ms }\n",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    server_up_is(&proxy, &b.url(), 0.0).await;
+    // a's checker goes on beside b's hung ones, requests are answered (by
+    // a), and the admin endpoints too.
+    let a_checks = a.checks();
+    wait_until("a's checks to go on", || a.checks() >= a_checks + 3).await;
+    for _ in 0..6 {
+        let r = proxy.h2().get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["backend"], "a");
+    }
+    let (status, _) = admin_get(&proxy, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let hung = b.checks();
+    assert!(hung >= 2, "each check timed out and the next one went out");
+
+    // Shutdown is not held up by a hung check, and stops every checker.
+    bounded("shutdown", proxy.stop()).await;
+    let (a_after, b_after) = (a.checks(), b.checks());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        (a.checks(), b.checks()),
+        (a_after, b_after),
+        "checks after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_old_checkers_and_starts_the_new_ones() {
+    let a = Checked::start("a").await;
+    let b = Checked::start("b").await;
+    let c = Checked::start("c").await;
+    let health = "    health: { fails: 2, backoff: 10s, path: /healthz, interval: 100ms }\n";
+    let proxy = TestProxy::start(&upstream_yaml(&[a.url(), b.url()], health)).await;
+    wait_until("b's checks", || b.checks() >= 2).await;
+    assert_eq!(c.checks(), 0);
+
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    let changed = text.replace(&b.url(), &c.url());
+    assert_ne!(text, changed);
+    let tmp = proxy.config_path.with_extension("new");
+    std::fs::write(&tmp, changed).expect("write");
+    std::fs::rename(&tmp, &proxy.config_path).expect("rename");
+    proxy.proxy.reload().await.expect("reload");
+
+    wait_until("c's checks", || c.checks() >= 2).await;
+    let b_after = b.checks();
+    let a_from = a.checks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.checks(), b_after, "the removed server is checked no more");
+    // One checker on a, not the old one beside the new: at most one check
+    // per 90ms (the interval less its jitter), whatever the machine's speed.
+    let a_in_a_second = a.checks() - a_from;
+    assert!(
+        (1..=12).contains(&a_in_a_second),
+        "{a_in_a_second} checks of a in 1s"
+    );
+}

@@ -251,6 +251,10 @@ pub struct RawHealth {
     /// Default 5s; only with `path`.
     #[serde(default)]
     pub interval: Option<String>,
+    /// How long one check may take (connect, answer head, body) before it
+    /// counts as failed. Default 2s, or `interval` if that is shorter; only with `path`.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -659,3 +659,37 @@ fn the_connection_cap_has_a_bounded_default_and_is_checked_against_the_pool_and_
         (0, Duration::from_millis(50))
     );
 }
+
+#[test]
+fn active_health_checks_load_with_their_defaults_and_need_a_path() {
+    let with = |health: &str| {
+        load(&MINIMAL.replace(
+            "connect_timeout: 2s,",
+            &format!("connect_timeout: 2s, health: {health},"),
+        ))
+    };
+    let u = &with("{ fails: 2, path: /healthz }").unwrap().upstreams[0];
+    let check = u.health.check.as_ref().expect("a check");
+    assert_eq!(check.path.as_str(), "/healthz");
+    assert_eq!(check.interval, Duration::from_secs(5));
+    assert_eq!(check.timeout, Duration::from_secs(2));
+    let u = &with("{ path: \"/h?x=1\", interval: 500ms }")
+        .unwrap()
+        .upstreams[0];
+    let check = u.health.check.as_ref().expect("a check");
+    assert_eq!(
+        check.timeout,
+        Duration::from_millis(500),
+        "at most the interval"
+    );
+    for (health, key) in [
+        ("{ interval: 5s }", "interval"),
+        ("{ timeout: 1s }", "timeout"),
+        ("{ path: healthz }", "path"),
+        ("{ path: /h, interval: 10ms }", "interval"),
+        ("{ path: /h, timeout: 0s }", "timeout"),
+    ] {
+        let e = with(health).unwrap_err();
+        assert!(e.message.contains(key), "{health}: {e}");
+    }
+}

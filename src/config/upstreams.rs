@@ -69,8 +69,11 @@ pub struct Health {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveCheck {
+    /// Asked of each server as written (not under the URL's path).
     pub path: http::uri::PathAndQuery,
     pub interval: Duration,
+    /// For the whole check: connect, answer head and body.
+    pub timeout: Duration,
 }
 
 /// Trust for `https://` servers. No `ca`: the system's roots.
@@ -293,6 +296,7 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
         backoff: None,
         path: None,
         interval: None,
+        timeout: None,
     };
     let h = h.unwrap_or(&empty);
     let fails = h.fails.unwrap_or(3);
@@ -303,21 +307,17 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
     if backoff.is_zero() {
         return Err(invalid(&at.key("backoff"), "must be greater than zero"));
     }
-    let check = match &h.path {
-        None => {
-            if h.interval.is_some() {
-                return Err(invalid(&at.key("interval"), "needs health.path"));
+    if h.path.is_none() {
+        for (key, set) in [
+            ("interval", h.interval.is_some()),
+            ("timeout", h.timeout.is_some()),
+        ] {
+            if set {
+                return Err(invalid(&at.key(key), "needs health.path"));
             }
-            None
         }
-        Some(_) => {
-            // Refused rather than ignored: the checks are not built yet.
-            return Err(invalid(
-                &at.key("path"),
-                "active health checks are not implemented yet; remove health.path and health.interval (passive health applies)",
-            ));
-        }
-    };
+    }
+    let check = active_check(at, h)?;
     Ok(Health {
         fails,
         backoff,
@@ -325,7 +325,6 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
     })
 }
 
-#[allow(dead_code)] // kept for the active checks
 fn active_check(at: &At, h: &RawHealth) -> Result<Option<ActiveCheck>, Invalid> {
     Ok(match &h.path {
         None => None,
@@ -339,7 +338,19 @@ fn active_check(at: &At, h: &RawHealth) -> Result<Option<ActiveCheck>, Invalid> 
             if interval < Duration::from_millis(100) {
                 return Err(invalid(&at.key("interval"), "must be at least 100ms"));
             }
-            Some(ActiveCheck { path, interval })
+            let timeout = duration(
+                &at.key("timeout"),
+                &h.timeout,
+                Duration::from_secs(2).min(interval),
+            )?;
+            if timeout.is_zero() {
+                return Err(invalid(&at.key("timeout"), "must be greater than zero"));
+            }
+            Some(ActiveCheck {
+                path,
+                interval,
+                timeout,
+            })
         }
     })
 }

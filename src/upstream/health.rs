@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::Health;
-use crate::metrics::{Metrics, ServerLabel};
+use crate::metrics::{Metrics, ServerLabel, ServerOutcome};
 
 /// Whether a request may use a server now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct ServerHealth {
     failures: Counter,
     backoffs: Counter,
     up: Gauge,
+    checks_ok: Counter,
+    checks_failed: Counter,
 }
 
 impl ServerHealth {
@@ -39,6 +41,15 @@ impl ServerHealth {
         let label = ServerLabel {
             upstream: upstream.to_string(),
             server: server.to_string(),
+        };
+        let outcome = |o: &str| {
+            m.upstream_health_checks
+                .get_or_create(&ServerOutcome {
+                    upstream: upstream.to_string(),
+                    server: server.to_string(),
+                    outcome: o.to_string(),
+                })
+                .clone()
         };
         let up = m.upstream_server_up.get_or_create(&label).clone();
         up.set(1);
@@ -51,6 +62,8 @@ impl ServerHealth {
             failures: m.upstream_server_failures.get_or_create(&label).clone(),
             backoffs: m.upstream_server_backoffs.get_or_create(&label).clone(),
             up,
+            checks_ok: outcome("ok"),
+            checks_failed: outcome("failed"),
         }
     }
 
@@ -101,6 +114,18 @@ impl ServerHealth {
         self.fails.store(0, Ordering::Relaxed);
         if self.down_until.swap(0, Ordering::AcqRel) != 0 {
             self.up.set(1);
+        }
+    }
+
+    /// The outcome of one active check: counted like a request's attempt
+    /// (a passing check also ends a back-off at once).
+    pub(super) fn checked(&self, ok: bool) {
+        if ok {
+            self.checks_ok.inc();
+            self.success();
+        } else {
+            self.checks_failed.inc();
+            self.failure(Instant::now());
         }
     }
 

@@ -23,11 +23,12 @@
 
 mod body;
 mod cap;
+mod check;
 mod health;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri};
@@ -103,6 +104,8 @@ pub struct ServerClient {
     pub label: String,
     authority: http::uri::Authority,
     pool: Pool,
+    /// The active checks' own pool (one connection), when configured.
+    check_pool: Option<Pool>,
     pub health: ServerHealth,
     /// Requests sent and not yet answered (head), for `least_requests`.
     in_flight: AtomicUsize,
@@ -111,13 +114,21 @@ pub struct ServerClient {
 pub struct UpstreamClient {
     /// Where requests go and how their Host is set.
     pub spec: Upstream,
-    pub servers: Vec<ServerClient>,
+    pub servers: Vec<Arc<ServerClient>>,
     /// Round-robin position.
     next: AtomicUsize,
     timeout: Duration,
     /// `fieldseal_upstream_duration_seconds{upstream}`.
     duration: Histogram,
     retries: Counter,
+    /// The active checkers' tasks while they run.
+    checkers: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for UpstreamClient {
+    fn drop(&mut self) {
+        self.stop_checks();
+    }
 }
 
 /// In the answer's extensions: the server that gave it (for the access log).
@@ -170,13 +181,26 @@ impl UpstreamClient {
                     busy("queue_full"),
                     busy("queue_timeout"),
                 );
-                ServerClient {
+                // Outside the server's cap (see `check`), one connection.
+                let check_pool = u.health.check.as_ref().map(|_| {
+                    let one = Cap::new(
+                        1,
+                        u.queue_timeout,
+                        0,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                    );
+                    Pool::new(u, tls.as_ref(), one, 1)
+                });
+                Arc::new(ServerClient {
                     health: ServerHealth::new(&u.name, &label, &u.health, metrics),
                     label,
                     authority: s.authority.clone(),
                     pool: Pool::new(u, tls.as_ref(), cap, u.pool_max_idle_per_host),
+                    check_pool,
                     in_flight: AtomicUsize::new(0),
-                }
+                })
             })
             .collect();
         let name = UpstreamLabel {
@@ -189,7 +213,56 @@ impl UpstreamClient {
             timeout: u.timeout,
             duration: metrics.upstream_handle(&u.name),
             retries: metrics.upstream_retries.get_or_create(&name).clone(),
+            checkers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts a checker per server when `health.path` is set (once; a
+    /// second call does nothing). Needs a tokio runtime; without one (a
+    /// config only checked, never served) nothing starts.
+    pub fn start_checks(&self) {
+        let Some(check) = self.spec.health.check.clone() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(mut checkers) = self.checkers.lock() else {
+            return;
+        };
+        if !checkers.is_empty() {
+            return;
+        }
+        let host = match &self.spec.host {
+            crate::config::HostHeader::Fixed(v) => Some(v.clone()),
+            _ => None,
+        };
+        let spec = Arc::new(check::CheckSpec {
+            check,
+            scheme: self.spec.scheme.clone(),
+            host,
+        });
+        for server in &self.servers {
+            let task = handle.spawn(check::run(Arc::clone(server), Arc::clone(&spec)));
+            checkers.push(task.abort_handle());
+        }
+    }
+
+    /// Stops the checkers (a reload replaced this config, or shutdown).
+    pub fn stop_checks(&self) {
+        if let Ok(mut checkers) = self.checkers.lock() {
+            for c in checkers.drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// Checker tasks running now.
+    pub fn checks_running(&self) -> usize {
+        self.checkers
+            .lock()
+            .map(|c| c.iter().filter(|h| !h.is_finished()).count())
+            .unwrap_or(0)
     }
 
     pub fn timeout(&self) -> Duration {

@@ -254,7 +254,14 @@ impl Runtime {
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(u, metrics).map(Arc::new))
+            .map(|u| {
+                // Servers that stay keep their health (a reload is not a
+                // reason to send traffic to a server known to be down).
+                let before = previous
+                    .and_then(|p| p.upstreams.iter().find(|o| o.spec.name == u.name))
+                    .map(|o| &**o);
+                UpstreamClient::new(u, metrics, before).map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         // Buckets survive a reload: clients don't get a fresh burst from it.
         let (limits, limiters) =

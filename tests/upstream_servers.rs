@@ -791,3 +791,147 @@ async fn a_reload_stops_the_old_checkers_and_starts_the_new_ones() {
         "{a_in_a_second} checks of a in 1s"
     );
 }
+
+async fn readyz(proxy: &TestProxy) -> (StatusCode, serde_json::Value) {
+    let (status, body) = admin_get(proxy, "/readyz").await;
+    (status, serde_json::from_str(&body).expect("readyz json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_shows_every_server_and_fails_only_while_a_required_upstream_has_none_up() {
+    let a = Checked::start("a").await;
+    let b = Checked::start("b").await;
+    let c = Checked::start("c").await;
+    let health = "{ fails: 1, backoff: 300s, path: /healthz, interval: 100ms }";
+    let yaml = format!(
+        "upstreams:\n  legacy:\n    servers: [\"{}\", \"{}\"]\n    health: {health}\n    readiness: require\n  \
+         other:\n    url: \"{}\"\n    health: {health}\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: legacy\n",
+        a.url(),
+        b.url(),
+        c.url()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    wait_until("the first checks", || {
+        a.checks() >= 1 && b.checks() >= 1 && c.checks() >= 1
+    })
+    .await;
+    let (status, r) = readyz(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let legacy = &r["checks"]["upstreams"]["legacy"];
+    assert_eq!(legacy["status"], "ok", "{r}");
+    assert_eq!(legacy["readiness"], "require", "{r}");
+    let first = &legacy["servers"][0];
+    assert_eq!(first["server"], a.url().as_str(), "{r}");
+    assert_eq!(first["status"], "up", "{r}");
+    assert_eq!(first["last_check"]["ok"], true, "{r}");
+    assert_eq!(first["last_check"]["result"], "200", "{r}");
+
+    // An upstream that only reports: down, and still ready.
+    c.set(ALL_FAIL);
+    server_up_is_in(&proxy, "other", &c.url(), 0.0).await;
+    let (status, r) = readyz(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["checks"]["upstreams"]["other"]["status"], "down", "{r}");
+
+    // One server of the required upstream down: degraded, still ready.
+    b.set(ALL_FAIL);
+    server_up_is(&proxy, &b.url(), 0.0).await;
+    let (status, r) = readyz(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let legacy = &r["checks"]["upstreams"]["legacy"];
+    assert_eq!(legacy["status"], "degraded", "{r}");
+    assert_eq!(legacy["servers_up"], 1, "{r}");
+    let second = &legacy["servers"][1];
+    assert_eq!(second["status"], "backoff", "{r}");
+    assert_eq!(second["last_check"]["ok"], false, "{r}");
+    assert_eq!(second["last_check"]["result"], "503", "{r}");
+    assert!(
+        second["backoff_left_secs"].as_f64().unwrap_or(0.0) > 0.0,
+        "{r}"
+    );
+
+    // None up: not ready; and ready again once one answers.
+    a.set(ALL_FAIL);
+    server_up_is(&proxy, &a.url(), 0.0).await;
+    let (status, r) = readyz(&proxy).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert_eq!(r["checks"]["upstreams"]["legacy"]["status"], "down", "{r}");
+    a.set(HEALTH_OK);
+    server_up_is(&proxy, &a.url(), 1.0).await;
+    let (status, r) = readyz(&proxy).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+}
+
+/// Waits until `fieldseal_upstream_server_up` of `server` in `upstream` is `want`.
+async fn server_up_is_in(proxy: &TestProxy, upstream: &str, server: &str, want: f64) {
+    let labels = [("upstream", upstream), ("server", server)];
+    bounded("the server's state to change", async {
+        loop {
+            let (_, m) = admin_get(proxy, "/metrics").await;
+            if metric_value(&m, "fieldseal_upstream_server_up", &labels) == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_health_of_the_servers_that_stay() {
+    let dead = format!("http://{}", dead_address());
+    let good = Backend::start("good", Behavior::echo()).await;
+    let more = Backend::start("more", Behavior::echo()).await;
+    let health = "    health: { fails: 1, backoff: 300s }\n";
+    let proxy = TestProxy::start(&upstream_yaml(&[dead.clone(), good.url()], health)).await;
+    let client = proxy.h1();
+    for _ in 0..2 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    server_up_is(&proxy, &dead, 0.0).await;
+    let retries = |m: &str| {
+        metric_value(
+            m,
+            "fieldseal_upstream_retries_total",
+            &[("upstream", "legacy")],
+        )
+    };
+    let (_, m) = admin_get(&proxy, "/metrics").await;
+    let before = retries(&m);
+    assert_eq!(before, Some(1.0), "the dead server was tried once: {m}");
+
+    // A reload that adds a server: the dead one stays in its back-off.
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    let changed = text.replace(
+        &format!("\"{}\"]", good.url()),
+        &format!("\"{}\", \"{}\"]", good.url(), more.url()),
+    );
+    assert_ne!(text, changed);
+    let tmp = proxy.config_path.with_extension("new");
+    std::fs::write(&tmp, changed).expect("write");
+    std::fs::rename(&tmp, &proxy.config_path).expect("rename");
+    proxy.proxy.reload().await.expect("reload");
+
+    let (_, r) = readyz(&proxy).await;
+    let servers = &r["checks"]["upstreams"]["legacy"]["servers"];
+    assert_eq!(servers[0]["server"], dead.as_str(), "{r}");
+    assert_eq!(servers[0]["status"], "backoff", "{r}");
+    assert_eq!(servers[2]["status"], "up", "{r}");
+    for _ in 0..6 {
+        let r = client.get(proxy.url("/x")).send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let (_, m) = admin_get(&proxy, "/metrics").await;
+    assert_eq!(retries(&m), before, "no request tried the dead server: {m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "fieldseal_upstream_server_up",
+            &[("upstream", "legacy"), ("server", dead.as_str())]
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(more.count() >= 1, "the new server takes traffic");
+}

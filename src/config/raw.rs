@@ -234,6 +234,10 @@ pub struct RawUpstream {
     /// 503 at once. Default `max_connections`.
     #[serde(default)]
     pub max_queued: Option<usize>,
+    /// `report` (default): /readyz shows the servers' state but does not
+    /// fail for it; `require`: /readyz answers 503 while no server is up.
+    #[serde(default)]
+    pub readiness: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

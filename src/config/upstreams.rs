@@ -35,6 +35,17 @@ pub struct Upstream {
     pub queue_timeout: Duration,
     /// Per server: requests waiting for a connection.
     pub max_queued: usize,
+    pub readiness: Readiness,
+}
+
+/// Whether /readyz fails while this upstream has no server up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Shown, not decisive (the default).
+    Report,
+    /// 503 while no server is up.
+    Require,
 }
 
 impl Upstream {
@@ -213,6 +224,10 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
     let health = health(&at.key("health"), u.health.as_ref())?;
     let tls = tls(&at.key("tls"), u.tls.as_ref(), &scheme, base)?;
     let cap = cap(at, u, timeout)?;
+    let readiness = match &u.readiness {
+        None => Readiness::Report,
+        Some(r) => word(&at.key("readiness"), &Word::<Readiness>::parse(r), "")?,
+    };
     Ok(Upstream {
         name: name.to_string(),
         servers,
@@ -233,6 +248,7 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
         max_connections: cap.max_connections,
         queue_timeout: cap.queue_timeout,
         max_queued: cap.max_queued,
+        readiness,
     })
 }
 

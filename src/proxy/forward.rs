@@ -193,6 +193,7 @@ mod tests {
             max_connections: 1,
             queue_timeout: Duration::from_millis(100),
             max_queued: 1,
+            readiness: crate::config::Readiness::Report,
         }
     }
 

@@ -44,17 +44,19 @@ pub(super) async fn run(server: Arc<ServerClient>, spec: Arc<CheckSpec>) {
     // The first check within one interval of the start, not all at once.
     tokio::time::sleep(spec.check.interval.mul_f64(jitter.unit())).await;
     loop {
-        let ok = check_once(&server, &spec).await;
-        server.health.checked(ok);
+        let (ok, result) = check_once(&server, &spec).await;
+        server.health.checked(ok, result);
         // ±10% around the interval.
         let factor = 0.9 + 0.2 * jitter.unit();
         tokio::time::sleep(spec.check.interval.mul_f64(factor)).await;
     }
 }
 
-async fn check_once(server: &ServerClient, spec: &CheckSpec) -> bool {
+/// Passed, and what was seen: the status code, `timeout` or `no_answer`.
+async fn check_once(server: &ServerClient, spec: &CheckSpec) -> (bool, String) {
+    let no_answer = || (false, "no_answer".to_string());
     let Some(pool) = server.check_pool.as_ref() else {
-        return false;
+        return no_answer();
     };
     let uri = Uri::builder()
         .scheme(spec.scheme.clone())
@@ -62,7 +64,7 @@ async fn check_once(server: &ServerClient, spec: &CheckSpec) -> bool {
         .path_and_query(spec.check.path.clone())
         .build();
     let Ok(uri) = uri else {
-        return false;
+        return no_answer();
     };
     let mut req = Request::new(crate::body::full(bytes::Bytes::new()));
     *req.method_mut() = Method::GET;
@@ -91,18 +93,20 @@ async fn check_once(server: &ServerClient, spec: &CheckSpec) -> bool {
     })
     .await;
     match outcome {
-        Ok(Ok(status)) if status.is_success() || status.is_redirection() => true,
+        Ok(Ok(status)) if status.is_success() || status.is_redirection() => {
+            (true, status.as_u16().to_string())
+        }
         Ok(Ok(status)) => {
             tracing::debug!(server = %server.label, status = status.as_u16(), "upstream health check failed");
-            false
+            (false, status.as_u16().to_string())
         }
         Ok(Err(error)) => {
             tracing::debug!(server = %server.label, %error, "upstream health check failed");
-            false
+            no_answer()
         }
         Err(_) => {
             tracing::debug!(server = %server.label, timeout = ?spec.check.timeout, "upstream health check timed out");
-            false
+            (false, "timeout".to_string())
         }
     }
 }

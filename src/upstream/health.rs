@@ -4,6 +4,7 @@
 //! back-off.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +35,17 @@ pub struct ServerHealth {
     up: Gauge,
     checks_ok: Counter,
     checks_failed: Counter,
+    last_check: Mutex<Option<LastCheck>>,
+}
+
+/// The outcome of a server's latest active check, for /readyz.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    pub ok: bool,
+    /// Unix seconds.
+    pub at: u64,
+    /// The answer's status code, or `timeout` / `no_answer`.
+    pub result: String,
 }
 
 impl ServerHealth {
@@ -64,6 +76,7 @@ impl ServerHealth {
             up,
             checks_ok: outcome("ok"),
             checks_failed: outcome("failed"),
+            last_check: Mutex::new(None),
         }
     }
 
@@ -76,6 +89,27 @@ impl ServerHealth {
     pub fn is_up(&self, now: Instant) -> bool {
         let d = self.down_until.load(Ordering::Acquire);
         d == 0 || self.nanos(now) >= d
+    }
+
+    /// The latest active check, if any ran.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Seconds until the back-off ends (0: not in back-off).
+    pub fn backoff_left(&self, now: Instant) -> f64 {
+        let d = self.down_until.load(Ordering::Acquire);
+        let n = self.nanos(now);
+        if d == 0 || n >= d {
+            0.0
+        } else {
+            (d - n) as f64 / 1e9
+        }
+    }
+
+    /// Whether this server's state can be kept by a config with `h`.
+    pub(super) fn same_settings(&self, h: &Health) -> bool {
+        self.fails_limit == h.fails && self.backoff == h.backoff
     }
 
     /// Failed attempts in a row.
@@ -119,7 +153,13 @@ impl ServerHealth {
 
     /// The outcome of one active check: counted like a request's attempt
     /// (a passing check also ends a back-off at once).
-    pub(super) fn checked(&self, ok: bool) {
+    pub(super) fn checked(&self, ok: bool, result: String) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(mut last) = self.last_check.lock() {
+            *last = Some(LastCheck { ok, at, result });
+        }
         if ok {
             self.checks_ok.inc();
             self.success();

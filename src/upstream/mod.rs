@@ -106,7 +106,9 @@ pub struct ServerClient {
     pool: Pool,
     /// The active checks' own pool (one connection), when configured.
     check_pool: Option<Pool>,
-    pub health: ServerHealth,
+    /// Shared with the same server of the next config when a reload keeps
+    /// it (and its health settings).
+    pub health: Arc<ServerHealth>,
     /// Requests sent and not yet answered (head), for `least_requests`.
     in_flight: AtomicUsize,
 }
@@ -145,7 +147,13 @@ enum Failure {
 }
 
 impl UpstreamClient {
-    pub fn new(u: &Upstream, metrics: &Metrics) -> Result<UpstreamClient, UpstreamTlsError> {
+    /// `previous`: the upstream of this name in the config being replaced,
+    /// whose servers that stay keep their health.
+    pub fn new(
+        u: &Upstream,
+        metrics: &Metrics,
+        previous: Option<&UpstreamClient>,
+    ) -> Result<UpstreamClient, UpstreamTlsError> {
         let tls = u
             .tls
             .as_ref()
@@ -193,8 +201,16 @@ impl UpstreamClient {
                     );
                     Pool::new(u, tls.as_ref(), one, 1)
                 });
+                let kept = previous
+                    .and_then(|p| p.servers.iter().find(|o| o.label == label))
+                    .map(|o| &o.health)
+                    .filter(|h| h.same_settings(&u.health));
+                let health = match kept {
+                    Some(h) => Arc::clone(h),
+                    None => Arc::new(ServerHealth::new(&u.name, &label, &u.health, metrics)),
+                };
                 Arc::new(ServerClient {
-                    health: ServerHealth::new(&u.name, &label, &u.health, metrics),
+                    health,
                     label,
                     authority: s.authority.clone(),
                     pool: Pool::new(u, tls.as_ref(), cap, u.pool_max_idle_per_host),

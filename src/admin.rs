@@ -416,6 +416,64 @@ fn info(shared: &Shared, loopback: bool) -> Value {
 
 /// Ready when the config is loaded and every key in the ring encrypts and
 /// decrypts a probe (the encryption health check).
+/// Each upstream's servers: up or in back-off, failures in a row, the
+/// latest active check. An upstream with no server up fails readiness only
+/// with `readiness: require`: by default it is shown, not decisive, since
+/// every replica shares the backend and taking them all out of the load
+/// balancer would turn one backend's outage into a full one (the routes of
+/// other upstreams included), while a replica that stays in answers 502
+/// with a reason and recovers with the backend.
+fn upstreams_status(
+    upstreams: &[std::sync::Arc<crate::upstream::UpstreamClient>],
+) -> (Value, bool) {
+    let now = std::time::Instant::now();
+    let mut ready = true;
+    let all: serde_json::Map<String, Value> = upstreams
+        .iter()
+        .map(|u| {
+            let servers: Vec<Value> = u
+                .servers
+                .iter()
+                .map(|s| {
+                    let up = s.health.is_up(now);
+                    let mut v = json!({
+                        "server": s.label,
+                        "status": if up { "up" } else { "backoff" },
+                        "fails_in_a_row": s.health.fails_in_a_row(),
+                    });
+                    if !up {
+                        v["backoff_left_secs"] = json!(s.health.backoff_left(now));
+                    }
+                    if let Some(c) = s.health.last_check() {
+                        v["last_check"] = json!({ "ok": c.ok, "at": c.at, "result": c.result });
+                    }
+                    v
+                })
+                .collect();
+            let up = u.servers_up();
+            let status = match up {
+                0 => "down",
+                n if n == u.servers.len() => "ok",
+                _ => "degraded",
+            };
+            let required = u.spec.readiness == crate::config::Readiness::Require;
+            if required && up == 0 {
+                ready = false;
+            }
+            (
+                u.spec.name.clone(),
+                json!({
+                    "status": status,
+                    "servers_up": up,
+                    "readiness": if required { "require" } else { "report" },
+                    "servers": servers,
+                }),
+            )
+        })
+        .collect();
+    (Value::Object(all), ready)
+}
+
 async fn readyz(shared: &Shared) -> Response<ProxyBody> {
     let rt = shared.runtime.load();
     let mut checks = serde_json::Map::new();
@@ -517,6 +575,9 @@ async fn readyz(shared: &Shared) -> Response<ProxyBody> {
         // full one; `rate_limit.on_store_error` decides instead.
         checks.insert("rate_limit_store".into(), store.status());
     }
+    let (upstreams, upstreams_ready) = upstreams_status(&rt.upstreams);
+    ready &= upstreams_ready;
+    checks.insert("upstreams".into(), upstreams);
     checks.insert("last_reload".into(), last_reload(shared));
     if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
         ready = false;

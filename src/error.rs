@@ -47,6 +47,8 @@ pub const REASON_CODES: &[&str] = &[
     "upstream_closed",
     "upstream_body_broken",
     "upstream_body_too_large",
+    "upstream_busy",
+    "upstream_queue_timeout",
     "decrypt_failed",
     "buffer_limit",
     "audit_unavailable",
@@ -159,6 +161,14 @@ pub enum UpstreamError {
     UpstreamTooLarge { limit: u64 },
     #[error("a field in the upstream answer could not be decrypted")]
     Decrypt(DecryptFailure),
+    /// Every server tried was at `max_connections` with its queue full: a
+    /// 503, nothing was sent.
+    #[error("upstream busy; retry later")]
+    UpstreamBusy,
+    /// No connection to a server freed up within `queue_timeout`: a 503,
+    /// nothing was sent.
+    #[error("upstream busy; retry later")]
+    UpstreamQueueTimeout,
 }
 
 /// Ours: load (503) or a bug (500).
@@ -210,6 +220,9 @@ impl ProxyError {
                 Erased | ErasedSubjectWrite => StatusCode::GONE,
             },
             ProxyError::Upstream(UpstreamError::UpstreamTimeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(
+                UpstreamError::UpstreamBusy | UpstreamError::UpstreamQueueTimeout,
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Local(LocalError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Local(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -272,6 +285,8 @@ impl ProxyError {
                 UpstreamBody => ("body", "upstream_body_broken"),
                 UpstreamTooLarge { .. } => ("too_large", "upstream_body_too_large"),
                 Decrypt(_) => ("decrypt", "decrypt_failed"),
+                UpstreamBusy => ("busy", "upstream_busy"),
+                UpstreamQueueTimeout => ("busy", "upstream_queue_timeout"),
             },
             ProxyError::Local(e) => match e {
                 BufferLimit => ("buffer_limit", "buffer_limit"),
@@ -436,6 +451,8 @@ mod tests {
             UpstreamClosed,
             UpstreamBody,
             UpstreamTooLarge { limit: 1 },
+            UpstreamBusy,
+            UpstreamQueueTimeout,
             Decrypt(DecryptFailure {
                 location: "$".into(),
                 key_id: None,
@@ -490,6 +507,8 @@ mod tests {
                 | UpstreamClosed
                 | UpstreamBody
                 | UpstreamTooLarge { .. }
+                | UpstreamBusy
+                | UpstreamQueueTimeout
                 | Decrypt(_) => {}
             }
         }
@@ -513,7 +532,7 @@ mod tests {
             let status = e.status().as_u16();
             match &e {
                 ProxyError::Client(_) => assert!((400..500).contains(&status) || status == 501),
-                ProxyError::Upstream(_) => assert!(matches!(status, 502 | 504)),
+                ProxyError::Upstream(_) => assert!((502..=504).contains(&status)),
                 ProxyError::Local(_) => assert!(matches!(status, 500 | 503)),
             }
         }
@@ -543,7 +562,11 @@ mod tests {
         for e in one_of_each() {
             let upstream = e.reason().starts_with("upstream_");
             assert_eq!(e.is_upstream(), upstream, "{}", e.reason());
-            if upstream {
+            // A server at its connection cap is busy, not broken: 503.
+            let busy = matches!(e.reason(), "upstream_busy" | "upstream_queue_timeout");
+            if busy {
+                assert_eq!(e.status().as_u16(), 503, "{}", e.reason());
+            } else if upstream {
                 assert!(
                     matches!(e.status().as_u16(), 502 | 504),
                     "{}: {}",

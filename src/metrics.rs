@@ -69,6 +69,22 @@ impl PairCounters {
     }
 }
 
+/// A server and why a request was refused a connection to it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerReason {
+    pub upstream: String,
+    pub server: String,
+    pub reason: String,
+}
+
+/// A server and the outcome of an active health check of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerOutcome {
+    pub upstream: String,
+    pub server: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteReason {
     pub route: String,
@@ -145,6 +161,13 @@ pub struct Metrics {
     pub upstream_server_backoffs: Family<ServerLabel, Counter>,
     /// 1 while a server takes requests, 0 while in back-off.
     pub upstream_server_up: Family<ServerLabel, Gauge>,
+    /// Open connections to a server (idle pooled ones included).
+    pub upstream_server_connections: Family<ServerLabel, Gauge>,
+    /// Connects refused at a server's `max_connections`, by reason
+    /// (`queue_full`, `queue_timeout`).
+    pub upstream_server_busy: Family<ServerReason, Counter>,
+    /// Active health checks, by outcome (`ok`, `failed`).
+    pub upstream_health_checks: Family<ServerOutcome, Counter>,
     pub open_connections: Gauge,
     pub tls_handshake_failures: Counter,
     pub encryptions: Family<KeyLabel, Counter>,
@@ -189,6 +212,9 @@ impl Metrics {
             upstream_server_failures: Family::default(),
             upstream_server_backoffs: Family::default(),
             upstream_server_up: Family::default(),
+            upstream_server_connections: Family::default(),
+            upstream_server_busy: Family::default(),
+            upstream_health_checks: Family::default(),
             open_connections: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             encryptions: Family::default(),
@@ -283,6 +309,21 @@ impl Metrics {
             "upstream_server_up",
             "1 while an upstream server takes requests, 0 during its back-off",
             m.upstream_server_up.clone(),
+        );
+        registry.register(
+            "upstream_server_connections",
+            "Open connections to an upstream server, idle pooled ones included (at most its max_connections)",
+            m.upstream_server_connections.clone(),
+        );
+        registry.register(
+            "upstream_server_busy",
+            "Requests refused a connection to an upstream server at its max_connections, by reason (queue_full, queue_timeout)",
+            m.upstream_server_busy.clone(),
+        );
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks of an upstream server, by outcome (ok, failed)",
+            m.upstream_health_checks.clone(),
         );
         registry.register(
             "open_connections",

@@ -122,6 +122,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
             admin_stop_rx,
         )));
     }
+    shared.runtime.load().start_checks();
     let pruner = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -208,6 +209,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
         }
     }
     pruner.abort();
+    shared.runtime.load().stop_checks();
     let _ = admin_stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;

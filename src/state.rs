@@ -59,6 +59,8 @@ pub struct Audit {
 /// Everything compiled from one config file.
 pub struct Runtime {
     pub config: Config,
+    /// The upstreams in config order (routes hold them too).
+    pub upstreams: Vec<Arc<UpstreamClient>>,
     pub tls: Arc<rustls::ServerConfig>,
     pub keyring: Option<Arc<Keyring>>,
     /// The routes in match order, each with all a request on it needs.
@@ -169,6 +171,21 @@ fn with_keys<S>(
 }
 
 impl Runtime {
+    /// Starts the upstreams' active health checks: when this config starts
+    /// serving.
+    pub fn start_checks(&self) {
+        for u in &self.upstreams {
+            u.start_checks();
+        }
+    }
+
+    /// Stops them: when a reload replaces this config, and at shutdown.
+    pub fn stop_checks(&self) {
+        for u in &self.upstreams {
+            u.stop_checks();
+        }
+    }
+
     /// Builds a runtime: loads certificates and keys, opens the audit log
     /// (or reuses `previous`'s when its sink and key are unchanged, so the
     /// hash chain goes on without a second writer), and compiles every
@@ -245,7 +262,14 @@ impl Runtime {
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(u, metrics).map(Arc::new))
+            .map(|u| {
+                // Servers that stay keep their health (a reload is not a
+                // reason to send traffic to a server known to be down).
+                let before = previous
+                    .and_then(|p| p.upstreams.iter().find(|o| o.spec.name == u.name))
+                    .map(|o| &**o);
+                UpstreamClient::new(u, metrics, before).map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         // Buckets survive a reload: clients don't get a fresh burst from it.
         let (limits, limiters) =
@@ -272,6 +296,7 @@ impl Runtime {
         let path_key = PathKey::for_runtime(keyring.as_deref(), previous)?;
         Ok(Runtime {
             path_key,
+            upstreams,
             config,
             tls,
             keyring,
@@ -356,7 +381,10 @@ impl Shared {
         let status = match result {
             Ok(rt) => {
                 let summary = rt.config.summary();
-                self.runtime.store(Arc::new(rt));
+                // The new checkers start before the old ones stop: no gap.
+                rt.start_checks();
+                let old = self.runtime.swap(Arc::new(rt));
+                old.stop_checks();
                 self.metrics
                     .reloads
                     .get_or_create(&crate::metrics::OutcomeLabel {

@@ -80,6 +80,8 @@ struct Seen {
     served: AtomicUsize,
     sni: Mutex<Vec<Option<String>>>,
     client_certs: AtomicUsize,
+    /// Path and Host of each request.
+    requests: Mutex<Vec<(String, String)>>,
 }
 
 /// An HTTP/1.1 backend over TLS with `cert`; with `client_ca`, it requires
@@ -136,8 +138,18 @@ async fn tls_backend(
                         s.client_certs.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                let svc = service_fn(move |_req: Request<Incoming>| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let s = Arc::clone(&s);
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    s.requests
+                        .lock()
+                        .expect("lock")
+                        .push((req.uri().path().to_string(), host));
                     async move {
                         s.served.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
@@ -362,4 +374,87 @@ async fn a_ca_file_that_holds_no_certificate_is_a_load_error() {
         e.contains("upstreams.legacy.tls") && e.contains("no certificate"),
         "{e}"
     );
+}
+
+/// Waits until the upstream's health check counter `outcome` reaches `n`.
+async fn checks_reach(proxy: &TestProxy, outcome: &str, n: f64) {
+    bounded("health checks", async {
+        loop {
+            let (_, m) = admin_get(proxy, "/metrics").await;
+            let got = metric_value(
+                &m,
+                "fieldseal_upstream_health_checks_total",
+                &[("upstream", "legacy"), ("outcome", outcome)],
+            );
+            if got.unwrap_or(0.0) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn active_checks_go_over_tls_like_requests_client_certificate_and_host_included() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("fieldseal test CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue(&["localhost"], false);
+    let (addr, seen, _task) = tls_backend(&cert, &key, Some(&ca)).await;
+    let (client, client_key) = ca.issue(&["fieldseal-client"], true);
+    let cert_path = dir.path().join("client.crt");
+    let key_path = dir.path().join("client.key");
+    std::fs::write(&cert_path, client.pem()).expect("write");
+    std::fs::write(&key_path, client_key.serialize_pem()).expect("write");
+    let tls = format!(
+        "ca: \"{}\", client_cert: \"{}\", client_key: \"{}\"",
+        ca_path.display(),
+        cert_path.display(),
+        key_path.display()
+    );
+    let checks = "    host: legacy.internal\n    health: { fails: 1, backoff: 300s, path: /healthz, interval: 100ms }\n";
+    let yaml = https_upstream(&format!("https://localhost:{}", addr.port()), &tls)
+        .replace("routes:", &format!("{checks}routes:"));
+    let proxy = TestProxy::start(&yaml).await;
+    checks_reach(&proxy, "ok", 2.0).await;
+    {
+        let requests = seen.requests.lock().expect("lock");
+        assert!(
+            requests
+                .iter()
+                .any(|(p, h)| p == "/healthz" && h == "legacy.internal"),
+            "{requests:?}"
+        );
+    }
+    assert!(seen.client_certs.load(Ordering::SeqCst) >= 1);
+    assert!(seen
+        .sni
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|s| s.as_deref() == Some("localhost")));
+
+    // A certificate for another name fails the checks as it fails requests.
+    let (wrong, wrong_key) = ca.issue(&["other.example"], false);
+    let (waddr, wseen, _wtask) = tls_backend(&wrong, &wrong_key, None).await;
+    let yaml = https_upstream(
+        &format!("https://localhost:{}", waddr.port()),
+        &format!("ca: \"{}\"", ca_path.display()),
+    )
+    .replace("routes:", &format!("{checks}routes:"));
+    let wrong_proxy = TestProxy::start(&yaml).await;
+    checks_reach(&wrong_proxy, "failed", 2.0).await;
+    let (_, m) = admin_get(&wrong_proxy, "/metrics").await;
+    let server = format!("https://localhost:{}", waddr.port());
+    assert_eq!(
+        metric_value(
+            &m,
+            "fieldseal_upstream_server_up",
+            &[("upstream", "legacy"), ("server", server.as_str())]
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(wseen.served.load(Ordering::SeqCst), 0, "nothing was sent");
 }

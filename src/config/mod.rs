@@ -48,7 +48,9 @@ pub use limits::Limits;
 pub use log::LogSettings;
 pub use rate_limit::GlobalRateLimit;
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
-pub use upstreams::{ActiveCheck, Balance, Health, HostHeader, Server, Upstream, UpstreamTls};
+pub use upstreams::{
+    ActiveCheck, Balance, Health, HostHeader, Readiness, Server, Upstream, UpstreamTls,
+};
 
 /// A configuration error, located in the file when we can tell where.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -219,9 +219,25 @@ pub struct RawUpstream {
     /// Idle pooled connections are closed after this. Default 60s.
     #[serde(default)]
     pub pool_idle_timeout: Option<String>,
-    /// Default 256.
+    /// Default 256, at most `max_connections`.
     #[serde(default)]
     pub pool_max_idle_per_host: Option<usize>,
+    /// Open connections to each server of the upstream, idle ones included;
+    /// past it a request waits for one to free up. Default 256.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// How long a request waits for a connection to a server at
+    /// `max_connections` before a 503 (`upstream_busy`). Default 1s, less than `timeout`.
+    #[serde(default)]
+    pub queue_timeout: Option<String>,
+    /// Requests that may wait for a connection to one server; more get a
+    /// 503 at once. Default `max_connections`.
+    #[serde(default)]
+    pub max_queued: Option<usize>,
+    /// `report` (default): /readyz shows the servers' state but does not
+    /// fail for it; `require`: /readyz answers 503 while no server is up.
+    #[serde(default)]
+    pub readiness: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -239,6 +255,10 @@ pub struct RawHealth {
     /// Default 5s; only with `path`.
     #[serde(default)]
     pub interval: Option<String>,
+    /// How long one check may take (connect, answer head, body) before it
+    /// counts as failed. Default 2s, or `interval` if that is shorter; only with `path`.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

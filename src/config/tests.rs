@@ -685,3 +685,76 @@ fn key_store_names_one_store_and_refuses_passwords_and_unbounded_timeouts() {
     let inline = with("  postgres_url: \"postgres://fieldseal@db:5432/fs?sslmode=require\"\n");
     assert!(inline.is_ok(), "{inline:?}");
 }
+
+#[test]
+fn the_connection_cap_has_a_bounded_default_and_is_checked_against_the_pool_and_timeout() {
+    let u = &load(MINIMAL).unwrap().upstreams[0];
+    assert_eq!(u.max_connections, 256);
+    assert_eq!(u.pool_max_idle_per_host, 256);
+    assert_eq!(u.queue_timeout, Duration::from_secs(1));
+    assert_eq!(u.max_queued, 256);
+    let with = |extra: &str| {
+        load(&MINIMAL.replace(
+            "connect_timeout: 2s,",
+            &format!("connect_timeout: 2s, {extra},"),
+        ))
+    };
+    let u = &with("max_connections: 8").unwrap().upstreams[0];
+    assert_eq!(
+        (u.max_connections, u.pool_max_idle_per_host, u.max_queued),
+        (8, 8, 8)
+    );
+    for (extra, key) in [
+        ("max_connections: 0", "max_connections"),
+        (
+            "max_connections: 8, pool_max_idle_per_host: 9",
+            "pool_max_idle_per_host",
+        ),
+        ("queue_timeout: 0s", "queue_timeout"),
+        ("queue_timeout: 30s", "queue_timeout"),
+    ] {
+        let e = with(extra).unwrap_err();
+        assert!(e.message.contains(key), "{extra}: {e}");
+    }
+    let u = &with("max_queued: 0, queue_timeout: 50ms")
+        .unwrap()
+        .upstreams[0];
+    assert_eq!(
+        (u.max_queued, u.queue_timeout),
+        (0, Duration::from_millis(50))
+    );
+}
+
+#[test]
+fn active_health_checks_load_with_their_defaults_and_need_a_path() {
+    let with = |health: &str| {
+        load(&MINIMAL.replace(
+            "connect_timeout: 2s,",
+            &format!("connect_timeout: 2s, health: {health},"),
+        ))
+    };
+    let u = &with("{ fails: 2, path: /healthz }").unwrap().upstreams[0];
+    let check = u.health.check.as_ref().expect("a check");
+    assert_eq!(check.path.as_str(), "/healthz");
+    assert_eq!(check.interval, Duration::from_secs(5));
+    assert_eq!(check.timeout, Duration::from_secs(2));
+    let u = &with("{ path: \"/h?x=1\", interval: 500ms }")
+        .unwrap()
+        .upstreams[0];
+    let check = u.health.check.as_ref().expect("a check");
+    assert_eq!(
+        check.timeout,
+        Duration::from_millis(500),
+        "at most the interval"
+    );
+    for (health, key) in [
+        ("{ interval: 5s }", "interval"),
+        ("{ timeout: 1s }", "timeout"),
+        ("{ path: healthz }", "path"),
+        ("{ path: /h, interval: 10ms }", "interval"),
+        ("{ path: /h, timeout: 0s }", "timeout"),
+    ] {
+        let e = with(health).unwrap_err();
+        assert!(e.message.contains(key), "{health}: {e}");
+    }
+}

@@ -29,6 +29,23 @@ pub struct Upstream {
     pub host: HostHeader,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Per server: open connections, idle ones included.
+    pub max_connections: usize,
+    /// The longest wait for a connection at `max_connections`.
+    pub queue_timeout: Duration,
+    /// Per server: requests waiting for a connection.
+    pub max_queued: usize,
+    pub readiness: Readiness,
+}
+
+/// Whether /readyz fails while this upstream has no server up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Shown, not decisive (the default).
+    Report,
+    /// 503 while no server is up.
+    Require,
 }
 
 impl Upstream {
@@ -63,8 +80,11 @@ pub struct Health {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveCheck {
+    /// Asked of each server as written (not under the URL's path).
     pub path: http::uri::PathAndQuery,
     pub interval: Duration,
+    /// For the whole check: connect, answer head and body.
+    pub timeout: Duration,
 }
 
 /// Trust for `https://` servers. No `ca`: the system's roots.
@@ -203,6 +223,11 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
     };
     let health = health(&at.key("health"), u.health.as_ref())?;
     let tls = tls(&at.key("tls"), u.tls.as_ref(), &scheme, base)?;
+    let cap = cap(at, u, timeout)?;
+    let readiness = match &u.readiness {
+        None => Readiness::Report,
+        Some(r) => word(&at.key("readiness"), &Word::<Readiness>::parse(r), "")?,
+    };
     Ok(Upstream {
         name: name.to_string(),
         servers,
@@ -219,7 +244,65 @@ fn upstream(at: &At, name: &str, u: &RawUpstream, base: &Path) -> Result<Upstrea
             &u.pool_idle_timeout,
             Duration::from_secs(60),
         )?,
-        pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(256),
+        pool_max_idle_per_host: cap.idle,
+        max_connections: cap.max_connections,
+        queue_timeout: cap.queue_timeout,
+        max_queued: cap.max_queued,
+        readiness,
+    })
+}
+
+/// The connection cap of each server and its queue, checked against the
+/// pool and the answer deadline.
+struct CapSettings {
+    max_connections: usize,
+    idle: usize,
+    queue_timeout: Duration,
+    max_queued: usize,
+}
+
+fn cap(at: &At, u: &RawUpstream, timeout: Duration) -> Result<CapSettings, Invalid> {
+    let max_connections = u.max_connections.unwrap_or(256);
+    if max_connections == 0 {
+        return Err(invalid(&at.key("max_connections"), "must be at least 1"));
+    }
+    // Idle pooled connections count against the cap: more could never be
+    // kept.
+    let idle = match u.pool_max_idle_per_host {
+        None => max_connections.min(256),
+        Some(n) if n > max_connections => {
+            return Err(invalid(
+                &at.key("pool_max_idle_per_host"),
+                format!("is more than max_connections ({max_connections}): idle connections count against it"),
+            ))
+        }
+        Some(n) => n,
+    };
+    let queue_timeout = duration(
+        &at.key("queue_timeout"),
+        &u.queue_timeout,
+        Duration::from_secs(1).min(timeout / 2),
+    )?;
+    if queue_timeout.is_zero() {
+        return Err(invalid(
+            &at.key("queue_timeout"),
+            "must be greater than zero",
+        ));
+    }
+    // The wait is part of the answer deadline; one as long would turn
+    // every busy answer into a 504.
+    if queue_timeout >= timeout {
+        return Err(invalid(
+            &at.key("queue_timeout"),
+            "must be less than the upstream's timeout",
+        ));
+    }
+    let max_queued = u.max_queued.unwrap_or(max_connections);
+    Ok(CapSettings {
+        max_connections,
+        idle,
+        queue_timeout,
+        max_queued,
     })
 }
 
@@ -229,6 +312,7 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
         backoff: None,
         path: None,
         interval: None,
+        timeout: None,
     };
     let h = h.unwrap_or(&empty);
     let fails = h.fails.unwrap_or(3);
@@ -239,21 +323,17 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
     if backoff.is_zero() {
         return Err(invalid(&at.key("backoff"), "must be greater than zero"));
     }
-    let check = match &h.path {
-        None => {
-            if h.interval.is_some() {
-                return Err(invalid(&at.key("interval"), "needs health.path"));
+    if h.path.is_none() {
+        for (key, set) in [
+            ("interval", h.interval.is_some()),
+            ("timeout", h.timeout.is_some()),
+        ] {
+            if set {
+                return Err(invalid(&at.key(key), "needs health.path"));
             }
-            None
         }
-        Some(_) => {
-            // Refused rather than ignored: the checks are not built yet.
-            return Err(invalid(
-                &at.key("path"),
-                "active health checks are not implemented yet; remove health.path and health.interval (passive health applies)",
-            ));
-        }
-    };
+    }
+    let check = active_check(at, h)?;
     Ok(Health {
         fails,
         backoff,
@@ -261,7 +341,6 @@ fn health(at: &At, h: Option<&RawHealth>) -> Result<Health, Invalid> {
     })
 }
 
-#[allow(dead_code)] // kept for the active checks
 fn active_check(at: &At, h: &RawHealth) -> Result<Option<ActiveCheck>, Invalid> {
     Ok(match &h.path {
         None => None,
@@ -275,7 +354,19 @@ fn active_check(at: &At, h: &RawHealth) -> Result<Option<ActiveCheck>, Invalid> 
             if interval < Duration::from_millis(100) {
                 return Err(invalid(&at.key("interval"), "must be at least 100ms"));
             }
-            Some(ActiveCheck { path, interval })
+            let timeout = duration(
+                &at.key("timeout"),
+                &h.timeout,
+                Duration::from_secs(2).min(interval),
+            )?;
+            if timeout.is_zero() {
+                return Err(invalid(&at.key("timeout"), "must be greater than zero"));
+            }
+            Some(ActiveCheck {
+                path,
+                interval,
+                timeout,
+            })
         }
     })
 }

@@ -209,6 +209,10 @@ mod tests {
             host,
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle_per_host: 1,
+            max_connections: 1,
+            queue_timeout: Duration::from_millis(100),
+            max_queued: 1,
+            readiness: crate::config::Readiness::Report,
         }
     }
 

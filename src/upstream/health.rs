@@ -4,13 +4,14 @@
 //! back-off.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::Health;
-use crate::metrics::{Metrics, ServerLabel};
+use crate::metrics::{Metrics, ServerLabel, ServerOutcome};
 
 /// Whether a request may use a server now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,19 @@ pub struct ServerHealth {
     failures: Counter,
     backoffs: Counter,
     up: Gauge,
+    checks_ok: Counter,
+    checks_failed: Counter,
+    last_check: Mutex<Option<LastCheck>>,
+}
+
+/// The outcome of a server's latest active check, for /readyz.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    pub ok: bool,
+    /// Unix seconds.
+    pub at: u64,
+    /// The answer's status code, or `timeout` / `no_answer`.
+    pub result: String,
 }
 
 impl ServerHealth {
@@ -39,6 +53,15 @@ impl ServerHealth {
         let label = ServerLabel {
             upstream: upstream.to_string(),
             server: server.to_string(),
+        };
+        let outcome = |o: &str| {
+            m.upstream_health_checks
+                .get_or_create(&ServerOutcome {
+                    upstream: upstream.to_string(),
+                    server: server.to_string(),
+                    outcome: o.to_string(),
+                })
+                .clone()
         };
         let up = m.upstream_server_up.get_or_create(&label).clone();
         up.set(1);
@@ -51,6 +74,9 @@ impl ServerHealth {
             failures: m.upstream_server_failures.get_or_create(&label).clone(),
             backoffs: m.upstream_server_backoffs.get_or_create(&label).clone(),
             up,
+            checks_ok: outcome("ok"),
+            checks_failed: outcome("failed"),
+            last_check: Mutex::new(None),
         }
     }
 
@@ -63,6 +89,27 @@ impl ServerHealth {
     pub fn is_up(&self, now: Instant) -> bool {
         let d = self.down_until.load(Ordering::Acquire);
         d == 0 || self.nanos(now) >= d
+    }
+
+    /// The latest active check, if any ran.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Seconds until the back-off ends (0: not in back-off).
+    pub fn backoff_left(&self, now: Instant) -> f64 {
+        let d = self.down_until.load(Ordering::Acquire);
+        let n = self.nanos(now);
+        if d == 0 || n >= d {
+            0.0
+        } else {
+            (d - n) as f64 / 1e9
+        }
+    }
+
+    /// Whether this server's state can be kept by a config with `h`.
+    pub(super) fn same_settings(&self, h: &Health) -> bool {
+        self.fails_limit == h.fails && self.backoff == h.backoff
     }
 
     /// Failed attempts in a row.
@@ -101,6 +148,24 @@ impl ServerHealth {
         self.fails.store(0, Ordering::Relaxed);
         if self.down_until.swap(0, Ordering::AcqRel) != 0 {
             self.up.set(1);
+        }
+    }
+
+    /// The outcome of one active check: counted like a request's attempt
+    /// (a passing check also ends a back-off at once).
+    pub(super) fn checked(&self, ok: bool, result: String) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(mut last) = self.last_check.lock() {
+            *last = Some(LastCheck { ok, at, result });
+        }
+        if ok {
+            self.checks_ok.inc();
+            self.success();
+        } else {
+            self.checks_failed.inc();
+            self.failure(Instant::now());
         }
     }
 

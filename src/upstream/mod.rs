@@ -15,12 +15,20 @@
 //!
 //! Each attempt goes to a different server; a 502 comes only when every
 //! server was tried or the failure cannot be retried.
+//!
+//! Each server's connections are capped (`max_connections`, see `cap`): a
+//! request refused a connection sent nothing, so it is retried like a
+//! connect failure, but a busy server is not counted as failing; when no
+//! server had room the answer is a 503.
 
 mod body;
+mod cap;
+mod check;
 mod health;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, Uri};
@@ -35,19 +43,53 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::body::ProxyBody;
 use crate::config::{Balance, Upstream};
 use crate::error::{ProxyError, UpstreamError};
-use crate::metrics::{Metrics, UpstreamLabel};
+use crate::metrics::{Metrics, ServerLabel, ServerReason, UpstreamLabel};
+
+use cap::{Busy, Cap, Capped};
 
 use health::Admit;
 pub use health::ServerHealth;
 pub use tls::UpstreamTlsError;
 
-/// A server's pooled client: plain HTTP/1.1, or over rustls.
+/// A server's pooled client: plain HTTP/1.1, or over rustls; either way
+/// each connection holds one of the server's `max_connections` permits.
 enum Pool {
-    Plain(Client<HttpConnector, ProxyBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+    Plain(Client<Capped<HttpConnector>, ProxyBody>),
+    Tls(Client<HttpsConnector<Capped<HttpConnector>>, ProxyBody>),
 }
 
 impl Pool {
+    fn new(
+        u: &Upstream,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        cap: Cap,
+        max_idle: usize,
+    ) -> Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(u.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(tls.is_none());
+        let connector = Capped::new(connector, Arc::new(cap));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(u.pool_idle_timeout)
+            .pool_max_idle_per_host(max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        match tls {
+            None => Pool::Plain(builder.build(connector)),
+            Some(config) => {
+                // https only: a plain connection is never made.
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((**config).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Pool::Tls(builder.build(https))
+            }
+        }
+    }
+
     fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
         match self {
             Pool::Plain(c) => c.request(req),
@@ -62,7 +104,11 @@ pub struct ServerClient {
     pub label: String,
     authority: http::uri::Authority,
     pool: Pool,
-    pub health: ServerHealth,
+    /// The active checks' own pool (one connection), when configured.
+    check_pool: Option<Pool>,
+    /// Shared with the same server of the next config when a reload keeps
+    /// it (and its health settings).
+    pub health: Arc<ServerHealth>,
     /// Requests sent and not yet answered (head), for `least_requests`.
     in_flight: AtomicUsize,
 }
@@ -70,13 +116,21 @@ pub struct ServerClient {
 pub struct UpstreamClient {
     /// Where requests go and how their Host is set.
     pub spec: Upstream,
-    pub servers: Vec<ServerClient>,
+    pub servers: Vec<Arc<ServerClient>>,
     /// Round-robin position.
     next: AtomicUsize,
     timeout: Duration,
     /// `fieldseal_upstream_duration_seconds{upstream}`.
     duration: Histogram,
     retries: Counter,
+    /// The active checkers' tasks while they run.
+    checkers: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for UpstreamClient {
+    fn drop(&mut self) {
+        self.stop_checks();
+    }
 }
 
 /// In the answer's extensions: the server that gave it (for the access log).
@@ -93,7 +147,13 @@ enum Failure {
 }
 
 impl UpstreamClient {
-    pub fn new(u: &Upstream, metrics: &Metrics) -> Result<UpstreamClient, UpstreamTlsError> {
+    /// `previous`: the upstream of this name in the config being replaced,
+    /// whose servers that stay keep their health.
+    pub fn new(
+        u: &Upstream,
+        metrics: &Metrics,
+        previous: Option<&UpstreamClient>,
+    ) -> Result<UpstreamClient, UpstreamTlsError> {
         let tls = u
             .tls
             .as_ref()
@@ -103,39 +163,60 @@ impl UpstreamClient {
             .servers
             .iter()
             .map(|s| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.set_nodelay(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .pool_idle_timeout(u.pool_idle_timeout)
-                    .pool_max_idle_per_host(u.pool_max_idle_per_host)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new());
-                let pool = match &tls {
-                    None => {
-                        connector.enforce_http(true);
-                        Pool::Plain(builder.build(connector))
-                    }
-                    Some(config) => {
-                        connector.enforce_http(false);
-                        // https only: a plain connection is never made.
-                        let https = hyper_rustls::HttpsConnectorBuilder::new()
-                            .with_tls_config((**config).clone())
-                            .https_only()
-                            .enable_http1()
-                            .wrap_connector(connector);
-                        Pool::Tls(builder.build(https))
-                    }
-                };
                 let label = format!("{}://{}", u.scheme, s.authority);
-                ServerClient {
-                    health: ServerHealth::new(&u.name, &label, &u.health, metrics),
+                let server_label = ServerLabel {
+                    upstream: u.name.clone(),
+                    server: label.clone(),
+                };
+                let busy = |reason: &str| {
+                    metrics
+                        .upstream_server_busy
+                        .get_or_create(&ServerReason {
+                            upstream: u.name.clone(),
+                            server: label.clone(),
+                            reason: reason.to_string(),
+                        })
+                        .clone()
+                };
+                let cap = Cap::new(
+                    u.max_connections,
+                    u.queue_timeout,
+                    u.max_queued,
+                    metrics
+                        .upstream_server_connections
+                        .get_or_create(&server_label)
+                        .clone(),
+                    busy("queue_full"),
+                    busy("queue_timeout"),
+                );
+                // Outside the server's cap (see `check`), one connection.
+                let check_pool = u.health.check.as_ref().map(|_| {
+                    let one = Cap::new(
+                        1,
+                        u.queue_timeout,
+                        0,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                    );
+                    Pool::new(u, tls.as_ref(), one, 1)
+                });
+                let kept = previous
+                    .and_then(|p| p.servers.iter().find(|o| o.label == label))
+                    .map(|o| &o.health)
+                    .filter(|h| h.same_settings(&u.health));
+                let health = match kept {
+                    Some(h) => Arc::clone(h),
+                    None => Arc::new(ServerHealth::new(&u.name, &label, &u.health, metrics)),
+                };
+                Arc::new(ServerClient {
+                    health,
                     label,
                     authority: s.authority.clone(),
-                    pool,
+                    pool: Pool::new(u, tls.as_ref(), cap, u.pool_max_idle_per_host),
+                    check_pool,
                     in_flight: AtomicUsize::new(0),
-                }
+                })
             })
             .collect();
         let name = UpstreamLabel {
@@ -148,7 +229,56 @@ impl UpstreamClient {
             timeout: u.timeout,
             duration: metrics.upstream_handle(&u.name),
             retries: metrics.upstream_retries.get_or_create(&name).clone(),
+            checkers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts a checker per server when `health.path` is set (once; a
+    /// second call does nothing). Needs a tokio runtime; without one (a
+    /// config only checked, never served) nothing starts.
+    pub fn start_checks(&self) {
+        let Some(check) = self.spec.health.check.clone() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(mut checkers) = self.checkers.lock() else {
+            return;
+        };
+        if !checkers.is_empty() {
+            return;
+        }
+        let host = match &self.spec.host {
+            crate::config::HostHeader::Fixed(v) => Some(v.clone()),
+            _ => None,
+        };
+        let spec = Arc::new(check::CheckSpec {
+            check,
+            scheme: self.spec.scheme.clone(),
+            host,
+        });
+        for server in &self.servers {
+            let task = handle.spawn(check::run(Arc::clone(server), Arc::clone(&spec)));
+            checkers.push(task.abort_handle());
+        }
+    }
+
+    /// Stops the checkers (a reload replaced this config, or shutdown).
+    pub fn stop_checks(&self) {
+        if let Ok(mut checkers) = self.checkers.lock() {
+            for c in checkers.drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// Checker tasks running now.
+    pub fn checks_running(&self) -> usize {
+        self.checkers
+            .lock()
+            .map(|c| c.iter().filter(|h| !h.is_finished()).count())
+            .unwrap_or(0)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -224,7 +354,10 @@ impl UpstreamClient {
                     return Ok(resp);
                 }
                 Err((err, failure)) => {
-                    server.health.failure(Instant::now());
+                    // A server at its cap is busy, not failing.
+                    if !is_busy(&err) {
+                        server.health.failure(Instant::now());
+                    }
                     let retry = match failure {
                         Failure::BeforeSending => true,
                         Failure::AfterSending => idempotent,
@@ -274,6 +407,13 @@ fn point_at(uri: &Uri, authority: &http::uri::Authority) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
+fn is_busy(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::Upstream(UpstreamError::UpstreamBusy | UpstreamError::UpstreamQueueTimeout)
+    )
+}
+
 /// RFC 9110 9.2.2: repeating these has the effect of sending them once.
 fn is_idempotent(m: &Method) -> bool {
     matches!(
@@ -284,7 +424,13 @@ fn is_idempotent(m: &Method) -> bool {
 
 fn classify(e: &hyper_util::client::legacy::Error) -> (ProxyError, Failure) {
     if e.is_connect() {
-        let err = if tls_failure(e) {
+        let busy = source_chain(e).find_map(|s| s.downcast_ref::<Busy>());
+        let err = if let Some(busy) = busy {
+            match busy {
+                Busy::QueueFull => UpstreamError::UpstreamBusy,
+                Busy::QueueTimeout => UpstreamError::UpstreamQueueTimeout,
+            }
+        } else if tls_failure(e) {
             UpstreamError::UpstreamTls
         } else {
             match io_error_kind(e) {

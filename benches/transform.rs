@@ -7,50 +7,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fieldseal::config::Config;
 use fieldseal::crypto::Keyring;
 use fieldseal::proxy::{decrypt_body, encrypt_body};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-const CONFIG: &str = r#"
-listen: { address: "127.0.0.1:0", tls: { cert: c.pem, key: k.pem } }
-upstreams: { b: { url: "http://127.0.0.1:1" } }
-keys: { active: k1, ring: [ { id: k1, file: k1.key } ] }
-routes:
-  - name: user
-    match: { path_prefix: /user }
-    upstream: b
-    encrypt: ["$.ssn", "$.card.number", "$.contacts[*].phone"]
-    decrypt: ["$.ssn", "$.card.number", "$.contacts[*].phone"]
-  - name: list
-    match: { path_prefix: /list }
-    upstream: b
-    encrypt: ["$.items[*].ssn"]
-    decrypt: ["$.items[*].ssn"]
-"#;
-
-/// A 2 KB user record: 4 sensitive fields among ordinary ones.
-pub fn user_doc() -> Value {
-    let mut doc = json!({
-        "id": 918273, "name": "Ada Lovelace", "email": "ada@example.com",
-        "ssn": "123-45-6789",
-        "card": { "number": "4111111111111111", "exp": "12/29", "brand": "visa" },
-        "contacts": [ { "kind": "home", "phone": "+1 555 0100" }, { "kind": "work", "phone": "+1 555 0199" } ],
-        "address": { "street": "12 Analytical Engine Way", "city": "London", "zip": "NW1 2DB", "country": "GB" },
-        "created_at": "2026-01-02T03:04:05Z", "active": true, "score": 97.5, "tags": ["vip", "beta", "newsletter"]
-    });
-    let mut notes = String::new();
-    while serde_json::to_vec(&doc).map_or(0, |v| v.len()) + notes.len() < 2000 {
-        notes.push_str("lorem ipsum dolor sit amet ");
-    }
-    doc["notes"] = Value::String(notes);
-    doc
-}
-
-/// A 64 KB list: 200 items, each with one sensitive field.
-pub fn list_doc() -> Value {
-    let items: Vec<Value> = (0..200)
-        .map(|i| json!({ "id": i, "name": format!("user {i}"), "ssn": format!("{:03}-45-{:04}", i, i * 7), "email": format!("user{i}@example.com"), "city": "London", "plan": "standard", "notes": "x".repeat(190) }))
-        .collect();
-    json!({ "items": items, "total": 200 })
-}
+mod fixtures;
+use fixtures::{list_doc, user_doc, CONFIG};
 
 fn floor(raw: &[u8]) -> Vec<u8> {
     let v: Value = serde_json::from_slice(raw).expect("json");

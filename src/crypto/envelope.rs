@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 
-use super::DecryptError;
+use super::{DecryptError, SealError};
 
 /// Text before the key id; the digit is the format version.
 pub const PREFIX: &str = "fs1:";
@@ -170,26 +170,16 @@ pub(crate) fn split(s: &str) -> Option<(Head<'_>, &str, &str)> {
     Some((Head::V2 { reference, version }, label, b64))
 }
 
-/// A decoded envelope. The payload buffer is decrypted in place later, so it
-/// is handed out by value.
-pub(crate) struct Parsed<'a> {
-    pub head: Head<'a>,
-    pub tag: TypeTag,
-    pub issued_at: u64,
-    /// Whole payload; nonce at `HEADER_LEN - NONCE_LEN..HEADER_LEN`,
-    /// ciphertext after it, AEAD tag in the last `TAG_LEN` bytes.
-    pub payload: Vec<u8>,
-}
-
-impl Parsed<'_> {
-    pub(crate) fn nonce(&self) -> &[u8] {
-        &self.payload[HEADER_LEN - NONCE_LEN..HEADER_LEN]
-    }
-}
-
-/// Parses without any key. Every malformed input is `Malformed`; a syntactically
-/// fine but unknown type byte is also `Malformed` (it is checked again by the AEAD).
-pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
+/// Parses without any key, decoding the payload into `payload` (cleared
+/// first; a buffer the caller reuses): the head, type and time. Every
+/// malformed input is `Malformed`; a syntactically fine but unknown type
+/// byte is also `Malformed` (it is checked again by the AEAD). The payload
+/// is then: nonce at `HEADER_LEN - NONCE_LEN..HEADER_LEN`, ciphertext after
+/// it, AEAD tag in the last `TAG_LEN` bytes.
+pub(crate) fn parse_into<'a>(
+    s: &'a str,
+    payload: &mut Vec<u8>,
+) -> Result<(Head<'a>, TypeTag, u64), DecryptError> {
     if s.len() > MAX_ENVELOPE_LEN {
         return Err(DecryptError::Malformed);
     }
@@ -200,8 +190,9 @@ pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
     }
     // The engine refuses padding and non-canonical trailing bits, so each
     // payload has exactly one textual form.
-    let payload = URL_SAFE_NO_PAD
-        .decode(b64)
+    payload.clear();
+    URL_SAFE_NO_PAD
+        .decode_vec(b64, payload)
         .map_err(|_| DecryptError::Malformed)?;
     if payload.len() < MIN_PAYLOAD_LEN {
         return Err(DecryptError::Malformed);
@@ -209,12 +200,7 @@ pub(crate) fn parse(s: &str) -> Result<Parsed<'_>, DecryptError> {
     let tag = TypeTag::from_byte(payload[0]).ok_or(DecryptError::Malformed)?;
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&payload[1..9]);
-    Ok(Parsed {
-        head,
-        tag,
-        issued_at: u64::from_be_bytes(ts),
-        payload,
-    })
+    Ok((head, tag, u64::from_be_bytes(ts)))
 }
 
 /// Length of unpadded base64 for `n` bytes.
@@ -230,10 +216,16 @@ pub(crate) fn encoded_len(n: usize) -> usize {
 /// Associated data: binds version, key (id, or reference and key version),
 /// type, time and the field context, each length-prefixed where variable so
 /// no two headers share an encoding.
-pub(crate) fn aad(head: Head<'_>, tag: TypeTag, issued_at: u64, context: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(
-        AAD_DOMAIN_V2.len() + 1 + MAX_KEY_ID_LEN + 4 + 1 + 8 + 8 + context.len(),
-    );
+/// Written into `a` (cleared first; a buffer the caller reuses).
+pub(crate) fn aad_into(
+    head: Head<'_>,
+    tag: TypeTag,
+    issued_at: u64,
+    context: &str,
+    a: &mut Vec<u8>,
+) {
+    a.clear();
+    a.reserve(AAD_DOMAIN_V2.len() + 1 + MAX_KEY_ID_LEN + 4 + 1 + 8 + 8 + context.len());
     match head {
         Head::V1 { key_id } => {
             a.extend_from_slice(AAD_DOMAIN);
@@ -253,7 +245,6 @@ pub(crate) fn aad(head: Head<'_>, tag: TypeTag, issued_at: u64, context: &str) -
     a.extend_from_slice(&issued_at.to_be_bytes());
     a.extend_from_slice(&(context.len() as u64).to_be_bytes());
     a.extend_from_slice(context.as_bytes());
-    a
 }
 
 /// Writes `fs1:<id>:<base64url(payload)>` or `fs2:<reference>:<version>:<...>`.
@@ -269,6 +260,37 @@ pub(crate) fn encode(head: Head<'_>, label: &str, payload: &[u8]) -> String {
     out.push(':');
     URL_SAFE_NO_PAD.encode_string(payload, &mut out);
     out
+}
+
+/// `encode`, appended to `out` as a JSON string (quoted: the envelope's
+/// characters need no escaping), without an intermediate `String`.
+pub(crate) fn encode_json_into(
+    head: Head<'_>,
+    label: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let prefix = match head {
+        Head::V1 { .. } => PREFIX,
+        Head::V2 { .. } => PREFIX_V2,
+    };
+    let b64 = encoded_len(payload.len());
+    out.reserve(prefix.len() + label.len() + b64 + 3);
+    out.push(b'"');
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(label.as_bytes());
+    out.push(b':');
+    let at = out.len();
+    out.resize(at + b64, 0);
+    // The slice is exactly the encoded length, so this does not fail.
+    let written = out
+        .get_mut(at..)
+        .and_then(|tail| URL_SAFE_NO_PAD.encode_slice(payload, tail).ok());
+    if written != Some(b64) {
+        return Err(SealError::Serialize);
+    }
+    out.push(b'"');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -371,7 +393,7 @@ mod tests {
             "fs2:r.x:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "fs2::1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
-            assert!(parse(s).is_err(), "{s}");
+            assert!(parse_into(s, &mut Vec::new()).is_err(), "{s}");
         }
     }
 }

@@ -85,6 +85,20 @@ impl<'r> SealingKey<'r> {
         seal_with(self.key, value, context, issued_at, &nonce)
     }
 
+    /// `seal_at` of a string, the envelope appended to `out` as a JSON
+    /// string (the walk's output), built in `scratch`: no allocation.
+    pub(crate) fn seal_str_into(
+        &self,
+        plain: &str,
+        context: &str,
+        issued_at: u64,
+        scratch: &mut AeadScratch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let nonce = fresh_nonce().ok_or(SealError::Rng)?;
+        seal_str_into(self.key, plain, context, issued_at, &nonce, scratch, out)
+    }
+
     /// Deterministic sealing for known-answer test vectors ONLY (see
     /// `Keyring::seal_with_nonce`).
     #[doc(hidden)]
@@ -299,8 +313,32 @@ impl Keyring {
         max_age: Option<Duration>,
         now: u64,
     ) -> Result<Opened, DecryptError> {
-        let p = envelope::parse(envelope)?;
-        let (key, subject) = match p.head {
+        let mut scratch = AeadScratch::default();
+        let o = self.open_in(subjects, envelope, context, max_age, now, &mut scratch)?;
+        Ok(Opened {
+            value: o.tag.rebuild(scratch.plaintext())?,
+            key_id: o.key_id.to_owned(),
+            issued_at: o.issued_at,
+            subject: o.subject.map(str::to_owned),
+        })
+    }
+
+    /// `open_with`, decoding and decrypting in `scratch` (reused across
+    /// envelopes, wiped on drop): the plaintext is then
+    /// `scratch.plaintext()`, still to be rebuilt as a value of `tag` (a
+    /// string's plaintext is its UTF-8 bytes). The same checks in the same
+    /// order as `open_with`, without an allocation per envelope.
+    pub(crate) fn open_in<'k, 'e>(
+        &'k self,
+        subjects: &'k SubjectKeys,
+        envelope: &'e str,
+        context: &str,
+        max_age: Option<Duration>,
+        now: u64,
+        scratch: &mut AeadScratch,
+    ) -> Result<OpenedIn<'k, 'e>, DecryptError> {
+        let (head, tag, issued_at) = envelope::parse_into(envelope, &mut scratch.payload)?;
+        let (key, subject) = match head {
             Head::V1 { key_id } => (
                 self.entry(key_id).ok_or(DecryptError::UnknownKey)?.view(),
                 None,
@@ -313,18 +351,15 @@ impl Keyring {
                 None => return Err(DecryptError::ForeignSubject),
             },
         };
-        let subject = subject.map(str::to_owned);
-        let (tag, issued_at) = (p.tag, p.issued_at);
-        let plaintext = decrypt(key, p, context)?;
+        decrypt_in_place(key, head, tag, issued_at, context, scratch)?;
         if let Some(limit) = max_age.map(|d| d.as_secs()).filter(|s| *s > 0) {
             if issued_at.saturating_add(limit) < now {
                 return Err(DecryptError::Expired);
             }
         }
-        let body = &plaintext[HEADER_LEN..plaintext.len() - TAG_LEN];
-        Ok(Opened {
-            value: tag.rebuild(body)?,
-            key_id: key.label.to_owned(),
+        Ok(OpenedIn {
+            tag,
+            key_id: key.label,
             issued_at,
             subject,
         })
@@ -454,9 +489,7 @@ fn seal_with(
     };
     // Plaintext goes straight into the payload buffer and is encrypted in place.
     let mut buf = Zeroizing::new(Vec::with_capacity(HEADER_LEN + guess + TAG_LEN));
-    buf.push(tag.byte());
-    buf.extend_from_slice(&issued_at.to_be_bytes());
-    buf.extend_from_slice(nonce);
+    start_payload(&mut buf, tag, issued_at, nonce);
     match value {
         Value::String(s) => buf.extend_from_slice(s.as_bytes()),
         Value::Object(_) | Value::Array(_) if super::exceeds_depth(value, MAX_SEAL_DEPTH) => {
@@ -464,45 +497,126 @@ fn seal_with(
         }
         other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,
     }
+    let mut aad = Vec::new();
+    finish_payload(k, tag, issued_at, context, nonce, &mut buf, &mut aad)?;
+    Ok(envelope::encode(k.head, k.label, &buf))
+}
+
+/// `seal_with` for a string (its UTF-8 bytes), the envelope appended to
+/// `out` as a JSON string; the payload is built and encrypted in `scratch`.
+/// The same bytes as `seal_with` of `Value::String`, without an allocation.
+fn seal_str_into(
+    k: KeyView<'_>,
+    plain: &str,
+    context: &str,
+    issued_at: u64,
+    nonce: &[u8; NONCE_LEN],
+    scratch: &mut AeadScratch,
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let buf = &mut scratch.payload;
+    buf.clear();
+    buf.reserve(HEADER_LEN + plain.len() + TAG_LEN);
+    start_payload(buf, TypeTag::String, issued_at, nonce);
+    buf.extend_from_slice(plain.as_bytes());
+    finish_payload(
+        k,
+        TypeTag::String,
+        issued_at,
+        context,
+        nonce,
+        buf,
+        &mut scratch.aad,
+    )?;
+    envelope::encode_json_into(k.head, k.label, buf, out)
+}
+
+/// type || issued_at || nonce: the payload up to the plaintext.
+fn start_payload(buf: &mut Vec<u8>, tag: TypeTag, issued_at: u64, nonce: &[u8; NONCE_LEN]) {
+    buf.push(tag.byte());
+    buf.extend_from_slice(&issued_at.to_be_bytes());
+    buf.extend_from_slice(nonce);
+}
+
+/// Encrypts the plaintext after the header of `buf` in place and appends
+/// the tag, once the envelope is known to fit.
+fn finish_payload(
+    k: KeyView<'_>,
+    tag: TypeTag,
+    issued_at: u64,
+    context: &str,
+    nonce: &[u8; NONCE_LEN],
+    buf: &mut Vec<u8>,
+    aad: &mut Vec<u8>,
+) -> Result<(), SealError> {
     let total =
         envelope::PREFIX.len() + k.label.len() + 1 + envelope::encoded_len(buf.len() + TAG_LEN);
     if total > envelope::MAX_ENVELOPE_LEN {
         return Err(SealError::TooLarge);
     }
-    let aad = envelope::aad(k.head, tag, issued_at, context);
+    envelope::aad_into(k.head, tag, issued_at, context, aad);
     let auth = k
         .cipher
         .ok_or(SealError::UnknownKey)?
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut buf[HEADER_LEN..])
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf[HEADER_LEN..])
         .map_err(|_| SealError::TooLarge)?;
     buf.extend_from_slice(&auth);
-    Ok(envelope::encode(k.head, k.label, &buf))
+    Ok(())
 }
 
-/// Authenticates and decrypts in place; returns the payload buffer with the
-/// plaintext between `HEADER_LEN` and the (now meaningless) tag.
-fn decrypt(
+/// Authenticates and decrypts `scratch`'s payload in place: the plaintext
+/// is then between `HEADER_LEN` and the (now meaningless) tag.
+fn decrypt_in_place(
     k: KeyView<'_>,
-    p: envelope::Parsed<'_>,
+    head: Head<'_>,
+    tag: TypeTag,
+    issued_at: u64,
     context: &str,
-) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-    let aad = envelope::aad(p.head, p.tag, p.issued_at, context);
+    scratch: &mut AeadScratch,
+) -> Result<(), DecryptError> {
+    envelope::aad_into(head, tag, issued_at, context, &mut scratch.aad);
+    let payload = &mut scratch.payload[..];
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(p.nonce());
-    let mut payload = Zeroizing::new(p.payload);
+    nonce.copy_from_slice(&payload[HEADER_LEN - NONCE_LEN..HEADER_LEN]);
     let split = payload.len() - TAG_LEN;
-    let (body, tag) = payload.split_at_mut(split);
-    let tag = *Tag::from_slice(tag);
+    let (body, auth) = payload.split_at_mut(split);
+    let auth = *Tag::from_slice(auth);
     k.cipher
         .ok_or(DecryptError::UnknownKey)?
         .decrypt_in_place_detached(
             Nonce::from_slice(&nonce),
-            &aad,
+            &scratch.aad,
             &mut body[HEADER_LEN..],
-            &tag,
+            &auth,
         )
-        .map_err(|_| DecryptError::AuthFailed)?;
-    Ok(payload)
+        .map_err(|_| DecryptError::AuthFailed)
+}
+
+/// Buffers a walk reuses for every value it seals or opens, so that
+/// neither allocates per value: the payload (plaintext, then ciphertext, or
+/// the reverse; wiped on drop) and the associated data.
+#[derive(Default)]
+pub(crate) struct AeadScratch {
+    payload: Zeroizing<Vec<u8>>,
+    aad: Vec<u8>,
+}
+
+impl AeadScratch {
+    /// The plaintext `Keyring::open_in` left in the buffer.
+    pub(crate) fn plaintext(&self) -> &[u8] {
+        let end = self.payload.len().saturating_sub(TAG_LEN);
+        self.payload.get(HEADER_LEN..end).unwrap_or(&[])
+    }
+}
+
+/// What `Keyring::open_in` found (the plaintext stays in the scratch).
+pub(crate) struct OpenedIn<'k, 'e> {
+    pub(crate) tag: TypeTag,
+    /// The ring key id (`fs1`), or `reference:version` (`fs2`).
+    pub(crate) key_id: &'k str,
+    pub(crate) issued_at: u64,
+    /// The reference of the tenant or subject (`fs2` only).
+    pub(crate) subject: Option<&'e str>,
 }
 
 fn self_test_one(ring: &Keyring, k: &KeyEntry, probe: &Value, now: u64) -> Result<(), String> {
@@ -523,4 +637,61 @@ fn self_test_one(ring: &Keyring, k: &KeyEntry, probe: &Value, now: u64) -> Resul
         return Err("context is not authenticated".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::from_raw_keys("k1", vec![("k1".to_string(), [7u8; 32])]).unwrap()
+    }
+
+    /// The walk's allocation-free sealing writes exactly the envelope of
+    /// `seal_with`, quoted, after whatever `out` held.
+    #[test]
+    fn seal_str_into_is_seal_with() {
+        let ring = ring();
+        let k = ring.entry("k1").expect("k1").view();
+        let mut scratch = AeadScratch::default();
+        for (i, plain) in ["", "x", "123-45-6789", "é\"\\\u{1}", &"long ".repeat(300)]
+            .into_iter()
+            .enumerate()
+        {
+            let nonce = [i as u8; NONCE_LEN];
+            let want = seal_with(k, &Value::String(plain.to_owned()), "ssn", 42, &nonce).unwrap();
+            let mut out = b"[1,".to_vec();
+            seal_str_into(k, plain, "ssn", 42, &nonce, &mut scratch, &mut out).unwrap();
+            assert_eq!(out, format!("[1,\"{want}\"").into_bytes(), "{plain:?}");
+        }
+    }
+
+    /// `open_in` leaves the plaintext in the scratch, with the checks of
+    /// `open_with` (context, age), reusing the buffers.
+    #[test]
+    fn open_in_round_trip() {
+        let ring = ring();
+        let mut scratch = AeadScratch::default();
+        for plain in ["a", "", &"z".repeat(1000)] {
+            let env = ring
+                .seal_at(&Value::String(plain.to_owned()), "c", 10)
+                .unwrap();
+            let o = ring
+                .open_in(SubjectKeys::none(), &env, "c", None, 10, &mut scratch)
+                .unwrap();
+            assert_eq!((o.tag, o.key_id, o.issued_at), (TypeTag::String, "k1", 10));
+            assert_eq!(scratch.plaintext(), plain.as_bytes());
+            let wrong = ring.open_in(SubjectKeys::none(), &env, "d", None, 10, &mut scratch);
+            assert_eq!(wrong.err(), Some(DecryptError::AuthFailed));
+            let old = ring.open_in(
+                SubjectKeys::none(),
+                &env,
+                "c",
+                Some(Duration::from_secs(5)),
+                16,
+                &mut scratch,
+            );
+            assert_eq!(old.err(), Some(DecryptError::Expired));
+        }
+    }
 }

@@ -27,10 +27,12 @@ mod subject;
 mod token;
 
 pub use datakey::{DataKey, Keks, KeyEncryptionKey, RingKek, WrapError, RING_WRAPPED_LEN};
+pub(crate) use envelope::TypeTag;
 pub use envelope::{
     has_prefix as has_envelope_prefix, is_valid_key_id, max_plaintext_len, parse_version,
     MAX_ENVELOPE_LEN, MAX_KEY_ID_LEN, NONCE_LEN, PREFIX, PREFIX_V2,
 };
+pub(crate) use keyring::AeadScratch;
 pub use keyring::{Keyring, SealingKey, MAX_SEAL_DEPTH};
 pub(crate) use keys::looser_than_0600;
 pub use keys::{check_source, write_key_file, MIN_SALT_LEN};

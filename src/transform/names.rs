@@ -32,7 +32,9 @@ pub(crate) fn is_word_separator(c: char) -> bool {
 }
 
 pub(crate) fn until_nul(name: &str) -> &str {
-    match name.find('\0') {
+    // A byte search: `str::find` of a char costs more than the short
+    // member names it runs on (it is called per name and rule).
+    match name.bytes().position(|b| b == 0) {
         Some(i) => name.get(..i).unwrap_or(name),
         None => name,
     }
@@ -80,19 +82,58 @@ pub(crate) fn fold_char(c: char) -> char {
 /// `"s_sn"`, `"ssn\u0000"` to an `ssn` field, so a rule for `ssn` must seal
 /// every such spelling.
 pub(crate) fn names_match(folded: &str, key: &str) -> bool {
-    let key = until_nul(key);
-    if key.is_ascii() {
-        // An ASCII member folds to its lower case without separators: one
-        // pass, no allocation.
-        let mut f = folded.bytes();
-        for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
-            if f.next() != Some(b.to_ascii_lowercase()) {
-                return false;
+    MemberKey::new(key).matches(folded)
+}
+
+/// Longest ASCII member name `MemberKey` folds on the stack.
+const FOLDED_ON_STACK: usize = 48;
+
+/// A member name prepared once for `names_match` against every rule name
+/// the walk tries on it: an ASCII name (up to its first NUL) folds to its
+/// lower case without separators, which is then compared byte for byte.
+pub(crate) struct MemberKey<'k> {
+    /// The name up to its first NUL.
+    key: &'k str,
+    /// The ASCII fold of `key` and its length, for a short ASCII name.
+    ascii: Option<([u8; FOLDED_ON_STACK], usize)>,
+}
+
+impl<'k> MemberKey<'k> {
+    #[inline]
+    pub(crate) fn new(key: &'k str) -> MemberKey<'k> {
+        let key = until_nul(key);
+        let ascii = (key.len() <= FOLDED_ON_STACK && key.is_ascii()).then(|| {
+            let mut buf = [0u8; FOLDED_ON_STACK];
+            let mut n = 0;
+            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+                if let Some(slot) = buf.get_mut(n) {
+                    *slot = b.to_ascii_lowercase();
+                    n += 1;
+                }
             }
-        }
-        return f.next().is_none();
+            (buf, n)
+        });
+        MemberKey { key, ascii }
     }
-    fold_name(key).eq(folded.chars())
+
+    /// `names_match(folded, key)`.
+    #[inline]
+    pub(crate) fn matches(&self, folded: &str) -> bool {
+        if let Some((buf, n)) = &self.ascii {
+            return buf.get(..*n) == Some(folded.as_bytes());
+        }
+        if self.key.is_ascii() {
+            // A long ASCII member: the same fold, in one pass.
+            let mut f = folded.bytes();
+            for b in self.key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+                if f.next() != Some(b.to_ascii_lowercase()) {
+                    return false;
+                }
+            }
+            return f.next().is_none();
+        }
+        fold_name(self.key).eq(folded.chars())
+    }
 }
 
 /// The parts a backend could expand member `name` into: the name up to its

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::names::{name_parts, names_match, normalized_name, until_nul};
+use super::names::{name_parts, normalized_name, until_nul, MemberKey};
 use super::FieldRule;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,8 +184,13 @@ impl Segment {
 
     /// Does the segment select member `key` (matched as backends bind it)?
     pub fn selects_member(&self, key: &str) -> bool {
+        self.selects_key(&MemberKey::new(key))
+    }
+
+    /// `selects_member`, of a name prepared once for every segment.
+    pub(crate) fn selects_key(&self, key: &MemberKey<'_>) -> bool {
         self.selectors.iter().any(|s| match s {
-            Selector::Name(n) => names_match(n, key),
+            Selector::Name(n) => key.matches(n),
             Selector::Wildcard => true,
             Selector::Index(_) | Selector::Slice { .. } => false,
         })

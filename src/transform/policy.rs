@@ -8,7 +8,9 @@ use super::location::{redacted, Step};
 use super::{
     DecryptFailure, Keys, OnDecryptFailure, OnErased, OpenSpec, TransformError, TransformReport,
 };
-use crate::crypto::{envelope_key_id, looks_like_envelope, DecryptError, Keyring, SubjectKeys};
+use crate::crypto::{
+    envelope_key_id, looks_like_envelope, AeadScratch, DecryptError, Keyring, SubjectKeys, TypeTag,
+};
 
 pub(crate) enum Verdict {
     /// The value's bytes stay as they are.
@@ -20,6 +22,12 @@ pub(crate) enum Verdict {
     Sealed(String),
     /// `null` is written in its place.
     Null,
+    /// Its replacement is already written to the output (the walk wrote
+    /// the bytes before the value first): an envelope sealed in place.
+    Written,
+    /// The string an envelope opened to, left in the walk's `AeadScratch`,
+    /// is written in its place.
+    OpenedString,
     /// The document fails.
     Fail(TransformError),
 }
@@ -42,6 +50,30 @@ pub(crate) fn seal(
         }
     }
     sealed(&value, context, keys, now, report)
+}
+
+/// `seal` of a string (its unescaped contents `plain`), sealed straight
+/// into `out`, which holds the output up to the value: `Written`, `Keep`
+/// (a genuine envelope for its place) or `Fail`. No allocation.
+#[inline]
+pub(crate) fn seal_str(
+    plain: &str,
+    context: &str,
+    keys: Keys<'_>,
+    now: u64,
+    report: &mut TransformReport,
+    (scratch, out): (&mut AeadScratch, &mut Vec<u8>),
+) -> Verdict {
+    if looks_like_envelope(plain) && keys.open_at(plain, context, None, now).is_ok() {
+        return Verdict::Keep;
+    }
+    match keys.seal.seal_str_into(plain, context, now, scratch, out) {
+        Ok(()) => {
+            report.encrypted += 1;
+            Verdict::Written
+        }
+        Err(e) => Verdict::Fail(e.into()),
+    }
 }
 
 /// The guard: a string outside the rules. The `fs1:` prefix is reserved:
@@ -89,8 +121,10 @@ fn sealed(
 /// Open: an envelope a rule selects (or any string, for `decrypt: auto`),
 /// opened with `context` and the route's `max_age`. Other strings stay. A
 /// failure is located at `path` showing only the member names in `names`
-/// (the rule's), and handled as `on_decrypt_failure` says.
+/// (the rule's), and handled as `on_decrypt_failure` says. The envelope
+/// is opened in `scratch`: a string stays there (`OpenedString`).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open(
     s: &str,
     context: &str,
@@ -99,15 +133,28 @@ pub(crate) fn open(
     now: u64,
     report: &mut TransformReport,
     at: (&[Step<'_>], &[String]),
+    scratch: &mut AeadScratch,
 ) -> Verdict {
     if !looks_like_envelope(s) {
         return Verdict::Keep;
     }
-    match ring.open_with(subjects, s, context, spec.max_age, now) {
-        Ok(opened) => {
-            report.note_key(&opened.key_id);
+    let opened = ring
+        .open_in(subjects, s, context, spec.max_age, now, scratch)
+        .and_then(|o| {
+            let plain = scratch.plaintext();
+            let verdict = match o.tag {
+                TypeTag::String => std::str::from_utf8(plain)
+                    .map(|_| Verdict::OpenedString)
+                    .map_err(|_| DecryptError::Malformed)?,
+                tag => Verdict::Replace(tag.rebuild(plain)?),
+            };
+            Ok((o.key_id, verdict))
+        });
+    match opened {
+        Ok((key_id, verdict)) => {
+            report.note_key(key_id);
             report.decrypted += 1;
-            Verdict::Replace(opened.value)
+            verdict
         }
         Err(e) => {
             let f = failure(s, e, at);

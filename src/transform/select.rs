@@ -2,6 +2,7 @@
 //! walk drives. Each value's states are a range `lo..hi` of one stack shared
 //! by the whole walk, so visiting a value allocates nothing.
 
+use super::names::MemberKey;
 use super::path::{Segment, Selector};
 use super::FieldRule;
 
@@ -120,8 +121,9 @@ impl<'r> RuleStates<'r> {
     /// States of member `key` of the object with states `lo..hi`, pushed;
     /// returns where they start.
     pub(crate) fn advance_member(&mut self, lo: usize, hi: usize, key: &str) -> usize {
+        let key = MemberKey::new(key);
         advance_states(self.rules, &mut self.states, lo, hi, |seg| {
-            seg.selects_member(key)
+            seg.selects_key(&key)
         })
     }
 

@@ -36,7 +36,8 @@ use super::{
     matched_paths, name_parts, FieldRule, Keys, OpenSpec, SealSpec, TransformError, TransformReport,
 };
 use crate::crypto::{
-    envelope_key_id, exceeds_depth, has_envelope_prefix, looks_like_envelope, Keyring, SubjectKeys,
+    envelope_key_id, exceeds_depth, has_envelope_prefix, looks_like_envelope, AeadScratch, Keyring,
+    SubjectKeys,
 };
 
 /// The deepest nesting serde_json parses (its recursion limit): no
@@ -309,6 +310,8 @@ struct Walker<'a, 'r> {
     found: Vec<String>,
     /// `Scan`: the callback.
     scan: Option<&'r mut ScanFn<'r>>,
+    /// The buffers every value sealed or opened reuses.
+    aead: AeadScratch,
 }
 
 type ScanFn<'r> = dyn FnMut(&str, StringKind) + 'r;
@@ -350,6 +353,7 @@ impl<'a, 'r> Walker<'a, 'r> {
             members: 0,
             found: Vec::new(),
             scan: None,
+            aead: AeadScratch::default(),
         }
     }
 
@@ -473,13 +477,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         let mut escaped = false;
         loop {
             // Plain bytes in bulk (UTF-8 was checked for the whole input).
-            let plain = self
-                .b
-                .get(self.pos..)
-                .unwrap_or(&[])
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
-            match plain {
+            match plain_run(self.b.get(self.pos..).unwrap_or(&[])) {
                 Some(n) => self.pos += n,
                 None => return Err(TransformError::InvalidJson),
             }
@@ -844,6 +842,18 @@ impl<'a, 'r> Walker<'a, 'r> {
             }
             Verdict::Replace(v) => self.replace(start, &v),
             Verdict::Sealed(envelope) => self.replace(start, &envelope),
+            Verdict::Written => {
+                self.copied = self.pos;
+                Ok(())
+            }
+            Verdict::OpenedString => {
+                self.flush(start);
+                let s =
+                    std::str::from_utf8(self.aead.plaintext()).map_err(|_| TransformError::Seal)?;
+                serde_json::to_writer(&mut self.out, s).map_err(|_| TransformError::Seal)?;
+                self.copied = self.pos;
+                Ok(())
+            }
             Verdict::Fail(e) => {
                 self.failed = Some(e);
                 Ok(())
@@ -851,10 +861,18 @@ impl<'a, 'r> Walker<'a, 'r> {
         }
     }
 
+    /// Copies the input up to `start` to the output.
+    fn flush(&mut self, start: usize) {
+        if start > self.copied {
+            let before = self.b.get(self.copied..start).unwrap_or(&[]);
+            self.out.extend_from_slice(before);
+            self.copied = start;
+        }
+    }
+
     /// Replaces `src[start..pos]` in the output by the JSON of `v`.
     fn replace(&mut self, start: usize, v: &impl serde::Serialize) -> Result<(), TransformError> {
-        let before = self.b.get(self.copied..start).unwrap_or(&[]);
-        self.out.extend_from_slice(before);
+        self.flush(start);
         serde_json::to_writer(&mut self.out, v).map_err(|_| TransformError::Seal)?;
         self.copied = self.pos;
         Ok(())
@@ -916,27 +934,41 @@ impl<'a, 'r> Walker<'a, 'r> {
         let raw = src
             .get(start..self.pos)
             .ok_or(TransformError::InvalidJson)?;
-        let value = if raw.starts_with('"') {
+        let context = |w: &Self| {
+            if look_alike {
+                w.look_alike_context(r)
+            } else {
+                w.rule_context(Some(r))
+            }
+        };
+        if raw.starts_with('"') {
+            // A string (always data) is sealed from its contents straight
+            // into the output: no `Value`, no envelope `String`.
             let inner = raw
                 .get(1..raw.len() - 1)
                 .ok_or(TransformError::InvalidJson)?;
-            let s = if inner.contains('\\') {
-                unescape(inner)?
+            let plain = if inner.contains('\\') {
+                Cow::Owned(unescape(inner)?)
             } else {
-                inner.to_owned()
+                Cow::Borrowed(inner)
             };
-            Value::String(s)
-        } else {
-            serde_json::from_str(raw).map_err(|_| TransformError::InvalidJson)?
-        };
+            let context = context(self);
+            self.flush(start);
+            let verdict = policy::seal_str(
+                &plain,
+                &context,
+                keys,
+                self.now,
+                &mut self.report,
+                (&mut self.aead, &mut self.out),
+            );
+            return self.apply(verdict, start, 0, 0);
+        }
+        let value: Value = serde_json::from_str(raw).map_err(|_| TransformError::InvalidJson)?;
         if look_alike && !carries_data(&value) {
             return Ok(());
         }
-        let context = if look_alike {
-            self.look_alike_context(r)
-        } else {
-            self.rule_context(Some(r))
-        };
+        let context = context(self);
         let verdict = policy::seal(value, &context, keys, self.now, &mut self.report);
         if let (Verdict::Replace(_), Some(h)) = (&verdict, self.hit.get_mut(r)) {
             *h = true;
@@ -1066,6 +1098,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                     now,
                     &mut self.report,
                     (&self.path, names),
+                    &mut self.aead,
                 )
             }
             Mode::Rewrap { keys, has_rules } => {
@@ -1089,6 +1122,47 @@ impl<'a, 'r> Walker<'a, 'r> {
         };
         self.apply(verdict, start, lo, hi)
     }
+}
+
+/// Bytes a string's contents can't hold as they are: `"`, `\` and the
+/// control characters (RFC 8259 §7).
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Bytes checked at once by `plain_run`.
+const RUN_LANES: usize = 16;
+
+/// Offset of the first byte of `b` that ends a run of plain string
+/// contents (`STRING_STOP`), if any. Blocks of `RUN_LANES` bytes are
+/// tested without a branch per byte (the compiler turns the block's test
+/// into a few vector compares); the block that holds the stop, and the
+/// tail, byte by byte through the table.
+#[inline]
+fn plain_run(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for block in b.chunks_exact(RUN_LANES) {
+        let mut stop = false;
+        for &c in block {
+            stop |= (c == b'"') | (c == b'\\') | (c < 0x20);
+        }
+        if stop {
+            break;
+        }
+        at += RUN_LANES;
+    }
+    let rest = b.get(at..)?;
+    rest.iter()
+        .position(|&c| STRING_STOP[usize::from(c)])
+        .map(|n| at + n)
 }
 
 /// Json.NET's and System.Text.Json's reference metadata (`$ref`, and

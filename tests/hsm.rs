@@ -13,22 +13,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::jwt::*;
+use common::record_store::RecordStore;
 use common::*;
 use fieldseal::crypto::pkcs11::{generate, PinSource, Pkcs11Kek, Pkcs11Spec};
 use fieldseal::crypto::{data_key_aad, DataKey, KeyEncryptionKey, WrapError};
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use serde_json::{json, Value};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -140,80 +135,19 @@ fn spec(token: &str) -> Pkcs11Spec {
     }
 }
 
-/// Stores the body of every PUT at its path; a GET answers it back.
-struct RecordStore {
-    url: String,
-    records: Arc<Mutex<HashMap<String, Bytes>>>,
-    received: Arc<Mutex<Vec<Bytes>>>,
+/// The suite's readings of the store.
+trait Readings {
+    fn stored_json(&self, path: &str) -> Value;
+    fn received_text(&self) -> String;
 }
 
-impl RecordStore {
-    async fn start() -> RecordStore {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let records: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
-        let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-        let (r, rx) = (records.clone(), received.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    return;
-                };
-                let (r, rx) = (r.clone(), rx.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (r, rx) = (r.clone(), rx.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let method = req.method().clone();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            rx.lock().unwrap().push(body.clone());
-                            let out = if method == Method::PUT {
-                                r.lock().unwrap().insert(path, body);
-                                Bytes::from_static(b"{\"stored\":true}")
-                            } else {
-                                r.lock()
-                                    .unwrap()
-                                    .get(&path)
-                                    .cloned()
-                                    .unwrap_or(Bytes::from_static(b"{}"))
-                            };
-                            let mut resp = http::Response::new(Full::new(out));
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
-        RecordStore {
-            url: format!("http://{addr}"),
-            records,
-            received,
-        }
+impl Readings for RecordStore {
+    fn stored_json(&self, path: &str) -> Value {
+        serde_json::from_slice(&self.stored(path)).unwrap()
     }
 
-    fn stored(&self, path: &str) -> Value {
-        serde_json::from_slice(&self.records.lock().unwrap().get(path).cloned().unwrap()).unwrap()
-    }
-
-    fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
-    }
-
-    fn all_received(&self) -> String {
-        let all: Vec<u8> = self
-            .received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|b| b.to_vec())
-            .collect();
-        String::from_utf8_lossy(&all).into_owned()
+    fn received_text(&self) -> String {
+        String::from_utf8_lossy(&self.all_received()).into_owned()
     }
 }
 
@@ -534,18 +468,18 @@ async fn data_sealed_under_an_hsm_wrapped_key_opens_after_a_restart_and_not_with
     assert_eq!(s, StatusCode::OK, "{v}");
     // The deployment route sealed under the deployment data key (fs2,
     // reserved reference), the subject route under alice's.
-    let dep = backend.stored("/api/dep/1")["ssn"]
+    let dep = backend.stored_json("/api/dep/1")["ssn"]
         .as_str()
         .unwrap()
         .to_owned();
     assert!(dep.starts_with("fs2:_fieldseal_dk:1:"), "{dep}");
-    let sub = backend.stored("/api/records/a")["ssn"]
+    let sub = backend.stored_json("/api/records/a")["ssn"]
         .as_str()
         .unwrap()
         .to_owned();
     let (reference, _) = fieldseal::crypto::envelope_subject(&sub).unwrap();
     assert_eq!(reference.len(), 22);
-    let raw = backend.all_received();
+    let raw = backend.received_text();
     assert!(
         !raw.contains(SSN_A) && !raw.contains(SSN_B),
         "plaintext reached the backend"
@@ -648,7 +582,7 @@ async fn a_removed_token_fails_readyz_and_uncached_sealing_with_503_and_nothing_
         assert!(v["error"].is_string() || v["error"].is_object(), "{v}");
     }
     assert_eq!(backend.count(), n, "forwarded while the token was gone");
-    assert!(!backend.all_received().contains(SSN_B));
+    assert!(!backend.received_text().contains(SSN_B));
     // Reads that need the keys are refused too (not served sealed or empty).
     let (s, _) = get(&proxy, &site, None, "/api/dep/1").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -713,7 +647,7 @@ async fn rotating_from_a_file_key_to_an_hsm_key_with_subjects_rewrap() {
     }
     let (st, _) = put(&proxy, &site, None, "/api/dep/old", &json!({"ssn": SSN_A})).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(backend.stored("/api/dep/old")["ssn"]
+    assert!(backend.stored_json("/api/dep/old")["ssn"]
         .as_str()
         .unwrap()
         .starts_with("fs1:k1:"));
@@ -767,7 +701,7 @@ async fn rotating_from_a_file_key_to_an_hsm_key_with_subjects_rewrap() {
     );
     let (st, _) = put(&proxy, &site, None, "/api/dep/new", &json!({"ssn": SSN_B})).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(backend.stored("/api/dep/new")["ssn"]
+    assert!(backend.stored_json("/api/dep/new")["ssn"]
         .as_str()
         .unwrap()
         .starts_with("fs2:_fieldseal_dk:1:"));

@@ -7,94 +7,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use common::jwt::*;
+use common::record_store::RecordStore;
 use common::*;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-
-/// Stores the body of every PUT at its path; a GET answers it back. Keeps
-/// every raw body it was sent.
-struct RecordStore {
-    url: String,
-    records: Arc<Mutex<HashMap<String, Bytes>>>,
-    received: Arc<Mutex<Vec<Bytes>>>,
-}
-
-impl RecordStore {
-    async fn start() -> RecordStore {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let records: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
-        let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-        let (r, rx) = (records.clone(), received.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    return;
-                };
-                let (r, rx) = (r.clone(), rx.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (r, rx) = (r.clone(), rx.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let method = req.method().clone();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            rx.lock().unwrap().push(body.clone());
-                            let out = if method == Method::PUT {
-                                r.lock().unwrap().insert(path, body);
-                                Bytes::from_static(b"{\"stored\":true}")
-                            } else {
-                                r.lock()
-                                    .unwrap()
-                                    .get(&path)
-                                    .cloned()
-                                    .unwrap_or(Bytes::from_static(b"{}"))
-                            };
-                            let mut resp = http::Response::new(Full::new(out));
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
-        RecordStore {
-            url: format!("http://{addr}"),
-            records,
-            received,
-        }
-    }
-
-    fn stored(&self, path: &str) -> Bytes {
-        self.records.lock().unwrap().get(path).cloned().unwrap()
-    }
-
-    fn put(&self, path: &str, body: Bytes) {
-        self.records.lock().unwrap().insert(path.into(), body);
-    }
-
-    fn all_received(&self) -> Vec<u8> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|b| b.to_vec())
-            .collect()
-    }
-}
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldseal");
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";

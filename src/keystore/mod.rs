@@ -99,6 +99,36 @@ pub struct SubjectSummary {
     pub erased_by: Option<String>,
 }
 
+impl SubjectSummary {
+    /// Folds one key row into `out`, whose rows come ordered by reference:
+    /// a reference's versions and wrapping keys gather in one summary.
+    pub(crate) fn add_key(
+        out: &mut Vec<SubjectSummary>,
+        reference: String,
+        version: u32,
+        kek: String,
+        created: u64,
+    ) {
+        match out.last_mut().filter(|s| s.reference == reference) {
+            Some(s) => {
+                s.versions.push(version);
+                if !s.kek_ids.contains(&kek) {
+                    s.kek_ids.push(kek);
+                }
+                s.created_at = s.created_at.map(|c| c.min(created));
+            }
+            None => out.push(SubjectSummary {
+                reference,
+                versions: vec![version],
+                kek_ids: vec![kek],
+                created_at: Some(created),
+                erased_at: None,
+                erased_by: None,
+            }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or failed; requests that need an

@@ -706,23 +706,7 @@ impl KeyStore for PostgresStore {
                 let version = version_of(r.try_get(1).map_err(db)?);
                 let kek: String = r.try_get(2).map_err(db)?;
                 let created = time_of(r.try_get(3).map_err(db)?);
-                match out.last_mut().filter(|s| s.reference == reference) {
-                    Some(s) => {
-                        s.versions.push(version);
-                        if !s.kek_ids.contains(&kek) {
-                            s.kek_ids.push(kek);
-                        }
-                        s.created_at = s.created_at.map(|c| c.min(created));
-                    }
-                    None => out.push(SubjectSummary {
-                        reference,
-                        versions: vec![version],
-                        kek_ids: vec![kek],
-                        created_at: Some(created),
-                        erased_at: None,
-                        erased_by: None,
-                    }),
-                }
+                SubjectSummary::add_key(&mut out, reference, version, kek, created);
             }
             for r in c
                 .query(

@@ -239,23 +239,7 @@ impl KeyStore for SqliteStore {
                 let (reference, version, kek, created) = row?;
                 let version = version.clamp(0, u32::MAX as i64) as u32;
                 let created = created.max(0) as u64;
-                match out.last_mut().filter(|s| s.reference == reference) {
-                    Some(s) => {
-                        s.versions.push(version);
-                        if !s.kek_ids.contains(&kek) {
-                            s.kek_ids.push(kek);
-                        }
-                        s.created_at = s.created_at.map(|c| c.min(created));
-                    }
-                    None => out.push(SubjectSummary {
-                        reference,
-                        versions: vec![version],
-                        kek_ids: vec![kek],
-                        created_at: Some(created),
-                        erased_at: None,
-                        erased_by: None,
-                    }),
-                }
+                SubjectSummary::add_key(&mut out, reference, version, kek, created);
             }
             let mut stmt = c.prepare(
                 "SELECT reference, erased_at, requested_by FROM fieldseal_erasures ORDER BY reference",

@@ -328,7 +328,12 @@ fn judge_pair(
         v => v,
     };
     let (rule, part) = match verdict {
-        Verdict::Pass => return Ok(None),
+        Verdict::Pass => {
+            if let Some(Ok(value)) = raw_value.map(decode) {
+                judge_json_value(&value, spec)?;
+            }
+            return Ok(None);
+        }
         Verdict::Refuse(rule) => return Err(PairsError::Protected { rule }),
         Verdict::Rule(i, part) => (spec.rules.get(i).ok_or(PairsError::Encoding)?, part),
     };
@@ -366,6 +371,60 @@ fn judge_pair(
         }
     }
     Ok(Some(out))
+}
+
+/// A value that is itself JSON (`?filter={"ssn":"…"}`, `q=[{"user":{…}}]`):
+/// a backend that parses it reads its members as fields, so each member's
+/// path from the value's root is judged as a pair name would be; a hit is
+/// refused (a sealed or indexed value inside it would not be what the
+/// backend expects either). A value that does not parse is not JSON to the
+/// backend and passes as it did.
+fn judge_json_value(value: &str, spec: &PairsSpec) -> Result<(), PairsError> {
+    let trimmed = value.trim_start();
+    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+        return Ok(());
+    }
+    let Ok(doc) = serde_json::from_str::<Value>(trimmed) else {
+        return Ok(());
+    };
+    let mut path = String::new();
+    judge_members(&doc, &mut path, spec)
+}
+
+fn judge_members(v: &Value, path: &mut String, spec: &PairsSpec) -> Result<(), PairsError> {
+    match v {
+        Value::Object(members) => {
+            for (name, inner) in members {
+                let len = path.len();
+                if len > 0 {
+                    path.push('.');
+                }
+                path.push_str(name);
+                match spec.judge(path) {
+                    Verdict::Pass => {}
+                    Verdict::Rule(i, _) => {
+                        return Err(PairsError::Protected {
+                            rule: spec
+                                .rules
+                                .get(i)
+                                .map(|r| r.name.clone())
+                                .unwrap_or_default(),
+                        })
+                    }
+                    Verdict::Refuse(rule) => return Err(PairsError::Protected { rule }),
+                }
+                judge_members(inner, path, spec)?;
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                judge_members(item, path, spec)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `name=<envelope of value>`.
@@ -558,6 +617,40 @@ mod tests {
             "q=ssn%3D1",
             "&&",
             "=ssn",
+        ] {
+            assert_eq!(run(q, &s).expect(q), None, "{q}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_json_holding_a_protected_name_is_refused() {
+        let s = spec(
+            &[("email", ParamAction::Refuse)],
+            &["$.ssn", "$.card.number"],
+        );
+        for q in [
+            r#"filter={"ssn":"078-05-1120"}"#,
+            "filter=%7B%22ssn%22%3A%22078-05-1120%22%7D",
+            r#"filter=+{"SSN":1}"#,
+            r#"filter={"S_S-N":1}"#,
+            r#"q=[{"user":{"ssn":1}}]"#,
+            r#"q={"card":{"number":"4111"}}"#,
+            r#"q={"a":[{"b":{"card":{"number":1}}}]}"#,
+            r#"where={"email":"ada@example.com"}"#,
+            r#"a=1&filter={"x":1,"ssn":null}"#,
+        ] {
+            assert!(
+                matches!(run(q, &s), Err(PairsError::Protected { .. })),
+                "{q} passed"
+            );
+        }
+        for q in [
+            r#"filter={"name":"ada"}"#,
+            r#"q={"card":{"holder":"ada"}}"#,
+            "q=[draft]",
+            "q={not json",
+            r#"q="ssn""#,
+            r#"q=["ssn"]"#,
         ] {
             assert_eq!(run(q, &s).expect(q), None, "{q}");
         }

@@ -610,7 +610,7 @@ pub fn transform_stream(
             let rules = r
                 .seal
                 .as_ref()
-                .map(|s| s.indexes.as_slice())
+                .map(|s| s.indexes.rules())
                 .filter(|i| !i.is_empty())
                 .ok_or_else(|| OfflineError::NoRules(r.name.clone(), "index"))?;
             let scope = match r.index_scope {

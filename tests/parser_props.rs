@@ -98,6 +98,7 @@ fn identity_with_jwks(dir: &std::path::Path, jwks: &str) -> Result<Identity, Str
         clock_skew: Duration::from_secs(60),
         role_claims: vec!["roles".into()],
         header: None,
+        mtls: None,
         providers: vec![JwtProviderSpec {
             name: "p".into(),
             issuer: ISSUER.into(),

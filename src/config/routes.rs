@@ -111,7 +111,10 @@ fn route(
     let (mut seal, open, warnings) = rules(at, r, limits, keys, max_body, base)?;
     let indexes = index_rules(at, r, registry)?;
     match seal.as_mut() {
-        Some(s) => s.indexes = indexes,
+        Some(s) => {
+            s.indexes = crate::transform::index::IndexRules::new(indexes)
+                .map_err(|m| invalid(&at.key("index"), m))?
+        }
         None if !indexes.is_empty() => {
             return Err(invalid(
                 &at.key("index"),
@@ -457,7 +460,7 @@ fn rules(
         shape: request_shape,
         named_contexts: Vec::new(),
         max_depth: limits.max_json_depth,
-        indexes: Vec::new(),
+        indexes: crate::transform::index::IndexRules::default(),
     });
     let on_foreign = match &r.on_foreign_subject {
         None => OnDecryptFailure::Error,

@@ -118,15 +118,26 @@ impl IndexKey {
     /// truncated to `bits` (a multiple of 8 in the valid range; checked at
     /// load).
     pub fn index(&self, value: &str, steps: &[Normalize], bits: u16) -> String {
+        let mut out = Vec::with_capacity(self.head.len() + 44);
+        self.index_into(value, steps, bits, &mut out);
+        // Only the ASCII head and base64url were written.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`IndexKey::index`], appended to `out` (the request walk writes it
+    /// straight into the document: no `String` per value).
+    pub fn index_into(&self, value: &str, steps: &[Normalize], bits: u16, out: &mut Vec<u8>) {
         let normalized = normalize(value, steps);
         let mut mac = self.mac.clone();
         mac.update(normalized.as_bytes());
         let digest = mac.finalize().into_bytes();
         let n = usize::from(bits / 8).clamp(1, digest.len());
-        let mut out = String::with_capacity(self.head.len() + 44);
-        out.push_str(&self.head);
-        URL_SAFE_NO_PAD.encode_string(&digest[..n], &mut out);
-        out
+        out.extend_from_slice(self.head.as_bytes());
+        // 32 bytes of MAC are at most 43 characters of base64url.
+        let mut text = [0u8; 44];
+        if let Ok(len) = URL_SAFE_NO_PAD.encode_slice(&digest[..n], &mut text) {
+            out.extend_from_slice(text.get(..len).unwrap_or(&[]));
+        }
     }
 }
 

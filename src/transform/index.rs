@@ -1,18 +1,19 @@
 //! Blind index rules on JSON bodies: `{field: "$.email", into:
 //! "$.email_idx"}` writes the index of each selected value into a sibling
-//! member, before the value itself is sealed. No HTTP types.
+//! member. No HTTP types.
 //!
-//! The index is computed from the plaintext, so this runs before the
-//! sealing walk, on a tree (only routes with index rules build one). A
-//! member the client sent under the index's name (in any spelling a
-//! backend binds to it) is replaced: an index is only ever written by
-//! fieldseal.
+//! Request bodies are indexed by the one streaming walk (`stream`), which
+//! computes the index from the field's plaintext as it passes and writes
+//! the member right after the field; a member the client sent under the
+//! index's name refuses the request there. The tree functions here serve
+//! stored records (`fieldseal index`), where an existing index member is
+//! recomputed and envelopes are opened first.
 
 use serde_json::{Map, Value};
 
 use super::names::{names_match, normalized_name};
 use super::path::Segment;
-use super::{FieldPath, Keys, TransformError};
+use super::{FieldPath, FieldRule, Keys, TransformError};
 use crate::crypto::index::{IndexKey, Normalize};
 use crate::crypto::{Keyring, SubjectKey};
 
@@ -44,15 +45,20 @@ pub enum IndexKeys<'k> {
 impl IndexSpec {
     /// The index of `value` under `keys`.
     pub fn index(&self, keys: IndexKeys<'_>, value: &str) -> Result<String, TransformError> {
-        let key = match keys {
+        Ok(self.key(keys)?.index(value, &self.normalize, self.bits))
+    }
+
+    /// This index's key under `keys` (derived once per document by the
+    /// request walk).
+    pub fn key(&self, keys: IndexKeys<'_>) -> Result<IndexKey, TransformError> {
+        match keys {
             IndexKeys::Ring(ring) => {
                 let key_id = self.key_id.as_deref().unwrap_or(ring.active_id());
                 IndexKey::derive(ring, key_id, &self.name)
             }
             IndexKeys::DataKey(k) => IndexKey::derive_for_data_key(k, &self.name),
         }
-        .ok_or(TransformError::Seal)?;
-        Ok(key.index(value, &self.normalize, self.bits))
+        .ok_or(TransformError::Seal)
     }
 }
 
@@ -79,18 +85,65 @@ impl IndexRule {
     }
 }
 
-/// `doc` with every rule's index written beside its field, or None when
-/// `rules` is empty.
-pub fn add_indexes(
-    doc: &[u8],
-    rules: &[IndexRule],
-    keys: Keys<'_>,
-) -> Result<Option<Vec<u8>>, TransformError> {
-    add_indexes_counting(doc, rules, keys, None).map(|o| o.map(|(d, _)| d))
+/// Most `index:` rules one route may have (the walk keeps one bit per rule
+/// for each object it is in).
+pub const MAX_INDEX_RULES: usize = 64;
+
+/// A route's `index:` rules, compiled for the streaming walk: rule `i`
+/// gives walk rules `2i` (its field) and `2i + 1` (the member it writes,
+/// beside the field), stepped by the walk's own rule states.
+#[derive(Debug, Clone, Default)]
+pub struct IndexRules {
+    rules: Vec<IndexRule>,
+    walk: Vec<FieldRule>,
 }
 
-/// For stored records (`fieldseal index`): like [`add_indexes`], but a
-/// field that holds an envelope is opened first (with its member name as
+impl IndexRules {
+    /// At most [`MAX_INDEX_RULES`] rules (checked at load).
+    pub fn new(rules: Vec<IndexRule>) -> Result<IndexRules, &'static str> {
+        if rules.len() > MAX_INDEX_RULES {
+            return Err("a route may have at most 64 `index:` rules");
+        }
+        let mut walk = Vec::with_capacity(2 * rules.len());
+        for r in &rules {
+            let into = r
+                .field
+                .sibling(&r.spec.name)
+                .ok_or("an indexed field must end with one member name (e.g. `$.email`)")?;
+            walk.push(FieldRule {
+                path: r.field.clone(),
+                context: None,
+            });
+            walk.push(FieldRule {
+                path: into,
+                context: None,
+            });
+        }
+        Ok(IndexRules { rules, walk })
+    }
+
+    pub fn rules(&self) -> &[IndexRule] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The walk's rules (see the type).
+    pub(crate) fn walk_rules(&self) -> &[FieldRule] {
+        &self.walk
+    }
+}
+
+/// For stored records (`fieldseal index`): `doc` with every rule's index
+/// written beside its field (None when `rules` is empty); a member already
+/// under the index's name is recomputed, and a field that holds an
+/// envelope is opened first (with its member name as
 /// the context, the proxy's default) and indexed by its plaintext, which
 /// never leaves this function. Also returns how many indexes were written.
 pub fn add_indexes_opening(
@@ -252,7 +305,9 @@ mod tests {
 
     fn run(doc: &str, rules: &[IndexRule]) -> Result<Value, TransformError> {
         let ring = ring();
-        let out = add_indexes(doc.as_bytes(), rules, Keys::from(&ring))?.expect("changed");
+        let out = add_indexes_opening(doc.as_bytes(), rules, Keys::from(&ring), 0)?
+            .expect("changed")
+            .0;
         Ok(serde_json::from_slice(&out).expect("json"))
     }
 
@@ -301,6 +356,164 @@ mod tests {
         .expect("ok");
         assert_eq!(v["users"][0]["ssn_idx"], v["users"][1]["ssn_idx"]);
         assert!(v["users"][2].get("ssn_idx").is_none());
+    }
+
+    /// The request walk: `encrypt` seals `sealed`, `rules` index.
+    fn walk(doc: &str, sealed: &[&str], rules: Vec<IndexRule>) -> Result<String, TransformError> {
+        let ring = ring();
+        let mut spec = super::super::SealSpec::new(
+            sealed
+                .iter()
+                .map(|p| FieldRule {
+                    path: FieldPath::parse(p).expect("path"),
+                    context: None,
+                })
+                .collect(),
+        );
+        spec.indexes = IndexRules::new(rules).expect("rules");
+        let (out, _) = super::super::encrypt_request(doc.as_bytes(), &spec, Keys::from(&ring), 7)?;
+        Ok(String::from_utf8(out).expect("utf-8"))
+    }
+
+    fn want(name: &str, value: &str) -> String {
+        rule("$.x", name)
+            .spec
+            .index(IndexKeys::Ring(&ring()), value)
+            .expect("index")
+    }
+
+    #[test]
+    fn the_walk_writes_the_index_right_after_the_field_and_copies_the_rest() {
+        let doc = r#"{ "b" : 1,  "email":" Ada@Example.com" , "a": [ 1.50E2 ] }"#;
+        let out = walk(doc, &["$.email"], vec![rule("$.email", "email_idx")]).expect("ok");
+        let idx = want("email_idx", "ada@example.com");
+        let (head, tail) = out.split_once(r#","email_idx":""#).expect("index member");
+        assert!(head.starts_with(r#"{ "b" : 1,  "email":"fs1:"#), "{out}");
+        assert_eq!(tail, format!(r#"{idx}" , "a": [ 1.50E2 ] }}"#));
+        // The field kept as it is when no encrypt rule selects it; escapes
+        // are indexed by their characters.
+        let out = walk(
+            r#"{"email":"\u0041da@example.com"}"#,
+            &[],
+            vec![rule("$.email", "email_idx")],
+        )
+        .expect("ok");
+        assert_eq!(
+            out,
+            format!(r#"{{"email":"\u0041da@example.com","email_idx":"{idx}"}}"#)
+        );
+    }
+
+    #[test]
+    fn the_walk_indexes_what_the_tree_did() {
+        let r = || {
+            vec![
+                rule("$.users[*].ssn", "ssn_idx"),
+                rule("$.email", "email_idx"),
+            ]
+        };
+        for doc in [
+            r#"{"users": [{"ssn": 78051120}, {"ssn": "78051120"}, {}, {"ssn": null}, {"SSN": true}], "Email": " X@Y.z "}"#,
+            r#"{"email": null, "users": []}"#,
+            r#"{"users": {"ssn": "not in an array"}, "e_mail": "a@b.c"}"#,
+            r#"[{"email": "root is an array"}]"#,
+        ] {
+            let tree = run(doc, &r()).expect("tree");
+            let out: Value =
+                serde_json::from_str(&walk(doc, &["$.users[*].ssn"], r()).expect("walk"))
+                    .expect("json");
+            let indexes = |v: &Value| {
+                let mut found = Vec::new();
+                let mut stack = vec![("$".to_string(), v.clone())];
+                while let Some((at, v)) = stack.pop() {
+                    match v {
+                        Value::Object(o) => {
+                            for (k, v) in o {
+                                if k.ends_with("_idx") {
+                                    found.push((format!("{at}.{k}"), v.clone()));
+                                }
+                                stack.push((format!("{at}.{k}"), v));
+                            }
+                        }
+                        Value::Array(a) => {
+                            for (j, v) in a.into_iter().enumerate() {
+                                stack.push((format!("{at}[{j}]"), v));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                found.sort_by(|a, b| a.0.cmp(&b.0));
+                found
+            };
+            assert_eq!(indexes(&out), indexes(&tree), "{doc}");
+        }
+        // A number is indexed by its text as sent.
+        let out = walk(
+            r#"{"email": 1.50E2}"#,
+            &[],
+            vec![rule("$.email", "email_idx")],
+        )
+        .expect("ok");
+        assert!(out.contains(&want("email_idx", "1.50E2")), "{out}");
+        // Negative indices need the array's length.
+        let out = walk(
+            r#"{"users": [{"ssn": "a"}, {"ssn": "b"}]}"#,
+            &[],
+            vec![rule("$.users[-1].ssn", "ssn_idx")],
+        )
+        .expect("ok");
+        assert_eq!(out.matches("ssn_idx").count(), 1, "{out}");
+        assert!(out.contains(&want("ssn_idx", "b")), "{out}");
+    }
+
+    #[test]
+    fn the_walk_refuses_what_a_client_must_not_choose_or_that_one_index_cant_describe() {
+        let r = || vec![rule("$.users[*].email", "email_idx")];
+        for doc in [
+            // The index's member, in any spelling, any value, before or after the field.
+            r#"{"users": [{"email": "a", "email_idx": "forged"}]}"#,
+            r#"{"users": [{"EmailIdx": null}]}"#,
+            r#"{"users": [{"email-idx": "x", "email": "a"}]}"#,
+            r#"{"users": [{"email_idx": {"x": 1}}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    walk(doc, &["$.users[*].email"], r()),
+                    Err(TransformError::IndexSupplied { .. })
+                ),
+                "{doc}"
+            );
+        }
+        for doc in [
+            // Twice in one object: the same spelling (a tree kept the last),
+            // or two.
+            r#"{"users": [{"email": "a", "email": "b"}]}"#,
+            r#"{"users": [{"email": "a", "EMAIL": "a"}]}"#,
+            r#"{"users": [{"email": {"x": 1}}]}"#,
+            r#"{"users": [{"email": ["a"]}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    walk(doc, &["$.users[*].email"], r()),
+                    Err(TransformError::Unindexable)
+                ),
+                "{doc}"
+            );
+        }
+        // Outside the field's parents, the name is the client's.
+        let out = walk(
+            r#"{"email_idx": "x", "users": [{"email": "a"}, {"email": "a"}]}"#,
+            &[],
+            r(),
+        )
+        .expect("ok");
+        assert_eq!(out.matches(&want("email_idx", "a")).count(), 2, "{out}");
+        // Invalid JSON is invalid, whatever came before.
+        assert!(matches!(
+            walk(r#"{"users": [{"email": "a", "email": "b"}]"#, &[], r()),
+            Err(TransformError::InvalidJson)
+        ));
     }
 
     #[test]

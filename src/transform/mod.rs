@@ -12,7 +12,7 @@
 //! - `shape`: the positive model of a route's request bodies (look-alikes,
 //!   request schema);
 //! - `location`: where a value is, shown redacted in logs and errors;
-//! - `index`: blind index rules, written beside JSON fields;
+//! - `index`: blind index rules, written beside JSON fields by the walk;
 //! - `pairs`: query strings (and urlencoded forms) judged by the same
 //!   names and look-alikes, rewritten in place.
 //!
@@ -122,8 +122,8 @@ pub struct SealSpec {
     pub named_contexts: Vec<String>,
     /// Deeper documents are refused.
     pub max_depth: usize,
-    /// Blind indexes written beside fields before they are sealed.
-    pub indexes: Vec<index::IndexRule>,
+    /// Blind indexes written beside fields as the walk passes them.
+    pub indexes: index::IndexRules,
 }
 
 impl SealSpec {
@@ -134,7 +134,7 @@ impl SealSpec {
             shape: RequestShape::default(),
             named_contexts: Vec::new(),
             max_depth: SERDE_MAX_DEPTH,
-            indexes: Vec::new(),
+            indexes: index::IndexRules::default(),
         }
     }
 
@@ -151,7 +151,9 @@ impl SealSpec {
             },
             named_contexts: self.named_contexts.clone(),
             max_depth: SERDE_MAX_DEPTH,
-            indexes: self.indexes.clone(),
+            // Stored records are indexed by `fieldseal index`, which
+            // recomputes an index member; `encrypt` seals only.
+            indexes: index::IndexRules::default(),
         }
     }
 }
@@ -300,9 +302,14 @@ pub enum TransformError {
     #[error("a field is too large to seal")]
     FieldTooLarge,
     /// A field to index is an object or an array, or is there twice in
-    /// two spellings.
+    /// one object (two spellings, or one name repeated).
     #[error("a field to index is not one string, number or boolean")]
     Unindexable,
+    /// The body holds a member where a blind index would be written
+    /// (beside an indexed field's place, in any spelling a backend binds
+    /// to the index's name): an index is only ever written by fieldseal.
+    #[error("the body holds a member under the blind index name {name}")]
+    IndexSupplied { name: String },
     /// The value nests deeper than `crypto::MAX_SEAL_DEPTH`.
     #[error("a field nests too deeply to seal")]
     FieldTooDeep,

@@ -4,6 +4,7 @@
 //! expands a name into.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 /// The one normalization of member names, shared by the rule matcher and
 /// the look-alike check (`shape`): the name up to its first NUL (C parsers
@@ -88,10 +89,17 @@ pub(crate) fn names_match(folded: &str, key: &str) -> bool {
 /// Longest ASCII member name `MemberKey` folds on the stack.
 const FOLDED_ON_STACK: usize = 48;
 
-/// A member name prepared once for `names_match` against every rule name
-/// the walk tries on it: an ASCII name (up to its first NUL) folds to its
-/// lower case without separators, which is then compared byte for byte.
+/// A member name prepared for `names_match` against every rule name the
+/// walk tries on it: an ASCII name (up to its first NUL) folds to its lower
+/// case without separators, which is then compared byte for byte. The fold
+/// is made on the first comparison, so a member no rule looks at (most of
+/// them: every member of an object no rule is inside) costs nothing.
 pub(crate) struct MemberKey<'k> {
+    raw: &'k str,
+    prepared: OnceCell<Prepared<'k>>,
+}
+
+struct Prepared<'k> {
     /// The name up to its first NUL.
     key: &'k str,
     /// The ASCII fold of `key` and its length, for a short ASCII name.
@@ -101,38 +109,48 @@ pub(crate) struct MemberKey<'k> {
 impl<'k> MemberKey<'k> {
     #[inline]
     pub(crate) fn new(key: &'k str) -> MemberKey<'k> {
-        let key = until_nul(key);
-        let ascii = (key.len() <= FOLDED_ON_STACK && key.is_ascii()).then(|| {
-            let mut buf = [0u8; FOLDED_ON_STACK];
-            let mut n = 0;
-            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
-                if let Some(slot) = buf.get_mut(n) {
-                    *slot = b.to_ascii_lowercase();
-                    n += 1;
+        MemberKey {
+            raw: key,
+            prepared: OnceCell::new(),
+        }
+    }
+
+    fn prepared(&self) -> &Prepared<'k> {
+        self.prepared.get_or_init(|| {
+            let key = until_nul(self.raw);
+            let ascii = (key.len() <= FOLDED_ON_STACK && key.is_ascii()).then(|| {
+                let mut buf = [0u8; FOLDED_ON_STACK];
+                let mut n = 0;
+                for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+                    if let Some(slot) = buf.get_mut(n) {
+                        *slot = b.to_ascii_lowercase();
+                        n += 1;
+                    }
                 }
-            }
-            (buf, n)
-        });
-        MemberKey { key, ascii }
+                (buf, n)
+            });
+            Prepared { key, ascii }
+        })
     }
 
     /// `names_match(folded, key)`.
     #[inline]
     pub(crate) fn matches(&self, folded: &str) -> bool {
-        if let Some((buf, n)) = &self.ascii {
+        let Prepared { key, ascii } = self.prepared();
+        if let Some((buf, n)) = ascii {
             return buf.get(..*n) == Some(folded.as_bytes());
         }
-        if self.key.is_ascii() {
+        if key.is_ascii() {
             // A long ASCII member: the same fold, in one pass.
             let mut f = folded.bytes();
-            for b in self.key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
                 if f.next() != Some(b.to_ascii_lowercase()) {
                     return false;
                 }
             }
             return f.next().is_none();
         }
-        fold_name(self.key).eq(folded.chars())
+        fold_name(key).eq(folded.chars())
     }
 }
 

@@ -329,8 +329,8 @@ fn judge_pair(
     };
     let (rule, part) = match verdict {
         Verdict::Pass => {
-            if let Some(Ok(value)) = raw_value.map(decode) {
-                judge_json_value(&value, spec)?;
+            if let Some(raw) = raw_value {
+                judge_value(raw, spec)?;
             }
             return Ok(None);
         }
@@ -373,25 +373,69 @@ fn judge_pair(
     Ok(Some(out))
 }
 
+/// The value of a pair no rule names (`raw`, as sent), judged for the
+/// fields it may carry: decoded once, and again when it still holds `%`
+/// (a backend, or code in front of it, may decode again), each time
+/// lossily (a backend that parses it may replace bytes that are not UTF-8
+/// rather than refuse them), then [`judge_json_value`].
+fn judge_value(raw: &str, spec: &PairsSpec) -> Result<(), PairsError> {
+    if !raw.bytes().any(|b| matches!(b, b'{' | b'[' | b'%')) {
+        return Ok(());
+    }
+    let once = decode_lossy(raw);
+    judge_json_value(&once, spec, 0)?;
+    if once.contains('%') {
+        judge_json_value(&decode_lossy(&once), spec, 0)?;
+    }
+    Ok(())
+}
+
+/// How deep JSON held in a JSON string is judged (`{"q": "{\"ssn\": 1}"}`).
+const MAX_JSON_IN_JSON: usize = 4;
+
 /// A value that is itself JSON (`?filter={"ssn":"…"}`, `q=[{"user":{…}}]`):
 /// a backend that parses it reads its members as fields, so each member's
 /// path from the value's root is judged as a pair name would be; a hit is
 /// refused (a sealed or indexed value inside it would not be what the
-/// backend expects either). A value that does not parse is not JSON to the
-/// backend and passes as it did.
-fn judge_json_value(value: &str, spec: &PairsSpec) -> Result<(), PairsError> {
-    let trimmed = value.trim_start();
+/// backend expects either). A string member that is itself JSON is judged
+/// the same way. A value that is not strict JSON but starts like it may
+/// still be JSON to a lenient parser (Json.NET, JSON5: single quotes,
+/// unquoted names, comments, trailing commas): its names are found by
+/// [`lenient_names`] and judged the same way. Anything else passes as it
+/// did.
+fn judge_json_value(value: &str, spec: &PairsSpec, depth: usize) -> Result<(), PairsError> {
+    let trimmed = value.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
     if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
         return Ok(());
     }
-    let Ok(doc) = serde_json::from_str::<Value>(trimmed) else {
-        return Ok(());
-    };
     let mut path = String::new();
-    judge_members(&doc, &mut path, spec)
+    match serde_json::from_str::<Value>(trimmed) {
+        Ok(doc) => judge_members(&doc, &mut path, spec, depth),
+        Err(_) => lenient_names(trimmed, &mut |name| judge_path(name, spec)),
+    }
 }
 
-fn judge_members(v: &Value, path: &mut String, spec: &PairsSpec) -> Result<(), PairsError> {
+/// The verdict on one member path inside a JSON value.
+fn judge_path(path: &str, spec: &PairsSpec) -> Result<(), PairsError> {
+    match spec.judge(path) {
+        Verdict::Pass => Ok(()),
+        Verdict::Rule(i, _) => Err(PairsError::Protected {
+            rule: spec
+                .rules
+                .get(i)
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+        }),
+        Verdict::Refuse(rule) => Err(PairsError::Protected { rule }),
+    }
+}
+
+fn judge_members(
+    v: &Value,
+    path: &mut String,
+    spec: &PairsSpec,
+    depth: usize,
+) -> Result<(), PairsError> {
     match v {
         Value::Object(members) => {
             for (name, inner) in members {
@@ -400,31 +444,150 @@ fn judge_members(v: &Value, path: &mut String, spec: &PairsSpec) -> Result<(), P
                     path.push('.');
                 }
                 path.push_str(name);
-                match spec.judge(path) {
-                    Verdict::Pass => {}
-                    Verdict::Rule(i, _) => {
-                        return Err(PairsError::Protected {
-                            rule: spec
-                                .rules
-                                .get(i)
-                                .map(|r| r.name.clone())
-                                .unwrap_or_default(),
-                        })
-                    }
-                    Verdict::Refuse(rule) => return Err(PairsError::Protected { rule }),
-                }
-                judge_members(inner, path, spec)?;
+                judge_path(path, spec)?;
+                judge_members(inner, path, spec, depth)?;
                 path.truncate(len);
             }
         }
         Value::Array(items) => {
             for item in items {
-                judge_members(item, path, spec)?;
+                judge_members(item, path, spec, depth)?;
             }
         }
+        Value::String(s) if depth < MAX_JSON_IN_JSON => judge_json_value(s, spec, depth + 1)?,
         _ => {}
     }
     Ok(())
+}
+
+/// The member names of text a lenient JSON parser may read as an object
+/// (`{'ssn': 1}`, `{ssn: 1}`, `{"a": 1,}`, comments): every quoted string
+/// (`'` or `"`, escapes decoded) or bare word followed by `:`, as a path
+/// of the names of the objects around it (`user.ssn`), handed to `f`.
+/// Over-approximates on purpose: a word that a parser would not read as a
+/// name may be judged too.
+fn lenient_names(
+    text: &str,
+    f: &mut dyn FnMut(&str) -> Result<(), PairsError>,
+) -> Result<(), PairsError> {
+    // One entry per open container: the name its current member has.
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    let mut last: Option<String> = None;
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' | '[' => {
+                names.push(None);
+                last = None;
+            }
+            '}' | ']' => {
+                names.pop();
+                last = None;
+            }
+            ':' => {
+                if let Some(name) = last.take() {
+                    if let Some(top) = names.last_mut() {
+                        *top = Some(name);
+                    }
+                    let path: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                    f(&path.join("."))?;
+                }
+            }
+            '"' | '\'' => {
+                let mut s = String::new();
+                while let Some((_, d)) = chars.next() {
+                    match d {
+                        d if d == c => break,
+                        '\\' => match chars.next().map(|(_, e)| e) {
+                            Some(e @ ('u' | 'x')) => {
+                                let digits = if e == 'u' { 4 } else { 2 };
+                                let hex: String = (0..digits)
+                                    .filter_map(|_| chars.next())
+                                    .map(|(_, h)| h)
+                                    .collect();
+                                if let Some(ch) =
+                                    u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32)
+                                {
+                                    s.push(ch);
+                                }
+                            }
+                            Some(e) => s.push(e),
+                            None => break,
+                        },
+                        d => s.push(d),
+                    }
+                }
+                last = Some(s);
+            }
+            '/' if matches!(chars.peek(), Some((_, '/' | '*'))) => {
+                // A comment: to the end of the line, or to `*/`.
+                let block = matches!(chars.next(), Some((_, '*')));
+                let mut prev = ' ';
+                for (_, d) in chars.by_ref() {
+                    if (!block && d == '\n') || (block && prev == '*' && d == '/') {
+                        break;
+                    }
+                    prev = d;
+                }
+            }
+            c if c.is_whitespace() || c == ',' => {
+                if c == ',' {
+                    last = None;
+                }
+            }
+            _ => {
+                // A bare word, up to a delimiter.
+                let mut end = i + c.len_utf8();
+                while let Some(&(j, d)) = chars.peek() {
+                    if d.is_whitespace()
+                        || matches!(d, ':' | ',' | '{' | '}' | '[' | ']' | '"' | '\'')
+                    {
+                        break;
+                    }
+                    end = j + d.len_utf8();
+                    chars.next();
+                }
+                last = text.get(i..end).map(str::to_owned);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `s` percent-decoded (`+` for space) as a lenient decoder reads it: an
+/// invalid escape stays as it is, bytes that are not UTF-8 become U+FFFD.
+fn decode_lossy(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let escaped = match c {
+            b'%' => b
+                .get(i + 1)
+                .copied()
+                .and_then(hex)
+                .zip(b.get(i + 2).copied().and_then(hex)),
+            _ => None,
+        };
+        match (c, escaped) {
+            (_, Some((h, l))) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `name=<envelope of value>`.
@@ -651,6 +814,42 @@ mod tests {
             "q={not json",
             r#"q="ssn""#,
             r#"q=["ssn"]"#,
+        ] {
+            assert_eq!(run(q, &s).expect(q), None, "{q}");
+        }
+    }
+
+    #[test]
+    fn json_values_a_lenient_or_second_reader_parses_are_judged_too() {
+        let s = spec(&[], &["$.ssn", "$.card.number"]);
+        for q in [
+            // Lenient parsers (Json.NET, JSON5): quotes, bare names, comments, trailing commas.
+            "filter={'ssn':'078-05-1120'}",
+            "filter={ssn:1}",
+            "filter={ SSN : 1 }",
+            "filter={\"a\":1,\"ssn\":1,}",
+            "filter={/* c */\"ssn\":1}",
+            "filter={'s\\u0073n':1}",
+            "q=[{user:{card:{'number':1}}}]",
+            // Not UTF-8: a lossy parser still reads the names.
+            "filter=%7B%22ssn%22:%22078%FF%22%7D",
+            // Encoded twice: a second decoder reads JSON.
+            "filter=%257B%2522ssn%2522%253A1%257D",
+            // JSON in a JSON string.
+            r#"filter={"q":"{\"ssn\":1}"}"#,
+            r#"filter=["[{\"card\":{\"number\":1}}]"]"#,
+        ] {
+            assert!(
+                matches!(run(q, &s), Err(PairsError::Protected { .. })),
+                "{q} passed"
+            );
+        }
+        for q in [
+            "filter={'name':'ssn'}",
+            "filter={time: 10:30}",
+            "q={draft",
+            "filter=%257B%2522name%2522%253A1%257D",
+            "note=100%25",
         ] {
             assert_eq!(run(q, &s).expect(q), None, "{q}");
         }

@@ -86,6 +86,25 @@ impl FieldPath {
         })
     }
 
+    /// The path of member `name` beside what this path selects: every
+    /// segment but the last, then `name` (normalized). None for the root
+    /// path `$`.
+    pub(crate) fn sibling(&self, name: &str) -> Option<FieldPath> {
+        let (_, parent) = self.segments.split_last()?;
+        let mut segments = parent.to_vec();
+        segments.push(Segment::new(false, vec![Selector::Name(name.to_owned())]));
+        let normalized = normalized_name(name);
+        let mut names = self.names.clone();
+        if !names.contains(&normalized) {
+            names.push(normalized);
+        }
+        Some(FieldPath {
+            source: name.to_owned(),
+            segments,
+            names,
+        })
+    }
+
     /// The path as the look-alike check reads it (see `NameStep`).
     pub(crate) fn name_steps(&self) -> Vec<NameStep> {
         self.segments

@@ -121,10 +121,30 @@ impl<'r> RuleStates<'r> {
     /// States of member `key` of the object with states `lo..hi`, pushed;
     /// returns where they start.
     pub(crate) fn advance_member(&mut self, lo: usize, hi: usize, key: &str) -> usize {
-        let key = MemberKey::new(key);
+        self.advance_key(lo, hi, &MemberKey::new(key))
+    }
+
+    /// `advance_member`, of a name prepared once for several state stacks.
+    pub(crate) fn advance_key(&mut self, lo: usize, hi: usize, key: &MemberKey<'_>) -> usize {
         advance_states(self.rules, &mut self.states, lo, hi, |seg| {
-            seg.selects_key(&key)
+            seg.selects_key(key)
         })
+    }
+
+    /// Every rule selecting the node with states `lo..hi`, as a bit set
+    /// (rules 0 to 127; the caller keeps to that many).
+    pub(crate) fn selecting(&self, lo: usize, hi: usize) -> u128 {
+        let mut set = 0u128;
+        for s in self.states(lo, hi) {
+            let len = self
+                .rules
+                .get(s.rule as usize)
+                .map_or(0, |r| r.path.segments.len());
+            if s.seg as usize == len && s.rule < 128 {
+                set |= 1 << s.rule;
+            }
+        }
+        set
     }
 
     /// States of element `j` of an array of `n` elements (`UNKNOWN_LEN`

@@ -27,14 +27,16 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::index::IndexRule;
 use super::location::{self, Step};
-use super::names::names_match;
+use super::names::{names_match, MemberKey};
 use super::policy::{self, Verdict};
 use super::select::{RuleStates, UNKNOWN_LEN};
 use super::shape::{carries_data, JsonReferences, LookAlikeMode, LookAlikes};
 use super::{
     matched_paths, name_parts, FieldRule, Keys, OpenSpec, SealSpec, TransformError, TransformReport,
 };
+use crate::crypto::index::IndexKey;
 use crate::crypto::{
     envelope_key_id, exceeds_depth, has_envelope_prefix, looks_like_envelope, AeadScratch, Keyring,
     SubjectKeys,
@@ -57,13 +59,6 @@ pub fn encrypt(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
 /// route's schema (if any) accepted the body. Nothing of a refused body may
 /// be forwarded.
 pub fn encrypt_request(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
-    if let Some(indexed) = super::index::add_indexes(input, &spec.indexes, keys)? {
-        return encrypt_checked(&indexed, spec, keys, now);
-    }
-    encrypt_checked(input, spec, keys, now)
-}
-
-fn encrypt_checked(input: &[u8], spec: &SealSpec, keys: Keys<'_>, now: u64) -> Out {
     let Some(schema) = &spec.shape.schema else {
         return encrypt(input, spec, keys, now);
     };
@@ -95,6 +90,11 @@ fn encrypt_counting(
 ) -> Result<(Vec<u8>, TransformReport, usize), TransformError> {
     let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
     let mut w = Walker::new(src, &spec.rules, Mode::Encrypt { spec, keys }, now);
+    if !spec.indexes.is_empty() {
+        w.index_rules = spec.indexes.rules();
+        w.irs = RuleStates::new(spec.indexes.walk_rules());
+        w.ihi = w.irs.len();
+    }
     w.max_depth = spec.max_depth.min(SERDE_MAX_DEPTH);
     w.look = &spec.shape.look_alikes;
     w.refuses_references = spec.shape.references == JsonReferences::Refuse;
@@ -312,6 +312,16 @@ struct Walker<'a, 'r> {
     scan: Option<&'r mut ScanFn<'r>>,
     /// The buffers every value sealed or opened reuses.
     aead: AeadScratch,
+    /// Encrypt: the route's blind indexes, written beside their fields.
+    index_rules: &'r [IndexRule],
+    /// The states of the index walk rules (`IndexRules`: rule `i`'s field
+    /// is walk rule `2i`, the member it writes `2i + 1`), stepped with
+    /// `rs`; the current value's are `ilo..ihi`.
+    irs: RuleStates<'r>,
+    ilo: usize,
+    ihi: usize,
+    /// The index keys, by rule, derived when first used.
+    index_keys: Vec<Option<IndexKey>>,
 }
 
 type ScanFn<'r> = dyn FnMut(&str, StringKind) + 'r;
@@ -324,7 +334,7 @@ impl<'a, 'r> Walker<'a, 'r> {
     fn new(src: &'a str, rules: &'r [FieldRule], mode: Mode<'r>, now: u64) -> Walker<'a, 'r> {
         // Room for the envelopes of the fields a request usually has.
         let grows = match mode {
-            Mode::Encrypt { .. } => 96 * rules.len() + 64,
+            Mode::Encrypt { spec, .. } => 96 * rules.len() + 48 * spec.indexes.len() + 64,
             Mode::Validate | Mode::Select | Mode::Scan => 0,
             Mode::Decrypt { .. } | Mode::Rewrap { .. } => 64,
         };
@@ -354,6 +364,11 @@ impl<'a, 'r> Walker<'a, 'r> {
             found: Vec::new(),
             scan: None,
             aead: AeadScratch::default(),
+            index_rules: &[],
+            irs: RuleStates::new(&[]),
+            ilo: 0,
+            ihi: 0,
+            index_keys: Vec::new(),
         }
     }
 
@@ -676,6 +691,8 @@ impl<'a, 'r> Walker<'a, 'r> {
             self.pos += 1;
             return Ok(());
         }
+        // Index rules whose field this object holds (one bit per rule).
+        let mut indexed_here = 0u64;
         loop {
             if self.peek() != Some(b'"') {
                 return Err(TransformError::InvalidJson);
@@ -695,10 +712,23 @@ impl<'a, 'r> Walker<'a, 'r> {
                 if let Some(scan) = self.scan.as_mut() {
                     scan(&key, StringKind::MemberName);
                 }
-                let start = if hi > lo {
-                    self.rs.advance_member(lo, hi, &key)
+                let (ilo, ihi) = (self.ilo, self.ihi);
+                let (start, istart) = if ihi > ilo {
+                    let member = MemberKey::new(&key);
+                    let start = if hi > lo {
+                        self.rs.advance_key(lo, hi, &member)
+                    } else {
+                        hi
+                    };
+                    (start, self.irs.advance_key(ilo, ihi, &member))
+                } else if hi > lo {
+                    (self.rs.advance_member(lo, hi, &key), ihi)
                 } else {
-                    hi
+                    (hi, ihi)
+                };
+                let writes = match ihi > ilo {
+                    true => self.index_member(istart, &mut indexed_here),
+                    false => 0,
                 };
                 if let Some(r) = self.look.accepting(la) {
                     // A member name inside a look-alike is data
@@ -716,7 +746,18 @@ impl<'a, 'r> Walker<'a, 'r> {
                 }
                 let la = self.look.step(la, &key);
                 self.path.push(Step::Key(key));
+                let value_start = self.pos;
+                if ihi > ilo {
+                    (self.ilo, self.ihi) = (istart, self.irs.len());
+                }
                 self.value(depth, start, true, la)?;
+                if writes != 0 {
+                    self.write_indexes(writes, value_start)?;
+                }
+                if ihi > ilo {
+                    self.irs.truncate(istart);
+                    (self.ilo, self.ihi) = (ilo, ihi);
+                }
                 self.path.pop();
                 self.rs.truncate(start);
             } else {
@@ -738,7 +779,11 @@ impl<'a, 'r> Walker<'a, 'r> {
     ) -> Result<(), TransformError> {
         self.within_depth(depth)?;
         let open = self.pos;
-        let n = if track && hi > lo && self.rs.needs_len(lo, hi) {
+        let (ilo, ihi) = (self.ilo, self.ihi);
+        let n = if track
+            && ((hi > lo && self.rs.needs_len(lo, hi))
+                || (ihi > ilo && self.irs.needs_len(ilo, ihi)))
+        {
             self.element_count(depth, hi)?
         } else {
             UNKNOWN_LEN
@@ -760,10 +805,18 @@ impl<'a, 'r> Walker<'a, 'r> {
                 } else {
                     hi
                 };
+                if ihi > ilo {
+                    let istart = self.irs.advance_element(ilo, ihi, j, n);
+                    (self.ilo, self.ihi) = (istart, self.irs.len());
+                }
                 self.path.push(Step::Index(j));
                 self.value(depth, start, true, la)?;
                 self.path.pop();
                 self.rs.truncate(start);
+                if ihi > ilo {
+                    self.irs.truncate(self.ilo);
+                    (self.ilo, self.ihi) = (ilo, ihi);
+                }
             } else {
                 self.value(depth, hi, false, la)?;
             }
@@ -791,6 +844,107 @@ impl<'a, 'r> Walker<'a, 'r> {
         self.pos = open;
         res?;
         Ok(self.counts.get(&open).copied().unwrap_or(0))
+    }
+
+    // -- blind indexes -----------------------------------------------------
+
+    /// A member whose index states start at `istart`: the index rules
+    /// whose field it is (returned, one bit per rule, and added to
+    /// `indexed_here`, the object's). A field met twice in one object (two
+    /// spellings, or one repeated) fails the request: each occurrence is
+    /// sealed, and one index can't describe both. A member where an index
+    /// is written fails it too: an index is only ever written by fieldseal.
+    fn index_member(&mut self, istart: usize, indexed_here: &mut u64) -> u64 {
+        let selecting = self.irs.selecting(istart, self.irs.len());
+        let mut writes = 0u64;
+        let mut bits = selecting;
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let (i, is_into) = (w / 2, w % 2 == 1);
+            let rules: &'r [IndexRule] = self.index_rules;
+            let Some(rule) = rules.get(i) else {
+                continue;
+            };
+            if is_into {
+                self.fail(TransformError::IndexSupplied {
+                    name: rule.spec.name.clone(),
+                });
+            } else if *indexed_here & (1 << i) != 0 {
+                self.fail(TransformError::Unindexable);
+            } else {
+                *indexed_here |= 1 << i;
+                writes |= 1 << i;
+            }
+        }
+        writes
+    }
+
+    /// After the member value `src[value_start..pos]` (sealed or kept in
+    /// the output): the members of index rules `writes` (one bit per rule),
+    /// each the index of the value's plaintext, which is the input's. A
+    /// string is indexed as its characters, a number as its text as sent,
+    /// `true`/`false` as those words; `null` writes none; an object or an
+    /// array fails the request.
+    fn write_indexes(&mut self, writes: u64, value_start: usize) -> Result<(), TransformError> {
+        let Mode::Encrypt { keys, .. } = self.mode else {
+            return Ok(());
+        };
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let src: &'a str = self.src;
+        let raw = src
+            .get(value_start..self.pos)
+            .ok_or(TransformError::InvalidJson)?;
+        let text = match raw.as_bytes().first() {
+            Some(b'n') => return Ok(()),
+            Some(b'{' | b'[') => {
+                self.fail(TransformError::Unindexable);
+                return Ok(());
+            }
+            Some(b'"') => unescaped(src, value_start + 1, self.pos - 1, raw.contains('\\'))?,
+            _ => Cow::Borrowed(raw),
+        };
+        self.flush(self.pos);
+        let rules: &'r [IndexRule] = self.index_rules;
+        let mut bits = writes;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let Some(rule) = rules.get(i) else {
+                continue;
+            };
+            if self.index_keys.is_empty() {
+                self.index_keys.resize_with(rules.len(), || None);
+            }
+            if matches!(self.index_keys.get(i), Some(None)) {
+                match rule.spec.key(keys.index) {
+                    Ok(k) => {
+                        if let Some(slot) = self.index_keys.get_mut(i) {
+                            *slot = Some(k);
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return Ok(());
+                    }
+                }
+            }
+            let Some(Some(key)) = self.index_keys.get(i) else {
+                continue;
+            };
+            self.out.push(b',');
+            serde_json::to_writer(&mut self.out, &rule.spec.name)
+                .map_err(|_| TransformError::Seal)?;
+            // The index text is ASCII (`fsi1:`, a key id or reference,
+            // base64url): no escape needed.
+            self.out.extend_from_slice(b":\"");
+            key.index_into(&text, &rule.spec.normalize, rule.spec.bits, &mut self.out);
+            self.out.push(b'"');
+        }
+        self.copied = self.pos;
+        Ok(())
     }
 
     // -- what happens to a value -------------------------------------------

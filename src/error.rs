@@ -35,6 +35,9 @@ pub const REASON_CODES: &[&str] = &[
     "client_body_timeout",
     "token_missing",
     "token_invalid",
+    "certificate_missing",
+    "certificate_invalid",
+    "credentials_conflict",
     "foreign_subject",
     "subject_erased",
     "subject_erased_write",
@@ -338,10 +341,14 @@ impl ProxyError {
                     .into()
             }
             TransformError::FieldTooLarge => ClientError::FieldTooLarge.into(),
-            TransformError::Unindexable => {
-                ClientError::BadRequest("a field to index is not one string, number or boolean")
-                    .into()
-            }
+            TransformError::Unindexable => ClientError::BadRequest(
+                "a field to index is not one string, number or boolean, or is there twice",
+            )
+            .into(),
+            TransformError::IndexSupplied { .. } => ClientError::BadRequest(
+                "request body holds a member where fieldseal writes a blind index; indexes are written by fieldseal only",
+            )
+            .into(),
             TransformError::FieldTooDeep => ClientError::TooDeep {
                 limit: crate::crypto::MAX_SEAL_DEPTH,
             }
@@ -437,6 +444,9 @@ mod tests {
             ClientTimeout,
             Unauthorized(crate::identity::AuthError::Missing),
             Unauthorized(crate::identity::AuthError::Invalid("x")),
+            Unauthorized(crate::identity::AuthError::CertificateMissing),
+            Unauthorized(crate::identity::AuthError::Certificate("c")),
+            Unauthorized(crate::identity::AuthError::Conflict),
             ForeignSubject,
             Erased,
             ErasedSubjectWrite,

@@ -5,7 +5,7 @@
 //!
 //! What a verified token gives the request: its provider, subject and
 //! optional tenant, and the claims a route forwards as headers. Verified
-//! tokens are cached (by SHA-256 of the token) until their `exp`, at most
+//! tokens are cached (by the token, or the SHA-256 of a token over 1 KiB) until their `exp`, at most
 //! `VERIFIED_CACHE_MAX` of them, so a repeated token is not verified again.
 
 use std::collections::HashMap;
@@ -60,6 +60,8 @@ pub enum AuthSource {
     Jwt,
     /// `identity.header`, believed only from `trusted_proxies` peers.
     Header,
+    /// The TLS client certificate verified against `identity.mtls.ca`.
+    Mtls,
 }
 
 /// `identity.header`: an authenticating proxy in front names the caller in
@@ -159,6 +161,8 @@ pub struct IdentitySpec {
     pub role_claims: Vec<String>,
     /// `identity.header`, if configured.
     pub header: Option<HeaderIdentitySpec>,
+    /// `identity.mtls`, if configured.
+    pub mtls: Option<crate::mtls::MtlsSpec>,
 }
 
 /// One entry of a route's `read_any_subject`: a verified token whose claim
@@ -185,6 +189,9 @@ impl IdentitySpec {
         }
         if self.header.is_some() {
             out.push(AuthSource::Header);
+        }
+        if self.mtls.is_some() {
+            out.push(AuthSource::Mtls);
         }
         out
     }
@@ -225,6 +232,12 @@ pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
 
 pub fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// Whether `s` can be a subject or tenant, whichever source named it (a
+/// token's claim, a client certificate): any non-empty text.
+pub fn is_subject_text(s: &str) -> bool {
+    !s.is_empty()
 }
 
 /// Who a verified token says the caller is. No `Debug`: it holds claims.
@@ -289,13 +302,28 @@ pub enum AuthError {
     /// No verification key set could be loaded for the token's provider.
     #[error("the identity provider's keys are unavailable")]
     KeysUnavailable,
+    /// A route that takes only client certificates got a connection without one.
+    #[error("a client certificate is required")]
+    CertificateMissing,
+    /// The connection's verified certificate names no one we can use.
+    #[error("the client certificate is not accepted: {0}")]
+    Certificate(&'static str),
+    /// Two credentials of one request (a certificate and a token or an
+    /// identity header) name different callers.
+    #[error("the request's credentials name different callers")]
+    Conflict,
 }
 
 impl AuthError {
     /// The `error` parameter of `WWW-Authenticate` (RFC 6750 §3.1).
+    /// Certificate refusals name no standard scheme (there is none for TLS
+    /// client certificates): `ClientCertificate` tells a client what to present.
     pub fn challenge(&self) -> &'static str {
         match self {
             AuthError::Missing => "Bearer realm=\"fieldseal\"",
+            AuthError::CertificateMissing | AuthError::Certificate(_) => {
+                "ClientCertificate realm=\"fieldseal\""
+            }
             _ => "Bearer realm=\"fieldseal\", error=\"invalid_token\"",
         }
     }
@@ -305,6 +333,9 @@ impl AuthError {
             AuthError::Missing => "token_missing",
             AuthError::Invalid(_) => "token_invalid",
             AuthError::KeysUnavailable => "identity_keys_unavailable",
+            AuthError::CertificateMissing => "certificate_missing",
+            AuthError::Certificate(_) => "certificate_invalid",
+            AuthError::Conflict => "credentials_conflict",
         }
     }
 }
@@ -365,11 +396,34 @@ struct CachedPrincipal {
     provider: usize,
 }
 
+/// Tokens up to this length key the verified-token cache by their own bytes
+/// (an exact comparison, no digest to compute per request); longer ones by
+/// their SHA-256, so the cache holds at most `VERIFIED_CACHE_MAX` × this many
+/// bytes of keys (10 MiB).
+const EXACT_KEY_MAX: usize = 1024;
+
+/// The verified-token cache's key: the token, or the SHA-256 of a long one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum TokenKey {
+    Exact(Box<str>),
+    Digest([u8; 32]),
+}
+
+impl TokenKey {
+    fn of(token: &str) -> TokenKey {
+        if token.len() <= EXACT_KEY_MAX {
+            TokenKey::Exact(token.into())
+        } else {
+            TokenKey::Digest(Sha256::digest(token.as_bytes()).into())
+        }
+    }
+}
+
 /// The verifiers of one configuration.
 pub struct Identity {
     providers: Vec<Provider>,
     skew: Duration,
-    cache: Mutex<HashMap<[u8; 32], CachedPrincipal>>,
+    cache: Mutex<HashMap<TokenKey, CachedPrincipal>>,
     /// Counters for tests and metrics: (verifications, cache hits, JWKS fetches).
     stats: Mutex<(u64, u64, u64)>,
 }
@@ -441,7 +495,7 @@ impl Identity {
             return Err(AuthError::Invalid("malformed"));
         }
         let now = crate::crypto::unix_now();
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = TokenKey::of(token);
         if let Some(p) = self.cached(&digest, now) {
             self.count(|s| s.1 += 1);
             return Ok(p);
@@ -483,13 +537,13 @@ impl Identity {
         }
     }
 
-    fn cached(&self, digest: &[u8; 32], now: u64) -> Option<Principal> {
+    fn cached(&self, digest: &TokenKey, now: u64) -> Option<Principal> {
         let cache = self.cache.lock().ok()?;
         let c = cache.get(digest)?;
         (now <= c.valid_until && c.provider < self.providers.len()).then(|| c.principal.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], p: &Principal, provider: usize, now: u64) {
+    fn remember(&self, digest: TokenKey, p: &Principal, provider: usize, now: u64) {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
@@ -704,7 +758,7 @@ fn principal(provider: &Provider, claims: &Map<String, Value>) -> Result<Princip
     let spec = &provider.spec;
     let text = |name: &str| -> Option<String> {
         match claims.get(name)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::String(s) if is_subject_text(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
@@ -876,6 +930,22 @@ async fn tls_connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_key_tells_every_token_apart_and_digests_only_long_ones() {
+        let short = "a".repeat(EXACT_KEY_MAX);
+        let long = "a".repeat(EXACT_KEY_MAX + 1);
+        assert_eq!(TokenKey::of(&short), TokenKey::Exact(short.clone().into()));
+        assert!(matches!(TokenKey::of(&long), TokenKey::Digest(_)));
+        assert_ne!(
+            TokenKey::of(&short),
+            TokenKey::of(&"b".repeat(EXACT_KEY_MAX))
+        );
+        let mut other_long = long.clone();
+        other_long.replace_range(0..1, "b");
+        assert_ne!(TokenKey::of(&long), TokenKey::of(&other_long));
+        assert_eq!(TokenKey::of(&long), TokenKey::of(&long.clone()));
+    }
     use serde_json::json;
 
     fn principal(provider: &str, roles: &[(&str, Value)]) -> Principal {

@@ -21,6 +21,19 @@ pub struct TlsSettings {
     pub key: PathBuf,
     pub sni: Vec<SniCert>,
     pub handshake_timeout: Duration,
+    /// `identity.mtls`: ask clients for a certificate and verify it.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// How the listener verifies client certificates (from `identity.mtls`).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs client chains must end in.
+    pub ca: PathBuf,
+    /// PEM CRLs; when any is given, the leaf's issuer must have one.
+    pub crls: Vec<PathBuf>,
+    /// Refuse the handshake of a client that sends no certificate.
+    pub required: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +55,10 @@ pub enum TlsError {
         key: String,
         reason: String,
     },
+    #[error("{path}: cannot read client CA certificates: {reason}")]
+    ClientCa { path: String, reason: String },
+    #[error("{path}: cannot read CRL: {reason}")]
+    Crl { path: String, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
     #[error("{path}: {reason}")]
@@ -154,13 +171,67 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         exact,
         wildcard,
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &settings.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates: chains to `auth.ca` only (webpki:
+/// signatures, validity dates, the clientAuth key usage, name
+/// constraints), revocation of the leaf checked against `auth.crls` when
+/// any is given (a leaf whose issuer has no CRL is then refused: an
+/// unknown status is not taken as good).
+pub fn client_verifier(
+    auth: &ClientAuth,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let ca_err = |reason: String| TlsError::ClientCa {
+        path: auth.ca.display().to_string(),
+        reason,
+    };
+    let pem =
+        crate::files::read_regular(&auth.ca, MAX_PEM_FILE).map_err(|e| ca_err(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_err("no certificate found".into()));
+    }
+    let mut crls = Vec::new();
+    for path in &auth.crls {
+        let crl_err = |reason: String| TlsError::Crl {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem =
+            crate::files::read_regular(path, MAX_PEM_FILE).map_err(|e| crl_err(e.to_string()))?;
+        let before = crls.len();
+        for crl in CertificateRevocationListDer::pem_slice_iter(&pem) {
+            crls.push(crl.map_err(|e| crl_err(e.to_string()))?);
+        }
+        if crls.len() == before {
+            return Err(crl_err("no CRL found".into()));
+        }
+    }
+    let mut b =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if !crls.is_empty() {
+        b = b.with_crls(crls).only_check_end_entity_revocation();
+    }
+    if !auth.required {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// A self-signed development certificate and key (PEM) for the given names.

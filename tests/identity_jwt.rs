@@ -457,6 +457,7 @@ async fn a_repeated_token_is_verified_once() {
         clock_skew: Duration::from_secs(5),
         role_claims: Vec::new(),
         header: None,
+        mtls: None,
         providers: vec![JwtProviderSpec {
             name: "file".into(),
             issuer: ISSUER.into(),

@@ -277,6 +277,7 @@ async fn sni_selects_the_certificate_by_name() {
             key: sk,
         }],
         handshake_timeout: std::time::Duration::from_secs(5),
+        client_auth: None,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(
         fieldseal::tls::server_config(&settings).expect("server config"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::locate::At;
 use super::raw::RawIdentity;
-use super::{duration, invalid, resolve, Invalid};
+use super::{duration, invalid, resolve, word, Invalid};
 use crate::identity::{is_hmac, parse_algorithm, IdentitySpec, JwtProviderSpec, KeySourceSpec};
 
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -20,10 +20,10 @@ pub(super) fn compile(raw: &RawIdentity, base: &Path) -> Result<IdentitySpec, In
     if clock_skew > MAX_CLOCK_SKEW {
         return Err(invalid(&at.key("clock_skew"), "must be at most 5m"));
     }
-    if raw.jwt.is_empty() && raw.header.is_none() {
+    if raw.jwt.is_empty() && raw.header.is_none() && raw.mtls.is_none() {
         return Err(invalid(
             &at.key("jwt"),
-            "needs at least one provider (or an identity `header`)",
+            "needs at least one provider (or an identity `header` or `mtls`)",
         ));
     }
     let mut providers: Vec<JwtProviderSpec> = Vec::new();
@@ -188,10 +188,34 @@ pub(super) fn compile(raw: &RawIdentity, base: &Path) -> Result<IdentitySpec, In
             Some(crate::identity::HeaderIdentitySpec { name, tenant })
         }
     };
+    let mtls = match &raw.mtls {
+        None => None,
+        Some(m) => {
+            let at = at.key("mtls");
+            if m.ca.is_empty() {
+                return Err(invalid(&at.key("ca"), "name the client CA file"));
+            }
+            if m.crls.iter().any(String::is_empty) {
+                return Err(invalid(&at.key("crls"), "a CRL path is empty"));
+            }
+            Some(crate::mtls::MtlsSpec {
+                ca: resolve(base, &m.ca),
+                crls: m.crls.iter().map(|c| resolve(base, c)).collect(),
+                subject: word(&at.key("subject"), &m.subject, "")?,
+                tenant: m
+                    .tenant
+                    .as_ref()
+                    .map(|t| word(&at.key("tenant"), t, ""))
+                    .transpose()?,
+                required: m.required,
+            })
+        }
+    };
     Ok(IdentitySpec {
         providers,
         clock_skew,
         header,
+        mtls,
         // Filled in from the routes' `read_any_subject` once they are compiled.
         role_claims: Vec::new(),
     })

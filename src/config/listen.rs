@@ -48,6 +48,8 @@ pub(super) fn compile(
             &l.tls.handshake_timeout,
             Duration::from_secs(10),
         )?,
+        // From `identity.mtls`, set once identity is compiled.
+        client_auth: None,
     };
     Ok((listen, tls))
 }

@@ -74,6 +74,15 @@ impl Preflight<'_> {
         for (i, sni) in t.sni.iter().enumerate() {
             self.pair(&at.key("sni").index(i), &sni.cert, &sni.key);
         }
+        if let Some(auth) = &t.client_auth {
+            let at = At::top("identity").key("mtls");
+            match crate::tls::client_verifier(auth, crate::tls::provider()) {
+                Ok(_) => {}
+                Err(e @ TlsError::Crl { .. }) => self.error(&at.key("crls"), e.to_string()),
+                Err(e @ TlsError::ClientCa { .. }) => self.error(&at.key("ca"), e.to_string()),
+                Err(e) => self.error(&at, e.to_string()),
+            }
+        }
     }
 
     /// One certificate and key, loaded as the server loads them.
@@ -83,6 +92,7 @@ impl Preflight<'_> {
             key: private.to_path_buf(),
             sni: Vec::new(),
             handshake_timeout: self.cfg.tls.handshake_timeout,
+            client_auth: None,
         };
         match crate::tls::server_config(&settings) {
             Ok(_) => {}

@@ -6,13 +6,19 @@
 # of one request, with setup (key generation, the first write, the first
 # token verification) cancelled out.
 #
-#   bench/subject-count.sh            # N1=200 N2=1200; COLD_N1=20 COLD_N2=120
+#   bench/subject-count.sh   # N1=200 N2=1200; COLD_N1=20 COLD_N2=120; JWT_N1=20 JWT_N2=120
+#
+# Needs valgrind (apt-get install valgrind). Builds the bench binary with the
+# bench profile (cargo bench --no-run) if it is not built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-200}
 N2=${N2:-1200}
 COLD_N1=${COLD_N1:-20}
 COLD_N2=${COLD_N2:-120}
+JWT_N1=${JWT_N1:-20}
+JWT_N2=${JWT_N2:-120}
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 BIN=$(cargo bench --bench subject --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$BIN" ] || { echo "bench binary not found" >&2; exit 1; }
@@ -35,11 +41,13 @@ per() { # case n1 n2 -> instructions per request
 dep=$(per deployment_seal "$N1" "$N2")
 sub=$(per subject_seal_warm "$N1" "$N2")
 jwt=$(per jwt_verify_cached "$N1" "$N2")
+jwt_full=$(per jwt_verify_uncached "$JWT_N1" "$JWT_N2")
 cold=$(per cold_first_write_new_subject "$COLD_N1" "$COLD_N2")
 echo "| case | instructions per request |"
 echo "|---|---:|"
 echo "| deployment_seal | $dep |"
 echo "| subject_seal_warm | $sub |"
 echo "| jwt_verify_cached | $jwt |"
+echo "| jwt_verify_uncached (ES256, a token not seen before) | $jwt_full |"
 echo "| cold_first_write_new_subject (user space only; fsync wait not counted) | $cold |"
 awk -v d="$dep" -v s="$sub" 'BEGIN { printf "subject_seal_warm / deployment_seal = %.4f (+%.2f%%)\n", s / d, (s / d - 1) * 100 }'

@@ -18,6 +18,9 @@ use fieldseal::transform::{self, FieldPath, FieldRule, Keys, SealSpec};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
+/// Most `jwt_verify_uncached` requests one counting run makes.
+const UNCACHED_POOL: u64 = 200;
+
 fn request() -> Vec<u8> {
     let mut doc = json!({
         "id": 918273, "name": "Ada Lovelace", "email": "ada@example.com",
@@ -76,6 +79,7 @@ fn bench(c: &mut Criterion) {
         clock_skew: Duration::from_secs(60),
         role_claims: Vec::new(),
         header: None,
+        mtls: None,
         providers: vec![JwtProviderSpec {
             name: "b".into(),
             issuer: "https://id/".into(),
@@ -95,12 +99,18 @@ fn bench(c: &mut Criterion) {
     let now = fieldseal::crypto::unix_now();
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("k".into());
-    let token = jsonwebtoken::encode(
-        &h,
-        &json!({"iss": "https://id/", "aud": "api", "sub": "alice", "exp": now + 86_400}),
-        &EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let signing = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+    // Distinct tokens (a `jti` apart) are distinct cache entries: each one's
+    // first verification is a full one.
+    let sign = |sub: &str, jti: u64| {
+        jsonwebtoken::encode(
+            &h,
+            &json!({"iss": "https://id/", "aud": "api", "sub": sub, "exp": now + 86_400, "jti": jti}),
+            &signing,
+        )
+        .unwrap()
+    };
+    let token = sign("alice", 0);
 
     let body = request();
     let spec = spec();
@@ -144,12 +154,27 @@ fn bench(c: &mut Criterion) {
     if let Ok(spec) = std::env::var("SUBJECT_COUNT") {
         let (case, n) = spec.split_once(' ').expect("SUBJECT_COUNT=\"CASE N\"");
         let n: u64 = n.parse().expect("N");
+        // Signed in setup, the same number whatever N, so signing cancels
+        // out of the difference and only the verifications remain.
+        let fresh: Vec<String> = if case == "jwt_verify_uncached" {
+            assert!(
+                n <= UNCACHED_POOL,
+                "jwt_verify_uncached: N at most {UNCACHED_POOL}"
+            );
+            (1..=UNCACHED_POOL).map(|i| sign("alice", i)).collect()
+        } else {
+            Vec::new()
+        };
         for i in 0..n {
             match case {
                 "deployment_seal" => drop(std::hint::black_box(deployment())),
                 "subject_seal_warm" => drop(std::hint::black_box(subject_warm())),
                 "jwt_verify_cached" => {
                     std::hint::black_box(rt.block_on(identity.verify(&token)).is_ok());
+                }
+                "jwt_verify_uncached" => {
+                    let ok = rt.block_on(identity.verify(&fresh[i as usize])).is_ok();
+                    assert!(std::hint::black_box(ok), "a fresh token verifies");
                 }
                 "cold_first_write_new_subject" => {
                     std::hint::black_box(cold(i));
@@ -165,6 +190,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("subject_seal_warm", |b| b.iter(subject_warm));
     g.bench_function("jwt_verify_cached", |b| {
         b.iter(|| rt.block_on(identity.verify(&token)).is_ok())
+    });
+    let mut jti = 1_000_000u64;
+    g.bench_function("jwt_verify_uncached", |b| {
+        b.iter_batched(
+            || {
+                jti += 1;
+                sign("alice", jti)
+            },
+            |t| rt.block_on(identity.verify(&t)).is_ok(),
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.bench_function("subject_reference", |b| {
         b.iter(|| service.reference(RefScope::Subject, Some("acme"), "alice"))

@@ -206,14 +206,24 @@ fn demo_in_an_empty_folder_removes_only_what_it_wrote() {
     let mut demo = start_demo(Some(&work), t.path(), t.path());
     let lines = demo.read_until("Press Ctrl-C");
     assert_eq!(announced_dir(&lines), work);
+    // The key store (SQLite in WAL mode: the database, its log and index)
+    // is the demo's too: the proxy opened it there.
     assert_eq!(
         entries(&work),
-        vec!["demo.key", "fieldseal.yaml", "server.crt", "server.key"]
+        vec![
+            "admin.token",
+            "demo.key",
+            "fieldseal.yaml",
+            "keys.db",
+            "keys.db-shm",
+            "keys.db-wal",
+            "server.crt",
+            "server.key"
+        ]
     );
     #[cfg(unix)]
-    {
-        assert_eq!(mode(&work.join("demo.key")), 0o600);
-        assert_eq!(mode(&work.join("server.key")), 0o600);
+    for private in ["admin.token", "demo.key", "server.key", "keys.db"] {
+        assert_eq!(mode(&work.join(private)), 0o600, "{private}");
     }
     // Something the user puts there while the demo runs is theirs.
     std::fs::write(work.join("mine.txt"), b"keep me").expect("write");

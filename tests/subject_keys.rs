@@ -1457,6 +1457,156 @@ async fn subjects_rewrap_moves_fs1_dumps_onto_each_records_subject_key(kind: Kin
     assert!(err.contains("no route named"), "{err}");
 }
 
+// The tenant variant: tokens carry a tenant claim, so a subject's key is
+// the tenant-qualified one. `--tenant-path` reads each record's tenant, and
+// the same subject id in two tenants gets two keys; each record reads back
+// through the proxy for its own tenant's subject only.
+both_stores!(subjects_rewrap_with_a_tenant_path_moves_records_onto_their_tenant_qualified_subject);
+async fn subjects_rewrap_with_a_tenant_path_moves_records_onto_their_tenant_qualified_subject(
+    kind: Kind,
+) {
+    let site = Site::on(kind);
+    let backend = RecordStore::start().await;
+    let with_tenant = |y: String| {
+        y.replace(
+            "      jwks_file:",
+            "      tenant_claim: tid\n      jwks_file:",
+        )
+    };
+    let yaml = with_tenant(site.yaml(&backend.url, &site.ring("k1", &["k1"]), "", ""));
+    assert!(yaml.contains("tenant_claim: tid"));
+    let token = format!(", token_file: \"{}\"", site.path("admin.token").display());
+    let proxy = TestProxy::start_admin(&yaml, "127.0.0.1:0", &token).await;
+    let w = World {
+        proxy,
+        backend,
+        site,
+    };
+    let tok = |tenant: &str, sub: &str| {
+        let mut c = claims(sub);
+        c["tid"] = json!(tenant);
+        sign(&w.site.signer, &c)
+    };
+    let ring = file_ring("k1", &[("k1", &w.site.path("k1.key"))]);
+    let fs1_a = ring.seal(&json!(SSN_A), "ssn").unwrap();
+    let fs1_b = ring.seal(&json!(SSN_B), "ssn").unwrap();
+    let fs1_c = ring.seal(&json!("555-55-5555"), "ssn").unwrap();
+    // The same subject id, alice, in two tenants; and a numeric tenant.
+    let dump = format!(
+        "{}\n{}\n{}\n",
+        json!({"id": "a", "org": {"id": "acme"}, "owner_id": "alice", "ssn": fs1_a}),
+        json!({"id": "b", "org": {"id": "globex"}, "owner_id": "alice", "ssn": fs1_b}),
+        json!({"id": "c", "org": {"id": 77}, "owner_id": "bob", "ssn": fs1_c}),
+    );
+    let cfg = w.site.config_file("cli.yaml", &yaml);
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "subjects",
+        "rewrap",
+        "--config",
+        cfg,
+        "--route",
+        "records",
+        "--subject-path",
+        "$.owner_id",
+        "--tenant-path",
+        "$.org.id",
+    ];
+    let (code, out, err) = w.site.cli_with_stdin(&args, &dump);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("3 re-sealed under their subject's key"),
+        "{err}"
+    );
+    for secret in [SSN_A, SSN_B, "555-55-5555"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "plaintext written"
+        );
+    }
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let reference = |l: &Value| -> String {
+        let e = l["ssn"].as_str().unwrap();
+        assert!(e.starts_with("fs2:"), "{l}");
+        e.split(':').nth(1).unwrap().to_string()
+    };
+    // Each record under the reference `subjects show` gives for its tenant
+    // and subject: acme/alice and globex/alice are different keys.
+    for (l, tenant, sub) in [
+        (&lines[0], "acme", "alice"),
+        (&lines[1], "globex", "alice"),
+        (&lines[2], "77", "bob"),
+    ] {
+        let show = w
+            .site
+            .cli(&["subjects", "show", sub, "--tenant", tenant, "--config", cfg]);
+        let r = reference(l);
+        assert!(show.starts_with(&r), "{tenant}/{sub}: {show} vs {l}");
+        assert!(!show.contains("no key"), "{show}");
+    }
+    assert_ne!(reference(&lines[0]), reference(&lines[1]));
+    let unqualified = w.site.cli(&["subjects", "show", "alice", "--config", cfg]);
+    assert!(unqualified.contains("no key"), "{unqualified}");
+
+    for (i, l) in lines.iter().enumerate() {
+        w.backend
+            .put(&format!("/api/records/{i}"), Bytes::from(l.to_string()));
+    }
+    let read = |tenant: &'static str, sub: &'static str, i: usize| {
+        let t = tok(tenant, sub);
+        let w = &w;
+        async move { w.get_with(&t, &format!("/api/records/{i}")).await }
+    };
+    // Its own tenant's subject reads each record...
+    assert_eq!(read("acme", "alice", 0).await.1["ssn"], json!(SSN_A));
+    assert_eq!(read("globex", "alice", 1).await.1["ssn"], json!(SSN_B));
+    assert_eq!(read("77", "bob", 2).await.1["ssn"], json!("555-55-5555"));
+    // ...and no one else: not the same subject id in the other tenant, not
+    // another subject of the same tenant, not a token without the record's
+    // tenant.
+    for (tenant, sub, i) in [
+        ("globex", "alice", 0),
+        ("acme", "alice", 1),
+        ("acme", "bob", 0),
+        ("acme", "bob", 2),
+        ("globex", "bob", 2),
+    ] {
+        let (s, v) = read(tenant, sub, i).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{tenant}/{sub} reading {i}: {v}");
+    }
+    // Reads made no key; the CLI made exactly the three.
+    let list = w.site.cli(&["subjects", "list", "--config", cfg]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+
+    // Without --tenant-path on a config whose tokens carry a tenant, the
+    // records land on the unqualified subject, which no token names: the
+    // owner reads 403, never another's data.
+    let (code, out, err) = w.site.cli_with_stdin(&args[..8], &dump);
+    assert_eq!(code, 0, "{err}");
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    w.backend
+        .put("/api/records/u", Bytes::from(first.to_string()));
+    let t = tok("acme", "alice");
+    assert_eq!(
+        w.get_with(&t, "/api/records/u").await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // A record without its tenant fails (exit 1), nothing written.
+    let bad = format!(
+        "{}\n",
+        json!({"id": "d", "owner_id": "alice", "ssn": fs1_a})
+    );
+    let (code, out, err) = w.site.cli_with_stdin(&args, &bad);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(!err.contains(SSN_A));
+}
+
 // ---- read_any_subject: roles that read every subject's data -------------
 
 /// The route of `World` with a support role, on_foreign_subject null, and
@@ -2080,7 +2230,9 @@ fn identity_sources_are_named_per_route_when_there_is_more_than_one() {
     for (identity, route, needle) in [
         ("", "    auth_sources: [header]\n", "not configured"),
         (header, "    auth_sources: []\n", "at least one"),
-        (header, "    auth_sources: [mtls]\n", "expected"),
+        (header, "    auth_sources: [kerberos]\n", "expected"),
+        // A known source, but not configured here.
+        (header, "    auth_sources: [mtls]\n", "not configured"),
         (
             "  header: { name: Authorization }\n",
             "    auth_sources: [header]\n",

@@ -51,7 +51,7 @@ pub fn data_key_aad(reference: &str, version: u32) -> Vec<u8> {
 }
 
 /// Whose data key a route seals under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RefScope {
     /// One key per tenant.
     Tenant,

@@ -59,10 +59,24 @@ struct Cached {
     value: Resolved,
 }
 
+/// How many subject references `KeyService::reference` remembers.
+const REF_MEMO_MAX: usize = 10_000;
+
+/// What a subject reference is computed from.
+#[derive(PartialEq, Eq, Hash)]
+struct RefInput {
+    scope: RefScope,
+    tenant: Option<Box<str>>,
+    subject: Box<str>,
+}
+
 pub struct KeyService {
     store: Arc<dyn KeyStore>,
     keks: Keks,
     refs: SubjectRefKey,
+    /// References computed before (an HMAC each), so a warm request computes
+    /// none; cleared when `REF_MEMO_MAX` is reached, so it stays bounded.
+    ref_memo: Mutex<HashMap<RefInput, String>>,
     cache: Mutex<HashMap<String, Cached>>,
     ttl: Duration,
     max: usize,
@@ -164,6 +178,7 @@ impl KeyService {
             store,
             keks,
             refs,
+            ref_memo: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
             ttl,
             max: max.max(1),
@@ -286,7 +301,27 @@ impl KeyService {
         tenant: Option<&str>,
         subject: &str,
     ) -> Option<String> {
-        self.refs.reference(scope, tenant, subject)
+        let input = RefInput {
+            scope,
+            tenant: tenant.map(Box::from),
+            subject: Box::from(subject),
+        };
+        if let Some(r) = self
+            .ref_memo
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&input).cloned())
+        {
+            return Some(r);
+        }
+        let reference = self.refs.reference(scope, tenant, subject)?;
+        if let Ok(mut m) = self.ref_memo.lock() {
+            if m.len() >= REF_MEMO_MAX {
+                m.clear();
+            }
+            m.insert(input, reference.clone());
+        }
+        Some(reference)
     }
 
     /// Drops `reference` from the cache (after an erasure here).

@@ -355,10 +355,24 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The peer's address as an X-Forwarded-For value: made once per
+/// connection, so a request doesn't format it again.
+pub fn forwarded_for(peer: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// Sets X-Forwarded-For/-Proto/-Host. When the peer is a trusted proxy its
 /// X-Forwarded-For chain is kept and the peer appended; otherwise whatever
-/// the client claimed is dropped.
-pub fn set_forwarded(map: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, host: Option<&str>) {
+/// the client claimed is dropped. `peer_value` is `forwarded_for(peer)`;
+/// `host` the request's Host as sent (forwarded when it is visible ASCII).
+pub fn set_forwarded(
+    map: &mut HeaderMap,
+    peer: IpAddr,
+    peer_value: &HeaderValue,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
     let chain = if peer_trusted {
         let prior: Vec<&str> = map
             .get_all(&X_FORWARDED_FOR)
@@ -366,25 +380,23 @@ pub fn set_forwarded(map: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, host
             .filter_map(|v| v.to_str().ok())
             .collect();
         if prior.is_empty() {
-            peer.to_string()
+            Some(peer_value.clone())
         } else {
-            format!("{}, {}", prior.join(", "), peer)
+            HeaderValue::from_str(&format!("{}, {}", prior.join(", "), peer)).ok()
         }
     } else {
-        peer.to_string()
-    };
-    if !peer_trusted {
         remove_client_claims(map);
-    }
+        Some(peer_value.clone())
+    };
     map.remove(&X_FORWARDED_FOR);
     map.remove(header::FORWARDED);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         map.insert(X_FORWARDED_FOR.clone(), v);
     }
     map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     map.remove(&X_FORWARDED_HOST);
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        map.insert(X_FORWARDED_HOST.clone(), h);
+    if let Some(h) = host.filter(|h| h.to_str().is_ok()) {
+        map.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
 }
 
@@ -500,7 +512,8 @@ mod tests {
                 );
             }
             m.insert("x-keep", HeaderValue::from_static("yes"));
-            set_forwarded(&mut m, "10.0.0.9".parse().unwrap(), trusted, None);
+            let peer = "10.0.0.9".parse().unwrap();
+            set_forwarded(&mut m, peer, &forwarded_for(peer), trusted, None);
             assert!(m.contains_key("x-keep"));
             for c in claims {
                 // Forwarded is replaced by X-Forwarded-For either way.
@@ -528,15 +541,29 @@ mod tests {
     fn forwarded_for_from_untrusted_peer_is_replaced() {
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(
-            &mut m,
-            "10.0.0.9".parse().unwrap(),
-            false,
-            Some("api.example"),
-        );
+        let peer = "10.0.0.9".parse().unwrap();
+        let host = HeaderValue::from_static("api.example");
+        set_forwarded(&mut m, peer, &forwarded_for(peer), false, Some(&host));
         assert_eq!(m["x-forwarded-for"], "10.0.0.9");
         assert_eq!(m["x-forwarded-proto"], "https");
         assert_eq!(m["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn a_trusted_peer_is_appended_to_the_chain_and_v6_peers_are_written_plain() {
+        let mut m = HeaderMap::new();
+        m.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        m.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        let peer: IpAddr = "2001:db8::7".parse().unwrap();
+        set_forwarded(&mut m, peer, &forwarded_for(peer), true, None);
+        assert_eq!(m["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 2001:db8::7");
+        assert!(!m.contains_key("x-forwarded-host"));
+        // A Host that is not visible ASCII is not echoed as X-Forwarded-Host.
+        let mut m = HeaderMap::new();
+        let odd = HeaderValue::from_bytes(b"caf\xc3\xa9.example").unwrap();
+        set_forwarded(&mut m, peer, &forwarded_for(peer), false, Some(&odd));
+        assert_eq!(m["x-forwarded-for"], "2001:db8::7");
+        assert!(!m.contains_key("x-forwarded-host"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod init;
 pub mod keystore;
 pub mod logging;
+pub mod mtls;
 pub mod offline;
 pub mod proxy;
 pub mod tls;
@@ -37,7 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use config::Config;
-pub use listener::{BindError, Listeners};
+pub use listener::{bind_shared, BindError, Listeners};
 pub use state::LoadError;
 
 use state::Shared;

@@ -21,7 +21,7 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &crate::config::Config) -> Result<Listeners, BindError> {
-        let https = bind("listen.address", config.listen).await?;
+        let https = bind_shared("listen.address", config.listen)?;
         let redirect = match config.redirect_http {
             Some(a) => Some(bind("redirect_http.address", a).await?),
             None => None,
@@ -53,6 +53,56 @@ async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener
         address,
         error,
     })
+}
+
+/// Binds a listening socket with SO_REUSEPORT (and SO_REUSEADDR, as
+/// tokio's `bind` sets it), so that each serving runtime can bind its own
+/// socket on the same address and the kernel spreads new connections over
+/// them. Only sockets of the same user can join (Linux). Port 0 picks a
+/// free port; the other runtimes then bind the one it got.
+pub fn bind_shared(listener: &'static str, address: SocketAddr) -> Result<TcpListener, BindError> {
+    reuseport_socket(address)
+        .and_then(|s| s.listen(LISTEN_BACKLOG))
+        .map_err(|error| BindError {
+            listener,
+            address,
+            error,
+        })
+}
+
+/// tokio's own backlog for `TcpListener::bind`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn reuseport_socket(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    Ok(socket)
+}
+
+/// Another socket on `first`'s address for a serving runtime: its own
+/// (SO_REUSEPORT) when `first` allows that, else a duplicate of `first`
+/// (the runtimes then share one accept queue). Made outside any runtime.
+pub(crate) fn sibling(first: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let address = first.local_addr()?;
+    let own = reuseport_socket(address).and_then(|s| {
+        // `listen` registers with the current runtime; the caller moves the
+        // socket to the runtime that serves it.
+        let l = s.listen(LISTEN_BACKLOG)?;
+        l.into_std()
+    });
+    match own {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "cannot bind another socket on the listen address (was it bound without SO_REUSEPORT?); the runtimes share one accept queue");
+            first.try_clone()
+        }
+    }
 }
 
 fn describe_bind_error(e: &std::io::Error) -> String {

@@ -42,12 +42,12 @@ enum Command {
         #[arg(long, hide = true)]
         load: bool,
     },
-    /// Start the proxy on https://127.0.0.1:8443 in front of a built-in JSON service, with generated keys
+    /// Start the proxy on https://127.0.0.1:8443 in front of a built-in JSON service, with generated keys, a development JWT issuer and per-subject keys
     Demo {
         /// The HTTPS address (127.0.0.1:0 picks a free port)
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
-        /// A new or empty folder for the generated certificate, key and config (default: a private temporary folder); what the demo wrote is removed when it stops
+        /// A new or empty folder for the generated certificate, keys, key store and config (default: a private temporary folder); what the demo wrote is removed when it stops
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -339,6 +339,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The runtime `run` starts on. `per_core`: a single-threaded control
+/// runtime (admin listener, health checks, signals, reload); the serving
+/// runtimes are started by `serve`, one per worker. `shared`: one
+/// multi-threaded runtime with `server.workers` threads that serves too.
+fn serve_runtime(server: &fieldseal::config::ServerSettings) -> Result<tokio::runtime::Runtime> {
+    let mut b = match server.runtime {
+        fieldseal::config::RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread(),
+        fieldseal::config::RuntimeMode::Shared => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(server.worker_count());
+            b
+        }
+    };
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
@@ -351,7 +369,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             for w in &preflight.warnings {
                 tracing::warn!(warning = %w, "host");
             }
-            runtime()?.block_on(serve(cfg))?;
+            serve_runtime(&cfg.server)?.block_on(serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
@@ -1111,25 +1129,53 @@ async fn serve(cfg: Config) -> Result<()> {
 }
 
 async fn demo(listen: SocketAddr, mut dir: fieldseal::demo::DemoDir) -> Result<()> {
+    use fieldseal::demo::{DemoAddrs, DevIssuer, SubjectGuide, TOKEN_LIFETIME};
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = backend.local_addr()?;
     tokio::spawn(fieldseal::demo::start_backend(backend));
-    let https = tokio::net::TcpListener::bind(listen)
-        .await
+    // The development issuer: its key set served over HTTP, so the proxy
+    // fetches it from `jwks_url` as it would from a real identity provider.
+    let jwks = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addrs = DemoAddrs {
+        listen,
+        backend: backend_addr,
+        issuer: jwks.local_addr()?,
+    };
+    let issuer = DevIssuer::generate(addrs.issuer_url()).map_err(anyhow::Error::msg)?;
+    tokio::spawn(fieldseal::demo::serve_jwks(jwks, issuer.jwks().to_owned()));
+    let https = fieldseal::bind_shared("listen.address", listen)
         .with_context(|| format!("cannot listen on {listen} (try --listen 127.0.0.1:0)"))?;
-    let listen = https.local_addr()?;
-    let path = dir
-        .write(listen, backend_addr)
-        .map_err(anyhow::Error::msg)?;
+    let addrs = DemoAddrs {
+        listen: https.local_addr()?,
+        ..addrs
+    };
+    let path = dir.write(&addrs).map_err(anyhow::Error::msg)?;
     let cfg = Config::load(&path)?;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin_addr = admin.local_addr()?;
-    let proxy = Proxy::new(cfg)?;
+    let proxy = tokio::task::spawn_blocking(move || Proxy::new(cfg)).await??;
     let shutdown = shutdown_signal();
+    let token = |sub: &str| {
+        issuer
+            .token(sub, TOKEN_LIFETIME)
+            .map_err(anyhow::Error::msg)
+    };
+    let guide = SubjectGuide {
+        jwks_url: addrs.jwks_url(),
+        alice: token("alice")?,
+        bob: token("bob")?,
+        admin_token: dir
+            .admin_token()
+            .ok_or_else(|| anyhow!("the demo wrote no admin token"))?
+            .to_owned(),
+        program: std::env::current_exe().context("the path of this program")?,
+        config: path.clone(),
+    };
     println!(
         "{}",
-        fieldseal::demo::instructions(listen, backend_addr, Some(admin_addr), dir.path())
+        fieldseal::demo::instructions(addrs.listen, backend_addr, admin_addr, dir.path(), &guide)
     );
+    drop(guide);
     let _ = std::io::stdout().flush();
     spawn_reload_on_hup(proxy.clone());
     proxy

@@ -2,6 +2,7 @@
 //! process, across reloads, and is shared by every request.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -97,6 +98,13 @@ pub struct UpstreamKind {
     pub kind: String,
 }
 
+/// One serving runtime (`server.runtime: per_core`: one per worker thread;
+/// `shared`: the one accept loop, "0").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuntimeLabel {
+    pub runtime: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabel {
     pub key_id: String,
@@ -133,6 +141,7 @@ fn latency_histogram() -> Histogram {
 /// doesn't allocate label strings or take the family's lock for them.
 #[derive(Clone)]
 pub struct RouteMetrics {
+    pub requests: StatusCounters,
     pub request_duration: Histogram,
     pub fields_encrypted: Counter,
     pub fields_decrypted: Counter,
@@ -140,6 +149,39 @@ pub struct RouteMetrics {
     /// Data subjects a `read_any_subject` role holder read, per request.
     pub role_subject_reads: Counter,
     pub pairs: PairCounters,
+}
+
+/// One route's `requests_total` counters by status: each looked up in the
+/// family the first time its status is answered, then kept, so a request
+/// doesn't allocate the route label. At most one per HTTP status code.
+#[derive(Clone)]
+pub struct StatusCounters {
+    route: String,
+    family: Family<RouteStatus, Counter>,
+    seen: Arc<RwLock<Vec<(u16, Counter)>>>,
+}
+
+impl StatusCounters {
+    pub fn inc(&self, status: u16) {
+        let read = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c)) = read.iter().find(|(s, _)| *s == status) {
+            c.inc();
+            return;
+        }
+        drop(read);
+        let c = self
+            .family
+            .get_or_create(&RouteStatus {
+                route: self.route.clone(),
+                status,
+            })
+            .clone();
+        c.inc();
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if !seen.iter().any(|(s, _)| *s == status) {
+            seen.push((status, c));
+        }
+    }
 }
 
 pub struct Metrics {
@@ -169,6 +211,8 @@ pub struct Metrics {
     /// Active health checks, by outcome (`ok`, `failed`).
     pub upstream_health_checks: Family<ServerOutcome, Counter>,
     pub open_connections: Gauge,
+    /// Client connections open on each serving runtime, handshakes included.
+    pub runtime_connections: Family<RuntimeLabel, Gauge>,
     pub tls_handshake_failures: Counter,
     pub encryptions: Family<KeyLabel, Counter>,
     pub reloads: Family<OutcomeLabel, Counter>,
@@ -216,6 +260,7 @@ impl Metrics {
             upstream_server_busy: Family::default(),
             upstream_health_checks: Family::default(),
             open_connections: Gauge::default(),
+            runtime_connections: Family::default(),
             tls_handshake_failures: Counter::default(),
             encryptions: Family::default(),
             reloads: Family::default(),
@@ -331,6 +376,11 @@ impl Metrics {
             m.open_connections.clone(),
         );
         registry.register(
+            "runtime_connections",
+            "Client connections open on each serving runtime (server.runtime: per_core has one per worker), handshakes included",
+            m.runtime_connections.clone(),
+        );
+        registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             m.tls_handshake_failures.clone(),
@@ -412,6 +462,11 @@ impl Metrics {
             route: route.to_string(),
         };
         RouteMetrics {
+            requests: StatusCounters {
+                route: route.to_string(),
+                family: self.requests.clone(),
+                seen: Arc::default(),
+            },
             request_duration: self.request_duration.get_or_create(&label).clone(),
             fields_encrypted: self.fields_encrypted.get_or_create(&label).clone(),
             fields_decrypted: self.fields_decrypted.get_or_create(&label).clone(),
@@ -452,15 +507,41 @@ impl Metrics {
     /// Counts `n` encryptions under `key_id` and warns once the key nears
     /// the random-nonce bound. Returns true when this call crossed a threshold.
     pub fn count_encryptions(&self, key_id: &str, n: u64) -> bool {
+        self.key_counter(key_id).count(n)
+    }
+
+    /// The encryption counter of `key_id`, for a route to keep (a request
+    /// then neither allocates the label nor takes the family's lock).
+    pub fn key_counter(&self, key_id: &str) -> KeyCounter {
+        let label = KeyLabel {
+            key_id: key_id.to_string(),
+        };
+        KeyCounter {
+            counter: self.encryptions.get_or_create(&label).clone(),
+            key_id: label.key_id,
+        }
+    }
+}
+
+/// One key id's encryption counter (see [`Metrics::key_counter`]).
+#[derive(Clone)]
+pub struct KeyCounter {
+    key_id: String,
+    counter: Counter,
+}
+
+impl KeyCounter {
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// [`Metrics::count_encryptions`] on this key id.
+    pub fn count(&self, n: u64) -> bool {
         if n == 0 {
             return false;
         }
-        let before = self
-            .encryptions
-            .get_or_create(&KeyLabel {
-                key_id: key_id.to_string(),
-            })
-            .inc_by(n);
+        let key_id = self.key_id.as_str();
+        let before = self.counter.inc_by(n);
         let after = before.saturating_add(n);
         let warned = before < NONCE_WARN_AT && after >= NONCE_WARN_AT;
         let passed = before < NONCE_BOUND && after >= NONCE_BOUND;
@@ -623,6 +704,40 @@ mod tests {
             text.contains("fieldseal_encryptions_total{key_id=\"k2\"} 5"),
             "{text}"
         );
+        // A route's kept counter is the family's.
+        let kept = m.key_counter("k2");
+        assert!(!kept.count(2));
+        assert!(
+            m.encode()
+                .contains("fieldseal_encryptions_total{key_id=\"k2\"} 7"),
+            "{}",
+            m.encode()
+        );
+    }
+
+    #[test]
+    fn a_routes_kept_status_counters_are_the_familys() {
+        let m = Metrics::new();
+        let a = m.route_handles("a");
+        // A second config load's handles count on the same series.
+        let again = m.route_handles("a");
+        a.requests.inc(200);
+        a.requests.inc(200);
+        again.requests.inc(200);
+        a.requests.inc(404);
+        m.requests
+            .get_or_create(&RouteStatus {
+                route: "a".into(),
+                status: 404,
+            })
+            .inc();
+        let text = m.encode();
+        for line in [
+            "fieldseal_requests_total{route=\"a\",status=\"200\"} 3",
+            "fieldseal_requests_total{route=\"a\",status=\"404\"} 2",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{BufferPool, ConnBuffers};
 use crate::client_slots::ClientSlots;
+use crate::config::RuntimeMode;
 use crate::error::{ClientError, ProxyError};
 use crate::listener::Listeners;
 use crate::metrics::CloseReason;
@@ -135,15 +136,261 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
     };
 
     // Every connection task holds a receiver: their number is the number of
-    // open connections, handshakes included.
+    // open connections, handshakes included, on all runtimes together.
     let (phase_tx, _) = watch::channel(Phase::Serving);
-    let pool = Arc::new(BufferPool::new(shared.metrics.buffered_bytes.clone()));
-    let client_slots = Arc::new(ClientSlots::default());
-    tokio::pin!(shutdown);
-    let https = listeners.https;
+    let front = Front {
+        shared: Arc::clone(&shared),
+        phase: Arc::new(phase_tx),
+        pool: Arc::new(BufferPool::new(shared.metrics.buffered_bytes.clone())),
+        client_slots: Arc::new(ClientSlots::default()),
+    };
+    let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
+    let server = shared.runtime.load().config.server.clone();
+    let workers = match server.runtime {
+        RuntimeMode::Shared => None,
+        RuntimeMode::PerCore => Some(server.worker_count()),
+    };
+    let mut serving = start_accepting(&front, listeners.https, workers, &accept_stop_rx);
+    shutdown.await;
+    let _ = accept_stop_tx.send(true);
+    // Every accept loop has closed its socket once this returns.
+    serving.accepting_stopped().await;
+    let phase_tx = &front.phase;
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let grace = shared.runtime.load().config.shutdown_grace;
+    tracing::info!(
+        in_flight = phase_tx.receiver_count(),
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: draining connections"
+    );
+    let _ = stop_tx.send(true);
+    phase_tx.send_replace(Phase::Draining);
+    match tokio::time::timeout(grace, phase_tx.closed()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => {
+            tracing::warn!("grace period over; closing remaining connections");
+            phase_tx.send_replace(Phase::Closing);
+            let _ = tokio::time::timeout(Duration::from_secs(5), phase_tx.closed()).await;
+        }
+    }
+    serving.finish().await;
+    pruner.abort();
+    shared.runtime.load().stop_checks();
+    let _ = admin_stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+}
+
+/// What every accept loop shares, whichever runtime it runs on: the
+/// process state, the connections' phase (its receiver count is the number
+/// of open connections of all runtimes), the buffer budget and the
+/// per-client connection counts.
+#[derive(Clone)]
+struct Front {
+    shared: Arc<Shared>,
+    phase: Arc<watch::Sender<Phase>>,
+    pool: Arc<BufferPool>,
+    client_slots: Arc<ClientSlots>,
+}
+
+/// The accept loops while they run: one task on the caller's runtime
+/// (`shared`), or one thread per runtime (`per_core`).
+enum Serving {
+    Task(tokio::task::JoinHandle<()>),
+    PerCore(Vec<Worker>),
+}
+
+/// A serving runtime on its own thread.
+struct Worker {
+    /// Sent when its accept loop has returned (its socket is closed).
+    accepting: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Tells it to stop its runtime (after the drain).
+    finish: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Sent when its runtime is shut down.
+    exited: tokio::sync::oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Serving {
+    async fn accepting_stopped(&mut self) {
+        match self {
+            Serving::Task(t) => {
+                let _ = t.await;
+            }
+            Serving::PerCore(workers) => {
+                for w in workers {
+                    if let Some(rx) = w.accepting.take() {
+                        let _ = rx.await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the drain: stops the runtimes (dropping what still runs on
+    /// them) and waits for their threads.
+    async fn finish(self) {
+        let Serving::PerCore(workers) = self else {
+            return;
+        };
+        for mut w in workers {
+            if let Some(tx) = w.finish.take() {
+                let _ = tx.send(());
+            }
+            // The runtime's own shutdown is bounded (`shutdown_timeout`).
+            let _ = w.exited.await;
+            let _ = w.thread.join();
+        }
+    }
+}
+
+/// How long a serving runtime's shutdown waits for its blocking tasks (an
+/// offloaded transform of a connection that was just dropped).
+const WORKER_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// tokio's default bound on blocking threads, for the whole process: the
+/// per-core runtimes share it out rather than each having all of it.
+const BLOCKING_THREADS: usize = 512;
+
+/// Starts the accept loops: `workers` None serves on the caller's runtime;
+/// Some(n) starts n single-threaded runtimes, each on its own thread with
+/// its own socket on the listen address. If the runtimes can't be made,
+/// the caller's runtime serves (logged).
+fn start_accepting(
+    front: &Front,
+    https: TcpListener,
+    workers: Option<usize>,
+    stop: &watch::Receiver<bool>,
+) -> Serving {
+    let Some(n) = workers else {
+        return Serving::Task(tokio::spawn(accept_loop(
+            front.clone(),
+            https,
+            0,
+            stop.clone(),
+        )));
+    };
+    let first = match https.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand the listen socket to the serving runtimes");
+            return Serving::PerCore(Vec::new());
+        }
+    };
+    match start_workers(front, first, n, stop) {
+        Ok(workers) => Serving::PerCore(workers),
+        Err((first, e)) => {
+            tracing::error!(error = %e, "cannot start the per-core runtimes; serving on one shared runtime");
+            match TcpListener::from_std(first) {
+                Ok(l) => {
+                    Serving::Task(tokio::spawn(accept_loop(front.clone(), l, 0, stop.clone())))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve the listen socket");
+                    Serving::PerCore(Vec::new())
+                }
+            }
+        }
+    }
+}
+
+type StartError = (std::net::TcpListener, std::io::Error);
+
+fn start_workers(
+    front: &Front,
+    first: std::net::TcpListener,
+    n: usize,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<Worker>, StartError> {
+    let n = n.max(1);
+    // Sockets and runtimes are all made before any thread starts, so a
+    // failure leaves nothing half-started.
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 1..n {
+        match crate::listener::sibling(&first) {
+            Ok(l) => sockets.push(l),
+            Err(e) => return Err((first, e)),
+        }
+    }
+    let mut runtimes = Vec::with_capacity(n);
+    for i in 0..n {
+        let built = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("fieldseal-blocking-{i}"))
+            .max_blocking_threads((BLOCKING_THREADS / n).max(4))
+            .build();
+        match built {
+            Ok(rt) => runtimes.push(rt),
+            Err(e) => return Err((first, e)),
+        }
+    }
+    sockets.insert(0, first);
+    let mut workers = Vec::with_capacity(n);
+    for (i, (socket, rt)) in sockets.into_iter().zip(runtimes).enumerate() {
+        let (accepting_tx, accepting) = tokio::sync::oneshot::channel();
+        let (finish, finish_rx) = tokio::sync::oneshot::channel::<()>();
+        let (exited_tx, exited) = tokio::sync::oneshot::channel();
+        let front = front.clone();
+        let stop = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("fieldseal-{i}"))
+            .spawn(move || {
+                crate::upstream::set_runtime_index(i);
+                rt.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => accept_loop(front, l, i, stop).await,
+                        Err(e) => tracing::error!(runtime = i, error = %e, "cannot serve the listen socket"),
+                    }
+                    let _ = accepting_tx.send(());
+                    // Its connections drain here, on this runtime.
+                    let _ = finish_rx.await;
+                });
+                rt.shutdown_timeout(WORKER_SHUTDOWN);
+                let _ = exited_tx.send(());
+            });
+        match spawned {
+            Ok(thread) => workers.push(Worker {
+                accepting: Some(accepting),
+                finish: Some(finish),
+                exited,
+                thread,
+            }),
+            Err(e) => {
+                // The threads already started stop with the server.
+                tracing::error!(runtime = i, error = %e, "cannot start a serving thread");
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// Accepts connections on `https` until `stop` says so, each served on
+/// this runtime; `runtime` names it in metrics.
+async fn accept_loop(
+    front: Front,
+    https: TcpListener,
+    runtime: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Front {
+        shared,
+        phase: phase_tx,
+        pool,
+        client_slots,
+    } = front;
+    let open_here = shared
+        .metrics
+        .runtime_connections
+        .get_or_create(&crate::metrics::RuntimeLabel {
+            runtime: runtime.to_string(),
+        })
+        .clone();
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = stopped(&mut stop) => break,
             accepted = https.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(a) => a,
@@ -180,39 +427,36 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners, shutdown: impl Fut
                     phase: phase_tx.subscribe(),
                 };
                 drop(rt);
+                let open = OpenHere::new(open_here.clone());
                 tokio::spawn(async move {
                     // Held until the connection is closed.
                     let _slot = slot;
+                    let _open = open;
                     conn.run(tcp).await;
                 });
             }
         }
     }
-    drop(https);
-    shared
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let grace = shared.runtime.load().config.shutdown_grace;
-    tracing::info!(
-        in_flight = phase_tx.receiver_count(),
-        grace_secs = grace.as_secs_f64(),
-        "shutting down: draining connections"
-    );
-    let _ = stop_tx.send(true);
-    phase_tx.send_replace(Phase::Draining);
-    match tokio::time::timeout(grace, phase_tx.closed()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => {
-            tracing::warn!("grace period over; closing remaining connections");
-            phase_tx.send_replace(Phase::Closing);
-            let _ = tokio::time::timeout(Duration::from_secs(5), phase_tx.closed()).await;
-        }
+}
+
+/// Resolves once `stop` says true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// One connection counted in its runtime's gauge until it is dropped.
+struct OpenHere(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenHere {
+    fn new(g: prometheus_client::metrics::gauge::Gauge) -> OpenHere {
+        g.inc();
+        OpenHere(g)
     }
-    pruner.abort();
-    shared.runtime.load().stop_checks();
-    let _ = admin_stop_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+}
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -560,14 +804,34 @@ async fn serve_connection(
     let _open = Open(metrics);
 
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    // rustls keeps a client chain only once its verifier accepted it (the
+    // handshake fails otherwise), so this is a verified chain; its leaf is
+    // read once here and lent to every request on the connection.
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .map(|leaf| {
+            crate::mtls::ClientCertificate(Arc::new(crate::mtls::PeerCertificate::from_der(leaf)))
+        });
     let state = Arc::new(ConnState::new());
-    let buffers = Arc::new(ConnBuffers::new(pool));
+    let conn_info = Arc::new(crate::proxy::Conn::new(peer, ConnBuffers::new(pool)));
     let service = {
         let state = Arc::clone(&state);
-        service_fn(move |req| {
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            if let Some(c) = &client_cert {
+                req.extensions_mut().insert(c.clone());
+            }
             let in_flight = state.begin();
-            let handled =
-                crate::proxy::handle(Arc::clone(&shared), req, peer, Arc::clone(&buffers));
+            // Boxed: the pipeline's state machine is large, and hyper's HTTP/2
+            // server moves each stream's future several times (into its task,
+            // through the scheduler); a box makes every move a pointer copy.
+            let handled = Box::pin(crate::proxy::handle(
+                Arc::clone(&shared),
+                req,
+                Arc::clone(&conn_info),
+            ));
             async move {
                 let Ok(resp) = handled.await;
                 Ok::<_, Infallible>(resp.map(|b| Watched::new(b, in_flight)))

@@ -135,6 +135,9 @@ pub struct RouteRuntime {
     pub upstream: Arc<UpstreamClient>,
     /// What request bodies get sealed, and with which keys.
     pub seal: Option<Arc<Transform<SealSpec>>>,
+    /// The encryptions counter of what seals this route's fields: the
+    /// deployment's active key, or the tenant or subject keys.
+    pub sealed_under: Option<crate::metrics::KeyCounter>,
     /// What answers get opened, and with which keys.
     pub open: Option<Arc<Transform<OpenSpec>>>,
 }
@@ -259,6 +262,11 @@ impl Runtime {
             }
             _ => None,
         };
+        // Each serving runtime gets its own upstream connections.
+        let runtimes = match config.server.runtime {
+            crate::config::RuntimeMode::PerCore => config.server.worker_count(),
+            crate::config::RuntimeMode::Shared => 1,
+        };
         let upstreams: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
@@ -268,7 +276,7 @@ impl Runtime {
                 let before = previous
                     .and_then(|p| p.upstreams.iter().find(|o| o.spec.name == u.name))
                     .map(|o| &**o);
-                UpstreamClient::new(u, metrics, before).map(Arc::new)
+                UpstreamClient::new(u, metrics, before, runtimes).map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
         // Buckets survive a reload: clients don't get a fresh burst from it.
@@ -283,12 +291,22 @@ impl Runtime {
             .map(|(route, limiter)| {
                 // The index was checked against `upstreams` by the loader.
                 let upstream = Arc::clone(&upstreams[route.upstream]);
+                let seal = with_keys(route.seal.clone(), &keyring, &route.name)?;
+                // Subject keys are not metric labels (one per subject would be unbounded).
+                let sealed_under = seal.as_ref().map(|s| {
+                    metrics.key_counter(match route.key_scope {
+                        crate::routes::KeyScope::Deployment => s.keys.active_id(),
+                        crate::routes::KeyScope::Tenant => "tenant-keys",
+                        crate::routes::KeyScope::Subject => "subject-keys",
+                    })
+                });
                 Ok(Arc::new(RouteRuntime {
                     route: route.clone(),
                     limiter,
                     metrics: metrics.route_handles(&route.name),
                     upstream,
-                    seal: with_keys(route.seal.clone(), &keyring, &route.name)?,
+                    seal,
+                    sealed_under,
                     open: with_keys(route.open.clone(), &keyring, &route.name)?,
                 }))
             })
@@ -371,6 +389,10 @@ impl Shared {
             }
             if config.redirect_http != current.config.redirect_http {
                 return Err(LoadError::NeedsRestart("redirect_http.address"));
+            }
+            // The runtimes and their sockets are made once, at start.
+            if config.server != current.config.server {
+                return Err(LoadError::NeedsRestart("server"));
             }
             Runtime::build(config, Some(&current), &shared.metrics)
         })

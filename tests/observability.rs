@@ -602,7 +602,8 @@ async fn text_logs_carry_no_colour_codes_when_not_on_a_terminal() {
 // The admin listener: off, token, introspection, process metrics
 // ---------------------------------------------------------------------------
 
-/// Socket inodes of `pid` that are listening TCP sockets, with their ports.
+/// The ports `pid` listens on (TCP), each once: with `server.runtime:
+/// per_core` every serving runtime has its own socket on the HTTPS port.
 fn listening_ports(pid: u32) -> Vec<u16> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
@@ -625,6 +626,7 @@ fn listening_ports(pid: u32) -> Vec<u16> {
         }
     }
     ports.sort_unstable();
+    ports.dedup();
     ports
 }
 

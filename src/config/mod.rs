@@ -21,6 +21,7 @@ mod rate_limit;
 pub mod raw;
 mod redis;
 mod routes;
+mod server;
 mod shadowing;
 mod shape;
 mod units;
@@ -47,6 +48,7 @@ pub use audit::AuditSettings;
 pub use limits::Limits;
 pub use log::LogSettings;
 pub use rate_limit::GlobalRateLimit;
+pub use server::{RuntimeMode, ServerSettings};
 pub use units::{canonical as canonical_ip, parse_duration, parse_size, IpNet};
 pub use upstreams::{
     ActiveCheck, Balance, Health, HostHeader, Readiness, Server, Upstream, UpstreamTls,
@@ -91,6 +93,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    /// `server`: the runtimes and worker threads.
+    pub server: ServerSettings,
     pub keys: Option<KeyringSpec>,
     pub audit: Option<AuditSettings>,
     /// `identity`: the JWT providers (None: no route verifies tokens).
@@ -181,7 +185,7 @@ fn strip_location(msg: &str) -> String {
 
 /// The whole file, section by section.
 fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, Invalid> {
-    let (listen, tls) = listen::compile(&raw.listen, base)?;
+    let (listen, mut tls) = listen::compile(&raw.listen, base)?;
     let redirect_http = listen::redirect(raw.redirect_http.as_ref())?;
     let admin = admin::compile(raw.admin.as_ref(), base)?;
     let allowed_hosts = listen::allowed_hosts(raw.allowed_hosts.as_deref())?;
@@ -209,6 +213,15 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         .as_ref()
         .map(|i| identity::compile(i, base))
         .transpose()?;
+    tls.client_auth =
+        identity
+            .as_ref()
+            .and_then(|i| i.mtls.as_ref())
+            .map(|m| crate::tls::ClientAuth {
+                ca: m.ca.clone(),
+                crls: m.crls.clone(),
+                required: m.required,
+            });
     let key_store = match &raw.key_store {
         None => None,
         Some(k) => {
@@ -257,7 +270,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         r.auth_sources = match &raw_r.auth_sources {
             None if configured.len() > 1 => return Err(invalid(
                 &at.key("auth_sources"),
-                "identity has more than one source: name the ones this route accepts (jwt, header)",
+                "identity has more than one source: name the ones this route accepts (jwt, header, mtls)",
             )),
             None => configured.clone(),
             Some(list) => {
@@ -294,6 +307,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         &raw.shutdown.grace_period,
         Duration::from_secs(30),
     )?;
+    let server = server::compile(&raw.server)?;
     let mut warnings = routes.warnings;
     warnings.extend(listen::trusted_proxy_warnings(
         &raw.trusted_proxies,
@@ -315,6 +329,7 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
         redis,
         limits,
         shutdown_grace,
+        server,
         keys,
         audit,
         identity,

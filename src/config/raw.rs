@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// How the process serves: its runtimes and worker threads.
+    #[serde(default)]
+    pub server: RawServer,
     /// The keyring: where keys come from (never the keys themselves).
     #[serde(default)]
     pub keys: Option<RawKeys>,
@@ -446,6 +449,24 @@ pub struct RawLimits {
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `per_core`: one single-threaded runtime per worker, each with its
+    /// own listening socket (SO_REUSEPORT) and its own upstream
+    /// connections, so a request and its upstream connection stay on one
+    /// thread. `shared` (default): one multi-threaded runtime with work
+    /// stealing (a slow request can't hold up others of its thread). Needs
+    /// a restart to change.
+    #[serde(default)]
+    pub runtime: Option<Word<crate::config::RuntimeMode>>,
+    /// Worker threads (per_core: runtimes). Default: the environment's
+    /// TOKIO_WORKER_THREADS, else the number of CPUs. Needs a restart to
+    /// change.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RawShutdown {
     /// How long requests in flight may finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default)]
@@ -598,8 +619,10 @@ pub struct RawRoute {
     /// when sent) or `required` (401 without a valid one, nothing forwarded).
     #[serde(default)]
     pub auth: Option<Word<crate::identity::AuthMode>>,
-    /// Which identity sources a route with `auth` accepts: `jwt`, `header`.
-    /// Default: the one configured; needed when `identity` has more than one.
+    /// Which identity sources a route with `auth` accepts: `jwt`, `header`,
+    /// `mtls`. Default: the one configured; needed when `identity` has more
+    /// than one. A request with credentials of two accepted sources must
+    /// name the same subject (and tenant) in both, else 401.
     #[serde(default)]
     pub auth_sources: Option<Vec<Word<crate::identity::AuthSource>>>,
     /// Whose key seals this route's fields: `deployment` (default: the ring's
@@ -820,9 +843,40 @@ pub struct RawIdentity {
     /// else's requests on every route).
     #[serde(default)]
     pub header: Option<RawHeaderIdentity>,
+    /// TLS client certificates: the listener asks for one, verifies it
+    /// against `ca`, and routes whose `auth_sources` name `mtls` take the
+    /// caller from it.
+    #[serde(default)]
+    pub mtls: Option<RawMtlsIdentity>,
     /// Tolerance for `exp`, `nbf` and `iat` against this host's clock. Default 60s, at most 5m.
     #[serde(default)]
     pub clock_skew: Option<String>,
+}
+
+/// `identity.mtls`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtlsIdentity {
+    /// PEM file of the CA certificates a client certificate's chain must
+    /// end in (only these: not the system's roots). Reloaded on SIGHUP.
+    pub ca: String,
+    /// PEM CRL files. When given, the client certificate's issuer must have
+    /// one of them and a revoked certificate fails the handshake. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub crls: Vec<String>,
+    /// Which value names the subject: `san_uri`, `san_email`, `san_dns`
+    /// (subject alternative names) or `cn` (the subject DN's common name).
+    /// Exactly one such value must be present, else 401.
+    pub subject: Word<crate::mtls::CertSubject>,
+    /// Which value names the tenant, if any: `ou` or `o` of the subject DN
+    /// (exactly one, else 401).
+    #[serde(default)]
+    pub tenant: Option<Word<crate::mtls::CertTenant>>,
+    /// `true`: the handshake refuses a client without a certificate (on
+    /// every route). Default `false`: a certificate is asked for but
+    /// optional, and routes decide.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// `identity.header`.

@@ -12,6 +12,7 @@ use super::Exchange;
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::headers;
 use crate::identity::{AuthError, AuthMode, AuthSource, Principal};
+use crate::mtls::ClientCertificate;
 use crate::ratelimit::Refused;
 use crate::routes::{canonical_path, CanonicalPath};
 use crate::state::{RouteRuntime, Runtime};
@@ -28,17 +29,25 @@ pub(super) struct Admitted {
     pub peer_trusted: bool,
 }
 
-/// On a route with `auth`, who the caller is: the bearer token verified
-/// (401 when it is missing on `required`, or bad on either), claims set as
-/// the configured headers after every client copy of them was removed.
-/// An `identity.header` is believed only from a `trusted_proxies` peer:
-/// anyone else's copy is removed first, on every route.
+/// On a route with `auth`, who the caller is: from the connection's
+/// verified client certificate (`mtls`), the bearer token (`jwt`) or a
+/// trusted proxy's header (`header`), among the route's `auth_sources`.
+/// 401 when none is presented on `required`, when a presented one is bad
+/// (on either mode: a bad credential is never skipped for another), and
+/// when a certificate and a token or header name different callers (they
+/// are never merged: with both, they must agree, and the token's
+/// principal, with its roles and forwarded claims, is the one used).
+/// Claims are set as the configured headers after every client copy of
+/// them was removed. An `identity.header` is believed only from a
+/// `trusted_proxies` peer: anyone else's copy is removed first, on every route.
 pub(super) async fn identify(
     rt: &Runtime,
     route: &RouteRuntime,
     parts: &mut Parts,
     peer_trusted: bool,
 ) -> Result<Option<Principal>, ProxyError> {
+    // Never forwarded, whatever the route.
+    let cert = parts.extensions.remove::<ClientCertificate>();
     if let Some(h) = rt.header_identity.as_ref().filter(|_| !peer_trusted) {
         for name in h.names() {
             parts.headers.remove(name);
@@ -53,8 +62,50 @@ pub(super) async fn identify(
     }
     let sources = &route.route.auth_sources;
     let unauthorized = |e: AuthError| ProxyError::from(ClientError::Unauthorized(e));
+    let mtls = rt.config.identity.as_ref().and_then(|i| i.mtls.as_ref());
+    let from_cert = match (sources.contains(&AuthSource::Mtls), &cert, mtls) {
+        (true, Some(c), Some(spec)) => Some(
+            spec.principal(&c.0, crate::crypto::unix_now())
+                .map_err(unauthorized)?,
+        ),
+        _ => None,
+    };
+    let from_request = token_or_header(rt, sources, parts).await?;
+    let principal = match (from_cert, from_request) {
+        (Some(c), Some(r)) => {
+            if c.subject != r.subject || c.tenant != r.tenant {
+                return Err(unauthorized(AuthError::Conflict));
+            }
+            r
+        }
+        (Some(c), None) => c,
+        (None, Some(r)) => r,
+        (None, None) => {
+            return match mode {
+                AuthMode::Optional => Ok(None),
+                _ if sources.iter().all(|s| *s == AuthSource::Mtls) => {
+                    Err(unauthorized(AuthError::CertificateMissing))
+                }
+                _ => Err(unauthorized(AuthError::Missing)),
+            };
+        }
+    };
+    for (name, value) in &principal.forwarded {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Ok(Some(principal))
+}
+
+/// The caller a request's own headers name, on `sources`: a bearer token
+/// where accepted decides; else a trusted proxy's header. None when
+/// neither is presented; an error when one is but it is bad.
+async fn token_or_header(
+    rt: &Runtime,
+    sources: &[AuthSource],
+    parts: &Parts,
+) -> Result<Option<Principal>, ProxyError> {
+    let unauthorized = |e: AuthError| ProxyError::from(ClientError::Unauthorized(e));
     let has_bearer = parts.headers.contains_key(header::AUTHORIZATION);
-    // A bearer token, where accepted, decides; else a trusted proxy's header.
     let jwt = sources.contains(&AuthSource::Jwt);
     if !(jwt && has_bearer) && sources.contains(&AuthSource::Header) {
         if let Some(h) = rt.header_identity.as_ref() {
@@ -64,10 +115,7 @@ pub(super) async fn identify(
         }
     }
     if !jwt {
-        return match mode {
-            AuthMode::Optional => Ok(None),
-            _ => Err(unauthorized(AuthError::Missing)),
-        };
+        return Ok(None);
     }
     let identity = rt
         .identity
@@ -83,19 +131,11 @@ pub(super) async fn identify(
         )));
     }
     let Some(value) = first else {
-        return match mode {
-            AuthMode::Optional => Ok(None),
-            _ => Err(unauthorized(AuthError::Missing)),
-        };
+        return Ok(None);
     };
     let token = bearer(value).ok_or(unauthorized(AuthError::Invalid("not a bearer token")))?;
     match identity.verify(token).await {
-        Ok(p) => {
-            for (name, value) in &p.forwarded {
-                parts.headers.insert(name.clone(), value.clone());
-            }
-            Ok(Some(p))
-        }
+        Ok(p) => Ok(Some(p)),
         Err(AuthError::KeysUnavailable) => Err(ProxyError::from(LocalError::IdentityUnavailable)),
         Err(e) => Err(unauthorized(e)),
     }

@@ -26,6 +26,8 @@ pub(super) fn finish(
 ) -> Response<ProxyBody> {
     let route = ex.route.as_deref();
     let security = route.map_or(&rt.config.default_headers, |r| &r.route.headers);
+    // Room for what is added here: the map grows once, not header by header.
+    response.headers_mut().reserve(security.headers.len() + 1);
     security.apply(response.headers_mut());
     response
         .headers_mut()
@@ -35,20 +37,24 @@ pub(super) fn finish(
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     let m = &shared.metrics;
-    m.requests
-        .get_or_create(&RouteStatus {
-            route: route_name.to_string(),
-            status,
-        })
-        .inc();
     match route {
-        Some(r) => r.metrics.request_duration.observe(elapsed.as_secs_f64()),
-        None => m
-            .request_duration
-            .get_or_create(&RouteLabel {
-                route: String::new(),
-            })
-            .observe(elapsed.as_secs_f64()),
+        Some(r) => {
+            r.metrics.requests.inc(status);
+            r.metrics.request_duration.observe(elapsed.as_secs_f64());
+        }
+        None => {
+            m.requests
+                .get_or_create(&RouteStatus {
+                    route: String::new(),
+                    status,
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&RouteLabel {
+                    route: String::new(),
+                })
+                .observe(elapsed.as_secs_f64());
+        }
     }
     if rt.config.log.access_log {
         let bytes_out = response

@@ -23,6 +23,8 @@ pub(super) struct Target<'a> {
     /// The request's host, lowercase, and the raw value it was sent with.
     pub host: Option<&'a (String, HeaderValue)>,
     pub peer: IpAddr,
+    /// `headers::forwarded_for(peer)`, made once per connection.
+    pub forwarded_for: &'a HeaderValue,
     /// The peer's X-Forwarded-For is believed.
     pub peer_trusted: bool,
     pub request_id: &'a HeaderValue,
@@ -94,17 +96,29 @@ fn template_path(
     Ok(t.template.build(&values))
 }
 
-/// The request the upstream gets: the canonical path under the upstream's
-/// base path, the query as sent or as the route rewrites it (protected
-/// parameters sealed, or the request refused), hop-by-hop and routing-override headers
-/// removed, X-Forwarded-* set, Host as the upstream wants it, our request
-/// id, and (when the route opens answers) a request for an identity body.
+/// The request the upstream gets ([`upstream_uri`], then [`request`]).
+#[cfg(test)]
 pub(super) fn forward<B>(
-    mut parts: Parts,
+    parts: Parts,
     body: B,
     to: &Target<'_>,
     seen: &mut super::PairsSeen,
 ) -> Result<Request<B>, ProxyError> {
+    let uri = upstream_uri(&parts.uri, to, seen)?;
+    Ok(request(parts, body, uri, to))
+}
+
+/// The upstream request's URI for the request target `sent`: the
+/// (template-rebuilt) path under the upstream's base path, the query as
+/// sent or as the route rewrites it. Every refusal of a query pair or a
+/// path segment comes from here, and the pipeline calls it before the
+/// request body is read: a refused request is answered without waiting
+/// for a body it will never forward.
+pub(super) fn upstream_uri(
+    sent: &Uri,
+    to: &Target<'_>,
+    seen: &mut super::PairsSeen,
+) -> Result<Uri, ProxyError> {
     let upstream = to.upstream;
     let rebuilt = match &to.template {
         Some(t) => Some(template_path(t, to.keys, seen)?),
@@ -114,7 +128,7 @@ pub(super) fn forward<B>(
     let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + 64);
     pq.push_str(&upstream.base_path);
     pq.push_str(path);
-    if let Some(q) = parts.uri.query() {
+    if let Some(q) = sent.query() {
         pq.push('?');
         match to.query {
             None => pq.push_str(q),
@@ -134,7 +148,7 @@ pub(super) fn forward<B>(
             }
         }
     }
-    let uri = Uri::builder()
+    Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority().clone())
         .path_and_query(pq)
@@ -143,7 +157,15 @@ pub(super) fn forward<B>(
             ProxyError::from(ClientError::BadRequest(
                 "request target cannot be forwarded",
             ))
-        })?;
+        })
+}
+
+/// The upstream request to `uri` (from [`upstream_uri`]): hop-by-hop and
+/// routing-override headers removed, X-Forwarded-* set, Host as the
+/// upstream wants it, our request id, and (when the route opens answers)
+/// a request for an identity body.
+pub(super) fn request<B>(mut parts: Parts, body: B, uri: Uri, to: &Target<'_>) -> Request<B> {
+    let upstream = to.upstream;
     let mut headers = std::mem::take(&mut parts.headers);
     headers::remove_hop_by_hop(&mut headers);
     headers::remove_routing_overrides(&mut headers);
@@ -153,8 +175,9 @@ pub(super) fn forward<B>(
     headers::set_forwarded(
         &mut headers,
         to.peer,
+        to.forwarded_for,
         to.peer_trusted,
-        host.and_then(|(_, raw)| raw.to_str().ok()),
+        host.map(|(_, raw)| raw),
     );
     match (&upstream.host, host) {
         (HostHeader::Preserve, Some((_, raw))) => {
@@ -180,7 +203,7 @@ pub(super) fn forward<B>(
     *up.uri_mut() = uri;
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
-    Ok(up)
+    up
 }
 
 #[cfg(test)]
@@ -222,11 +245,14 @@ mod tests {
         let host_pair = raw.map(|r| ("api.example".to_string(), r));
         let upstream = upstream(host.clone());
         let id = HeaderValue::from_static("req-1");
+        let peer = "192.0.2.1".parse().expect("ip");
+        let forwarded_for = headers::forwarded_for(peer);
         let target = Target {
             upstream: &upstream,
             path: "/api/users/7",
             host: host_pair.as_ref(),
-            peer: "192.0.2.1".parse().expect("ip"),
+            peer,
+            forwarded_for: &forwarded_for,
             peer_trusted: false,
             request_id: &id,
             reads_answer,

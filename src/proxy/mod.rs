@@ -56,7 +56,7 @@ struct Exchange {
     client: IpAddr,
     user_agent: Option<HeaderValue>,
     upstream_status: Option<u16>,
-    /// The server of the upstream that answered.
+    /// The server of the upstream that answered (None: the upstream's one server).
     upstream_server: Option<http::uri::Authority>,
     /// From sending the request upstream to its answer's head (or failure).
     upstream_elapsed: Option<std::time::Duration>,
@@ -126,15 +126,34 @@ impl Exchange {
     }
 }
 
+/// What the requests of one client connection share, made once when it
+/// is accepted.
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The peer's address as an X-Forwarded-For value.
+    pub forwarded_for: HeaderValue,
+    pub buffers: Arc<ConnBuffers>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, buffers: ConnBuffers) -> Conn {
+        Conn {
+            peer,
+            forwarded_for: crate::headers::forwarded_for(peer.ip()),
+            buffers: Arc::new(buffers),
+        }
+    }
+}
+
 /// One request, start to answer: the stages, then the refusal (if any) as
 /// the one synthetic answer, then `finish`.
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    buffers: Arc<ConnBuffers>,
+    conn: Arc<Conn>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
+    let peer = conn.peer;
     let rt = shared.runtime.load_full();
     let mut ex = Exchange::new(
         request_id::for_request(&rt, &req, peer),
@@ -142,7 +161,7 @@ pub async fn handle(
         peer.ip(),
         req.headers().get(header::USER_AGENT).cloned(),
     );
-    let result = match stages(&shared, &rt, req, peer, &buffers, &mut ex).await {
+    let result = match stages(&shared, &rt, req, &conn, &mut ex).await {
         Ok(resp) => finish::audit(&shared, &rt, &ex, "ok").map(|()| resp),
         Err(e) => {
             if matches!(e, ProxyError::Upstream(UpstreamError::Decrypt(_))) {
@@ -178,25 +197,13 @@ async fn stages(
     shared: &Shared,
     rt: &Runtime,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    buffers: &Arc<ConnBuffers>,
+    conn: &Conn,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
-    let admitted = admit::admit(rt, &parts, peer, ex).await?;
+    let admitted = admit::admit(rt, &parts, conn.peer, ex).await?;
     let route = Arc::clone(&admitted.route);
     ex.principal = admit::identify(rt, &route, &mut parts, admitted.peer_trusted).await?;
-    let limits = &rt.config.limits;
-    let held = Held {
-        buffers,
-        budget: BufferLimits {
-            per_connection: limits.max_buffered_per_connection,
-            total: limits.max_buffered_total,
-        },
-    };
-    let body =
-        request_body::request_body(shared, rt, &route, &mut parts, incoming, &held, ex).await?;
-    let method = parts.method.clone();
     // Query pairs and path segments sealed or indexed under the request's
     // own data key (tenant and subject routes).
     let needs_keys = (parts.uri.query().is_some()
@@ -218,13 +225,17 @@ async fn stages(
         )?),
         None => None,
     };
-    let target = forward::Target {
+    // The request's id, shared (a refcount) so the body stage may borrow
+    // the exchange in between.
+    let request_id = ex.request_id.clone();
+    let target = || forward::Target {
         upstream: &route.upstream.spec,
         path: &admitted.path.path,
         host: admitted.host.as_ref(),
         peer: admitted.peer,
+        forwarded_for: &conn.forwarded_for,
         peer_trusted: admitted.peer_trusted,
-        request_id: &ex.request_id,
+        request_id: &request_id,
         reads_answer: route.open.is_some(),
         query: route.route.query.as_ref(),
         keys,
@@ -236,7 +247,21 @@ async fn stages(
             case_insensitive: route.route.case_insensitive,
         }),
     };
-    let upstream_req = forward::forward(parts, body, &target, &mut ex.pairs)?;
+    // The query and the path are judged (sealed, indexed or refused)
+    // before the body is read: a refused one is answered at once, not
+    // after waiting for a body that is never forwarded.
+    let uri = forward::upstream_uri(&parts.uri, &target(), &mut ex.pairs)?;
+    let limits = &rt.config.limits;
+    let held = Held {
+        buffers: &conn.buffers,
+        budget: BufferLimits {
+            per_connection: limits.max_buffered_per_connection,
+            total: limits.max_buffered_total,
+        },
+    };
+    let body = request_body::request_body(rt, &route, &mut parts, incoming, &held, ex).await?;
+    let method = parts.method.clone();
+    let upstream_req = forward::request(parts, body, uri, &target());
 
     let sent = Instant::now();
     let answer = route.upstream.send(upstream_req).await;

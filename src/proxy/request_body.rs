@@ -12,13 +12,12 @@ use crate::body::{self, CollectError, ProxyBody};
 use crate::crypto::{unix_now, Keyring, SubjectKeys};
 use crate::error::{ClientError, LocalError, ProxyError};
 use crate::routes::Route;
-use crate::state::{RouteRuntime, Runtime, Shared};
+use crate::state::{RouteRuntime, Runtime};
 use crate::transform::index::IndexKeys;
 use crate::transform::{self, Keys, SealSpec, TransformError, TransformReport};
 
 /// The body to forward for `parts`. Refusals come before a byte is sent.
 pub(super) async fn request_body<B>(
-    shared: &Shared,
     rt: &Runtime,
     route: &Arc<RouteRuntime>,
     parts: &mut Parts,
@@ -155,19 +154,13 @@ where
         .metrics
         .fields_encrypted
         .inc_by(report.encrypted as u64);
-    // Subject keys are not metric labels (one per subject would be unbounded).
-    let key_id = match route.route.key_scope {
-        crate::routes::KeyScope::Deployment => seal.keys.active_id(),
-        crate::routes::KeyScope::Tenant => "tenant-keys",
-        crate::routes::KeyScope::Subject => "subject-keys",
-    };
-    shared
-        .metrics
-        .count_encryptions(key_id, report.encrypted as u64);
+    if let Some(counter) = &route.sealed_under {
+        counter.count(report.encrypted as u64);
+    }
     tracing::debug!(
         request_id = ex.id(),
         fields = report.encrypted,
-        key_id,
+        key_id = route.sealed_under.as_ref().map(|c| c.key_id()),
         "request fields sealed"
     );
     ex.request_report = report;

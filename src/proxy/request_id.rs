@@ -64,12 +64,21 @@ fn ours() -> HeaderValue {
         }
         u64::from_le_bytes(b)
     });
-    let id = format!(
-        "{prefix:016x}{:016x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Written on the stack: the header value is the one allocation.
+    let mut id = [0u8; 32];
+    hex16(prefix, &mut id[..16]);
+    hex16(counter, &mut id[16..]);
     // Hex digits only: always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// `v` as 16 lowercase hex digits into `out`.
+fn hex16(v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate().take(16) {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +103,19 @@ mod tests {
     fn our_ids_are_unique_hex() {
         let (a, b) = (ours(), ours());
         assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn hex16_is_format_x016() {
+        for v in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = [0u8; 16];
+            hex16(v, &mut out);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("ascii"),
+                format!("{v:016x}")
+            );
+        }
     }
 }

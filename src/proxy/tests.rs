@@ -41,7 +41,13 @@ impl Fixture {
         // Nothing listens or connects: the addresses are only compiled.
         let listen = "127.0.0.1:9".parse().expect("address");
         let backend = "127.0.0.1:10".parse().expect("address");
-        let path = dir.write(listen, backend).expect("demo files");
+        let issuer = "127.0.0.1:11".parse().expect("address");
+        let addrs = crate::demo::DemoAddrs {
+            listen,
+            backend,
+            issuer,
+        };
+        let path = dir.write(&addrs).expect("demo files");
         let config = Config::load(&path).expect("the demo config loads");
         let metrics = Metrics::new();
         let runtime = Runtime::build(config, None, &metrics).expect("runtime");
@@ -56,7 +62,7 @@ impl Fixture {
         }
     }
 
-    /// The demo's one route, `users`, which seals and opens fields.
+    /// The demo's first route, `users`, which seals and opens fields.
     fn users(&self) -> Arc<RouteRuntime> {
         let route = Arc::clone(&self.rt.routes[0]);
         assert_eq!(route.route.name, "users");
@@ -102,16 +108,9 @@ impl Fixture {
         let route = self.users();
         let mut ex = self.exchange(Some(Arc::clone(&route)));
         let held = self.held();
-        let out = request_body::request_body(
-            &self.shared,
-            &self.rt,
-            &route,
-            &mut parts,
-            incoming,
-            &held,
-            &mut ex,
-        )
-        .await;
+        let out =
+            request_body::request_body(&self.rt, &route, &mut parts, incoming, &held, &mut ex)
+                .await;
         let out = match out {
             Ok(b) => Ok((collect(b).await, parts.headers)),
             Err(e) => Err(e),

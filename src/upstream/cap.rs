@@ -68,6 +68,51 @@ impl Cap {
         }
     }
 
+    /// A permit for a new connection, or what `borrow` finds (an idle
+    /// connection of another runtime) when no permit is free. Queued like
+    /// `acquire`; while queued, `borrow` is tried again every
+    /// `BORROW_EVERY`, as a connection of another runtime that finishes
+    /// its answer does not free a permit (only the server's cap is a
+    /// reason to wait, so this happens only at the cap).
+    pub(super) async fn acquire_or<T>(
+        &self,
+        mut borrow: impl FnMut() -> Option<T>,
+    ) -> Result<Got<T>, Busy> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Ok(Got::Permit(p));
+        }
+        if let Some(t) = borrow() {
+            return Ok(Got::Borrowed(t));
+        }
+        let queued = Queued::enter(&self.queued);
+        if queued.position > self.max_queued {
+            self.queue_full.inc();
+            return Err(Busy::QueueFull);
+        }
+        let wait = Arc::clone(&self.permits).acquire_owned();
+        tokio::pin!(wait);
+        let expired = tokio::time::sleep(self.queue_timeout);
+        tokio::pin!(expired);
+        let mut again = tokio::time::interval(BORROW_EVERY);
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                p = &mut wait => match p {
+                    Ok(p) => return Ok(Got::Permit(p)),
+                    Err(_) => break,
+                },
+                () = &mut expired => break,
+                _ = again.tick() => {
+                    if let Some(t) = borrow() {
+                        return Ok(Got::Borrowed(t));
+                    }
+                }
+            }
+        }
+        self.queue_timeout_count.inc();
+        Err(Busy::QueueTimeout)
+    }
+
     async fn acquire(&self) -> Result<OwnedSemaphorePermit, Busy> {
         if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
             return Ok(p);
@@ -90,6 +135,16 @@ impl Cap {
         }
     }
 }
+
+/// What `acquire_or` got.
+pub(super) enum Got<T> {
+    Permit(OwnedSemaphorePermit),
+    Borrowed(T),
+}
+
+/// How often a request queued at the cap looks for an idle connection of
+/// another runtime.
+const BORROW_EVERY: Duration = Duration::from_millis(2);
 
 /// A place in a server's queue, left when dropped.
 struct Queued<'a> {
@@ -162,6 +217,18 @@ pub struct CappedIo<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
     open: Gauge,
+}
+
+impl<T> CappedIo<T> {
+    /// `io` holding `permit` of `cap` until it is dropped.
+    pub(super) fn hold(cap: &Cap, io: T, permit: OwnedSemaphorePermit) -> CappedIo<T> {
+        cap.open.inc();
+        CappedIo {
+            io,
+            _permit: permit,
+            open: cap.open.clone(),
+        }
+    }
 }
 
 impl<T> Drop for CappedIo<T> {

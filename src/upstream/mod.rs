@@ -25,6 +25,7 @@ mod body;
 mod cap;
 mod check;
 mod health;
+mod pool;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,8 +52,24 @@ use health::Admit;
 pub use health::ServerHealth;
 pub use tls::UpstreamTlsError;
 
-/// A server's pooled client: plain HTTP/1.1, or over rustls; either way
-/// each connection holds one of the server's `max_connections` permits.
+thread_local! {
+    /// Which serving runtime this thread is (`server.runtime: per_core`);
+    /// 0 elsewhere.
+    static RUNTIME_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Called once by each per-core serving thread.
+pub(crate) fn set_runtime_index(i: usize) {
+    RUNTIME_INDEX.with(|c| c.set(i));
+}
+
+/// The serving runtime of the calling thread.
+pub(crate) fn runtime_index() -> usize {
+    RUNTIME_INDEX.with(std::cell::Cell::get)
+}
+
+/// The active checks' pooled client: plain HTTP/1.1, or over rustls
+/// (requests use `pool::ConnPool`).
 enum Pool {
     Plain(Client<Capped<HttpConnector>, ProxyBody>),
     Tls(Client<HttpsConnector<Capped<HttpConnector>>, ProxyBody>),
@@ -62,14 +79,14 @@ impl Pool {
     fn new(
         u: &Upstream,
         tls: Option<&Arc<rustls::ClientConfig>>,
-        cap: Cap,
+        cap: Arc<Cap>,
         max_idle: usize,
     ) -> Pool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(u.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(tls.is_none());
-        let connector = Capped::new(connector, Arc::new(cap));
+        let connector = Capped::new(connector, cap);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(u.pool_idle_timeout)
@@ -103,7 +120,8 @@ pub struct ServerClient {
     /// `scheme://host:port`, as metrics and /readyz show it.
     pub label: String,
     authority: http::uri::Authority,
-    pool: Pool,
+    /// Its connections, per serving runtime.
+    pool: pool::ConnPool,
     /// The active checks' own pool (one connection), when configured.
     check_pool: Option<Pool>,
     /// Shared with the same server of the next config when a reload keeps
@@ -123,7 +141,7 @@ pub struct UpstreamClient {
     /// `fieldseal_upstream_duration_seconds{upstream}`.
     duration: Histogram,
     retries: Counter,
-    /// The active checkers' tasks while they run.
+    /// The active checkers' tasks and the idle reaper while they run.
     checkers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -133,7 +151,8 @@ impl Drop for UpstreamClient {
     }
 }
 
-/// In the answer's extensions: the server that gave it (for the access log).
+/// In the answer's extensions: the server that gave it (for the access
+/// log), when the upstream has more than one (else it is that one).
 #[derive(Debug, Clone)]
 pub struct ServedBy(pub http::uri::Authority);
 
@@ -148,17 +167,20 @@ enum Failure {
 
 impl UpstreamClient {
     /// `previous`: the upstream of this name in the config being replaced,
-    /// whose servers that stay keep their health.
+    /// whose servers that stay keep their health; `runtimes`: the serving
+    /// runtimes, each of which gets its own connections to every server.
     pub fn new(
         u: &Upstream,
         metrics: &Metrics,
         previous: Option<&UpstreamClient>,
+        runtimes: usize,
     ) -> Result<UpstreamClient, UpstreamTlsError> {
         let tls = u
             .tls
             .as_ref()
             .map(|t| tls::client_config(&u.name, t))
             .transpose()?;
+        let default_port = if tls.is_some() { 443 } else { 80 };
         let servers = u
             .servers
             .iter()
@@ -178,7 +200,7 @@ impl UpstreamClient {
                         })
                         .clone()
                 };
-                let cap = Cap::new(
+                let cap = Arc::new(Cap::new(
                     u.max_connections,
                     u.queue_timeout,
                     u.max_queued,
@@ -188,17 +210,17 @@ impl UpstreamClient {
                         .clone(),
                     busy("queue_full"),
                     busy("queue_timeout"),
-                );
+                ));
                 // Outside the server's cap (see `check`), one connection.
                 let check_pool = u.health.check.as_ref().map(|_| {
-                    let one = Cap::new(
+                    let one = Arc::new(Cap::new(
                         1,
                         u.queue_timeout,
                         0,
                         Default::default(),
                         Default::default(),
                         Default::default(),
-                    );
+                    ));
                     Pool::new(u, tls.as_ref(), one, 1)
                 });
                 let kept = previous
@@ -209,16 +231,24 @@ impl UpstreamClient {
                     Some(h) => Arc::clone(h),
                     None => Arc::new(ServerHealth::new(&u.name, &label, &u.health, metrics)),
                 };
-                Arc::new(ServerClient {
+                let pool = pool::ConnPool::new(
+                    &s.authority,
+                    default_port,
+                    u,
+                    tls.as_ref(),
+                    cap,
+                    runtimes,
+                )?;
+                Ok(Arc::new(ServerClient {
                     health,
                     label,
                     authority: s.authority.clone(),
-                    pool: Pool::new(u, tls.as_ref(), cap, u.pool_max_idle_per_host),
+                    pool,
                     check_pool,
                     in_flight: AtomicUsize::new(0),
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, UpstreamTlsError>>()?;
         let name = UpstreamLabel {
             upstream: u.name.clone(),
         };
@@ -237,9 +267,6 @@ impl UpstreamClient {
     /// second call does nothing). Needs a tokio runtime; without one (a
     /// config only checked, never served) nothing starts.
     pub fn start_checks(&self) {
-        let Some(check) = self.spec.health.check.clone() else {
-            return;
-        };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -249,6 +276,23 @@ impl UpstreamClient {
         if !checkers.is_empty() {
             return;
         }
+        // Closes connections idle past `pool_idle_timeout` on runtimes
+        // that get no requests to notice it.
+        let servers = self.servers.clone();
+        let every = (self.spec.pool_idle_timeout / 2).max(Duration::from_secs(1));
+        let reaper = handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                for s in &servers {
+                    s.pool.prune();
+                }
+            }
+        });
+        checkers.push(reaper.abort_handle());
+        let Some(check) = self.spec.health.check.clone() else {
+            return;
+        };
         let host = match &self.spec.host {
             crate::config::HostHeader::Fixed(v) => Some(v.clone()),
             _ => None,
@@ -327,7 +371,22 @@ impl UpstreamClient {
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
         let sent = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let mut headers = std::mem::take(&mut parts.headers);
+        if let [server] = &self.servers[..] {
+            // One server, one attempt: nothing can be retried, so the body
+            // and the headers go as they are, without a shared slot or a copy.
+            let req = to_server(&parts, server, headers, body);
+            let answer = self.attempt(server, req, deadline).await;
+            return match answer {
+                Ok(resp) => Ok(self.answered(server, resp, sent)),
+                Err((err, _)) => {
+                    failed(server, &err);
+                    self.duration.observe(sent.elapsed().as_secs_f64());
+                    Err(err)
+                }
+            };
+        }
         let idempotent = is_idempotent(&parts.method);
         let order = self.order();
         let body = body::Once::new(body);
@@ -340,24 +399,17 @@ impl UpstreamClient {
             if attempt > 0 {
                 self.retries.inc();
             }
-            let mut req = Request::new(this_body);
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = point_at(&parts.uri, &server.authority);
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
+            // The last attempt takes the headers; an earlier one sends a copy.
+            let these = if attempt + 1 == order.len() {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let req = to_server(&parts, server, these, this_body);
             match self.attempt(server, req, deadline).await {
-                Ok(mut resp) => {
-                    server.health.success();
-                    resp.extensions_mut()
-                        .insert(ServedBy(server.authority.clone()));
-                    self.duration.observe(sent.elapsed().as_secs_f64());
-                    return Ok(resp);
-                }
+                Ok(resp) => return Ok(self.answered(server, resp, sent)),
                 Err((err, failure)) => {
-                    // A server at its cap is busy, not failing.
-                    if !is_busy(&err) {
-                        server.health.failure(Instant::now());
-                    }
+                    failed(server, &err);
                     let retry = match failure {
                         Failure::BeforeSending => true,
                         Failure::AfterSending => idempotent,
@@ -375,6 +427,22 @@ impl UpstreamClient {
         Err(last.unwrap_or(ProxyError::Upstream(UpstreamError::UpstreamConnect)))
     }
 
+    /// A server's answer head: its health and the upstream's histogram learn it.
+    fn answered(
+        &self,
+        server: &ServerClient,
+        mut resp: Response<Incoming>,
+        sent: Instant,
+    ) -> Response<Incoming> {
+        server.health.success();
+        if self.servers.len() > 1 {
+            resp.extensions_mut()
+                .insert(ServedBy(server.authority.clone()));
+        }
+        self.duration.observe(sent.elapsed().as_secs_f64());
+        resp
+    }
+
     async fn attempt(
         &self,
         server: &ServerClient,
@@ -382,7 +450,7 @@ impl UpstreamClient {
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, (ProxyError, Failure)> {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout_at(deadline, server.pool.request(req)).await;
+        let answer = tokio::time::timeout_at(deadline, server.pool.send(req)).await;
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
         match answer {
             Err(_) => Err((
@@ -397,6 +465,29 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// A failed attempt counts against the server's health, unless the server
+/// was only at its cap (busy, not failing).
+fn failed(server: &ServerClient, err: &ProxyError) {
+    if !is_busy(err) {
+        server.health.failure(Instant::now());
+    }
+}
+
+/// One attempt's request: the upstream request as built, to `server`.
+fn to_server<B>(
+    parts: &http::request::Parts,
+    server: &ServerClient,
+    headers: http::HeaderMap,
+    body: B,
+) -> Request<B> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = point_at(&parts.uri, &server.authority);
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// The upstream request's URI pointed at one server.
@@ -422,63 +513,37 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> (ProxyError, Failure) {
-    if e.is_connect() {
-        let busy = source_chain(e).find_map(|s| s.downcast_ref::<Busy>());
-        let err = if let Some(busy) = busy {
-            match busy {
-                Busy::QueueFull => UpstreamError::UpstreamBusy,
-                Busy::QueueTimeout => UpstreamError::UpstreamQueueTimeout,
-            }
-        } else if tls_failure(e) {
-            UpstreamError::UpstreamTls
-        } else {
-            match io_error_kind(e) {
-                Some(std::io::ErrorKind::ConnectionRefused) => {
-                    UpstreamError::UpstreamConnectRefused
-                }
-                Some(std::io::ErrorKind::TimedOut) => UpstreamError::UpstreamConnectTimeout,
-                _ => UpstreamError::UpstreamConnect,
-            }
-        };
-        return (ProxyError::from(err), Failure::BeforeSending);
-    }
-    // The upstream closed the connection before a whole answer head
-    // arrived (often a keep-alive race, or a crash).
-    let closed = source_chain(e)
-        .filter_map(|s| s.downcast_ref::<hyper::Error>())
-        .any(|h| h.is_incomplete_message() || h.is_canceled());
-    let err = if closed {
-        UpstreamError::UpstreamClosed
-    } else {
-        UpstreamError::UpstreamProtocol
+fn classify(e: &pool::PoolError) -> (ProxyError, Failure) {
+    use pool::PoolError as P;
+    let err = match e {
+        P::Busy(Busy::QueueFull) => UpstreamError::UpstreamBusy,
+        P::Busy(Busy::QueueTimeout) => UpstreamError::UpstreamQueueTimeout,
+        P::Tls(io) if tls_failure(io) => UpstreamError::UpstreamTls,
+        P::Connect(io) | P::Tls(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => UpstreamError::UpstreamConnectRefused,
+            std::io::ErrorKind::TimedOut => UpstreamError::UpstreamConnectTimeout,
+            _ => UpstreamError::UpstreamConnect,
+        },
+        P::Send(h) => {
+            // The upstream closed the connection before a whole answer
+            // head arrived (often a keep-alive race, or a crash).
+            let closed = h.is_incomplete_message() || h.is_canceled();
+            let err = if closed {
+                UpstreamError::UpstreamClosed
+            } else {
+                UpstreamError::UpstreamProtocol
+            };
+            return (ProxyError::from(err), Failure::AfterSending);
+        }
     };
-    (ProxyError::from(err), Failure::AfterSending)
+    (ProxyError::from(err), Failure::BeforeSending)
 }
 
-fn source_chain<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |e| e.source())
-}
-
-/// The kind of the I/O error under a connect failure, if there is one.
-fn io_error_kind(e: &hyper_util::client::legacy::Error) -> Option<std::io::ErrorKind> {
-    source_chain(e)
-        .find_map(|s| s.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind)
-}
-
-/// A rustls error under the connect failure (the handshake refused the
-/// certificate, or the server refused ours). An `io::Error` hides what it
-/// wraps from `source()`, so it is looked into.
-fn tls_failure(e: &hyper_util::client::legacy::Error) -> bool {
-    source_chain(e).any(|s| {
-        s.downcast_ref::<rustls::Error>().is_some()
-            || s.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-    })
+/// A rustls error under the handshake's I/O error (the handshake refused
+/// the certificate, or the server refused ours).
+fn tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 #[cfg(test)]

@@ -307,7 +307,11 @@ impl TestProxy {
     ) -> TestProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert_pem = write_certs(dir.path());
-        let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+        // As `run` binds it: SO_REUSEPORT, so each serving runtime of
+        // `server.runtime: per_core` binds its own socket on this port.
+        let https =
+            fieldseal::bind_shared("listen.address", "127.0.0.1:0".parse().expect("address"))
+                .expect("bind https");
         let admin = TcpListener::bind(admin_bind).await.expect("bind admin");
         let redirect_l = if redirect {
             Some(
@@ -397,6 +401,20 @@ impl TestProxy {
             .http2_prior_knowledge()
             .build()
             .expect("client")
+    }
+
+    /// A reqwest client presenting `identity_pem` (its certificate chain,
+    /// leaf first, and private key, PEM) as its TLS client certificate;
+    /// HTTP/2 only when `h2`, else HTTP/1.1 only.
+    pub fn with_client_cert(&self, identity_pem: &[u8], h2: bool) -> reqwest::Client {
+        let id = reqwest::Identity::from_pem(identity_pem).expect("client identity");
+        let b = self.reqwest_builder().identity(id);
+        let b = if h2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        };
+        b.build().expect("client")
     }
 
     /// Both clients with the version each must produce.

@@ -3,6 +3,7 @@
 # turns for ROUNDS rounds (so other load on the machine hits both alike).
 #
 #   bench/ab.sh BINARY_A BINARY_B [sealed|plain]
+#   CONFIG_A=a.yaml CONFIG_B=b.yaml bench/ab.sh BIN BIN plain   # one binary, two configs
 #
 # Needs a run directory from bench/load.sh (newest bench/out/run-*/, or RUN=...).
 # Prints req/s and CPU seconds per 10k requests for each binary: the proxy's,
@@ -15,6 +16,9 @@ A=$1 B=$2 ROUTE=${3:-sealed}
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} WARMUP=${WARMUP:-2} CONNS=${CONNS:-64}
 RUN=${RUN:-$(ls -d "$ROOT"/bench/out/run-* 2>/dev/null | tail -1)}
 [ -f "$RUN/fieldseal.yaml" ] || { echo "run bench/load.sh first" >&2; exit 1; }
+# Configs (default: the run's); a different one must keep the run's ports and
+# sit in $RUN, as its relative paths (certificate, key) resolve there.
+CONFIG_A=${CONFIG_A:-$RUN/fieldseal.yaml} CONFIG_B=${CONFIG_B:-$RUN/fieldseal.yaml}
 HZ=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -44,8 +48,8 @@ backend_pids() { echo "$BACKEND $(pgrep -P "$BACKEND" | tr '\n' ' ')"; }
 declare -A N US T BT WT MB MT
 for r in $(seq "$ROUNDS"); do
     for x in A B; do
-        bin=$A; [ "$x" = B ] && bin=$B
-        TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$bin" run --config "$RUN/fieldseal.yaml" >"$RUN/fieldseal-ab-$x.log" 2>&1 &
+        bin=$A cfg=$CONFIG_A; [ "$x" = B ] && bin=$B cfg=$CONFIG_B
+        TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$bin" run --config "$cfg" >"$RUN/fieldseal-ab-$x.log" 2>&1 &
         pid=$!
         up "https://127.0.0.1:$FPORT/plain"
         BENCH_BODY=$ROOT/bench/request.json wrk -t2 -c"$CONNS" -d"$WARMUP"s -s "$ROOT/bench/wrk-post.lua" "https://127.0.0.1:$FPORT/$ROUTE" >/dev/null 2>&1

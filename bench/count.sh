@@ -27,6 +27,9 @@
 #
 # Knobs: CONNS=64 H2_CONNS=16 H2_STREAMS=4 WIRE_SECS=1 SYS_SECS=3 SYS_ROUNDS=3
 #   N1=1000 N2=3000 INSTR_CONNS=16 WORKERS=$(nproc) FIELDSEAL=target/release/fieldseal
+#   INSTR_OTHERS=1 (0: instr counts fieldseal only, not nginx and HAProxy)
+# instr also counts the rate-limited routes of bench/load.sh's (f) and (g) when
+# the run's config has them (for (g) it starts a redis-server on the config's port).
 # Output: Markdown on stdout and in bench/out/count-<date>.md; captures,
 # perf and callgrind files in bench/out/count-<date>/.
 set -euo pipefail
@@ -42,6 +45,7 @@ SYS_ROUNDS=${SYS_ROUNDS:-3}
 N1=${N1:-1000}
 N2=${N2:-3000}
 INSTR_CONNS=${INSTR_CONNS:-16}
+INSTR_OTHERS=${INSTR_OTHERS:-1}
 WORKERS=${WORKERS:-$(nproc)}
 FIELDSEAL=${FIELDSEAL:-$ROOT/target/release/fieldseal}
 RUN=${RUN:-$(ls -d "$ROOT"/bench/out/run-* 2>/dev/null | tail -1)}
@@ -126,6 +130,8 @@ case_url() {
         haproxy-h2) echo "https://127.0.0.1:$HPORT/plain" ;;
         plain-h2) echo "https://127.0.0.1:$FPORT/plain" ;;
         sealed-h2) echo "https://127.0.0.1:$FPORT/sealed" ;;
+        limited) echo "https://127.0.0.1:$FPORT/limited" ;;
+        shared) echo "https://127.0.0.1:$FPORT/shared" ;;
     esac
 }
 case_pids() {
@@ -147,6 +153,8 @@ label() {
         haproxy-h2) echo "HAProxy pass-through, HTTP/2" ;;
         plain-h2) echo "fieldseal pass-through, HTTP/2" ;;
         sealed-h2) echo "fieldseal seal 4 + open 4, HTTP/2" ;;
+        limited) echo "fieldseal pass-through, local rate limit, HTTP/1.1" ;;
+        shared) echo "fieldseal pass-through, Redis-shared rate limit, HTTP/1.1" ;;
     esac
 }
 # load case seconds outfile [perf-stat-prefix...]: prints the requests completed
@@ -329,23 +337,41 @@ if [[ " $PHASES " == *" instr "* ]]; then
     }
     H1=(--h1 -c "$INSTR_CONNS")
     H2=(-c "$((INSTR_CONNS / 4))" -m 4)
-    $VG nginx -p "$RUN" -c "$OUT/nginx-vg.conf" -e "$OUT/nginx-vg.err" >"$OUT/nginx-vg.log" 2>&1 &
-    VPID=$!
-    PIDS+=("$VPID")
-    up "https://127.0.0.1:$NPORT/"
-    instr_case nginx "https://127.0.0.1:$NPORT/plain" "${H1[@]}"
-    instr_case nginx-h2 "https://127.0.0.1:$N2PORT/plain" "${H2[@]}"
-    cleanup
-    start_backend
-    $VG haproxy -db -f "$OUT/haproxy-vg.cfg" >"$OUT/haproxy-vg.log" 2>&1 &
-    VPID=$!
-    PIDS+=("$VPID")
-    up "https://127.0.0.1:$HPORT/"
-    instr_case haproxy "https://127.0.0.1:$HPORT/plain" "${H1[@]}"
-    instr_case haproxy-h2 "https://127.0.0.1:$HPORT/plain" "${H2[@]}"
-    cleanup
-    start_backend
-    TOKIO_WORKER_THREADS=$WORKERS $VG "$FIELDSEAL" run --config "$RUN/fieldseal.yaml" >"$OUT/fieldseal-vg.log" 2>&1 &
+    if [ "$INSTR_OTHERS" = 1 ]; then
+        $VG nginx -p "$RUN" -c "$OUT/nginx-vg.conf" -e "$OUT/nginx-vg.err" >"$OUT/nginx-vg.log" 2>&1 &
+        VPID=$!
+        PIDS+=("$VPID")
+        up "https://127.0.0.1:$NPORT/"
+        instr_case nginx "https://127.0.0.1:$NPORT/plain" "${H1[@]}"
+        instr_case nginx-h2 "https://127.0.0.1:$N2PORT/plain" "${H2[@]}"
+        cleanup
+        start_backend
+        $VG haproxy -db -f "$OUT/haproxy-vg.cfg" >"$OUT/haproxy-vg.log" 2>&1 &
+        VPID=$!
+        PIDS+=("$VPID")
+        up "https://127.0.0.1:$HPORT/"
+        instr_case haproxy "https://127.0.0.1:$HPORT/plain" "${H1[@]}"
+        instr_case haproxy-h2 "https://127.0.0.1:$HPORT/plain" "${H2[@]}"
+        cleanup
+        start_backend
+    fi
+    # The rate-limited routes of bench/load.sh's cases (f) and (g), when the
+    # run's config has them; (g) needs the Redis that bench/load.sh starts.
+    LIMITED=0 SHARED=0
+    grep -q 'path_prefix: /limited' "$RUN/fieldseal.yaml" && LIMITED=1
+    REDIS_URL_PORT=$(sed -n 's|^redis: { url: "redis://127.0.0.1:\([0-9]*\)/.*|\1|p' "$RUN/fieldseal.yaml")
+    if [ -n "$REDIS_URL_PORT" ] && command -v redis-server >/dev/null; then
+        mkdir -p "$OUT/redis"
+        redis-server --port "$REDIS_URL_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT/redis" \
+            >"$OUT/redis.log" 2>&1 &
+        PIDS+=("$!")
+        SHARED=1
+        sleep 0.5
+    fi
+    # Under valgrind the proxy runs tens of times slower: the Redis call's
+    # time budget is widened so the shared case measures calls, not timeouts.
+    sed 's|^\(redis: {.*\)timeout: [0-9a-z]*|\1timeout: 1s, connect_timeout: 5s|' "$RUN/fieldseal.yaml" >"$RUN/fieldseal-vg.yaml"
+    TOKIO_WORKER_THREADS=$WORKERS $VG "$FIELDSEAL" run --config "$RUN/fieldseal-vg.yaml" >"$OUT/fieldseal-vg.log" 2>&1 &
     VPID=$!
     PIDS+=("$VPID")
     up "https://127.0.0.1:$FPORT/plain"
@@ -353,6 +379,8 @@ if [[ " $PHASES " == *" instr "* ]]; then
     instr_case sealed "https://127.0.0.1:$FPORT/sealed" "${H1[@]}"
     instr_case plain-h2 "https://127.0.0.1:$FPORT/plain" "${H2[@]}"
     instr_case sealed-h2 "https://127.0.0.1:$FPORT/sealed" "${H2[@]}"
+    [ "$LIMITED" = 1 ] && instr_case limited "https://127.0.0.1:$FPORT/limited" "${H1[@]}"
+    [ "$SHARED" = 1 ] && instr_case shared "https://127.0.0.1:$FPORT/shared" "${H1[@]}"
     cleanup
 fi
 

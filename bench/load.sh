@@ -15,6 +15,8 @@
 #   g  fieldseal, TLS, passing through with a Redis-shared rate limit (route "shared"):
 #      one EVALSHA per request to a redis-server on this machine; f and g's limits
 #      are too high to refuse anything, so (g) - (f) is the cost of the Redis stage
+#   j  fieldseal, TLS, encrypting 4 request fields under the deployment key, with a verified JWT (route "jwt-deployment")
+#   k  the same with key_scope: subject (route "jwt-subject"): (k) / (j) is the cost of per-subject keys, warm cache
 #   HTTP/2 (TLS, ALPN h2), load tool h2load; the upstream side stays HTTP/1.1:
 #   b2 nginx, c2 fieldseal passing through, d2 fieldseal encrypting + decrypting, e2 HAProxy
 # All cases take turns for ROUNDS rounds (noise on a shared machine hits all alike).
@@ -183,6 +185,15 @@ if ! "$FIELDSEAL" keygen --out "$RUN/k1.key" >"$RUN/keygen.log" 2>&1; then
     log "WARNING: 'fieldseal keygen' failed ($(tail -1 "$RUN/keygen.log")): the crypto module is missing; case (d) is skipped"
 fi
 
+# The token of cases (j) and (k): HS256 under a secret made for this run.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+if [ "$SEALED" = 1 ]; then
+    (umask 077; openssl rand -hex 32 >"$RUN/jwt.secret")
+    NOW=$(date +%s)
+    JWT_SIGNED="$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf '{"iss":"fieldseal-bench","aud":"fieldseal-bench","sub":"bench-subject","iat":%d,"exp":%d}' "$NOW" $((NOW + 86400)) | b64url)"
+    BENCH_TOKEN_VALUE="$JWT_SIGNED.$(printf '%s' "$JWT_SIGNED" | openssl dgst -sha256 -mac HMAC -macopt "key:$(tr -d '\n' <"$RUN/jwt.secret")" -binary | b64url)"
+fi
+
 render() { # template output: replace @NAME@ with $NAME
     perl -pe 's/\@([A-Z0-9_]+)\@/exists $ENV{$1} ? $ENV{$1} : die "unset template variable $1\n"/ge' "$1" >"$2"
 }
@@ -314,6 +325,7 @@ measure() { # case url proxy-pid-function round
     local c=$1 url=$2 pidsf=$3 r=$4 f=$RUN/wrk-$1-r$4.txt how="$CONNS connections, $WRK_THREADS wrk threads"
     case $c in *2) f=$RUN/h2load-$c-r$r.txt how="h2load, $H2_CONNS connections x $H2_STREAMS streams, $H2_THREADS threads" ;; esac
     log "case $c, round $r/$ROUNDS: warm-up ${WARMUP}s, then ${DURATION}s, $how: $url"
+    case $c in j | k) export BENCH_TOKEN=$BENCH_TOKEN_VALUE ;; *) unset BENCH_TOKEN ;; esac
     load_run "$c" "$url" "$WARMUP" "${f%.txt}-warmup.txt"
     local pp q b0 b1 p0 p1 m0 m1 w0 w1 e0=0 e1=0 d0=0 d1=0
     pp=$($pidsf)
@@ -412,6 +424,7 @@ CASES="a b c"
 [ "$HAPROXY" = 1 ] && CASES="$CASES e"
 CASES="$CASES f"
 [ "$REDIS" = 1 ] && CASES="$CASES g"
+[ "$SEALED" = 1 ] && CASES="$CASES j k"
 if [ "$H2" = 1 ]; then
     CASES="$CASES b2 c2"
     [ "$SEALED" = 1 ] && CASES="$CASES d2"
@@ -435,6 +448,8 @@ for round in $(seq "$ROUNDS"); do
             e) measure e "https://127.0.0.1:$HAPROXY_PORT/plain" pids_haproxy "$round" ;;
             f) measure f "https://127.0.0.1:$FIELDSEAL_PORT/limited" pids_fieldseal "$round" ;;
             g) measure g "https://127.0.0.1:$FIELDSEAL_PORT/shared" pids_fieldseal "$round" ;;
+            j) measure j "https://127.0.0.1:$FIELDSEAL_PORT/jwt-deployment" pids_fieldseal "$round" ;;
+            k) measure k "https://127.0.0.1:$FIELDSEAL_PORT/jwt-subject" pids_fieldseal "$round" ;;
             b2) measure b2 "https://127.0.0.1:$NGINX_H2_PORT/plain" pids_nginx "$round" ;;
             c2) measure c2 "https://127.0.0.1:$FIELDSEAL_PORT/plain" pids_fieldseal "$round" ;;
             d2) measure d2 "https://127.0.0.1:$FIELDSEAL_PORT/sealed" pids_fieldseal "$round" ;;
@@ -603,6 +618,10 @@ ratios() { # title, then pairs "x/y": one ratio table
     [ "$HAPROXY" = 1 ] && row e "(e) HAProxy pass-through"
     row f "(f) fieldseal pass-through, local rate limit"
     [ "$REDIS" = 1 ] && row g "(g) fieldseal pass-through, Redis-shared rate limit"
+    if [ "$SEALED" = 1 ]; then
+        row j "(j) fieldseal encrypt 4, JWT, deployment key"
+        row k "(k) fieldseal encrypt 4, JWT, per-subject key (warm)"
+    fi
     if [ "$H2" = 1 ]; then
         row b2 "(b2) nginx pass-through, HTTP/2"
         row c2 "(c2) fieldseal pass-through, HTTP/2"
@@ -614,7 +633,7 @@ ratios() { # title, then pairs "x/y": one ratio table
     echo
     echo "| case | proxy | backend | load tool | others |"
     echo "|---|---:|---:|---:|---:|"
-    for c in a b c d e f g b2 c2 d2 e2; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
+    for c in a b c d e f g j k b2 c2 d2 e2; do [ -n "${R[$c.split]:-}" ] && echo "| ($c) | ${R[$c.split]} |"; done
     echo
     echo "req/s: all measured requests / all measured time. p50, p99: wrk's (HTTP/2: nearest rank over h2load's per-request log), median over the rounds. Proxy CPU: utime+stime deltas from /proc/PID/stat over the measured runs (nginx: master + workers). Peak RSS: VmHWM, reset before each measured run (clear_refs 5), largest over the rounds (nginx: sum over workers). (c), (d), (c2) and (d2) are routes of one fieldseal process."
     [ -n "${R[d.fields]:-}" ] && echo "Check of (d): fieldseal's /metrics counted ${R[d.fields]}."
@@ -637,6 +656,9 @@ ratios() { # title, then pairs "x/y": one ratio table
     if [ "$REDIS" = 1 ]; then
         ratios "Rate limits, the Redis stage beside the local one and pass-through:" g/f f/c g/c
         awk -v f="${R[f.cpu]:-0}" -v g="${R[g.cpu]:-0}" 'BEGIN {if (f > 0 && g > 0) printf "Redis stage: %+.3f proxy CPU s / 10k req over the local limiter (redis-server CPU not included).\n\n", g - f}'
+    fi
+    if [ "$SEALED" = 1 ]; then
+        ratios "Per-subject keys on a warm cache beside the deployment key (same token, same 4 fields sealed):" k/j j/c k/c
     fi
     echo "## Memory"
     echo

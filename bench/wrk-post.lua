@@ -9,6 +9,11 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 wrk.headers["User-Agent"] = "fieldseal-bench/wrk"
+-- A bearer token for the routes with auth (bench/load.sh cases j, k).
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

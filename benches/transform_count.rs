@@ -4,7 +4,10 @@
 //! (`bench/transform-count.sh` takes the difference of two loop lengths, so
 //! the setup cancels out).
 //!
-//!   transform_count [encrypt|decrypt] [2kb|64kb] [iterations]
+//!   transform_count [encrypt|decrypt] [2kb|2kb-index|64kb] [iterations]
+//!
+//! `2kb-index` is the 2 KB document on a route that also writes one blind
+//! index (`$.email` into `email_idx`, the email sealed too).
 //!
 //! Without arguments (as `cargo bench` runs it) it prints the allocation
 //! counts of both directions on both documents.
@@ -58,6 +61,10 @@ fn main() {
     let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [9u8; 32])]).expect("ring");
     let doc = |name: &str| match name {
         "64kb" => ("list", serde_json::to_vec(&list_doc()).expect("doc")),
+        "2kb-index" => (
+            "user-indexed",
+            serde_json::to_vec(&user_doc()).expect("doc"),
+        ),
         _ => ("user", serde_json::to_vec(&user_doc()).expect("doc")),
     };
     if let [op, which, n] = &args[..] {
@@ -82,7 +89,7 @@ fn main() {
         }
         return;
     }
-    for which in ["2kb", "64kb"] {
+    for which in ["2kb", "2kb-index", "64kb"] {
         let (route, raw) = doc(which);
         let route = config.routes.by_name(route).expect("route");
         let sealed = bytes::Bytes::from(encrypt_body(&raw, route, &ring).expect("encrypt").0);

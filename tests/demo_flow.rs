@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::process::Child;
 use common::{bounded, STEP};
 use http::StatusCode;
 use serde_json::Value;
@@ -24,7 +23,7 @@ const ALICE_SSN: &str = "078-05-1120";
 
 /// The running demo, killed if the test fails before it stops.
 struct Demo {
-    child: std::process::Child,
+    child: Child,
     dir: PathBuf,
     stderr: PathBuf,
     script: Script,
@@ -34,43 +33,14 @@ impl Demo {
     fn start(t: &Path) -> Demo {
         let dir = t.join("demo");
         let stderr = t.join("demo.stderr");
-        let log = std::fs::File::create(&stderr).expect("log file");
-        let mut child = Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the demo");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + STEP;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    let done = l.contains("Press Ctrl-C");
-                    lines.push(l);
-                    if done {
-                        break;
-                    }
-                }
-                Err(_) => panic!(
-                    "the demo printed no \"Press Ctrl-C\"; stdout {lines:?}; stderr {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                ),
-            }
-        }
+        let mut child = Child::spawn(
+            Command::new(BIN)
+                .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+                .arg(&dir)
+                .stdin(Stdio::null()),
+            &stderr,
+        );
+        let lines = child.read_until("Press Ctrl-C");
         Demo {
             child,
             dir,
@@ -81,29 +51,8 @@ impl Demo {
 
     /// SIGTERM, then the exit code (bounded).
     fn stop(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "the demo did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.child.signal("-TERM");
+        self.child.wait()
     }
 }
 

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::Child;
 use common::*;
 use http::StatusCode;
 
@@ -59,87 +58,6 @@ fn line_of(text: &str, needle: &str) -> usize {
         .position(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("{needle:?} not in text"))
         + 1
-}
-
-/// A child process, killed if a test fails before it exits.
-struct Child {
-    child: std::process::Child,
-    stdout: Option<mpsc::Receiver<String>>,
-}
-
-impl Child {
-    fn spawn(cmd: &mut Command, stderr: &Path) -> Child {
-        let log = std::fs::File::create(stderr).expect("log file");
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn fieldseal");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Child {
-            child,
-            stdout: Some(rx),
-        }
-    }
-
-    /// Stdout lines up to and including the first one containing `marker`.
-    fn read_until(&mut self, marker: &str) -> Vec<String> {
-        let rx = self.stdout.as_ref().expect("stdout");
-        let deadline = Instant::now() + STEP;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    let done = l.contains(marker);
-                    lines.push(l);
-                    if done {
-                        return lines;
-                    }
-                }
-                Err(_) => panic!("no {marker:?} on stdout; got {lines:?}"),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} {pid}");
-    }
-
-    /// Waits (bounded) for the exit code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "fieldseal did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

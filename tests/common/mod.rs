@@ -7,6 +7,7 @@
 
 pub mod jwt;
 pub mod pg;
+pub mod process;
 pub mod record_store;
 
 use std::convert::Infallible;

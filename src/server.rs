@@ -495,6 +495,16 @@ impl Accepted {
                 return;
             }
         }
+        // A second handle on the socket, kept for the lingering close: hyper
+        // and the TLS stream own the first and drop it when the connection
+        // ends. Without it the connection is served as before, unlingered.
+        let raw = {
+            use std::os::fd::AsFd;
+            tcp.as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from)
+        };
         let tls = match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -509,7 +519,7 @@ impl Accepted {
                 return;
             }
         };
-        serve_connection(self, tls).await;
+        serve_connection(self, tls, raw).await;
     }
 }
 
@@ -783,6 +793,7 @@ fn verdict(
 async fn serve_connection(
     accepted: Accepted,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    raw: Option<std::net::TcpStream>,
 ) {
     let Accepted {
         shared,
@@ -801,7 +812,7 @@ async fn serve_connection(
     let metrics_shared = Arc::clone(&shared);
     let metrics = &metrics_shared.metrics;
     metrics.open_connections.inc();
-    let _open = Open(metrics);
+    let open = Open(metrics);
 
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     // rustls keeps a client chain only once its verifier accepted it (the
@@ -840,59 +851,108 @@ async fn serve_connection(
     };
     let builder = http_builder(deadlines.first_request, alpn.as_deref());
     let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let mut closing = false;
-    let mut hard_close_at: Option<Instant> = None;
-    loop {
-        match *phase.borrow_and_update() {
-            Phase::Serving => {}
-            Phase::Draining => {
-                if !closing {
+    // Whether hyper ended the connection itself, its last answer written:
+    // then the close lingers. The block drops `conn`, and with it hyper's
+    // socket handle, before that.
+    let ended_by_hyper = {
+        tokio::pin!(conn);
+        let mut closing = false;
+        let mut hard_close_at: Option<Instant> = None;
+        loop {
+            match *phase.borrow_and_update() {
+                Phase::Serving => {}
+                Phase::Draining => {
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    // The server's grace period, not ours, ends a shutdown drain.
+                    hard_close_at = None;
+                }
+                Phase::Closing => {
+                    closed(metrics, "shutdown");
+                    break false;
+                }
+            }
+            let wake = match verdict(&state, &deadlines, closing, hard_close_at) {
+                Verdict::Wait(at) => at,
+                Verdict::Close(reason) => {
+                    closed(metrics, reason);
+                    tracing::debug!(%peer, reason, "closing connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    hard_close_at = Some(after(Instant::now(), deadlines.drain));
+                    continue;
                 }
-                // The server's grace period, not ours, ends a shutdown drain.
-                hard_close_at = None;
-            }
-            Phase::Closing => {
-                closed(metrics, "shutdown");
-                return;
-            }
-        }
-        let wake = match verdict(&state, &deadlines, closing, hard_close_at) {
-            Verdict::Wait(at) => at,
-            Verdict::Close(reason) => {
-                closed(metrics, reason);
-                tracing::debug!(%peer, reason, "closing connection");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                hard_close_at = Some(after(Instant::now(), deadlines.drain));
-                continue;
-            }
-            Verdict::Drop(reason) => {
-                closed(metrics, reason);
-                tracing::debug!(%peer, reason, "dropping connection");
-                return;
-            }
-        };
-        tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    // hyper's own HTTP/1.1 header_read_timeout.
+                Verdict::Drop(reason) => {
+                    closed(metrics, reason);
+                    tracing::debug!(%peer, reason, "dropping connection");
+                    break false;
+                }
+            };
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    let Err(e) = ended else { break true };
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // hyper's own HTTP/1.1 header_read_timeout: a client too
+                    // slow to send a head gets no more time.
                     if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
                         closed(metrics, "header_timeout");
+                        break false;
                     }
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // A request hyper refused (its 400, 431...) may leave
+                    // unread bytes too.
+                    break true;
                 }
-                return;
-            }
-            () = tokio::time::sleep_until(wake) => {}
-            changed = phase.changed() => {
-                if changed.is_err() {
-                    // The server is gone.
-                    return;
+                () = tokio::time::sleep_until(wake) => {}
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        // The server is gone.
+                        break false;
+                    }
                 }
             }
+        }
+    };
+    // The connection is no longer served: the lingering socket counts in
+    // neither the open connections nor the shutdown's drain.
+    drop(open);
+    drop(phase);
+    if let (true, Some(raw)) = (ended_by_hyper, raw) {
+        linger(raw).await;
+    }
+}
+
+/// The lingering close's bounds (nginx's lingering_time and
+/// lingering_timeout, plus a cap on what is read): a client still sending
+/// gets this long to take the answer; a slow one can't hold the socket.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Closes a connection whose last answer is written without losing that
+/// answer: an answer given before the request was read (a 413 on its
+/// Content-Length) leaves the rest of the body arriving, and closing a
+/// socket with unread bytes sends a reset, which makes the client's kernel
+/// drop the answer it has not read yet. So: send FIN (hyper has sent TLS's
+/// close_notify), read and discard until the client closes too or a bound
+/// is reached, then close. Nothing read is parsed or logged.
+async fn linger(raw: std::net::TcpStream) {
+    let _ = raw.shutdown(std::net::Shutdown::Write);
+    // Registered with this runtime only now: hyper's handle on the same
+    // socket has been deregistered and closed.
+    let Ok(mut tcp) = TcpStream::from_std(raw) else {
+        return;
+    };
+    let end = Instant::now() + LINGER_TIME;
+    let mut left = LINGER_BYTES;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let wait = end.min(Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(wait, tcp.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) if n < left => left -= n,
+            // The client's FIN, an error, a bound: close.
+            _ => return,
         }
     }
 }

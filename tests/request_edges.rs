@@ -637,6 +637,70 @@ fn brotli(data: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// An answer given before the request body is read
+// ---------------------------------------------------------------------------
+
+/// A 413 given on a Content-Length, or part-way through a chunked body,
+/// reaches a client still sending the rest, on either runtime: the proxy
+/// closes such a connection lingering (FIN, then reads the rest away) rather
+/// than with unread bytes, which would reset it and lose the answer. Twenty
+/// rounds each, as a reset is a race the client often, not always, loses.
+#[tokio::test]
+async fn a_413_before_the_body_is_read_reaches_a_client_still_sending() {
+    let backend = Backend::start("a", Behavior::echo()).await;
+    let big = "x".repeat(1024 * 1024);
+    let mut chunked = String::new();
+    for piece in big.as_bytes().chunks(16 * 1024) {
+        chunked.push_str(&format!("{:x}\r\n", piece.len()));
+        chunked.push_str(std::str::from_utf8(piece).expect("ascii"));
+        chunked.push_str("\r\n");
+    }
+    chunked.push_str("0\r\n\r\n");
+    for runtime in ["shared", "per_core"] {
+        let yaml = format!(
+            "server: {{ runtime: {runtime}, workers: 2 }}\nupstreams:\n  legacy: {{ url: \"{}\" }}\nroutes:\n  - name: small\n    match: {{ path_prefix: / }}\n    upstream: legacy\n    max_body: \"1024\"\n",
+            backend.url()
+        );
+        let proxy = TestProxy::start(&yaml).await;
+        let c = proxy.h1();
+        for round in 0..20 {
+            let r = bounded(
+                "413 on a Content-Length",
+                c.post(proxy.url("/upload")).body(big.clone()).send(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{runtime}, round {round}: no answer: {e:?}"));
+            assert_eq!(
+                r.status(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{runtime}, round {round}"
+            );
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = bounded("413 body", r.bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{runtime}, round {round}: body: {e:?}"));
+            assert_error_json(StatusCode::PAYLOAD_TOO_LARGE, ct.as_deref(), &body);
+
+            let req = format!(
+                "POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+            );
+            let r = proxy.raw_h1(req.as_bytes()).await;
+            assert_eq!(
+                r.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{runtime}, round {round}: chunked"
+            );
+            assert_error_json(r.status, r.header("content-type"), &r.body);
+        }
+        proxy.stop().await;
+    }
+    assert_eq!(backend.count(), 0, "an over-limit body was forwarded");
+}
+
 // Transfer codings: only chunked
 // ---------------------------------------------------------------------------
 

@@ -338,6 +338,13 @@ impl TestProxy {
         if let Some(r) = redirect_addr {
             yaml.push_str(&format!("redirect_http: {{ address: \"{r}\" }}\n"));
         }
+        // FIELDSEAL_TEST_RUNTIME=per_core runs a suite on the per-core
+        // runtimes (test-only; a test's own `server:` block wins).
+        if let Ok(mode) = std::env::var("FIELDSEAL_TEST_RUNTIME") {
+            if !rest.contains("server:") {
+                yaml.push_str(&format!("server: {{ runtime: {mode}, workers: 2 }}\n"));
+            }
+        }
         yaml.push_str(rest);
         let config_path = dir.path().join("fieldseal.yaml");
         std::fs::write(&config_path, &yaml).expect("write config");

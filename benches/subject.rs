@@ -115,30 +115,54 @@ fn bench(c: &mut Criterion) {
     let body = request();
     let spec = spec();
     let deployment = || transform::encrypt_request(&body, &spec, (&ring).into(), now).unwrap();
-    // Warm: what a subject-scoped request does besides the transform.
+    let seal_under = |sk: &SubjectKeys| {
+        let keys = Keys {
+            seal: sk.first().unwrap().sealing_key(),
+            ring: &ring,
+            subjects: sk,
+            subject_only: true,
+            index: fieldseal::transform::index::IndexKeys::DataKey(sk.first().unwrap()),
+        };
+        transform::encrypt_request(&body, &spec, keys, now).unwrap()
+    };
+    // What a deployment-scoped route with the same token does: the proxy
+    // verifies it there too, so this (not `deployment_seal`) is the
+    // native routes' baseline.
+    let deployment_jwt = || {
+        std::hint::black_box(rt.block_on(identity.verify(&token)).is_ok());
+        deployment()
+    };
+    // Warm: what a subject-scoped request does besides the transform (as
+    // `proxy::subject_keys::for_request`: the memo's reference, the
+    // cache's key set).
     let subject_warm = || {
         let p = rt.block_on(identity.verify(&token)).ok().unwrap();
         let reference = service
-            .reference(RefScope::Subject, None, &p.subject)
+            .shared_reference(RefScope::Subject, None, &p.subject)
             .unwrap();
-        let Resolved::Keys(k) = rt
+        let Resolved::Keys(sk) = rt
             .block_on(service.resolve(&reference, true, false))
             .unwrap()
         else {
             panic!("no key")
         };
-        let mut sk = SubjectKeys::default();
-        for key in k {
-            sk.push(key);
-        }
-        let keys = Keys {
-            seal: sk.first().unwrap().sealing_key(),
-            ring: &ring,
-            subjects: &sk,
-            subject_only: true,
-            index: fieldseal::transform::index::IndexKeys::DataKey(sk.first().unwrap()),
-        };
-        transform::encrypt_request(&body, &spec, keys, now).unwrap()
+        seal_under(&sk)
+    };
+    // The same in one task, as the proxy runs a request: the verification
+    // and the key lookup are awaited in one future, so this pays one
+    // `block_on` (as `deployment_seal_jwt` does), not two.
+    let subject_warm_one_task = || {
+        let sk = rt.block_on(async {
+            let p = identity.verify(&token).await.ok().unwrap();
+            let reference = service
+                .shared_reference(RefScope::Subject, None, &p.subject)
+                .unwrap();
+            match service.resolve(&reference, true, false).await.unwrap() {
+                Resolved::Keys(sk) => sk,
+                _ => panic!("no key"),
+            }
+        });
+        seal_under(&sk)
     };
     let cold = |n: u64| {
         let reference = service
@@ -168,7 +192,9 @@ fn bench(c: &mut Criterion) {
         for i in 0..n {
             match case {
                 "deployment_seal" => drop(std::hint::black_box(deployment())),
+                "deployment_seal_jwt" => drop(std::hint::black_box(deployment_jwt())),
                 "subject_seal_warm" => drop(std::hint::black_box(subject_warm())),
+                "subject_seal_warm_one_task" => drop(std::hint::black_box(subject_warm_one_task())),
                 "jwt_verify_cached" => {
                     std::hint::black_box(rt.block_on(identity.verify(&token)).is_ok());
                 }
@@ -187,7 +213,11 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("subject");
     g.bench_function("deployment_seal", |b| b.iter(deployment));
+    g.bench_function("deployment_seal_jwt", |b| b.iter(deployment_jwt));
     g.bench_function("subject_seal_warm", |b| b.iter(subject_warm));
+    g.bench_function("subject_seal_warm_one_task", |b| {
+        b.iter(subject_warm_one_task)
+    });
     g.bench_function("jwt_verify_cached", |b| {
         b.iter(|| rt.block_on(identity.verify(&token)).is_ok())
     });

@@ -8,9 +8,12 @@
 //! tokens are cached (by the token, or the SHA-256 of a token over 1 KiB) until their `exp`, at most
 //! `VERIFIED_CACHE_MAX` of them, so a repeated token is not verified again.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -403,29 +406,113 @@ struct CachedPrincipal {
 const EXACT_KEY_MAX: usize = 1024;
 
 /// The verified-token cache's key: the token, or the SHA-256 of a long one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 enum TokenKey {
     Exact(Box<str>),
     Digest([u8; 32]),
 }
 
-impl TokenKey {
-    fn of(token: &str) -> TokenKey {
+/// A `TokenKey` borrowed from the request's token: the cache is probed with
+/// it, so a hit copies no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TokenRef<'a> {
+    Exact(&'a str),
+    Digest([u8; 32]),
+}
+
+impl<'a> TokenRef<'a> {
+    fn of(token: &'a str) -> TokenRef<'a> {
         if token.len() <= EXACT_KEY_MAX {
-            TokenKey::Exact(token.into())
+            TokenRef::Exact(token)
         } else {
-            TokenKey::Digest(Sha256::digest(token.as_bytes()).into())
+            TokenRef::Digest(Sha256::digest(token.as_bytes()).into())
+        }
+    }
+
+    fn owned(self) -> TokenKey {
+        match self {
+            TokenRef::Exact(t) => TokenKey::Exact(t.into()),
+            TokenRef::Digest(d) => TokenKey::Digest(d),
         }
     }
 }
+
+impl TokenKey {
+    #[cfg(test)]
+    fn of(token: &str) -> TokenKey {
+        TokenRef::of(token).owned()
+    }
+}
+
+/// Either form of the key; both hash and compare through `view`, so a
+/// `TokenRef` finds the `TokenKey` it equals.
+trait TokenView {
+    fn view(&self) -> TokenRef<'_>;
+}
+
+impl TokenView for TokenKey {
+    fn view(&self) -> TokenRef<'_> {
+        match self {
+            TokenKey::Exact(t) => TokenRef::Exact(t),
+            TokenKey::Digest(d) => TokenRef::Digest(*d),
+        }
+    }
+}
+
+impl TokenView for TokenRef<'_> {
+    fn view(&self) -> TokenRef<'_> {
+        *self
+    }
+}
+
+impl PartialEq for dyn TokenView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for dyn TokenView + '_ {}
+
+impl Hash for dyn TokenView + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
+}
+
+impl PartialEq for TokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for TokenKey {}
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
+}
+
+impl<'a> Borrow<dyn TokenView + 'a> for TokenKey {
+    fn borrow(&self) -> &(dyn TokenView + 'a) {
+        self
+    }
+}
+
+/// Indexes of `Identity::stats`.
+const VERIFICATIONS: usize = 0;
+const HITS: usize = 1;
+const JWKS_FETCHES: usize = 2;
 
 /// The verifiers of one configuration.
 pub struct Identity {
     providers: Vec<Provider>,
     skew: Duration,
-    cache: Mutex<HashMap<TokenKey, CachedPrincipal>>,
-    /// Counters for tests and metrics: (verifications, cache hits, JWKS fetches).
-    stats: Mutex<(u64, u64, u64)>,
+    /// Read-locked by hits, write-locked to add.
+    cache: RwLock<HashMap<TokenKey, CachedPrincipal>>,
+    /// Counters for tests and metrics: (verifications, cache hits, JWKS
+    /// fetches), atomics so a hit takes no lock to count.
+    stats: [AtomicU64; 3],
 }
 
 impl std::fmt::Debug for Identity {
@@ -479,14 +566,16 @@ impl Identity {
         Ok(Identity {
             providers,
             skew: spec.clock_skew,
-            cache: Mutex::new(HashMap::new()),
-            stats: Mutex::new((0, 0, 0)),
+            cache: RwLock::new(HashMap::new()),
+            stats: Default::default(),
         })
     }
 
     /// (full verifications, cache hits, JWKS fetches) so far.
     pub fn stats(&self) -> (u64, u64, u64) {
-        self.stats.lock().map(|s| *s).unwrap_or((0, 0, 0))
+        let [v, h, f] = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (get(v), get(h), get(f))
     }
 
     /// Verifies `token` (the bearer credential, without `Bearer `).
@@ -495,9 +584,9 @@ impl Identity {
             return Err(AuthError::Invalid("malformed"));
         }
         let now = crate::crypto::unix_now();
-        let digest = TokenKey::of(token);
+        let digest = TokenRef::of(token);
         if let Some(p) = self.cached(&digest, now) {
-            self.count(|s| s.1 += 1);
+            self.count(HITS);
             return Ok(p);
         }
         let header =
@@ -524,27 +613,28 @@ impl Identity {
         let key = self
             .key_for(provider, header.alg, header.kid.as_deref())
             .await?;
-        self.count(|s| s.0 += 1);
+        self.count(VERIFICATIONS);
         let claims = self.check(provider, token, &key, header.alg, now)?;
         let principal = principal(provider, &claims)?;
-        self.remember(digest, &principal, index, now);
+        self.remember(digest.owned(), &principal, index, now);
         Ok(principal)
     }
 
-    fn count(&self, f: impl FnOnce(&mut (u64, u64, u64))) {
-        if let Ok(mut s) = self.stats.lock() {
-            f(&mut s);
+    fn count(&self, which: usize) {
+        if let Some(c) = self.stats.get(which) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn cached(&self, digest: &TokenKey, now: u64) -> Option<Principal> {
-        let cache = self.cache.lock().ok()?;
-        let c = cache.get(digest)?;
+    fn cached(&self, digest: &TokenRef<'_>, now: u64) -> Option<Principal> {
+        let cache = self.cache.read().ok()?;
+        let probe: &dyn TokenView = digest;
+        let c = cache.get(probe)?;
         (now <= c.valid_until && c.provider < self.providers.len()).then(|| c.principal.clone())
     }
 
     fn remember(&self, digest: TokenKey, p: &Principal, provider: usize, now: u64) {
-        let Ok(mut cache) = self.cache.lock() else {
+        let Ok(mut cache) = self.cache.write() else {
             return;
         };
         if cache.len() >= VERIFIED_CACHE_MAX {
@@ -655,7 +745,7 @@ impl Identity {
             if let Ok(mut t) = provider.last_fetch.lock() {
                 *t = Some(Instant::now());
             }
-            self.count(|s| s.2 += 1);
+            self.count(JWKS_FETCHES);
             match fetch_jwks(url).await.and_then(|t| parse_jwks(&t)) {
                 Ok(keys) => {
                     let keys = Arc::new(keys);
@@ -945,6 +1035,33 @@ mod tests {
         other_long.replace_range(0..1, "b");
         assert_ne!(TokenKey::of(&long), TokenKey::of(&other_long));
         assert_eq!(TokenKey::of(&long), TokenKey::of(&long.clone()));
+    }
+
+    #[test]
+    fn a_borrowed_token_finds_its_cached_key_and_no_other() {
+        let tokens = [
+            "a".repeat(10),
+            "a".repeat(EXACT_KEY_MAX),
+            "a".repeat(EXACT_KEY_MAX + 1),
+        ];
+        let mut m = HashMap::new();
+        for (i, t) in tokens.iter().enumerate() {
+            m.insert(TokenKey::of(t), i);
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let probe = TokenRef::of(t);
+            let probe: &dyn TokenView = &probe;
+            assert_eq!(m.get(probe), Some(&i), "token {i}");
+        }
+        for t in [
+            "b".repeat(10),
+            "a".repeat(11),
+            "b".repeat(EXACT_KEY_MAX + 1),
+        ] {
+            let probe = TokenRef::of(&t);
+            let probe: &dyn TokenView = &probe;
+            assert_eq!(m.get(probe), None);
+        }
     }
     use serde_json::json;
 

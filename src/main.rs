@@ -619,13 +619,7 @@ fn subject_transform_cmd(
             .reference(scope, tenant.as_deref(), &subject)
             .ok_or_else(|| "the subject has no reference".to_string())?;
         match service.resolve_now(&reference, true, revive) {
-            Ok(Resolved::Keys(keys)) => {
-                let mut sk = SubjectKeys::default();
-                for k in keys {
-                    sk.push(k);
-                }
-                Ok(sk)
-            }
+            Ok(Resolved::Keys(keys)) => Ok(SubjectKeys::clone(&keys)),
             Ok(Resolved::Erased) => Err(format!(
                 "subject {reference} is erased (the route's on_erased_write is refuse)"
             )),

@@ -740,13 +740,7 @@ fn keys_of_record(
         .resolve_blocking(&reference, true, false)
         .map_err(|_| "the key store could not give the record's key")?
     {
-        crate::keystore::Resolved::Keys(k) => {
-            let mut keys = crate::crypto::SubjectKeys::default();
-            for key in k {
-                keys.push(key);
-            }
-            Ok(keys)
-        }
+        crate::keystore::Resolved::Keys(k) => Ok(crate::crypto::SubjectKeys::clone(&k)),
         crate::keystore::Resolved::Erased => Err("the record's tenant or subject is erased"),
         crate::keystore::Resolved::Absent => Err("no data key"),
     }

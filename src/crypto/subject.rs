@@ -206,6 +206,11 @@ impl SubjectKeys {
         self.keys.push(key);
     }
 
+    /// The keys held, in the order pushed.
+    pub fn keys(&self) -> &[Arc<SubjectKey>] {
+        &self.keys
+    }
+
     pub fn mark_erased(&mut self, reference: &str) {
         if !self.is_erased(reference) {
             self.erased.push(reference.to_owned());

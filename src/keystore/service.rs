@@ -7,13 +7,22 @@
 //! replica that erased evicts at once). Evicted keys are dropped, which
 //! wipes their AES key schedules (`aes`'s `zeroize` feature); data keys
 //! themselves are wiped right after the field key is derived.
+//!
+//! The warm path takes only read locks and allocates nothing: the memo of
+//! references is looked up with a borrowed key, the cache hands out the
+//! key set it holds (an `Arc`), and the counters are atomics, so warm
+//! requests on different worker threads do not queue behind each other.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::crypto::{
-    data_key_aad, unix_now, DataKey, Keks, RefScope, SubjectKey, SubjectRefKey, WrapError,
+    data_key_aad, unix_now, DataKey, Keks, RefScope, SubjectKey, SubjectKeys, SubjectRefKey,
+    WrapError,
 };
 
 use super::{
@@ -23,8 +32,9 @@ use super::{
 /// What a reference resolves to.
 #[derive(Clone)]
 pub enum Resolved {
-    /// Its keys, newest version first.
-    Keys(Vec<Arc<SubjectKey>>),
+    /// Its keys, newest version first; shared with the
+    /// cache, so a hit copies no key list.
+    Keys(Arc<SubjectKeys>),
     /// No key (and none was asked for).
     Absent,
     /// Erased; no key was created.
@@ -62,12 +72,73 @@ struct Cached {
 /// How many subject references `KeyService::reference` remembers.
 const REF_MEMO_MAX: usize = 10_000;
 
-/// What a subject reference is computed from.
-#[derive(PartialEq, Eq, Hash)]
+/// The counters behind `ServiceStats`: atomics, so counting a hit takes
+/// no lock.
+#[derive(Default)]
+struct Counters {
+    store_reads: AtomicU64,
+    created: AtomicU64,
+    hits: AtomicU64,
+}
+
+/// What a subject reference is computed from (a memo key).
 struct RefInput {
     scope: RefScope,
     tenant: Option<Box<str>>,
     subject: Box<str>,
+}
+
+/// (scope, tenant, subject), owned (`RefInput`, in the memo) or borrowed
+/// (a tuple, to look one up): the memo is probed without building an owned
+/// key. Both hash and compare through `parts`, so they agree.
+trait RefKey {
+    fn parts(&self) -> (RefScope, Option<&str>, &str);
+}
+
+impl RefKey for RefInput {
+    fn parts(&self) -> (RefScope, Option<&str>, &str) {
+        (self.scope, self.tenant.as_deref(), &self.subject)
+    }
+}
+
+impl RefKey for (RefScope, Option<&str>, &str) {
+    fn parts(&self) -> (RefScope, Option<&str>, &str) {
+        (self.0, self.1, self.2)
+    }
+}
+
+impl PartialEq for dyn RefKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn RefKey + '_ {}
+
+impl Hash for dyn RefKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for RefInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for RefInput {}
+
+impl Hash for RefInput {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl<'a> Borrow<dyn RefKey + 'a> for RefInput {
+    fn borrow(&self) -> &(dyn RefKey + 'a) {
+        self
+    }
 }
 
 pub struct KeyService {
@@ -76,11 +147,13 @@ pub struct KeyService {
     refs: SubjectRefKey,
     /// References computed before (an HMAC each), so a warm request computes
     /// none; cleared when `REF_MEMO_MAX` is reached, so it stays bounded.
-    ref_memo: Mutex<HashMap<RefInput, String>>,
-    cache: Mutex<HashMap<String, Cached>>,
+    ref_memo: RwLock<HashMap<RefInput, Arc<str>>>,
+    /// Read-locked by hits; write-locked only to fill, evict or drop an
+    /// expired entry.
+    cache: RwLock<HashMap<String, Cached>>,
     ttl: Duration,
     max: usize,
-    stats: Mutex<ServiceStats>,
+    stats: Counters,
     deployment: DeploymentKeys,
     /// The last token self-test, and when (`kek_health`).
     kek_checked: tokio::sync::Mutex<Option<(Instant, KekHealth)>>,
@@ -178,11 +251,11 @@ impl KeyService {
             store,
             keks,
             refs,
-            ref_memo: Mutex::new(HashMap::new()),
-            cache: Mutex::new(HashMap::new()),
+            ref_memo: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
             ttl,
             max: max.max(1),
-            stats: Mutex::new(ServiceStats::default()),
+            stats: Counters::default(),
             deployment,
             kek_checked: tokio::sync::Mutex::new(None),
         })
@@ -290,8 +363,14 @@ impl KeyService {
         &self.keks
     }
 
+    /// A snapshot of the counters (each read on its own: one taken while
+    /// requests run may be a few counts apart between fields).
     pub fn stats(&self) -> ServiceStats {
-        self.stats.lock().map(|s| *s).unwrap_or_default()
+        ServiceStats {
+            store_reads: self.stats.store_reads.load(Ordering::Relaxed),
+            created: self.stats.created.load(Ordering::Relaxed),
+            hits: self.stats.hits.load(Ordering::Relaxed),
+        }
     }
 
     /// The opaque reference of a tenant or subject.
@@ -301,32 +380,48 @@ impl KeyService {
         tenant: Option<&str>,
         subject: &str,
     ) -> Option<String> {
-        let input = RefInput {
-            scope,
-            tenant: tenant.map(Box::from),
-            subject: Box::from(subject),
-        };
+        self.shared_reference(scope, tenant, subject)
+            .map(|r| String::from(&*r))
+    }
+
+    /// As [`reference`](Self::reference), shared with the memo: a
+    /// remembered reference costs a read lock and a reference count, no
+    /// allocation and no HMAC.
+    pub fn shared_reference(
+        &self,
+        scope: RefScope,
+        tenant: Option<&str>,
+        subject: &str,
+    ) -> Option<Arc<str>> {
+        let probe: &dyn RefKey = &(scope, tenant, subject);
         if let Some(r) = self
             .ref_memo
-            .lock()
+            .read()
             .ok()
-            .and_then(|m| m.get(&input).cloned())
+            .and_then(|m| m.get(probe).map(Arc::clone))
         {
             return Some(r);
         }
-        let reference = self.refs.reference(scope, tenant, subject)?;
-        if let Ok(mut m) = self.ref_memo.lock() {
+        let reference: Arc<str> = Arc::from(self.refs.reference(scope, tenant, subject)?);
+        if let Ok(mut m) = self.ref_memo.write() {
             if m.len() >= REF_MEMO_MAX {
                 m.clear();
             }
-            m.insert(input, reference.clone());
+            m.insert(
+                RefInput {
+                    scope,
+                    tenant: tenant.map(Box::from),
+                    subject: Box::from(subject),
+                },
+                Arc::clone(&reference),
+            );
         }
         Some(reference)
     }
 
     /// Drops `reference` from the cache (after an erasure here).
     pub fn evict(&self, reference: &str) {
-        if let Ok(mut c) = self.cache.lock() {
+        if let Ok(mut c) = self.cache.write() {
             c.remove(reference);
         }
     }
@@ -347,7 +442,7 @@ impl KeyService {
                 Resolved::Absent => !create,
             };
             if usable {
-                self.count(|s| s.hits += 1);
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit);
             }
         }
@@ -385,7 +480,7 @@ impl KeyService {
         create: bool,
         revive: bool,
     ) -> Result<Resolved, ServiceError> {
-        self.count(|s| s.store_reads += 1);
+        self.stats.store_reads.fetch_add(1, Ordering::Relaxed);
         let mut record = self.store.get(reference)?;
         let wants_key = match &record {
             SubjectRecord::Absent => create,
@@ -401,13 +496,13 @@ impl KeyService {
             let dek = DataKey::generate()?;
             let row = wrap_row(&self.keks, reference, version, &dek)?;
             record = self.store.create_first(reference, &row, revive)?;
-            self.count(|s| s.created += 1);
+            self.stats.created.fetch_add(1, Ordering::Relaxed);
         }
         let resolved = match record {
             SubjectRecord::Absent => Resolved::Absent,
             SubjectRecord::Erased { .. } => Resolved::Erased,
             SubjectRecord::Keys(rows) => {
-                let mut keys = Vec::with_capacity(rows.len());
+                let mut keys = SubjectKeys::default();
                 for row in &rows {
                     let dek = unwrap_one(&self.keks, reference, row)?;
                     let key = SubjectKey::new(reference, row.version, &dek).ok_or_else(|| {
@@ -415,7 +510,7 @@ impl KeyService {
                     })?;
                     keys.push(Arc::new(key));
                 }
-                Resolved::Keys(keys)
+                Resolved::Keys(Arc::new(keys))
             }
         };
         if !matches!(resolved, Resolved::Absent) {
@@ -424,24 +519,29 @@ impl KeyService {
         Ok(resolved)
     }
 
-    fn count(&self, f: impl FnOnce(&mut ServiceStats)) {
-        if let Ok(mut s) = self.stats.lock() {
-            f(&mut s);
-        }
-    }
-
     fn cached(&self, reference: &str) -> Option<Resolved> {
-        let mut cache = self.cache.lock().ok()?;
-        let c = cache.get(reference)?;
-        if c.at.elapsed() < self.ttl {
-            return Some(c.value.clone());
+        {
+            let cache = self.cache.read().ok()?;
+            let c = cache.get(reference)?;
+            if c.at.elapsed() < self.ttl {
+                return Some(c.value.clone());
+            }
         }
-        cache.remove(reference);
+        // Expired: dropped under the write lock, unless another request
+        // refilled it in between.
+        if let Ok(mut cache) = self.cache.write() {
+            if cache
+                .get(reference)
+                .is_some_and(|c| c.at.elapsed() >= self.ttl)
+            {
+                cache.remove(reference);
+            }
+        }
         None
     }
 
     fn remember(&self, reference: &str, value: Resolved) {
-        let Ok(mut cache) = self.cache.lock() else {
+        let Ok(mut cache) = self.cache.write() else {
             return;
         };
         if cache.len() >= self.max && !cache.contains_key(reference) {
@@ -534,4 +634,130 @@ fn unwrap_one(keks: &Keks, reference: &str, row: &StoredKey) -> Result<DataKey, 
         &row.wrapped,
         &data_key_aad(reference, row.version),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keyring;
+    use crate::keystore::SqliteStore;
+
+    fn service(dir: &tempfile::TempDir, ttl: Duration, max: usize) -> Arc<KeyService> {
+        let ring = Keyring::from_raw_keys("k1", vec![("k1".into(), [7; 32])]).unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        Arc::new(KeyService::open(Arc::new(store), Keks::from_ring(&ring), ttl, max).unwrap())
+    }
+
+    #[test]
+    fn a_remembered_reference_is_the_computed_one_and_inputs_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Duration::from_secs(60), 10);
+        let direct = s.refs.reference(RefScope::Subject, Some("t"), "a").unwrap();
+        let first = s
+            .shared_reference(RefScope::Subject, Some("t"), "a")
+            .unwrap();
+        let again = s
+            .shared_reference(RefScope::Subject, Some("t"), "a")
+            .unwrap();
+        assert_eq!(&*first, direct);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second comes from the memo"
+        );
+        assert_eq!(
+            s.reference(RefScope::Subject, Some("t"), "a").unwrap(),
+            direct
+        );
+        // Each part of the input tells references apart, memo or not.
+        let others = [
+            s.reference(RefScope::Subject, None, "a").unwrap(),
+            s.reference(RefScope::Subject, Some(""), "a").unwrap(),
+            s.reference(RefScope::Subject, Some("t"), "b").unwrap(),
+            s.reference(RefScope::Subject, Some("ta"), "").unwrap(),
+            s.reference(RefScope::Tenant, Some("t"), "a").unwrap(),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(o, &direct, "input {i}");
+        }
+        // No tenant and an empty tenant are one reference (the format's
+        // rule), each remembered under its own input.
+        assert_eq!(others[0], others[1]);
+        assert_eq!(
+            s.reference(RefScope::Tenant, Some("t"), "x").unwrap(),
+            others[4]
+        );
+    }
+
+    #[test]
+    fn the_memo_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Duration::from_secs(60), 10);
+        for i in 0..REF_MEMO_MAX + 5 {
+            s.reference(RefScope::Subject, None, &format!("s{i}"))
+                .unwrap();
+        }
+        let n = s.ref_memo.read().unwrap().len();
+        assert!(n <= REF_MEMO_MAX && n > 0, "{n}");
+    }
+
+    #[test]
+    fn warm_hits_are_counted_and_share_the_cached_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Duration::from_secs(60), 10);
+        let r = s.reference(RefScope::Subject, None, "alice").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let Resolved::Keys(a) = rt.block_on(s.resolve(&r, true, false)).unwrap() else {
+            panic!("no key")
+        };
+        let before = s.stats();
+        assert_eq!((before.created, before.store_reads, before.hits), (1, 1, 0));
+        let Resolved::Keys(b) = rt.block_on(s.resolve(&r, true, false)).unwrap() else {
+            panic!("no key")
+        };
+        assert!(Arc::ptr_eq(&a, &b), "a hit hands out the cached set");
+        assert_eq!(b.first().unwrap().reference(), r);
+        let after = s.stats();
+        assert_eq!((after.created, after.store_reads, after.hits), (1, 1, 1));
+    }
+
+    #[test]
+    fn an_expired_entry_is_read_again_and_the_cache_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Duration::ZERO, 2);
+        let r = s.reference(RefScope::Subject, None, "alice").unwrap();
+        assert!(matches!(
+            s.resolve_now(&r, true, false),
+            Ok(Resolved::Keys(_))
+        ));
+        assert!(s.cached(&r).is_none(), "a zero TTL expires at once");
+        assert!(s.cache.read().unwrap().get(&r).is_none(), "and is dropped");
+        assert!(matches!(
+            s.resolve_now(&r, false, false),
+            Ok(Resolved::Keys(_))
+        ));
+        assert_eq!(s.stats().store_reads, 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Duration::from_secs(60), 2);
+        for who in ["a", "b", "c", "d"] {
+            let r = s.reference(RefScope::Subject, None, who).unwrap();
+            assert!(matches!(
+                s.resolve_now(&r, true, false),
+                Ok(Resolved::Keys(_))
+            ));
+        }
+        assert_eq!(s.cache.read().unwrap().len(), 2);
+        let c = s.reference(RefScope::Subject, None, "c").unwrap();
+        let d = s.reference(RefScope::Subject, None, "d").unwrap();
+        assert!(
+            s.cached(&c).is_some() && s.cached(&d).is_some(),
+            "the newest stay"
+        );
+        s.evict(&c);
+        assert!(s.cached(&c).is_none());
+        assert!(s.cached(&d).is_some());
+    }
 }

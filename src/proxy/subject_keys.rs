@@ -49,7 +49,7 @@ pub(super) async fn for_request(
         .as_ref()
         .ok_or_else(|| internal("no key store"))?;
     let reference = service
-        .reference(scope, principal.tenant.as_deref(), &principal.subject)
+        .shared_reference(scope, principal.tenant.as_deref(), &principal.subject)
         .ok_or_else(|| internal("subject reference"))?;
     let revive = route.route.on_erased_write == OnErasedWrite::NewKey;
     let resolved = service
@@ -59,20 +59,19 @@ pub(super) async fn for_request(
             tracing::error!(request_id = ex.id(), route = %route.route.name, error = %e, "subject keys unavailable");
             ProxyError::from(LocalError::KeyStoreUnavailable)
         })?;
-    let mut keys = SubjectKeys::default();
-    match resolved {
-        Resolved::Keys(k) => {
-            for key in k {
-                keys.push(key);
-            }
-        }
+    // Warm: the cache's own set, shared (nothing copied or allocated).
+    let keys = match resolved {
+        Resolved::Keys(k) => k,
         Resolved::Erased if write => {
             return Err(ProxyError::from(ClientError::ErasedSubjectWrite));
         }
-        Resolved::Erased => keys.mark_erased(&reference),
-        Resolved::Absent => {}
-    }
-    let keys = Arc::new(keys);
+        Resolved::Erased => {
+            let mut keys = SubjectKeys::default();
+            keys.mark_erased(&reference);
+            Arc::new(keys)
+        }
+        Resolved::Absent => Arc::new(SubjectKeys::default()),
+    };
     ex.subject_keys = Some((write, Arc::clone(&keys)));
     Ok(Some(keys))
 }
@@ -104,16 +103,10 @@ async fn deployment_keys(
         .deployment_keys()
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut keys = SubjectKeys::default();
-    match resolved {
-        Resolved::Keys(k) => {
-            for key in k {
-                keys.push(key);
-            }
-        }
+    let keys = match resolved {
+        Resolved::Keys(k) => k,
         _ => return Err(unavailable(&"the key store has no deployment data key")),
-    }
-    let keys = Arc::new(keys);
+    };
     ex.subject_keys = Some((true, Arc::clone(&keys)));
     Ok(Some(keys))
 }
@@ -174,7 +167,7 @@ pub(super) async fn for_role_reader(
                 ProxyError::from(LocalError::KeyStoreUnavailable)
             })?;
         match resolved {
-            Resolved::Keys(k) => k.into_iter().for_each(|key| keys.push(key)),
+            Resolved::Keys(k) => k.keys().iter().for_each(|key| keys.push(Arc::clone(key))),
             Resolved::Erased => keys.mark_erased(reference),
             Resolved::Absent => {}
         }

@@ -199,6 +199,18 @@ impl IdentitySpec {
         out
     }
 
+    /// Whether `source` can name a tenant at all: some JWT provider has a
+    /// `tenant_claim`, the identity header a `tenant` header, mTLS a
+    /// `tenant`. A tenant-scoped route whose sources name none could only
+    /// ever answer 401.
+    pub fn names_tenant(&self, source: AuthSource) -> bool {
+        match source {
+            AuthSource::Jwt => self.providers.iter().any(|p| p.tenant_claim.is_some()),
+            AuthSource::Header => self.header.as_ref().is_some_and(|h| h.tenant.is_some()),
+            AuthSource::Mtls => self.mtls.as_ref().is_some_and(|m| m.tenant.is_some()),
+        }
+    }
+
     /// Every header some provider forwards (removed from client requests on
     /// every route that looks at tokens).
     pub fn forwarded_headers(&self) -> Vec<http::HeaderName> {

@@ -754,6 +754,42 @@ routes:
     assert!(e.contains("not configured"), "{e}");
 }
 
+/// A tenant-scoped route needs a source that can name a tenant: with none,
+/// every request could only get 401, so the load fails and says where.
+#[test]
+fn a_tenant_route_whose_sources_name_no_tenant_fails_the_load() {
+    let site = Site::new();
+    let load = |mtls: &str, tenant_claim: &str, sources: &str| {
+        let yaml = format!(
+            "listen: {{ address: \"127.0.0.1:0\", tls: {{ cert: server.crt, key: server.key }} }}\n{}",
+            site.yaml("http://127.0.0.1:9", "http://127.0.0.1:9", mtls, tenant_claim)
+                .replace("key_scope: subject", "key_scope: tenant")
+                .replace("auth_sources: [mtls]\n", &format!("auth_sources: {sources}\n"))
+        );
+        fieldseal::Config::from_yaml(&yaml, &site.dir.path().join("t.yaml"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for (mtls, claim, sources) in [
+        ("    subject: san_uri", "", "[mtls]"),
+        ("    subject: san_uri", "", "[mtls, jwt]"),
+        // The JWT provider names tenants, but the route doesn't take JWTs.
+        ("    subject: san_uri", "tid", "[mtls]"),
+    ] {
+        let e = load(mtls, claim, sources).expect_err(sources);
+        assert!(e.contains("key_scope") && e.contains("tenant"), "{e}");
+    }
+    for (mtls, claim, sources) in [
+        ("    subject: cn\n    tenant: o", "", "[mtls]"),
+        ("    subject: san_uri", "tid", "[mtls, jwt]"),
+    ] {
+        assert!(
+            load(mtls, claim, sources).is_ok(),
+            "{mtls} {claim} {sources}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unreadable_client_ca_fails_the_load() {
     let site = Site::new();

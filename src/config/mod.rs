@@ -293,6 +293,16 @@ fn compile(raw: raw::RawConfig, base: &Path, source: &Path) -> Result<Config, In
                 out
             }
         };
+        if r.key_scope == crate::routes::KeyScope::Tenant
+            && !identity
+                .as_ref()
+                .is_some_and(|i| r.auth_sources.iter().any(|s| i.names_tenant(*s)))
+        {
+            return Err(invalid(
+                &at.key("key_scope"),
+                "tenant keys need a tenant, and none of this route's identity sources names one: set a jwt provider's tenant_claim, identity.header.tenant or identity.mtls.tenant",
+            ));
+        }
     }
     if let Some(identity) = identity.as_mut() {
         for rule in routes.routes.iter().flat_map(|r| &r.read_any_subject) {

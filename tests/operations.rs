@@ -75,6 +75,7 @@ fn rewrite_config(p: &TestProxy, rest: &str) {
     if let Some(r) = p.redirect {
         yaml.push_str(&format!("redirect_http: {{ address: \"{r}\" }}\n"));
     }
+    yaml.push_str(&test_runtime(rest));
     yaml.push_str(rest);
     let tmp = p.config_path.with_extension("yaml.tmp");
     std::fs::write(&tmp, &yaml).expect("write config");

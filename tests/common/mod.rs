@@ -34,6 +34,19 @@ use tokio::task::JoinHandle;
 
 /// Generous upper bound for any single network step in a test. It only
 /// keeps a broken build from hanging; nothing asserts on speed.
+/// FIELDSEAL_TEST_RUNTIME=per_core runs a suite on the per-core runtimes:
+/// the `server:` line a test config gets (test-only; a config's own
+/// `server:` block wins). Configs rewritten for a reload take it too, since
+/// `server` cannot change on reload.
+pub fn test_runtime(rest: &str) -> String {
+    match std::env::var("FIELDSEAL_TEST_RUNTIME") {
+        Ok(mode) if !rest.contains("server:") => {
+            format!("server: {{ runtime: {mode}, workers: 2 }}\n")
+        }
+        _ => String::new(),
+    }
+}
+
 pub const STEP: Duration = Duration::from_secs(30);
 
 /// Awaits `fut`, panicking with `what` if it takes longer than [`STEP`].
@@ -338,13 +351,7 @@ impl TestProxy {
         if let Some(r) = redirect_addr {
             yaml.push_str(&format!("redirect_http: {{ address: \"{r}\" }}\n"));
         }
-        // FIELDSEAL_TEST_RUNTIME=per_core runs a suite on the per-core
-        // runtimes (test-only; a test's own `server:` block wins).
-        if let Ok(mode) = std::env::var("FIELDSEAL_TEST_RUNTIME") {
-            if !rest.contains("server:") {
-                yaml.push_str(&format!("server: {{ runtime: {mode}, workers: 2 }}\n"));
-            }
-        }
+        yaml.push_str(&test_runtime(rest));
         yaml.push_str(rest);
         let config_path = dir.path().join("fieldseal.yaml");
         std::fs::write(&config_path, &yaml).expect("write config");

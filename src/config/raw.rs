@@ -450,12 +450,12 @@ pub struct RawLimits {
 #[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// `per_core`: one single-threaded runtime per worker, each with its
-    /// own listening socket (SO_REUSEPORT) and its own upstream
+    /// `per_core` (default): one single-threaded runtime per worker, each
+    /// with its own listening socket (SO_REUSEPORT) and its own upstream
     /// connections, so a request and its upstream connection stay on one
-    /// thread. `shared` (default): one multi-threaded runtime with work
-    /// stealing (a slow request can't hold up others of its thread). Needs
-    /// a restart to change.
+    /// thread. `shared`: one multi-threaded runtime with work stealing (a
+    /// slow request can't hold up others of its thread). Needs a restart to
+    /// change.
     #[serde(default)]
     pub runtime: Option<Word<crate::config::RuntimeMode>>,
     /// Worker threads (per_core: runtimes). Default: the environment's

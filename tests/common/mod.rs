@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 
 /// Generous upper bound for any single network step in a test. It only
 /// keeps a broken build from hanging; nothing asserts on speed.
-/// FIELDSEAL_TEST_RUNTIME=per_core runs a suite on the per-core runtimes:
+/// FIELDSEAL_TEST_RUNTIME=shared (or per_core) runs a suite on that runtime:
 /// the `server:` line a test config gets (test-only; a config's own
 /// `server:` block wins). Configs rewritten for a reload take it too, since
 /// `server` cannot change on reload.

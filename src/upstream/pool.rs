@@ -186,7 +186,13 @@ impl ConnPool {
     /// drops closed ones, ones idle past `idle_timeout` and idle ones past
     /// `max_idle`. Connections still reading an answer stay.
     fn checkout(&self, slot: usize) -> Option<Sender> {
-        let mut pooled = lock(&self.slots[slot]);
+        self.sweep(&mut lock(&self.slots[slot]), true)
+    }
+
+    /// One pass over a slot, newest first: drops closed connections, idle
+    /// ones past `idle_timeout` and idle ones past `max_idle`; with `take`,
+    /// removes and returns the newest ready one still within its idle time.
+    fn sweep(&self, pooled: &mut Vec<Pooled>, take: bool) -> Option<Sender> {
         let now = Instant::now();
         let mut found = None;
         let mut idle = 0;
@@ -201,7 +207,7 @@ impl ConnPool {
             if !p.sender.is_ready() {
                 continue;
             }
-            if found.is_none() && now.duration_since(p.since) < self.idle_timeout {
+            if take && found.is_none() && now.duration_since(p.since) < self.idle_timeout {
                 found = Some(pooled.remove(k).sender);
                 continue;
             }
@@ -226,26 +232,8 @@ impl ConnPool {
 
     /// Drops closed and expired connections of every slot (the reaper).
     pub(super) fn prune(&self) {
-        for slot in 0..self.slots.len() {
-            let mut pooled = lock(&self.slots[slot]);
-            let now = Instant::now();
-            let mut idle = 0;
-            let mut k = pooled.len();
-            while k > 0 {
-                k -= 1;
-                let p = &pooled[k];
-                if p.sender.is_closed() {
-                    pooled.remove(k);
-                    continue;
-                }
-                if !p.sender.is_ready() {
-                    continue;
-                }
-                idle += 1;
-                if idle > self.max_idle || now.duration_since(p.since) >= self.idle_timeout {
-                    pooled.remove(k);
-                }
-            }
+        for slot in &self.slots {
+            self.sweep(&mut lock(slot), false);
         }
     }
 

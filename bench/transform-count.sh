@@ -5,12 +5,12 @@
 # so config parsing and setup cancel out. Also prints allocator calls per
 # operation (the bench's counting allocator).
 #
-#   bench/transform-count.sh            # encrypt and decrypt, 2 KB and 64 KB
+#   bench/transform-count.sh            # encrypt and decrypt: 2 KB fixture, bench/request.json (load), 64 KB
 #   OPS="encrypt" DOCS="2kb" N1=10 N2=210 bench/transform-count.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPS=${OPS:-encrypt decrypt}
-DOCS=${DOCS:-2kb 64kb}
+DOCS=${DOCS:-2kb load 64kb}
 N1=${N1:-10}
 N2=${N2:-210}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }

@@ -4,10 +4,11 @@
 //! (`bench/transform-count.sh` takes the difference of two loop lengths, so
 //! the setup cancels out).
 //!
-//!   transform_count [encrypt|decrypt] [2kb|2kb-index|64kb] [iterations]
+//!   transform_count [encrypt|decrypt] [2kb|2kb-index|load|64kb] [iterations]
 //!
 //! `2kb-index` is the 2 KB document on a route that also writes one blind
-//! index (`$.email` into `email_idx`, the email sealed too).
+//! index (`$.email` into `email_idx`, the email sealed too); `load` is
+//! `bench/request.json`, the document of `bench/load.sh` (106 members).
 //!
 //! Without arguments (as `cargo bench` runs it) it prints the allocation
 //! counts of both directions on both documents.
@@ -19,7 +20,7 @@ use fieldseal::crypto::Keyring;
 use fieldseal::proxy::{decrypt_body, encrypt_body};
 
 mod fixtures;
-use fixtures::{list_doc, user_doc, CONFIG};
+use fixtures::{list_doc, load_doc, user_doc, CONFIG};
 
 struct Counting;
 
@@ -61,6 +62,7 @@ fn main() {
     let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [9u8; 32])]).expect("ring");
     let doc = |name: &str| match name {
         "64kb" => ("list", serde_json::to_vec(&list_doc()).expect("doc")),
+        "load" => ("user", load_doc()),
         "2kb-index" => (
             "user-indexed",
             serde_json::to_vec(&user_doc()).expect("doc"),
@@ -89,7 +91,7 @@ fn main() {
         }
         return;
     }
-    for which in ["2kb", "2kb-index", "64kb"] {
+    for which in ["2kb", "2kb-index", "load", "64kb"] {
         let (route, raw) = doc(which);
         let route = config.routes.by_name(route).expect("route");
         let sealed = bytes::Bytes::from(encrypt_body(&raw, route, &ring).expect("encrypt").0);

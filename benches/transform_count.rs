@@ -11,7 +11,7 @@
 //! `bench/request.json`, the document of `bench/load.sh` (106 members).
 //!
 //! Without arguments (as `cargo bench` runs it) it prints the allocation
-//! counts of both directions on both documents.
+//! counts of both directions on every document.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 

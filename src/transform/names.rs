@@ -4,7 +4,6 @@
 //! expands a name into.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 
 /// The one normalization of member names, shared by the rule matcher and
 /// the look-alike check (`shape`): the name up to its first NUL (C parsers
@@ -86,71 +85,45 @@ pub(crate) fn names_match(folded: &str, key: &str) -> bool {
     MemberKey::new(key).matches(folded)
 }
 
-/// Longest ASCII member name `MemberKey` folds on the stack.
-const FOLDED_ON_STACK: usize = 48;
-
-/// A member name prepared for `names_match` against every rule name the
-/// walk tries on it: an ASCII name (up to its first NUL) folds to its lower
-/// case without separators, which is then compared byte for byte. The fold
-/// is made on the first comparison, so a member no rule looks at (most of
-/// them: every member of an object no rule is inside) costs nothing.
+/// A member name as the walk compares it against every rule name it tries
+/// on it. Most comparisons fail on the first byte (a member no rule names),
+/// so the name is not folded ahead: `matches` folds an ASCII name byte by
+/// byte while it compares and stops at the first difference; only a name
+/// with a non-ASCII character before that point takes the full fold.
+#[derive(Clone, Copy)]
 pub(crate) struct MemberKey<'k> {
     raw: &'k str,
-    prepared: OnceCell<Prepared<'k>>,
-}
-
-struct Prepared<'k> {
-    /// The name up to its first NUL.
-    key: &'k str,
-    /// The ASCII fold of `key` and its length, for a short ASCII name.
-    ascii: Option<([u8; FOLDED_ON_STACK], usize)>,
 }
 
 impl<'k> MemberKey<'k> {
     #[inline]
     pub(crate) fn new(key: &'k str) -> MemberKey<'k> {
-        MemberKey {
-            raw: key,
-            prepared: OnceCell::new(),
-        }
-    }
-
-    fn prepared(&self) -> &Prepared<'k> {
-        self.prepared.get_or_init(|| {
-            let key = until_nul(self.raw);
-            let ascii = (key.len() <= FOLDED_ON_STACK && key.is_ascii()).then(|| {
-                let mut buf = [0u8; FOLDED_ON_STACK];
-                let mut n = 0;
-                for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
-                    if let Some(slot) = buf.get_mut(n) {
-                        *slot = b.to_ascii_lowercase();
-                        n += 1;
-                    }
-                }
-                (buf, n)
-            });
-            Prepared { key, ascii }
-        })
+        MemberKey { raw: key }
     }
 
     /// `names_match(folded, key)`.
     #[inline]
     pub(crate) fn matches(&self, folded: &str) -> bool {
-        let Prepared { key, ascii } = self.prepared();
-        if let Some((buf, n)) = ascii {
-            return buf.get(..*n) == Some(folded.as_bytes());
-        }
-        if key.is_ascii() {
-            // A long ASCII member: the same fold, in one pass.
-            let mut f = folded.bytes();
-            for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
-                if f.next() != Some(b.to_ascii_lowercase()) {
-                    return false;
+        let want = folded.as_bytes();
+        let mut at = 0;
+        for &b in self.raw.as_bytes() {
+            match b {
+                0 => break,
+                b'_' | b'-' => {}
+                // An ASCII character folds on its own and only to ASCII:
+                // a difference here is a difference of the whole fold.
+                0x01..=0x7F => {
+                    if want.get(at) != Some(&b.to_ascii_lowercase()) {
+                        return false;
+                    }
+                    at += 1;
                 }
+                // Some non-ASCII characters fold to ASCII (`ſ`, the Kelvin
+                // sign): the full fold from here.
+                _ => return fold_name(self.raw).eq(folded.chars()),
             }
-            return f.next().is_none();
         }
-        fold_name(key).eq(folded.chars())
+        at == want.len()
     }
 }
 

@@ -1298,8 +1298,10 @@ const RUN_LANES: usize = 16;
 /// Offset of the first byte of `b` that ends a run of plain string
 /// contents (`STRING_STOP`), if any. Blocks of `RUN_LANES` bytes are
 /// tested without a branch per byte (the compiler turns the block's test
-/// into a few vector compares); the block that holds the stop, and the
-/// tail, byte by byte through the table.
+/// into a few vector compares); in the block that holds the stop, a mask
+/// built through the table gives its offset as the lowest set bit, again
+/// without a branch per byte (most strings end in their first block). Only
+/// the input's last bytes, after its last whole block, go byte by byte.
 #[inline]
 fn plain_run(b: &[u8]) -> Option<usize> {
     let mut at = 0;
@@ -1309,7 +1311,7 @@ fn plain_run(b: &[u8]) -> Option<usize> {
             stop |= (c == b'"') | (c == b'\\') | (c < 0x20);
         }
         if stop {
-            break;
+            return Some(at + first_stop(block).unwrap_or(0));
         }
         at += RUN_LANES;
     }
@@ -1317,6 +1319,31 @@ fn plain_run(b: &[u8]) -> Option<usize> {
     rest.iter()
         .position(|&c| STRING_STOP[usize::from(c)])
         .map(|n| at + n)
+}
+
+/// Offset of the first `STRING_STOP` byte of `block`, eight bytes at a
+/// time: per word, the classic zero-byte test on `w ^ '"'` and `w ^ '\\'`
+/// and the less-than test on `w` against 0x20 mark the high bit of each
+/// matching byte. A borrow can mark a byte above a real match, never below
+/// the first one, so the lowest mark is exact.
+fn first_stop(block: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let mut at = 0;
+    for word in block.chunks(8) {
+        let mut bytes = [b'a'; 8];
+        bytes.get_mut(..word.len())?.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let marks = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if marks != 0 {
+            return Some(at + (marks.trailing_zeros() / 8) as usize);
+        }
+        at += word.len();
+    }
+    None
 }
 
 /// Json.NET's and System.Text.Json's reference metadata (`$ref`, and
@@ -1390,4 +1417,40 @@ fn hex4(digits: Option<&str>) -> Result<u32, TransformError> {
         return Err(TransformError::InvalidJson);
     }
     u32::from_str_radix(d, 16).map_err(|_| TransformError::InvalidJson)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_table(b: &[u8]) -> Option<usize> {
+        b.iter().position(|&c| STRING_STOP[usize::from(c)])
+    }
+
+    #[test]
+    fn plain_run_finds_the_first_stop_as_the_table_does() {
+        // Every byte value at every offset of a block, alone and after a
+        // second stop candidate further on, over fillers that straddle the
+        // bit tricks' edges (0x20 and the high bit).
+        for len in [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40] {
+            for filler in [b'a', b' ', 0x7F, 0x80, 0xFF, 0x21, 0x5D] {
+                for at in 0..len {
+                    for c in 0..=255u8 {
+                        let mut b = vec![filler; len];
+                        b[at] = c;
+                        assert_eq!(plain_run(&b), by_table(&b), "{len} {filler:#x} {at} {c:#x}");
+                        if at + 1 < len {
+                            b[at + 1] = b'"';
+                            assert_eq!(
+                                plain_run(&b),
+                                by_table(&b),
+                                "{len} {filler:#x} {at} {c:#x} +"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(plain_run(b""), None);
+    }
 }

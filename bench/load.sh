@@ -29,6 +29,7 @@
 #   BACKEND_WORKERS=1 HOLD_CONNS=1000 HOLD_DURATION=10 RATE_OF=b RATE_CLIENTS=16 RATE_ROUNDS=3 RATE_DURATION=5
 #   H2=1 (0: leave out the HTTP/2 cases) HAPROXY=1 (0: leave out HAProxy) REDIS=1 (0: leave out (g))
 #   BASE_PORT=18400 FIELDSEAL=target/release/fieldseal BUILD=0 (1: cargo build --release first)
+#   MEMORY_ONLY=0 (1: only the idle and HOLD_CONNS memory measurements, fresh processes, no load rounds)
 # Output: a Markdown report on stdout and in bench/out/results-<date>.md; the
 # run's configs, certificates and logs in bench/out/run-<date>/.
 set -euo pipefail
@@ -58,6 +59,7 @@ RATE_DURATION=${RATE_DURATION:-5}
 BASE_PORT=${BASE_PORT:-18400}
 FIELDSEAL=${FIELDSEAL:-$ROOT/target/release/fieldseal}
 BUILD=${BUILD:-0}
+MEMORY_ONLY=${MEMORY_ONLY:-0}
 
 BACKEND_PORT=$BASE_PORT
 NGINX_PORT=$((BASE_PORT + 1))
@@ -400,6 +402,7 @@ check_post() { # url expect-substring forbid-substring [curl args]
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE (on a shared machine, figures are only comparable within one run)"
 start_backend
+if [ "$MEMORY_ONLY" != 1 ]; then
 
 start_nginx
 R[b.idle]=$(rss_nginx)
@@ -521,6 +524,7 @@ for t in $RATE_TAGS; do rate_summary "$t"; done
 stop "$FIELDSEAL_PID"
 stop "$NGINX_PID"
 [ "$HAPROXY" = 1 ] && stop "$HAPROXY_PID"
+fi # MEMORY_ONLY
 
 # Memory holding HOLD_CONNS keep-alive TLS connections (fresh processes).
 HOLD_PATH=/plain
@@ -528,6 +532,7 @@ HOLD_PATH=/plain
 log "memory: $HOLD_CONNS keep-alive TLS connections for ${HOLD_DURATION}s, fieldseal $HOLD_PATH, then nginx and HAProxy passing through"
 start_fieldseal hold
 R[f.idle]=$(status_kb VmRSS "$FIELDSEAL_PID")
+[ "$MEMORY_ONLY" = 1 ] && R[c.idle]=${R[f.idle]}
 BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
     "https://127.0.0.1:$FIELDSEAL_PORT$HOLD_PATH" >"$RUN/wrk-hold-fieldseal.txt" 2>&1 &
 WRK_PID=$!
@@ -544,6 +549,7 @@ R[f.after]=$(status_kb VmRSS "$FIELDSEAL_PID")
 stop "$FIELDSEAL_PID"
 
 start_nginx
+[ "$MEMORY_ONLY" = 1 ] && R[b.idle]=$(rss_nginx)
 BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
     "https://127.0.0.1:$NGINX_PORT/plain" >"$RUN/wrk-hold-nginx.txt" 2>&1 || true
 R[n.hold]=$(hwm_nginx)
@@ -552,6 +558,7 @@ stop "$NGINX_PID"
 
 if [ "$HAPROXY" = 1 ]; then
     start_haproxy hold
+    [ "$MEMORY_ONLY" = 1 ] && R[e.idle]=$(status_kb VmRSS "$HAPROXY_PID")
     BENCH_BODY=$BODY wrk -t"$WRK_THREADS" -c"$HOLD_CONNS" -d"$HOLD_DURATION"s --timeout 10s -s "$ROOT/bench/wrk-post.lua" \
         "https://127.0.0.1:$HAPROXY_PORT/plain" >"$RUN/wrk-hold-haproxy.txt" 2>&1 || true
     R[h.hold]=$(status_kb VmHWM "$HAPROXY_PID")
@@ -609,6 +616,7 @@ ratios() { # title, then pairs "x/y": one ratio table
     echo "- Load: HTTP/1.1 wrk, $WRK_THREADS threads, $CONNS keep-alive connections; HTTP/2 h2load, $H2_THREADS threads, $H2_CONNS connections x $H2_STREAMS concurrent streams; the cases take turns, $ROUNDS rounds of ${WARMUP}s warm-up + ${DURATION}s measured each; POST of the same $(wc -c <"$BODY")-byte JSON; backend answers $(wc -c <"$RUN/response.json") bytes of JSON with 4 envelopes"
     echo "- (a) is plain HTTP to the backend (no proxy, no TLS); the others are HTTPS (TLS 1.3), HTTP/1.1 or HTTP/2 (ALPN h2) from the client, HTTP/1.1 keep-alive to the backend"
     echo
+    if [ "$MEMORY_ONLY" != 1 ]; then
     echo "| case | req/s | req/s per round | p50 ms | p99 ms | proxy CPU s / 10k req | proxy peak RSS MB | backend CPU s / 10k req | machine CPU busy | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     row a "(a) backend direct, HTTP"
@@ -660,6 +668,7 @@ ratios() { # title, then pairs "x/y": one ratio table
     if [ "$SEALED" = 1 ]; then
         ratios "Per-subject keys on a warm cache beside the deployment key (same token, same 4 fields sealed):" k/j j/c k/c
     fi
+    fi
     echo "## Memory"
     echo
     echo "| | fieldseal | nginx (workers) | HAProxy |"
@@ -668,10 +677,11 @@ ratios() { # title, then pairs "x/y": one ratio table
     [ -n "${R[e.idle]:-}" ] && HI="$(mb "${R[e.idle]}") MB"
     [ -n "${R[h.hold]:-}" ] && HH="$(mb "${R[h.hold]}") MB (${R[h.hold_rps]} req/s)"
     echo "| idle RSS, fresh process | $(mb "${R[c.idle]}") MB | $(mb "${R[b.idle]}") MB | $HI |"
-    echo "| RSS idle again after the load runs | $(mb "${R[c.idle_after]}") MB | | |"
+    [ "$MEMORY_ONLY" = 1 ] || echo "| RSS idle again after the load runs | $(mb "${R[c.idle_after]}") MB | | |"
     echo "| peak RSS, $HOLD_CONNS keep-alive TLS connections under load (${HOLD_DURATION}s) | $(mb "${R[f.hold]}") MB ($HOLD_PATH, ${R[f.hold_rps]} req/s, open_connections gauge ${R[f.open]}, errors ${R[f.hold_err]}) | $(mb "${R[n.hold]}") MB (/plain, ${R[n.hold_rps]} req/s) | $HH |"
     echo "| RSS 2 s after those connections closed | $(mb "${R[f.after]}") MB | | |"
     echo
+    if [ "$MEMORY_ONLY" != 1 ]; then
     echo "## Latency at a fixed rate: $RATE req/s = half of ($RATE_CASE)'s peak"
     echo
     echo "h2load --h1, $RATE_CLIENTS keep-alive connections x $PER_CLIENT req/s; the cases take turns, $RATE_ROUNDS rounds of 2s warm-up + ${RATE_DURATION}s each, against the same processes as above. Percentiles (nearest rank) over all the case's requests, from h2load's per-request log."
@@ -713,6 +723,12 @@ ratios() { # title, then pairs "x/y": one ratio table
         echo "| p99 of ($FC) <= nginx's p99 at half of nginx's peak | ${R[r$FC.p99]} ms vs ${R[rb.p99]} ms | $(verdict "$(ratio "${R[r$FC.p99]}" "${R[rb.p99]}")" 1.0 le) |"
     fi
     echo "| p99 added over direct at half of ($RATE_CASE)'s peak <= 1 ms | $ADDED ms | $(verdict "$ADDED" 1.0 le) |"
+    else
+        echo "## Targets (memory only)"
+        echo
+        echo "| target | measured | verdict |"
+        echo "|---|---|---|"
+    fi
     echo "| RSS holding $HOLD_CONNS keep-alive TLS connections <= nginx's | $(mb "${R[f.hold]}") MB vs $(mb "${R[n.hold]}") MB | $(verdict "$(ratio "${R[f.hold]}" "${R[n.hold]}")" 1.0 le) |"
     echo "| RSS idle <= 10 MB | $(mb "${R[c.idle]}") MB | $(verdict "$(mb "${R[c.idle]}")" 10 le) |"
     echo "| RSS idle <= 20 MB | $(mb "${R[c.idle]}") MB | $(verdict "$(mb "${R[c.idle]}")" 20 le) |"

@@ -1300,54 +1300,61 @@ static STRING_STOP: [bool; 256] = {
 const RUN_LANES: usize = 16;
 
 /// Offset of the first byte of `b` that ends a run of plain string
-/// contents (`STRING_STOP`), if any. Blocks of `RUN_LANES` bytes are
-/// tested without a branch per byte (the compiler turns the block's test
-/// into a few vector compares); in the block that holds the stop, a mask
-/// built through the table gives its offset as the lowest set bit, again
-/// without a branch per byte (most strings end in their first block). Only
-/// the input's last bytes, after its last whole block, go byte by byte.
+/// contents (`STRING_STOP`), if any. The first eight bytes are tested as one
+/// word (most member names and many values end there); then blocks of
+/// `RUN_LANES` bytes without a branch per byte (the compiler turns the
+/// block's test into a few vector compares), and in the block that holds
+/// the stop, its two words find its offset. Only the input's last bytes,
+/// after its last whole block, go byte by byte through the table.
 #[inline]
 fn plain_run(b: &[u8]) -> Option<usize> {
     let mut at = 0;
-    for block in b.chunks_exact(RUN_LANES) {
+    if let Some(word) = b.first_chunk::<8>() {
+        if let Some(i) = stop_in_word(u64::from_le_bytes(*word)) {
+            return Some(i);
+        }
+        at = 8;
+    }
+    let rest = b.get(at..)?;
+    let mut blocks = rest.chunks_exact(RUN_LANES);
+    for block in &mut blocks {
         let mut stop = false;
         for &c in block {
             stop |= (c == b'"') | (c == b'\\') | (c < 0x20);
         }
         if stop {
-            return Some(at + first_stop(block).unwrap_or(0));
+            let mut words = block.chunks_exact(8).map(|w| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(w);
+                u64::from_le_bytes(bytes)
+            });
+            let (lo, hi) = (words.next().unwrap_or(0), words.next().unwrap_or(0));
+            let i = stop_in_word(lo).or_else(|| stop_in_word(hi).map(|i| i + 8));
+            return Some(at + i.unwrap_or(0));
         }
         at += RUN_LANES;
     }
-    let rest = b.get(at..)?;
-    rest.iter()
+    blocks
+        .remainder()
+        .iter()
         .position(|&c| STRING_STOP[usize::from(c)])
         .map(|n| at + n)
 }
 
-/// Offset of the first `STRING_STOP` byte of `block`, eight bytes at a
-/// time: per word, the classic zero-byte test on `w ^ '"'` and `w ^ '\\'`
+/// Offset of the first `STRING_STOP` byte of the eight bytes `w` (little
+/// endian), if any: the classic zero-byte test on `w ^ '"'` and `w ^ '\\'`
 /// and the less-than test on `w` against 0x20 mark the high bit of each
 /// matching byte. A borrow can mark a byte above a real match, never below
 /// the first one, so the lowest mark is exact.
-fn first_stop(block: &[u8]) -> Option<usize> {
+#[inline]
+fn stop_in_word(w: u64) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
-    let mut at = 0;
-    for word in block.chunks(8) {
-        let mut bytes = [b'a'; 8];
-        bytes.get_mut(..word.len())?.copy_from_slice(word);
-        let w = u64::from_le_bytes(bytes);
-        let marks = below(w ^ (ONES * u64::from(b'"')), 1)
-            | below(w ^ (ONES * u64::from(b'\\')), 1)
-            | below(w, 0x20);
-        if marks != 0 {
-            return Some(at + (marks.trailing_zeros() / 8) as usize);
-        }
-        at += word.len();
-    }
-    None
+    let marks = below(w ^ (ONES * u64::from(b'"')), 1)
+        | below(w ^ (ONES * u64::from(b'\\')), 1)
+        | below(w, 0x20);
+    (marks != 0).then(|| (marks.trailing_zeros() / 8) as usize)
 }
 
 /// Json.NET's and System.Text.Json's reference metadata (`$ref`, and

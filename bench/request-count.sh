@@ -66,7 +66,7 @@ if [[ " $PHASES " == *" strace "* ]]; then
                 while (<$t>) {
                     next if /resumed>/;
                     my ($tid, $call) = /^(\d+)\s+(\w+)\(/ or next;
-                    my $who = $role{$tid} // "main";
+                    my $who = $role{$tid} // "proxy"; # untagged threads: the per_core runtimes
                     my $leg = "-";
                     if (/TCP:\[[\d.]+:(\d+)->[\d.]+:(\d+)\]/) {
                         my ($l, $p) = ($1, $2);

@@ -48,8 +48,12 @@ const CLIENT: u8 = 2;
 const BACKEND: u8 = 3;
 const ROLES: [&str; 4] = ["main", "proxy", "client", "backend"];
 
+// A thread nobody tagged is the proxy's: under `server.runtime: per_core`
+// (the default) fieldseal starts its serving runtimes on threads of its
+// own, which no hook of ours reaches. The main thread, the client's and
+// the backend's tag themselves.
 thread_local! {
-    static ROLE: Cell<u8> = const { Cell::new(OTHER) };
+    static ROLE: Cell<u8> = const { Cell::new(PROXY) };
 }
 
 fn role() -> usize {
@@ -501,6 +505,7 @@ fn run(
 }
 
 fn main() {
+    enter(OTHER);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let workers = env("WORKERS", 2).max(1);
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()

@@ -189,7 +189,7 @@ pub(super) async fn admit(
     }
 
     let host_name = host.as_ref().map(|(h, _)| h.as_str());
-    let route = crate::routes::select(&rt.routes, host_name, &path.match_path, &parts.method)
+    let route = crate::routes::select(&rt.routes, host_name, path.match_path(), &parts.method)
         .map_err(|_| ProxyError::from(ClientError::HostRequired))?
         .ok_or(ProxyError::from(ClientError::NoRoute))?;
     ex.route = Some(Arc::clone(route));

@@ -243,7 +243,7 @@ async fn stages(
         template: route.route.template.as_ref().map(|t| forward::Template {
             template: t,
             params: &route.route.path_params,
-            match_path: &admitted.path.match_path,
+            match_path: admitted.path.match_path(),
             case_insensitive: route.route.case_insensitive,
         }),
     };

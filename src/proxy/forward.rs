@@ -125,7 +125,10 @@ pub(super) fn upstream_uri(
         None => None,
     };
     let path = rebuilt.as_deref().unwrap_or(to.path);
-    let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + 64);
+    // Sized exactly for an unchanged query: `Bytes` takes over a `String`
+    // whose length is its capacity without a second allocation.
+    let query_len = sent.query().map_or(0, |q| q.len() + 1);
+    let mut pq = String::with_capacity(upstream.base_path.len() + path.len() + query_len);
     pq.push_str(&upstream.base_path);
     pq.push_str(path);
     if let Some(q) = sent.query() {

@@ -376,7 +376,8 @@ impl UpstreamClient {
         if let [server] = &self.servers[..] {
             // One server, one attempt: nothing can be retried, so the body
             // and the headers go as they are, without a shared slot or a copy.
-            let req = to_server(&parts, server, headers, body);
+            let uri = std::mem::take(&mut parts.uri);
+            let req = to_server(&parts, uri, server, headers, body);
             let answer = self.attempt(server, req, deadline).await;
             return match answer {
                 Ok(resp) => Ok(self.answered(server, resp, sent)),
@@ -405,7 +406,7 @@ impl UpstreamClient {
             } else {
                 headers.clone()
             };
-            let req = to_server(&parts, server, these, this_body);
+            let req = to_server(&parts, parts.uri.clone(), server, these, this_body);
             match self.attempt(server, req, deadline).await {
                 Ok(resp) => return Ok(self.answered(server, resp, sent)),
                 Err((err, failure)) => {
@@ -478,24 +479,31 @@ fn failed(server: &ServerClient, err: &ProxyError) {
 /// One attempt's request: the upstream request as built, to `server`.
 fn to_server<B>(
     parts: &http::request::Parts,
+    uri: Uri,
     server: &ServerClient,
     headers: http::HeaderMap,
     body: B,
 ) -> Request<B> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = point_at(&parts.uri, &server.authority);
+    *req.uri_mut() = point_at(uri, &server.authority);
     *req.version_mut() = parts.version;
     *req.headers_mut() = headers;
     req
 }
 
-/// The upstream request's URI pointed at one server.
-fn point_at(uri: &Uri, authority: &http::uri::Authority) -> Uri {
-    let mut parts = uri.clone().into_parts();
+/// The upstream request's URI pointed at one server. A URI that already
+/// names it (one server: always) is moved as it is; a copy of its `Bytes`
+/// would be an allocation per request.
+fn point_at(uri: Uri, authority: &http::uri::Authority) -> Uri {
+    if uri.authority() == Some(authority) {
+        return uri;
+    }
+    let fallback = uri.clone();
+    let mut parts = uri.into_parts();
     parts.authority = Some(authority.clone());
     // Only the authority changed, from one valid value to another.
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    Uri::from_parts(parts).unwrap_or(fallback)
 }
 
 fn is_busy(e: &ProxyError) -> bool {
@@ -563,7 +571,10 @@ mod tests {
     #[test]
     fn a_server_is_pointed_at_with_path_and_query_kept() {
         let uri: Uri = "http://10.0.0.1:8080/base/x?a=1".parse().expect("uri");
-        let to = point_at(&uri, &"10.0.0.2:9090".parse().expect("authority"));
+        let to = point_at(uri.clone(), &"10.0.0.2:9090".parse().expect("authority"));
         assert_eq!(to.to_string(), "http://10.0.0.2:9090/base/x?a=1");
+        // Already there: the same URI back.
+        let same = point_at(uri.clone(), &"10.0.0.1:8080".parse().expect("authority"));
+        assert_eq!(same, uri);
     }
 }

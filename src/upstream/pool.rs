@@ -290,7 +290,9 @@ impl ConnPool {
 /// What hyper's pooled client did before writing a request: origin-form
 /// target, and a Host from the URI when the request has none.
 fn prepare(req: &mut Request<ProxyBody>) {
-    let uri = req.uri();
+    // Taken, not borrowed: its path and query then move into the origin
+    // form, where a copy of their `Bytes` was an allocation per request.
+    let uri = std::mem::take(req.uri_mut());
     if !req.headers().contains_key(HOST) {
         if let Some(host) = uri.host() {
             let default = match uri.scheme_str() {
@@ -306,10 +308,10 @@ fn prepare(req: &mut Request<ProxyBody>) {
             }
         }
     }
-    let origin = match req.uri().path_and_query() {
+    let origin = match uri.into_parts().path_and_query {
         Some(pq) if pq.as_str() != "/" => {
             let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(pq.clone());
+            parts.path_and_query = Some(pq);
             Uri::from_parts(parts).unwrap_or_default()
         }
         _ => Uri::default(),

@@ -453,7 +453,8 @@ fn decode(
 /// lax check and a form to them, and a JSON string could smuggle form fields.
 pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
     media_type_is(content_type, |ty, sub| {
-        ty.eq_ignore_ascii_case("application") && (sub == "json" || sub.ends_with("+json"))
+        ty.eq_ignore_ascii_case("application")
+            && (sub.eq_ignore_ascii_case("json") || ends_with_ignore_case(sub, "+json"))
     })
 }
 
@@ -461,12 +462,19 @@ pub fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
 /// (a charset other than UTF-8 is not a form we can read).
 pub fn is_form(content_type: Option<&http::HeaderValue>) -> bool {
     media_type_is(content_type, |ty, sub| {
-        ty.eq_ignore_ascii_case("application") && sub == "x-www-form-urlencoded"
+        ty.eq_ignore_ascii_case("application") && sub.eq_ignore_ascii_case("x-www-form-urlencoded")
     })
 }
 
-/// Is the media type one `wanted(type, lowercase subtype)` accepts, with
-/// well-formed parameters and no charset but UTF-8?
+/// Does `s` end with `suffix`, ASCII case ignored?
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// Is the media type one `wanted(type, subtype)` accepts (both compared
+/// case-insensitively by `wanted`), with well-formed parameters and no
+/// charset but UTF-8?
 fn media_type_is(
     content_type: Option<&http::HeaderValue>,
     wanted: impl Fn(&str, &str) -> bool,
@@ -483,8 +491,7 @@ fn media_type_is(
     if !is_token(ty) || !is_token(sub) {
         return false;
     }
-    let sub = sub.to_ascii_lowercase();
-    wanted(ty, &sub)
+    wanted(ty, sub)
         && parts.all(|p| {
             let Some((k, v)) = p.trim_matches(ows).split_once('=') else {
                 return false;

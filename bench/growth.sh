@@ -134,7 +134,7 @@ fieldseal_config() { # file port admin-port offload-threshold
 listen: { address: "127.0.0.1:$2", tls: { cert: server.crt, key: server.key } }
 admin: { address: "127.0.0.1:$3" }
 upstreams:
-  backend: { url: "http://127.0.0.1:$BACKEND_PORT", timeout: 30s, pool_max_idle_per_host: 1024 }
+  backend: { url: "http://127.0.0.1:$BACKEND_PORT", timeout: 30s, pool_max_idle_per_host: 1024, max_connections: 1024 }
 log: { level: warn, access_log: false }
 limits: { max_body: 2MiB, max_response_body: 4MiB, max_connections: 10000, offload_threshold: $4 }
 shutdown: { grace_period: 2s }

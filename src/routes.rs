@@ -378,9 +378,6 @@ fn already_canonical(raw: &str) -> bool {
 /// fullwidth forms of ASCII, whitespace at either end of a segment, `..`
 /// above the root.
 pub fn canonical_path(raw: &str) -> Result<CanonicalPath, &'static str> {
-    if !raw.starts_with('/') {
-        return Err("path must start with /");
-    }
     if already_canonical(raw) {
         return Ok(CanonicalPath {
             path: raw.to_owned(),

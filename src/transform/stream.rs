@@ -1309,8 +1309,8 @@ const RUN_LANES: usize = 16;
 #[inline]
 fn plain_run(b: &[u8]) -> Option<usize> {
     let mut at = 0;
-    if let Some(word) = b.first_chunk::<8>() {
-        if let Some(i) = stop_in_word(u64::from_le_bytes(*word)) {
+    if let Some(w) = word(b) {
+        if let Some(i) = stop_in_word(w) {
             return Some(i);
         }
         at = 8;
@@ -1323,13 +1323,10 @@ fn plain_run(b: &[u8]) -> Option<usize> {
             stop |= (c == b'"') | (c == b'\\') | (c < 0x20);
         }
         if stop {
-            let mut words = block.chunks_exact(8).map(|w| {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(w);
-                u64::from_le_bytes(bytes)
-            });
-            let (lo, hi) = (words.next().unwrap_or(0), words.next().unwrap_or(0));
-            let i = stop_in_word(lo).or_else(|| stop_in_word(hi).map(|i| i + 8));
+            let hi = block.get(8..).unwrap_or(&[]);
+            let i = word(block)
+                .and_then(stop_in_word)
+                .or_else(|| word(hi).and_then(stop_in_word).map(|i| i + 8));
             return Some(at + i.unwrap_or(0));
         }
         at += RUN_LANES;
@@ -1339,6 +1336,12 @@ fn plain_run(b: &[u8]) -> Option<usize> {
         .iter()
         .position(|&c| STRING_STOP[usize::from(c)])
         .map(|n| at + n)
+}
+
+/// The first eight bytes of `b` as a little-endian word, if it has eight.
+#[inline]
+fn word(b: &[u8]) -> Option<u64> {
+    b.first_chunk::<8>().map(|w| u64::from_le_bytes(*w))
 }
 
 /// Offset of the first `STRING_STOP` byte of the eight bytes `w` (little

@@ -468,8 +468,10 @@ pub fn is_form(content_type: Option<&http::HeaderValue>) -> bool {
 
 /// Does `s` end with `suffix`, ASCII case ignored?
 fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len()
-        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    s.len()
+        .checked_sub(suffix.len())
+        .and_then(|at| s.as_bytes().get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes()))
 }
 
 /// Is the media type one `wanted(type, subtype)` accepts (both compared
@@ -553,6 +555,18 @@ mod tests {
         assert!(j("application/json ; charset=\"utf-8\""));
         assert!(j("application/json;charset=utf-8;v=1"));
         assert!(!is_json(None));
+        // Subtypes compare without case, suffix included; a subtype
+        // shorter than the suffix is no match.
+        assert!(j("application/VND.API+JSON"));
+        assert!(j("APPLICATION/Problem+Json"));
+        assert!(!j("application/json+"));
+        assert!(!j("application/son"));
+        assert!(!j("application/+jso"));
+        let f = |s: &'static str| is_form(Some(&HeaderValue::from_static(s)));
+        assert!(f("application/x-www-form-urlencoded"));
+        assert!(f("Application/X-WWW-Form-URLEncoded; charset=UTF-8"));
+        assert!(!f("application/x-www-form-urlencodedx"));
+        assert!(!f("application/json"));
     }
 
     #[test]

@@ -306,5 +306,15 @@ mod tests {
         assert!(!names_match("ssn", "ssn2"));
         assert!(names_match("ssn", "Ss_N\u{0}x"));
         assert!(names_match("ssn", "ſ_ſn"));
+        // The one-pass comparison: an ASCII prefix that matches, then a
+        // character that folds to ASCII; a difference before or after it.
+        assert!(names_match("ssn", "Sſn"));
+        assert!(names_match("ssn", "s-ſN"));
+        assert!(!names_match("ssn", "xſn"));
+        assert!(!names_match("ssn", "sſx"));
+        assert!(!names_match("ssn", "sſ"));
+        assert!(!names_match("ssn", "ss"));
+        assert!(!names_match("ss", "ssn"));
+        assert!(names_match("kelvin", "\u{212A}ELVIN"));
     }
 }

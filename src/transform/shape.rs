@@ -347,17 +347,17 @@ impl LookAlikes {
         }
         // Most member names are one ASCII part: one pass hashes it and
         // finds out whether it needs splitting or folding.
-        let (mut h, mut class) = (0u32, DIGIT);
+        let (mut sum, mut class) = (0u32, DIGIT);
         for &c in key.as_bytes() {
-            class &= CLASS[c as usize];
-            h = ascii_hash_step(h, c);
+            class &= CLASS[usize::from(c)];
+            sum = sum.wrapping_add(WEIGHT[usize::from(c)]);
         }
         if class & PLAIN != 0 {
             if class & ALL_DIGITS != 0 {
                 // An array index (or an empty name): no name.
                 return state;
             }
-            let sym = self.ascii_symbol(h, key);
+            let sym = self.ascii_symbol(finish_hash(sum), key);
             return self.trans_to(state, sym);
         }
         let mut s = state;
@@ -430,17 +430,46 @@ static CLASS: [u8; 256] = {
 
 /// Hash of an ASCII name, the same for every letter case and without the
 /// word separators `_` and `-` (as `names::normalized_name` drops them).
+/// A sum of per-byte weights, so the walk's loop over a member name has no
+/// multiply chain and no branch per byte; the order of the bytes is lost,
+/// and the table's name comparison settles what collides (anagrams).
 fn ascii_hash(b: &[u8]) -> u32 {
-    b.iter().fold(0, |h, &c| ascii_hash_step(h, c))
+    finish_hash(
+        b.iter()
+            .fold(0u32, |h, &c| h.wrapping_add(WEIGHT[usize::from(c)])),
+    )
 }
 
+/// Spreads a weight sum over the low bits the table's mask keeps
+/// (MurmurHash3's 32-bit finalizer).
 #[inline]
-fn ascii_hash_step(h: u32, c: u8) -> u32 {
-    if c == b'_' || c == b'-' {
-        return h;
-    }
-    (h ^ u32::from(c | 0x20)).wrapping_mul(0x0100_0193)
+fn finish_hash(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
+
+/// Per byte: 0 for the word separators `_` and `-`; else a weight that
+/// depends only on `b | 0x20` (so both letter cases weigh the same), mixed
+/// so that sums of different bytes seldom meet.
+static WEIGHT: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut b = 0;
+    while b < 256 {
+        if b != b'_' as usize && b != b'-' as usize {
+            // SplitMix32-style mix of the case-folded byte (never 0 in
+            // practice, and a 0 would only make more collisions).
+            let mut x = ((b | 0x20) as u32).wrapping_add(0x9e37_79b9);
+            x = (x ^ (x >> 16)).wrapping_mul(0x21f0_aaad);
+            x = (x ^ (x >> 15)).wrapping_mul(0x735a_2d97);
+            t[b] = x ^ (x >> 15);
+        }
+        b += 1;
+    }
+    t
+};
 
 /// Does a rule stand for the empty name sequence (so that with the check on
 /// every value it does not select is its look-alike)?
@@ -560,6 +589,36 @@ mod tests {
         assert_eq!(hit(&l, &["Card", "n\u{fc}mber"]), None);
         assert_eq!(hit(&l, &["CARD", "\u{2c}number"]), None);
         assert_eq!(hit(&l, &[]), None);
+    }
+
+    #[test]
+    fn the_ascii_hash_ignores_case_and_separators_and_collisions_are_compared() {
+        use crate::transform::names::normalized_name;
+        // Every printable ASCII byte, in both cases, with separators
+        // between: the raw name hashes as its normalized form does.
+        for c in 0x21u8..0x7F {
+            for name in [
+                format!("{}x{}", c as char, c as char),
+                format!("_{}-Card_{}", c as char, c as char),
+                format!("A{}b", (c as char).to_ascii_uppercase()),
+            ] {
+                assert_eq!(
+                    ascii_hash(name.as_bytes()),
+                    ascii_hash(normalized_name(&name).as_bytes()),
+                    "{name:?}"
+                );
+            }
+        }
+        assert_eq!(ascii_hash(b"Card_Number"), ascii_hash(b"cardnumber"));
+        assert_ne!(ascii_hash(b"ssn"), ascii_hash(b"sn"));
+        // Anagrams share a hash; only the rule's own spelling is its name.
+        assert_eq!(ascii_hash(b"ssn"), ascii_hash(b"nss"));
+        let l = look(&["$.ssn", "$.card.number"]);
+        assert_eq!(hit(&l, &["nss"]), None);
+        assert_eq!(hit(&l, &["sns"]), None);
+        assert_eq!(hit(&l, &["S-s_N"]), Some(0));
+        assert_eq!(hit(&l, &["card", "numbre"]), None);
+        assert_eq!(hit(&l, &["card", "NumBer"]), Some(1));
     }
 
     #[test]

@@ -340,7 +340,9 @@ impl LookAlikes {
     }
 
     /// The state of member `key` of a value in `state` (an array element
-    /// keeps its array's state).
+    /// keeps its array's state). Inlined into the walk: most names take
+    /// the one-pass ASCII path, and the rest go to `step_by_parts`.
+    #[inline]
     pub fn step(&self, state: u32, key: &str) -> u32 {
         if self.symbols == 0 || self.accepting(state).is_some() {
             return state;
@@ -360,6 +362,13 @@ impl LookAlikes {
             let sym = self.ascii_symbol(finish_hash(sum), key);
             return self.trans_to(state, sym);
         }
+        self.step_by_parts(state, key)
+    }
+
+    /// A name with separators, escapes or non-ASCII bytes, part by part.
+    #[cold]
+    #[inline(never)]
+    fn step_by_parts(&self, state: u32, key: &str) -> u32 {
         let mut s = state;
         for part in name_parts(key) {
             let sym = self

@@ -1387,7 +1387,9 @@ fn word(b: &[u8]) -> Option<u64> {
 /// the first one, so the lowest mark is exact.
 #[inline]
 fn stop_in_word(w: u64) -> Option<usize> {
-    let marks = quote_marks(w) | other_stop_marks(w);
+    let marks = bytes_below(w ^ (ONES * u64::from(b'"')), 1)
+        | bytes_below(w ^ (ONES * u64::from(b'\\')), 1)
+        | bytes_below(w, 0x20);
     (marks != 0).then(|| (marks.trailing_zeros() / 8) as usize)
 }
 
@@ -1398,17 +1400,6 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 #[inline(always)]
 fn bytes_below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & (ONES << 7)
-}
-
-#[inline(always)]
-fn quote_marks(w: u64) -> u64 {
-    bytes_below(w ^ (ONES * u64::from(b'"')), 1)
-}
-
-/// Backslashes and control characters.
-#[inline(always)]
-fn other_stop_marks(w: u64) -> u64 {
-    bytes_below(w ^ (ONES * u64::from(b'\\')), 1) | bytes_below(w, 0x20)
 }
 
 /// How the first eight bytes of string contents go on.
@@ -1422,19 +1413,12 @@ enum WordEnd {
     Other,
 }
 
-/// The lowest mark of either test is a real stop byte (each test's lowest
-/// mark is exact), and it is a quote exactly when the quote test has it.
 #[inline(always)]
 fn word_end(w: u64) -> WordEnd {
-    let quotes = quote_marks(w);
-    let stops = quotes | other_stop_marks(w);
-    let first = stops & stops.wrapping_neg();
-    if first & quotes != 0 {
-        WordEnd::Quote((first.trailing_zeros() / 8) as usize)
-    } else if stops == 0 {
-        WordEnd::Plain
-    } else {
-        WordEnd::Other
+    match stop_in_word(w) {
+        None => WordEnd::Plain,
+        Some(i) if (w >> (8 * i)) as u8 == b'"' => WordEnd::Quote(i),
+        Some(_) => WordEnd::Other,
     }
 }
 
@@ -1589,8 +1573,22 @@ mod tests {
                     format!("[\"{body}\",2]"),
                 ] {
                     let ours = validate(doc.as_bytes(), 64).is_ok();
-                    let serde = serde_json::from_str::<Value>(&doc).is_ok();
-                    assert_eq!(ours, serde, "{doc:?}");
+                    let serde = serde_json::from_str::<Value>(&doc);
+                    assert_eq!(ours, serde.is_ok(), "{doc:?}");
+                    // And the walk's string is the one serde_json read:
+                    // its span ends where the contents do.
+                    if let Ok(v) = serde {
+                        let mut seen = Vec::new();
+                        scan_strings(doc.as_bytes(), |s, _| seen.push(s.to_owned()))
+                            .expect("valid");
+                        let want = match &v {
+                            Value::String(s) => s.clone(),
+                            Value::Object(m) => m.keys().next().cloned().expect("member"),
+                            Value::Array(a) => a[0].as_str().expect("string").to_owned(),
+                            _ => unreachable!("{doc:?}"),
+                        };
+                        assert_eq!(seen, [want], "{doc:?}");
+                    }
                 }
             }
         }

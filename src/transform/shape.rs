@@ -81,9 +81,11 @@ pub struct LookAlikes {
     /// The alphabet: the rules' normalized names. Symbol `names.len()` is
     /// every other name.
     names: Vec<String>,
-    /// Open-addressing table of the ASCII names by `ascii_hash`: symbol + 1,
-    /// 0 for an empty slot. Its length is a power of two (or 0).
-    ascii_table: Vec<u32>,
+    /// Open-addressing table of the ASCII names by `ascii_hash`: the full
+    /// hash and symbol + 1 (0 for an empty slot), so a probe compares names
+    /// only when the whole hash agrees. Its length is a power of two (or
+    /// 0), at least four slots per name, so most probes end at once.
+    ascii_table: Vec<(u32, u32)>,
     /// `names.len() + 1`, or 0 when no rule is checked.
     symbols: usize,
     /// `trans[state * symbols + symbol]`.
@@ -297,14 +299,15 @@ impl LookAlikes {
             }
             done += 1;
         }
-        let mut ascii_table = vec![0u32; (2 * names.len() + 1).next_power_of_two()];
+        let mut ascii_table = vec![(0u32, 0u32); (4 * names.len() + 1).next_power_of_two()];
         let mask = ascii_table.len() - 1;
         for (sym, n) in names.iter().enumerate().filter(|(_, n)| n.is_ascii()) {
-            let mut slot = ascii_hash(n.as_bytes()) as usize & mask;
-            while ascii_table[slot] != 0 {
+            let h = ascii_hash(n.as_bytes());
+            let mut slot = h as usize & mask;
+            while ascii_table[slot].1 != 0 {
                 slot = (slot + 1) & mask;
             }
-            ascii_table[slot] = u32::try_from(sym + 1).map_err(|_| LookAlikeError)?;
+            ascii_table[slot] = (h, u32::try_from(sym + 1).map_err(|_| LookAlikeError)?);
         }
         Ok(LookAlikes {
             mode,
@@ -388,13 +391,14 @@ impl LookAlikes {
     fn ascii_symbol(&self, h: u32, part: &str) -> usize {
         let mask = self.ascii_table.len().wrapping_sub(1);
         let mut slot = h as usize & mask;
-        while let Some(&e) = self.ascii_table.get(slot) {
+        while let Some(&(eh, e)) = self.ascii_table.get(slot) {
             if e == 0 {
                 break;
             }
             let sym = e as usize - 1;
-            // An ASCII part folds to its lower case without separators.
-            if self.names.get(sym).is_some_and(|n| names_match(n, part)) {
+            // An ASCII part folds to its lower case without separators; the
+            // hash ignores byte order, so a hash hit is checked by name.
+            if eh == h && self.names.get(sym).is_some_and(|n| names_match(n, part)) {
                 return sym;
             }
             slot = (slot + 1) & mask;

@@ -1014,9 +1014,20 @@ impl<'a, 'r> Walker<'a, 'r> {
             }
             Verdict::OpenedString => {
                 self.flush(start);
-                let s =
-                    std::str::from_utf8(self.aead.plaintext()).map_err(|_| TransformError::Seal)?;
-                serde_json::to_writer(&mut self.out, s).map_err(|_| TransformError::Seal)?;
+                let plain = self.aead.plaintext();
+                // `open` checked that it is UTF-8. Most opened strings
+                // (numbers, names, addresses) need no escaping: copied as
+                // they are; the rest go through serde_json, which checks
+                // UTF-8 again on that rare path.
+                if plain_run(plain).is_none() {
+                    self.out.reserve(plain.len() + 2);
+                    self.out.push(b'"');
+                    self.out.extend_from_slice(plain);
+                    self.out.push(b'"');
+                } else {
+                    let s = std::str::from_utf8(plain).map_err(|_| TransformError::Seal)?;
+                    serde_json::to_writer(&mut self.out, s).map_err(|_| TransformError::Seal)?;
+                }
                 self.copied = self.pos;
                 Ok(())
             }
@@ -1592,5 +1603,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An opened string is written as serde_json writes it: copied as it is
+    /// when nothing in it needs escaping, escaped otherwise (every byte
+    /// that needs it, at every place, in short and long strings).
+    #[test]
+    fn opened_strings_are_written_as_serde_json_writes_them() {
+        use super::super::{DecryptSelection, FieldPath};
+        let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [9u8; 32])]).expect("ring");
+        let rules = vec![FieldRule {
+            path: FieldPath::parse("$.s").expect("path"),
+            context: None,
+        }];
+        let open = OpenSpec::new(DecryptSelection::Paths(rules.clone()));
+        let mut plains: Vec<String> = vec![
+            String::new(),
+            "078-05-1120".into(),
+            "caf\u{e9} \u{1F600} \u{7f} /".into(),
+            "x".repeat(40),
+        ];
+        for c in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\t', '\u{8}'] {
+            for at in [0, 3, 9, 17, 39] {
+                let mut p: Vec<char> = "a".repeat(40).chars().collect();
+                p[at] = c;
+                plains.push(p.into_iter().collect());
+                plains.push(p_short(c, at));
+            }
+        }
+        for plain in plains {
+            let doc = serde_json::to_vec(&serde_json::json!({ "s": plain })).expect("doc");
+            let (sealed, _) =
+                encrypt(&doc, &SealSpec::new(rules.clone()), Keys::from(&ring), 5).expect("seal");
+            let (opened, rep) = decrypt(&sealed, &open, &ring, 5).expect("open");
+            assert_eq!(rep.decrypted, 1);
+            assert_eq!(opened, doc, "{plain:?}");
+        }
+    }
+
+    fn p_short(c: char, at: usize) -> String {
+        let mut p: Vec<char> = "abc".chars().collect();
+        p.insert(at.min(3), c);
+        p.into_iter().collect()
     }
 }

@@ -87,23 +87,51 @@ pub(crate) fn names_match(folded: &str, key: &str) -> bool {
 
 /// A member name as the walk compares it against every rule name it tries
 /// on it. Most comparisons fail on the first byte (a member no rule names),
-/// so the name is not folded ahead: `matches` folds an ASCII name byte by
-/// byte while it compares and stops at the first difference; only a name
-/// with a non-ASCII character before that point takes the full fold.
+/// so the name is not folded ahead: its first folded byte is found once,
+/// and tells most names apart with no call; `matches` then folds an ASCII
+/// name byte by byte while it compares and stops at the first difference;
+/// only a name with a non-ASCII character before that point takes the full
+/// fold.
 #[derive(Clone, Copy)]
 pub(crate) struct MemberKey<'k> {
     raw: &'k str,
+    /// The first byte of the name's fold if it is ASCII (`END` for a name
+    /// with nothing before its end or NUL but `_` and `-`), or `UNKNOWN`
+    /// when that character is not ASCII.
+    first: u8,
 }
+
+/// `MemberKey::first` of a name whose fold is empty.
+const END: u8 = 0;
+/// `MemberKey::first` of a name whose first folded character needs the
+/// full fold.
+const UNKNOWN: u8 = 0x80;
 
 impl<'k> MemberKey<'k> {
     #[inline]
     pub(crate) fn new(key: &'k str) -> MemberKey<'k> {
-        MemberKey { raw: key }
+        let first = key
+            .bytes()
+            .find(|&b| b != b'_' && b != b'-')
+            .map_or(END, |b| match b {
+                0 => END,
+                0x01..=0x7F => b.to_ascii_lowercase(),
+                _ => UNKNOWN,
+            });
+        MemberKey { raw: key, first }
     }
 
-    /// `names_match(folded, key)`.
-    #[inline]
+    /// `names_match(folded, key)`. `folded` holds no NUL (names are cut
+    /// there before they are folded).
+    #[inline(always)]
     pub(crate) fn matches(&self, folded: &str) -> bool {
+        if self.first != UNKNOWN && folded.as_bytes().first().map_or(END, |&b| b) != self.first {
+            return false;
+        }
+        self.matches_from_start(folded)
+    }
+
+    fn matches_from_start(&self, folded: &str) -> bool {
         let want = folded.as_bytes();
         let mut at = 0;
         for &b in self.raw.as_bytes() {
@@ -218,6 +246,28 @@ fn quoted(s: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_key_matches_exactly_what_its_full_fold_equals() {
+        let folded = ["", "ssn", "s", "card", "cardnumber", "\u{fc}nd", "k", "1a"];
+        let mut keys: Vec<String> = Vec::new();
+        for base in ["", "ssn", "card", "number", "\u{fc}nd", "1a", "a"] {
+            for pre in [
+                "", "_", "-_-", "\u{0}", "S", "\u{17f}", "\u{212a}", "\u{dc}", "C", "1",
+            ] {
+                for post in ["", "\u{0}x", "_", "N", "\u{17f}"] {
+                    keys.push(format!("{pre}{base}{post}"));
+                }
+            }
+        }
+        for key in &keys {
+            let k = MemberKey::new(key);
+            for f in folded {
+                let full: String = fold_name(key).collect();
+                assert_eq!(k.matches(f), full == f, "{key:?} against {f:?}");
+            }
+        }
+    }
 
     #[test]
     fn folds_every_binding_s_case_rules() {

@@ -389,7 +389,9 @@ impl LookAlikes {
         s
     }
 
-    /// The symbol of the ASCII name part `part`, hashed `h`.
+    /// The symbol of the ASCII name part `part`, hashed `h`. Inlined into
+    /// `step`: most names end at an empty slot.
+    #[inline(always)]
     fn ascii_symbol(&self, h: u32, part: &str) -> usize {
         let mask = self.ascii_table.len().wrapping_sub(1);
         let mut slot = h as usize & mask;
@@ -400,12 +402,19 @@ impl LookAlikes {
             let sym = e as usize - 1;
             // An ASCII part folds to its lower case without separators; the
             // hash ignores byte order, so a hash hit is checked by name.
-            if eh == h && self.names.get(sym).is_some_and(|n| names_match(n, part)) {
+            if eh == h && self.is_name(sym, part) {
                 return sym;
             }
             slot = (slot + 1) & mask;
         }
         self.names.len()
+    }
+
+    /// Is `part` (whose hash hit) the name of symbol `sym`? Out of line:
+    /// only a hash hit gets here.
+    #[inline(never)]
+    fn is_name(&self, sym: usize, part: &str) -> bool {
+        self.names.get(sym).is_some_and(|n| names_match(n, part))
     }
 
     fn trans_to(&self, s: u32, sym: usize) -> u32 {

@@ -190,7 +190,7 @@ pub(crate) fn parse_into<'a>(
     }
     // The engine refuses padding and non-canonical trailing bits, so each
     // payload has exactly one textual form.
-    payload.clear();
+    room_for_secret(payload, b64.len() / 4 * 3 + 2);
     URL_SAFE_NO_PAD
         .decode_vec(b64, payload)
         .map_err(|_| DecryptError::Malformed)?;
@@ -201,6 +201,22 @@ pub(crate) fn parse_into<'a>(
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&payload[1..9]);
     Ok((head, tag, u64::from_be_bytes(ts)))
+}
+
+/// Smallest capacity a reused payload or associated-data buffer gets, so
+/// that the fields of one document (most are short) never make it grow.
+pub(crate) const SCRATCH_FLOOR: usize = 256;
+
+/// Empties `buf`, a buffer reused for plaintext, with room for `n` bytes.
+/// A buffer that must grow is wiped first and replaced: growing it in place
+/// would let the allocator copy the old plaintext and free that copy
+/// unwiped.
+pub(crate) fn room_for_secret(buf: &mut Vec<u8>, n: usize) {
+    if buf.capacity() < n {
+        zeroize::Zeroize::zeroize(buf);
+        *buf = Vec::with_capacity(n.max(SCRATCH_FLOOR));
+    }
+    buf.clear();
 }
 
 /// Length of unpadded base64 for `n` bytes.
@@ -225,7 +241,11 @@ pub(crate) fn aad_into(
     a: &mut Vec<u8>,
 ) {
     a.clear();
-    a.reserve(AAD_DOMAIN_V2.len() + 1 + MAX_KEY_ID_LEN + 4 + 1 + 8 + 8 + context.len());
+    // Not secret, but reused: one allocation per walk, not one per length.
+    a.reserve(
+        (AAD_DOMAIN_V2.len() + 1 + MAX_KEY_ID_LEN + 4 + 1 + 8 + 8 + context.len())
+            .max(SCRATCH_FLOOR),
+    );
     match head {
         Head::V1 { key_id } => {
             a.extend_from_slice(AAD_DOMAIN);
@@ -296,6 +316,30 @@ pub(crate) fn encode_json_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_buffer_is_kept_while_it_fits_and_replaced_when_it_must_grow() {
+        let mut buf = Vec::new();
+        room_for_secret(&mut buf, 10);
+        assert!(buf.is_empty() && buf.capacity() >= SCRATCH_FLOOR);
+        buf.extend_from_slice(b"plaintext");
+        let (ptr, cap) = (buf.as_ptr(), buf.capacity());
+        room_for_secret(&mut buf, SCRATCH_FLOOR);
+        assert!(buf.is_empty());
+        assert_eq!(
+            (buf.as_ptr(), buf.capacity()),
+            (ptr, cap),
+            "reused while it fits"
+        );
+        buf.extend_from_slice(b"plaintext");
+        room_for_secret(&mut buf, 4 * SCRATCH_FLOOR);
+        assert!(buf.is_empty() && buf.capacity() >= 4 * SCRATCH_FLOOR);
+        // A parsed envelope leaves the buffer no larger than the floor.
+        let mut payload = Vec::new();
+        let e = format!("fs1:k:{}", "A".repeat(encoded_len(MIN_PAYLOAD_LEN)));
+        let _ = parse_into(&e, &mut payload);
+        assert_eq!(payload.capacity(), SCRATCH_FLOOR);
+    }
 
     #[test]
     fn max_plaintext_is_the_bound() {

@@ -495,11 +495,37 @@ fn seal_with(
         Value::Object(_) | Value::Array(_) if super::exceeds_depth(value, MAX_SEAL_DEPTH) => {
             return Err(SealError::TooDeep)
         }
-        other => serde_json::to_writer(&mut *buf, other).map_err(|_| SealError::Serialize)?,
+        other => serde_json::to_writer(SecretWriter(&mut buf), other)
+            .map_err(|_| SealError::Serialize)?,
     }
     let mut aad = Vec::new();
     finish_payload(k, tag, issued_at, context, nonce, &mut buf, &mut aad)?;
     Ok(envelope::encode(k.head, k.label, &buf))
+}
+
+/// Writes plaintext into a buffer that the allocator never moves: a write
+/// that needs more room copies into a new buffer and wipes the old one
+/// (`Vec`'s own growth would free the old copy unwiped).
+struct SecretWriter<'b>(&'b mut Vec<u8>);
+
+impl std::io::Write for SecretWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let need = self.0.len() + b.len();
+        if need > self.0.capacity() {
+            // Room for the tag too, which `finish_payload` appends (to the
+            // ciphertext by then).
+            let mut fresh = Vec::with_capacity((2 * self.0.capacity()).max(need + TAG_LEN));
+            fresh.extend_from_slice(self.0);
+            zeroize::Zeroize::zeroize(self.0);
+            *self.0 = fresh;
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `seal_with` for a string (its UTF-8 bytes), the envelope appended to
@@ -515,8 +541,7 @@ fn seal_str_into(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     let buf = &mut scratch.payload;
-    buf.clear();
-    buf.reserve(HEADER_LEN + plain.len() + TAG_LEN);
+    envelope::room_for_secret(buf, HEADER_LEN + plain.len() + TAG_LEN);
     start_payload(buf, TypeTag::String, issued_at, nonce);
     buf.extend_from_slice(plain.as_bytes());
     finish_payload(
@@ -663,6 +688,26 @@ mod tests {
             let mut out = b"[1,".to_vec();
             seal_str_into(k, plain, "ssn", 42, &nonce, &mut scratch, &mut out).unwrap();
             assert_eq!(out, format!("[1,\"{want}\"").into_bytes(), "{plain:?}");
+        }
+    }
+
+    /// Values whose JSON outgrows the first guess (64 bytes) several times
+    /// are written through `SecretWriter` byte for byte as serde_json
+    /// writes them, and open to themselves.
+    #[test]
+    fn values_that_outgrow_the_payload_guess_seal_and_open() {
+        let ring = ring();
+        for n in [0, 1, 10, 100, 1000] {
+            let v = serde_json::json!({"card": {"number": "4111".repeat(n), "list": vec![n; n]}});
+            let mut buf = Vec::with_capacity(8);
+            serde_json::to_writer(SecretWriter(&mut buf), &v).unwrap();
+            assert_eq!(buf, serde_json::to_vec(&v).unwrap(), "{n}");
+            let env = ring.seal_at(&v, "card", 42).unwrap();
+            assert_eq!(
+                ring.open_at(&env, "card", None, 42).unwrap().value,
+                v,
+                "{n}"
+            );
         }
     }
 

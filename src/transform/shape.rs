@@ -350,22 +350,20 @@ impl LookAlikes {
         if self.symbols == 0 || self.accepting(state).is_some() {
             return state;
         }
-        // Most member names are one short ASCII part: one pass adds up
-        // their bytes' `BYTE_SUMS`, which hashes the name and finds out
-        // whether it needs splitting or folding.
-        let b = key.as_bytes();
-        if b.len() <= FAST_NAME_MAX {
-            let sums = b
-                .iter()
-                .fold(0u64, |a, &c| a.wrapping_add(BYTE_SUMS[usize::from(c)]));
-            if sums & NOT_PLAIN_COUNT == 0 {
-                if sums & NOT_DIGIT_COUNT == 0 {
-                    // An array index (or an empty name): no name.
-                    return state;
-                }
-                let sym = self.ascii_symbol(finish_hash(sums as u32), key);
-                return self.trans_to(state, sym);
+        // Most member names are one ASCII part: one pass hashes it and
+        // finds out whether it needs splitting or folding.
+        let (mut sum, mut class) = (0u32, DIGIT);
+        for &c in key.as_bytes() {
+            class &= CLASS[usize::from(c)];
+            sum = sum.wrapping_add(WEIGHT[usize::from(c)]);
+        }
+        if class & PLAIN != 0 {
+            if class & ALL_DIGITS != 0 {
+                // An array index (or an empty name): no name.
+                return state;
             }
+            let sym = self.ascii_symbol(finish_hash(sum), key);
+            return self.trans_to(state, sym);
         }
         self.step_by_parts(state, key)
     }
@@ -430,32 +428,23 @@ impl LookAlikes {
     }
 }
 
-/// Longest member name `step` hashes in one pass: up to 256 weights of 24
-/// bits add up without a carry out of the low 32 bits, so the counts above
-/// them stay exact. Longer names take `step_by_parts`.
-const FAST_NAME_MAX: usize = 255;
-/// Bits 32..48 of a name's `BYTE_SUMS`: how many of its bytes need
-/// splitting or folding (separators of name parts, escapes, quotes, NUL,
-/// non-ASCII).
-const NOT_PLAIN_COUNT: u64 = 0xffff << 32;
-/// Bits 48..64: how many of its bytes are not ASCII digits.
-const NOT_DIGIT_COUNT: u64 = 0xffff << 48;
-
-/// Per byte, added up over a member name: bits 0..24 the byte's `WEIGHT`,
-/// one in `NOT_PLAIN_COUNT` if it needs splitting or folding, one in
-/// `NOT_DIGIT_COUNT` unless it is an ASCII digit. One table load and one
-/// add per byte tell the walk a name's hash and whether it is plain.
-static BYTE_SUMS: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let digit = b >= b'0' as usize && b <= b'9' as usize;
-        // Separators of name parts, escapes and quotes (`name_parts`), NUL
-        // (where a name ends) and every non-ASCII byte.
-        let plain = b != 0
-            && b < 128
-            && !matches!(b as u8, b'.' | b'/' | b'[' | b']' | b'\\' | b'"' | b'\'');
-        t[b] = WEIGHT[b] as u64 | if plain { 0 } else { 1 << 32 } | if digit { 0 } else { 1 << 48 };
+/// `CLASS[b] & PLAIN`: byte `b` needs no splitting or folding;
+/// `& ALL_DIGITS`: it is an ASCII digit. ANDed over a name's bytes.
+const PLAIN: u8 = 1;
+const ALL_DIGITS: u8 = 2;
+const DIGIT: u8 = ALL_DIGITS | PLAIN;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 1;
+    while b < 128 {
+        t[b] = if b >= b'0' as usize && b <= b'9' as usize {
+            DIGIT
+        } else if matches!(b as u8, b'.' | b'/' | b'[' | b']' | b'\\' | b'"' | b'\'') {
+            // Separators of name parts, escapes and quotes (`name_parts`).
+            0
+        } else {
+            PLAIN
+        };
         b += 1;
     }
     t
@@ -484,9 +473,9 @@ fn finish_hash(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// Per byte: 0 for the word separators `_` and `-`; else a 24-bit weight
-/// that depends only on `b | 0x20` (so both letter cases weigh the same),
-/// mixed so that sums of different bytes seldom meet.
+/// Per byte: 0 for the word separators `_` and `-`; else a weight that
+/// depends only on `b | 0x20` (so both letter cases weigh the same), mixed
+/// so that sums of different bytes seldom meet.
 static WEIGHT: [u32; 256] = {
     let mut t = [0u32; 256];
     let mut b = 0;
@@ -497,7 +486,7 @@ static WEIGHT: [u32; 256] = {
             let mut x = ((b | 0x20) as u32).wrapping_add(0x9e37_79b9);
             x = (x ^ (x >> 16)).wrapping_mul(0x21f0_aaad);
             x = (x ^ (x >> 15)).wrapping_mul(0x735a_2d97);
-            t[b] = (x ^ (x >> 15)) >> 8;
+            t[b] = x ^ (x >> 15);
         }
         b += 1;
     }
@@ -667,9 +656,8 @@ mod tests {
                 names.push(format!("{base}{c}"));
                 names.push(format!("s{c}sn"));
             }
-            // Around the longest name hashed in one pass: the counts in the
-            // high bits must not be disturbed by the weights' carries.
-            for len in [FAST_NAME_MAX - 1, FAST_NAME_MAX, FAST_NAME_MAX + 1] {
+            // Long names of separators, plain bytes and digits.
+            for len in [254usize, 255, 256] {
                 let pad = |c: &str| c.repeat(len.saturating_sub(base.len()));
                 names.push(format!("{}{base}", pad("_")));
                 names.push(format!("{}{base}", pad("~")));
@@ -685,17 +673,13 @@ mod tests {
             }
         }
         // The long names still match where they should.
-        let long_ssn = format!("{}ssn", "_".repeat(FAST_NAME_MAX));
+        let long_ssn = format!("{}ssn", "_".repeat(255));
         assert_eq!(hit(&l, &[&long_ssn]), Some(0));
         assert_eq!(
             hit(&l, &["card", &format!("{}NUMBER", "-".repeat(300))]),
             Some(1)
         );
-        assert_eq!(
-            hit(&l, &["a", &"9".repeat(FAST_NAME_MAX + 1), "b0"]),
-            Some(3)
-        );
-        // 65,536 bytes that are not digits would wrap a 16-bit count to 0.
+        assert_eq!(hit(&l, &["a", &"9".repeat(256), "b0"]), Some(3));
         assert_eq!(hit(&l, &[&format!("{}ssn", "_".repeat(65_533))]), Some(0));
     }
 

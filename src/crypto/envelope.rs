@@ -190,7 +190,8 @@ pub(crate) fn parse_into<'a>(
     }
     // The engine refuses padding and non-canonical trailing bits, so each
     // payload has exactly one textual form.
-    room_for_secret(payload, b64.len() / 4 * 3 + 2);
+    payload.clear();
+    reserve_secret(payload, b64.len() / 4 * 3 + 2);
     URL_SAFE_NO_PAD
         .decode_vec(b64, payload)
         .map_err(|_| DecryptError::Malformed)?;
@@ -207,16 +208,18 @@ pub(crate) fn parse_into<'a>(
 /// that the fields of one document (most are short) never make it grow.
 pub(crate) const SCRATCH_FLOOR: usize = 256;
 
-/// Empties `buf`, a buffer reused for plaintext, with room for `n` bytes.
-/// A buffer that must grow is wiped first and replaced: growing it in place
-/// would let the allocator copy the old plaintext and free that copy
-/// unwiped.
-pub(crate) fn room_for_secret(buf: &mut Vec<u8>, n: usize) {
-    if buf.capacity() < n {
+/// `buf.reserve(additional)` for a buffer that holds plaintext. A buffer
+/// that must grow is copied into a new one (at least `SCRATCH_FLOOR`
+/// bytes, at least twice as large) and wiped: growing it in place would let
+/// the allocator copy the plaintext and free the old block unwiped.
+pub(crate) fn reserve_secret(buf: &mut Vec<u8>, additional: usize) {
+    let need = buf.len().saturating_add(additional);
+    if buf.capacity() < need {
+        let mut fresh = Vec::with_capacity(need.max(2 * buf.capacity()).max(SCRATCH_FLOOR));
+        fresh.extend_from_slice(buf);
         zeroize::Zeroize::zeroize(buf);
-        *buf = Vec::with_capacity(n.max(SCRATCH_FLOOR));
+        *buf = fresh;
     }
-    buf.clear();
 }
 
 /// Length of unpadded base64 for `n` bytes.
@@ -320,20 +323,21 @@ mod tests {
     #[test]
     fn a_secret_buffer_is_kept_while_it_fits_and_replaced_when_it_must_grow() {
         let mut buf = Vec::new();
-        room_for_secret(&mut buf, 10);
+        reserve_secret(&mut buf, 10);
         assert!(buf.is_empty() && buf.capacity() >= SCRATCH_FLOOR);
         buf.extend_from_slice(b"plaintext");
         let (ptr, cap) = (buf.as_ptr(), buf.capacity());
-        room_for_secret(&mut buf, SCRATCH_FLOOR);
-        assert!(buf.is_empty());
+        let room = cap - buf.len();
+        reserve_secret(&mut buf, room);
+        assert_eq!(buf, b"plaintext");
         assert_eq!(
             (buf.as_ptr(), buf.capacity()),
             (ptr, cap),
             "reused while it fits"
         );
-        buf.extend_from_slice(b"plaintext");
-        room_for_secret(&mut buf, 4 * SCRATCH_FLOOR);
-        assert!(buf.is_empty() && buf.capacity() >= 4 * SCRATCH_FLOOR);
+        reserve_secret(&mut buf, 4 * SCRATCH_FLOOR);
+        assert_eq!(buf, b"plaintext", "the contents move to the new buffer");
+        assert!(buf.capacity() >= 4 * SCRATCH_FLOOR + b"plaintext".len());
         // A parsed envelope leaves the buffer no larger than the floor.
         let mut payload = Vec::new();
         let e = format!("fs1:k:{}", "A".repeat(encoded_len(MIN_PAYLOAD_LEN)));

@@ -503,22 +503,13 @@ fn seal_with(
     Ok(envelope::encode(k.head, k.label, &buf))
 }
 
-/// Writes plaintext into a buffer that the allocator never moves: a write
-/// that needs more room copies into a new buffer and wipes the old one
+/// Writes plaintext into a buffer that grows by `envelope::reserve_secret`
 /// (`Vec`'s own growth would free the old copy unwiped).
 struct SecretWriter<'b>(&'b mut Vec<u8>);
 
 impl std::io::Write for SecretWriter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let need = self.0.len() + b.len();
-        if need > self.0.capacity() {
-            // Room for the tag too, which `finish_payload` appends (to the
-            // ciphertext by then).
-            let mut fresh = Vec::with_capacity((2 * self.0.capacity()).max(need + TAG_LEN));
-            fresh.extend_from_slice(self.0);
-            zeroize::Zeroize::zeroize(self.0);
-            *self.0 = fresh;
-        }
+        envelope::reserve_secret(self.0, b.len());
         self.0.extend_from_slice(b);
         Ok(b.len())
     }
@@ -541,7 +532,8 @@ fn seal_str_into(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     let buf = &mut scratch.payload;
-    envelope::room_for_secret(buf, HEADER_LEN + plain.len() + TAG_LEN);
+    buf.clear();
+    envelope::reserve_secret(buf, HEADER_LEN + plain.len() + TAG_LEN);
     start_payload(buf, TypeTag::String, issued_at, nonce);
     buf.extend_from_slice(plain.as_bytes());
     finish_payload(

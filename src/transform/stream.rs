@@ -579,6 +579,9 @@ impl<'a, 'r> Walker<'a, 'r> {
     ) -> Result<(), TransformError> {
         let hi = self.rs.len();
         let track = track && (hi > lo || self.checks_strings);
+        if !track && !self.recording {
+            return self.skip(depth);
+        }
         let start = self.pos;
         if track && hi > lo {
             if let Some(r) = self.rs.selected(lo, hi) {
@@ -845,6 +848,101 @@ impl<'a, 'r> Walker<'a, 'r> {
                 return Ok(());
             }
         }
+    }
+
+    /// A value nothing looks into (not tracked, not recording), inside
+    /// `depth` containers: validated and stepped over in one loop, the open
+    /// containers kept as bits of a word instead of a call per value.
+    /// Accepts exactly what `value` accepts, with the same depth limit, and
+    /// counts the members.
+    fn skip(&mut self, depth: usize) -> Result<(), TransformError> {
+        // Bit `i` set: the `i`-th open container (outermost first) is an object.
+        let mut objects: u64 = 0;
+        let mut open = 0usize;
+        loop {
+            // A value at `pos`.
+            match self.peek() {
+                Some(b'{' | b'[') if open == 64 => {
+                    // Deeper than the word holds: this container in a call
+                    // of its own (only an opened value, walked without a
+                    // depth limit, nests this far).
+                    self.skip(depth + open)?;
+                }
+                Some(c @ (b'{' | b'[')) => {
+                    self.within_depth(depth + open + 1)?;
+                    self.pos += 1;
+                    self.ws();
+                    let object = c == b'{';
+                    if self.peek() == Some(if object { b'}' } else { b']' }) {
+                        self.pos += 1;
+                    } else {
+                        let bit = 1u64 << open;
+                        objects = if object {
+                            objects | bit
+                        } else {
+                            objects & !bit
+                        };
+                        open += 1;
+                        if object {
+                            self.member_name()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                _ => return Err(TransformError::InvalidJson),
+            }
+            // After a value: close the containers that end here, up to
+            // the next value.
+            loop {
+                let Some(top) = open.checked_sub(1) else {
+                    return Ok(());
+                };
+                let object = objects >> top & 1 == 1;
+                self.ws();
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.ws();
+                        if object {
+                            self.member_name()?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if object => {
+                        self.pos += 1;
+                        open = top;
+                    }
+                    Some(b']') if !object => {
+                        self.pos += 1;
+                        open = top;
+                    }
+                    _ => return Err(TransformError::InvalidJson),
+                }
+            }
+        }
+    }
+
+    /// A skipped object's member name, its `:` and the whitespace around.
+    fn member_name(&mut self) -> Result<(), Invalid> {
+        if self.peek() != Some(b'"') {
+            return Err(Invalid);
+        }
+        self.string()?;
+        self.ws();
+        if self.peek() != Some(b':') {
+            return Err(Invalid);
+        }
+        self.pos += 1;
+        self.ws();
+        self.members += 1;
+        Ok(())
     }
 
     /// Number of elements of the array at `pos`, which is left unmoved. The
@@ -1512,6 +1610,170 @@ fn hex4(digits: Option<&str>) -> Result<u32, TransformError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Keyring;
+    use crate::transform::{DecryptSelection, FieldPath};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// Nesting of a valid document's text (a scalar is 0), every
+    /// occurrence of a repeated member included.
+    fn depth_of(doc: &str) -> usize {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+        for c in doc.bytes() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, b'\\') => escaped = true,
+                (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
+                (false, _, b'{' | b'[') => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                (false, _, b'}' | b']') => depth -= 1,
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    /// The members one walk of `mode` counts, if it accepts `doc`.
+    fn members_seen(doc: &str, mode: Mode<'_>, max_depth: usize) -> Option<usize> {
+        let mut ignore = |_: &str, _: StringKind| {};
+        let mut w = Walker::new(doc, &[], mode, 0);
+        if matches!(w.mode, Mode::Scan) {
+            w.scan = Some(&mut ignore);
+        }
+        w.max_depth = max_depth;
+        w.run(doc.as_bytes()).ok().map(|_| w.members)
+    }
+
+    /// Pieces of JSON and of broken JSON: brackets of both kinds, stray
+    /// separators, strings ending in and past the word tests, numbers and
+    /// words, right and wrong.
+    #[rustfmt::skip]
+    const PIECES: &[&str] = &[
+        "{", "}", "[", "]", ",", ":", " ", "\n", "\"a\"", "\"a name past sixteen\"", "\"x\\ny\"",
+        "\"\"", "1", "-0.5e3", "01", "1.", "true", "fals", "null", "{}", "[]", "\"k\":",
+    ];
+
+    /// Valid documents, spaced and nested.
+    fn json_text() -> impl Strategy<Value = String> {
+        let leaf = select(
+            &[
+                "1",
+                "null",
+                "\"v\"",
+                "\"a longer string value\"",
+                "true",
+                "-2.5E+3",
+            ][..],
+        )
+        .prop_map(str::to_owned);
+        leaf.prop_recursive(8, 64, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((select(&["a", "b", "ssn", "a"][..]), inner), 0..5).prop_map(
+                    |m| {
+                        let members: Vec<String> =
+                            m.iter().map(|(k, v)| format!("\"{k}\" : {v}")).collect();
+                        format!("{{ {} }}", members.join(" ,"))
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// Valid documents, pieces, and valid documents with one piece put in
+    /// or one byte taken out.
+    fn documents() -> impl Strategy<Value = String> {
+        prop_oneof![
+            json_text(),
+            prop::collection::vec(select(PIECES), 0..24).prop_map(|p| p.concat()),
+            (json_text(), any::<prop::sample::Index>(), select(PIECES)).prop_map(|(d, i, p)| {
+                let at = i.index(d.len() + 1);
+                format!("{}{p}{}", &d[..at], &d[at..])
+            }),
+            (json_text(), any::<prop::sample::Index>()).prop_map(|(mut d, i)| {
+                d.remove(i.index(d.len()));
+                d
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// The walk steps over what nothing looks into in one loop
+        /// (`skip`): it accepts what serde_json accepts within each depth
+        /// limit, as the walk that tracks every value does, counts the same
+        /// members, and a decrypting walk that skips most of the document
+        /// judges it alike.
+        #[test]
+        fn the_skipping_walk_judges_and_counts_like_the_tracking_walk(doc in documents()) {
+            let parsed = serde_json::from_str::<Value>(&doc).ok();
+            let depth = parsed.as_ref().map(|_| depth_of(&doc));
+            for limit in [0, 1, 2, 3, 6, SERDE_MAX_DEPTH] {
+                let want = depth.is_some_and(|d| d <= limit);
+                prop_assert_eq!(validate(doc.as_bytes(), limit).is_ok(), want, "{:?} within {}", doc, limit);
+                let skipped = members_seen(&doc, Mode::Validate, limit);
+                prop_assert_eq!(skipped, members_seen(&doc, Mode::Scan, limit), "{:?}", doc);
+                prop_assert_eq!(skipped.is_some(), want, "{:?}", doc);
+            }
+            let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [5u8; 32])]).expect("ring");
+            let rules = vec![FieldRule { path: FieldPath::parse("$.a.b").expect("path"), context: None }];
+            let spec = OpenSpec::new(DecryptSelection::Paths(rules));
+            prop_assert_eq!(decrypt(doc.as_bytes(), &spec, &ring, 0).is_ok(), parsed.is_some(), "{:?}", doc);
+        }
+    }
+
+    /// Nesting past the skip's word of open containers (64) and past
+    /// serde_json's limit, objects and arrays alternating: accepted up to
+    /// the limit, and without one (an opened value's walk), at any depth;
+    /// a wrong closing bracket at any level is refused.
+    #[test]
+    fn deep_documents_are_skipped_at_every_level() {
+        for n in [1, 2, 63, 64, 65, 66, 127, 128, 129, 130, 200] {
+            let (mut open, mut close) = (String::new(), String::new());
+            for i in 0..n {
+                if i % 2 == 0 {
+                    open.push_str("{\"k\":");
+                    close.insert(0, '}');
+                } else {
+                    open.push('[');
+                    close.insert(0, ']');
+                }
+            }
+            let doc = format!("{open}1{close}");
+            assert_eq!(
+                validate(doc.as_bytes(), SERDE_MAX_DEPTH).is_ok(),
+                n <= SERDE_MAX_DEPTH,
+                "{n}"
+            );
+            for limit in [n - 1, n] {
+                assert_eq!(
+                    members_seen(&doc, Mode::Validate, limit).is_some(),
+                    limit >= n,
+                    "{n} {limit}"
+                );
+            }
+            assert_eq!(
+                members_seen(&doc, Mode::Validate, usize::MAX),
+                Some(n.div_ceil(2)),
+                "{n}"
+            );
+            for at in [0, n / 2, n - 1] {
+                // The closing bracket of level `at` (from the inside) of the other kind.
+                let mut bad = close.clone().into_bytes();
+                bad[at] = if bad[at] == b'}' { b']' } else { b'}' };
+                let bad = format!("{open}1{}", String::from_utf8(bad).expect("ascii"));
+                assert_eq!(
+                    members_seen(&bad, Mode::Validate, usize::MAX),
+                    None,
+                    "{n} {at}"
+                );
+            }
+        }
+    }
 
     fn by_table(b: &[u8]) -> Option<usize> {
         b.iter().position(|&c| STRING_STOP[usize::from(c)])

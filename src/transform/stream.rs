@@ -89,6 +89,16 @@ fn encrypt_counting(
     now: u64,
 ) -> Result<(Vec<u8>, TransformReport, usize), TransformError> {
     let src = std::str::from_utf8(input).map_err(|_| TransformError::InvalidJson)?;
+    run_sealing(sealing_walker(src, spec, keys, now), spec, keys)
+}
+
+/// The walk of `encrypt` over `src`, set up for the route's spec.
+fn sealing_walker<'a, 'r>(
+    src: &'a str,
+    spec: &'r SealSpec,
+    keys: Keys<'r>,
+    now: u64,
+) -> Walker<'a, 'r> {
     let mut w = Walker::new(src, &spec.rules, Mode::Encrypt { spec, keys }, now);
     if !spec.indexes.is_empty() {
         w.index_rules = spec.indexes.rules();
@@ -98,7 +108,15 @@ fn encrypt_counting(
     w.max_depth = spec.max_depth.min(SERDE_MAX_DEPTH);
     w.look = &spec.shape.look_alikes;
     w.refuses_references = spec.shape.references == JsonReferences::Refuse;
-    let mut report = w.run(input)?;
+    w
+}
+
+fn run_sealing(
+    mut w: Walker<'_, '_>,
+    spec: &SealSpec,
+    keys: Keys<'_>,
+) -> Result<(Vec<u8>, TransformReport, usize), TransformError> {
+    let mut report = w.run(w.b)?;
     if report.encrypted > 0 {
         report.key_ids.push(keys.seal.id().to_owned());
     }
@@ -322,6 +340,9 @@ struct Walker<'a, 'r> {
     ihi: usize,
     /// The index keys, by rule, derived when first used.
     index_keys: Vec<Option<IndexKey>>,
+    /// Encrypt: values outside every rule take `guard`'s loop (off only in
+    /// tests, to compare it with the walk value by value).
+    guard_loop: bool,
 }
 
 type ScanFn<'r> = dyn FnMut(&str, StringKind) + 'r;
@@ -369,6 +390,7 @@ impl<'a, 'r> Walker<'a, 'r> {
             ilo: 0,
             ihi: 0,
             index_keys: Vec::new(),
+            guard_loop: true,
         }
     }
 
@@ -581,6 +603,17 @@ impl<'a, 'r> Walker<'a, 'r> {
         let track = track && (hi > lo || self.checks_strings);
         if !track && !self.recording {
             return self.skip(depth);
+        }
+        if track
+            && hi == lo
+            && self.ihi == self.ilo
+            && self.guard_loop
+            && matches!(self.mode, Mode::Encrypt { .. })
+            && self.scan.is_none()
+            && matches!(self.peek(), Some(b'{' | b'['))
+            && self.look.accepting(la).is_none()
+        {
+            return self.guard(depth, hi, la);
         }
         let start = self.pos;
         if track && hi > lo {
@@ -927,6 +960,143 @@ impl<'a, 'r> Walker<'a, 'r> {
                 }
             }
         }
+    }
+
+    /// Encrypt, at a value outside every rule and index rule (states
+    /// `hi..hi`) whose look-alike state `la` does not accept: what the walk
+    /// does there, in one loop with the open containers on a fixed stack
+    /// instead of a call of `value` and a path step per value. Member names
+    /// are counted, checked for references and stepped through the
+    /// look-alike automaton; strings are checked for escapes and the
+    /// reserved prefix. A value that needs more (one whose look-alike state
+    /// accepts, a string the guard must read, a container past the stack)
+    /// gets the walk itself, with the path built from the stack.
+    fn guard(&mut self, depth: usize, hi: usize, la: u32) -> Result<(), TransformError> {
+        let mut stack = [Level::default(); GUARD_LEVELS];
+        let mut open = 0usize;
+        // The look-alike state of the value at `pos`.
+        let mut la = la;
+        loop {
+            let start = self.pos;
+            match self.peek() {
+                _ if self.look.accepting(la).is_some() => {
+                    let base = self.enter_path(&stack[..open])?;
+                    let res = self.value(depth + open, hi, true, la);
+                    self.path.truncate(base);
+                    res?;
+                }
+                Some(b'{' | b'[') if open == GUARD_LEVELS => {
+                    let base = self.enter_path(&stack[..open])?;
+                    let res = self.value(depth + open, hi, true, la);
+                    self.path.truncate(base);
+                    res?;
+                }
+                Some(c @ (b'{' | b'[')) => {
+                    self.within_depth(depth + open + 1)?;
+                    self.pos += 1;
+                    self.ws();
+                    let object = c == b'{';
+                    if self.peek() == Some(if object { b'}' } else { b']' }) {
+                        self.pos += 1;
+                    } else {
+                        let level = stack.get_mut(open).or_invalid()?;
+                        *level = Level {
+                            la,
+                            object,
+                            ..Level::default()
+                        };
+                        open += 1;
+                        if object {
+                            la = self.guard_member(level)?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    let (from, to, escaped) = self.string()?;
+                    if escaped || self.reserved(from, to) {
+                        let base = self.enter_path(&stack[..open])?;
+                        let res = self.at_string(None, hi, hi, start, (from, to, escaped));
+                        self.path.truncate(base);
+                        res?;
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                _ => return Err(TransformError::InvalidJson),
+            }
+            // After a value: close the containers that end here, up to
+            // the next value.
+            loop {
+                let Some(top) = open.checked_sub(1) else {
+                    return Ok(());
+                };
+                let level = stack.get_mut(top).or_invalid()?;
+                self.ws();
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.ws();
+                        la = if level.object {
+                            self.guard_member(level)?
+                        } else {
+                            level.at += 1;
+                            level.la
+                        };
+                        break;
+                    }
+                    Some(b'}') if level.object => {
+                        self.pos += 1;
+                        open = top;
+                    }
+                    Some(b']') if !level.object => {
+                        self.pos += 1;
+                        open = top;
+                    }
+                    _ => return Err(TransformError::InvalidJson),
+                }
+            }
+        }
+    }
+
+    /// `guard`: the member name at `pos`, its `:` and the whitespace
+    /// around, as the walk's `object` takes them; returns the look-alike
+    /// state of the member's value.
+    fn guard_member(&mut self, level: &mut Level) -> Result<u32, TransformError> {
+        if self.peek() != Some(b'"') {
+            return Err(TransformError::InvalidJson);
+        }
+        let (from, to, escaped) = self.string()?;
+        self.ws();
+        if self.peek() != Some(b':') {
+            return Err(TransformError::InvalidJson);
+        }
+        self.pos += 1;
+        self.ws();
+        self.members += 1;
+        (level.at, level.to, level.escaped) = (from, to, escaped);
+        let key = self.text(from, to, escaped)?;
+        if self.refuses_references && is_reference_member(&key) {
+            self.fail(TransformError::Reference);
+        }
+        Ok(self.look.step(level.la, &key))
+    }
+
+    /// Pushes the path steps of `guard`'s open containers; returns the
+    /// path's length before.
+    fn enter_path(&mut self, levels: &[Level]) -> Result<usize, TransformError> {
+        let base = self.path.len();
+        for level in levels {
+            let step = if level.object {
+                Step::Key(self.text(level.at, level.to, level.escaped)?)
+            } else {
+                Step::Index(level.at)
+            };
+            self.path.push(step);
+        }
+        Ok(base)
     }
 
     /// A skipped object's member name, its `:` and the whitespace around.
@@ -1409,6 +1579,23 @@ impl<'a, 'r> Walker<'a, 'r> {
 #[derive(Debug)]
 struct Invalid;
 
+/// Containers `Walker::guard` keeps open on its own stack; deeper ones go
+/// through the walk (and a fresh stack).
+const GUARD_LEVELS: usize = 16;
+
+/// One container open in `Walker::guard`.
+#[derive(Clone, Copy, Default)]
+struct Level {
+    /// An array's current element, or where an object's current member
+    /// name starts (its contents `at..to`, `escaped` if they hold escapes).
+    at: usize,
+    to: usize,
+    /// The container's look-alike state (its elements').
+    la: u32,
+    object: bool,
+    escaped: bool,
+}
+
 impl From<Invalid> for TransformError {
     #[inline]
     fn from(_: Invalid) -> TransformError {
@@ -1723,6 +1910,144 @@ mod tests {
             let rules = vec![FieldRule { path: FieldPath::parse("$.a.b").expect("path"), context: None }];
             let spec = OpenSpec::new(DecryptSelection::Paths(rules));
             prop_assert_eq!(decrypt(doc.as_bytes(), &spec, &ring, 0).is_ok(), parsed.is_some(), "{:?}", doc);
+        }
+    }
+
+    /// Member names of `guarded_text`, as JSON spells them: names of the
+    /// rules and look-alikes of them, references in two spellings,
+    /// escaped and NUL-cut names, and names nothing knows.
+    #[rustfmt::skip]
+    const GUARD_NAMES: &[&str] = &[
+        "x", "y", "s", "S", "a", "b", "card", "CARD", "number", "Num_ber", "card.number",
+        "$ref", "$values", "$REF", "_s", "\\u0073", "s\\u0000x", "a name past sixteen",
+    ];
+
+    /// Documents whose values are mostly outside the rules (`$.s`,
+    /// `$.a[*].b`, `$.card.number`, and `$.x[-1].y`, whose arrays are
+    /// counted first by a walk that only records), with look-alikes, references, the
+    /// reserved prefix (plain and escaped), escapes, and nesting past
+    /// `GUARD_LEVELS`.
+    fn guarded_text() -> impl Strategy<Value = String> {
+        #[rustfmt::skip]
+        let leaf = select(&[
+            "1", "null", "\"v\"", "\"fs1:abc\"", "\"\\u0066s1:x\"", "\"a\\nb\"",
+            "\"a longer string value\"", "true", "[]", "{}", "-2.5E+3",
+        ][..])
+        .prop_map(str::to_owned);
+        leaf.prop_recursive(20, 96, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((select(GUARD_NAMES), inner), 0..4).prop_map(|m| {
+                    let members: Vec<String> =
+                        m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// `out` with every envelope (fresh nonces) as `"E"`.
+    fn envelopes_masked(out: &[u8]) -> String {
+        let text = String::from_utf8_lossy(out);
+        let mut masked = String::new();
+        let mut rest: &str = &text;
+        while let Some(at) = rest.find("\"fs1:") {
+            masked.push_str(&rest[..at]);
+            let end = rest[at + 1..].find('"').map_or(rest.len(), |e| at + e + 2);
+            masked.push_str("\"E\"");
+            rest = &rest[end..];
+        }
+        masked.push_str(rest);
+        masked
+    }
+
+    fn sealed(doc: &str, spec: &SealSpec, ring: &Keyring, guard_loop: bool) -> String {
+        let mut w = sealing_walker(doc, spec, ring.into(), 0);
+        w.guard_loop = guard_loop;
+        match run_sealing(w, spec, ring.into()) {
+            Ok((out, report, members)) => format!(
+                "{} {} {:?} {:?} {} {members}",
+                envelopes_masked(&out),
+                report.encrypted,
+                report.paths,
+                report.key_ids,
+                report.failures.len()
+            ),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// `guard`'s loop does what the walk does value by value, in both
+        /// look-alike modes, with references refused and allowed: the same
+        /// output (envelopes aside), report, member count, or error.
+        #[test]
+        fn the_guard_loop_seals_and_refuses_like_the_walk(doc in guarded_text()) {
+            let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [5u8; 32])]).expect("ring");
+            let rules: Vec<FieldRule> = ["$.s", "$.a[*].b", "$.card.number", "$.x[-1].y"]
+                .iter()
+                .map(|p| FieldRule { path: FieldPath::parse(p).expect("path"), context: None })
+                .collect();
+            for mode in [LookAlikeMode::Seal, LookAlikeMode::Refuse] {
+                for references in [JsonReferences::Refuse, JsonReferences::Allow] {
+                    let mut spec = SealSpec::new(rules.clone());
+                    spec.shape.look_alikes = LookAlikes::compile(&rules, &[], mode).expect("compile");
+                    spec.shape.references = references;
+                    let looped = sealed(&doc, &spec, &ring, true);
+                    prop_assert_eq!(&looped, &sealed(&doc, &spec, &ring, false), "{:?} {:?}", mode, references);
+                }
+            }
+        }
+    }
+
+    /// Past `GUARD_LEVELS` (and twice past it), a look-alike, a reserved
+    /// string and a reference at each depth: the loop hands the deeper
+    /// containers to the walk, which takes them as it does without the loop.
+    #[test]
+    fn deep_guarded_documents_seal_and_refuse_like_the_walk() {
+        let ring = Keyring::from_raw_keys("k1", vec![("k1".to_string(), [5u8; 32])]).expect("ring");
+        let rules: Vec<FieldRule> = ["$.s", "$.card.number"]
+            .iter()
+            .map(|p| FieldRule {
+                path: FieldPath::parse(p).expect("path"),
+                context: None,
+            })
+            .collect();
+        let inner = [
+            "{\"S\":\"v\"}",
+            "\"fs1:abc\"",
+            "{\"$ref\":\"1\"}",
+            "{\"card\":{\"Number\":\"4111\"}}",
+            "[1,{\"y\":2}]",
+        ];
+        for n in [1, 15, 16, 17, 31, 32, 33, 48, 60] {
+            for value in inner {
+                let (mut open, mut close) = (String::new(), String::new());
+                for i in 0..n {
+                    if i % 2 == 0 {
+                        open.push_str("{\"x\":1,\"k\":");
+                        close.insert(0, '}');
+                    } else {
+                        open.push_str("[0,");
+                        close.insert(0, ']');
+                    }
+                }
+                let doc = format!("{open}{value}{close}");
+                for mode in [LookAlikeMode::Seal, LookAlikeMode::Refuse] {
+                    let mut spec = SealSpec::new(rules.clone());
+                    spec.shape.look_alikes =
+                        LookAlikes::compile(&rules, &[], mode).expect("compile");
+                    let looped = sealed(&doc, &spec, &ring, true);
+                    assert_eq!(
+                        looped,
+                        sealed(&doc, &spec, &ring, false),
+                        "{n} {value} {mode:?}"
+                    );
+                }
+            }
         }
     }
 

@@ -490,6 +490,18 @@ impl<'a, 'r> Walker<'a, 'r> {
         Ok(())
     }
 
+    /// A literal or a number at `pos` (anything else there is invalid).
+    #[inline(always)]
+    fn scalar(&mut self) -> Result<(), Invalid> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Invalid),
+        }
+    }
+
     fn hex4(&mut self) -> Result<u32, Invalid> {
         let digits = self.b.get(self.pos..self.pos + 4).ok_or(Invalid)?;
         let mut v = 0u32;
@@ -674,11 +686,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 }
                 Ok(())
             }
-            Some(b't') => Ok(self.literal(b"true")?),
-            Some(b'f') => Ok(self.literal(b"false")?),
-            Some(b'n') => Ok(self.literal(b"null")?),
-            Some(b'-' | b'0'..=b'9') => Ok(self.number()?),
-            _ => Err(TransformError::InvalidJson),
+            _ => Ok(self.scalar()?),
         }
     }
 
@@ -747,16 +755,7 @@ impl<'a, 'r> Walker<'a, 'r> {
         // Index rules whose field this object holds (one bit per rule).
         let mut indexed_here = 0u64;
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(TransformError::InvalidJson);
-            }
-            let (from, to, escaped) = self.string()?;
-            self.ws();
-            if self.peek() != Some(b':') {
-                return Err(TransformError::InvalidJson);
-            }
-            self.pos += 1;
-            self.ws();
+            let (from, to, escaped) = self.member_head()?;
             if !self.recording {
                 self.members += 1;
             }
@@ -925,11 +924,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                 Some(b'"') => {
                     self.string()?;
                 }
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
-                Some(b'-' | b'0'..=b'9') => self.number()?,
-                _ => return Err(TransformError::InvalidJson),
+                _ => self.scalar()?,
             }
             // After a value: close the containers that end here, up to
             // the next value.
@@ -938,26 +933,14 @@ impl<'a, 'r> Walker<'a, 'r> {
                     return Ok(());
                 };
                 let object = objects >> top & 1 == 1;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        self.ws();
-                        if object {
-                            self.member_name()?;
-                        }
-                        break;
-                    }
-                    Some(b'}') if object => {
-                        self.pos += 1;
-                        open = top;
-                    }
-                    Some(b']') if !object => {
-                        self.pos += 1;
-                        open = top;
-                    }
-                    _ => return Err(TransformError::InvalidJson),
+                if !self.next_item(if object { b'}' } else { b']' })? {
+                    open = top;
+                    continue;
                 }
+                if object {
+                    self.member_name()?;
+                }
+                break;
             }
         }
     }
@@ -1021,11 +1004,7 @@ impl<'a, 'r> Walker<'a, 'r> {
                         res?;
                     }
                 }
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
-                Some(b'-' | b'0'..=b'9') => self.number()?,
-                _ => return Err(TransformError::InvalidJson),
+                _ => self.scalar()?,
             }
             // After a value: close the containers that end here, up to
             // the next value.
@@ -1034,29 +1013,17 @@ impl<'a, 'r> Walker<'a, 'r> {
                     return Ok(());
                 };
                 let level = stack.get_mut(top).or_invalid()?;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        self.ws();
-                        la = if level.object {
-                            self.guard_member(level)?
-                        } else {
-                            level.at += 1;
-                            level.la
-                        };
-                        break;
-                    }
-                    Some(b'}') if level.object => {
-                        self.pos += 1;
-                        open = top;
-                    }
-                    Some(b']') if !level.object => {
-                        self.pos += 1;
-                        open = top;
-                    }
-                    _ => return Err(TransformError::InvalidJson),
+                if !self.next_item(if level.object { b'}' } else { b']' })? {
+                    open = top;
+                    continue;
                 }
+                la = if level.object {
+                    self.guard_member(level)?
+                } else {
+                    level.at += 1;
+                    level.la
+                };
+                break;
             }
         }
     }
@@ -1065,16 +1032,7 @@ impl<'a, 'r> Walker<'a, 'r> {
     /// around, as the walk's `object` takes them; returns the look-alike
     /// state of the member's value.
     fn guard_member(&mut self, level: &mut Level) -> Result<u32, TransformError> {
-        if self.peek() != Some(b'"') {
-            return Err(TransformError::InvalidJson);
-        }
-        let (from, to, escaped) = self.string()?;
-        self.ws();
-        if self.peek() != Some(b':') {
-            return Err(TransformError::InvalidJson);
-        }
-        self.pos += 1;
-        self.ws();
+        let (from, to, escaped) = self.member_head()?;
         self.members += 1;
         (level.at, level.to, level.escaped) = (from, to, escaped);
         let key = self.text(from, to, escaped)?;
@@ -1101,18 +1059,27 @@ impl<'a, 'r> Walker<'a, 'r> {
 
     /// A skipped object's member name, its `:` and the whitespace around.
     fn member_name(&mut self) -> Result<(), Invalid> {
+        self.member_head()?;
+        self.members += 1;
+        Ok(())
+    }
+
+    /// An object member's name at `pos`, its `:` and the whitespace
+    /// around: returns the name's contents range and whether it holds
+    /// escapes.
+    #[inline(always)]
+    fn member_head(&mut self) -> Result<(usize, usize, bool), Invalid> {
         if self.peek() != Some(b'"') {
             return Err(Invalid);
         }
-        self.string()?;
+        let name = self.string()?;
         self.ws();
         if self.peek() != Some(b':') {
             return Err(Invalid);
         }
         self.pos += 1;
         self.ws();
-        self.members += 1;
-        Ok(())
+        Ok(name)
     }
 
     /// Number of elements of the array at `pos`, which is left unmoved. The
@@ -2003,6 +1970,22 @@ mod tests {
         }
     }
 
+    /// The openings and closings of `n` containers, objects (opened by
+    /// `object`) and arrays (by `array`) alternating from the outside.
+    fn nesting(n: usize, object: &str, array: &str) -> (String, String) {
+        let (mut open, mut close) = (String::new(), String::new());
+        for i in 0..n {
+            let (o, c) = if i % 2 == 0 {
+                (object, '}')
+            } else {
+                (array, ']')
+            };
+            open.push_str(o);
+            close.insert(0, c);
+        }
+        (open, close)
+    }
+
     /// Past `GUARD_LEVELS` (and twice past it), a look-alike, a reserved
     /// string and a reference at each depth: the loop hands the deeper
     /// containers to the walk, which takes them as it does without the loop.
@@ -2025,16 +2008,7 @@ mod tests {
         ];
         for n in [1, 15, 16, 17, 31, 32, 33, 48, 60] {
             for value in inner {
-                let (mut open, mut close) = (String::new(), String::new());
-                for i in 0..n {
-                    if i % 2 == 0 {
-                        open.push_str("{\"x\":1,\"k\":");
-                        close.insert(0, '}');
-                    } else {
-                        open.push_str("[0,");
-                        close.insert(0, ']');
-                    }
-                }
+                let (open, close) = nesting(n, "{\"x\":1,\"k\":", "[0,");
                 let doc = format!("{open}{value}{close}");
                 for mode in [LookAlikeMode::Seal, LookAlikeMode::Refuse] {
                     let mut spec = SealSpec::new(rules.clone());
@@ -2058,16 +2032,7 @@ mod tests {
     #[test]
     fn deep_documents_are_skipped_at_every_level() {
         for n in [1, 2, 63, 64, 65, 66, 127, 128, 129, 130, 200] {
-            let (mut open, mut close) = (String::new(), String::new());
-            for i in 0..n {
-                if i % 2 == 0 {
-                    open.push_str("{\"k\":");
-                    close.insert(0, '}');
-                } else {
-                    open.push('[');
-                    close.insert(0, ']');
-                }
-            }
+            let (open, close) = nesting(n, "{\"k\":", "[");
             let doc = format!("{open}1{close}");
             assert_eq!(
                 validate(doc.as_bytes(), SERDE_MAX_DEPTH).is_ok(),

@@ -896,8 +896,7 @@ impl<'a, 'r> Walker<'a, 'r> {
             match self.peek() {
                 Some(b'{' | b'[') if open == 64 => {
                     // Deeper than the word holds: this container in a call
-                    // of its own (only an opened value, walked without a
-                    // depth limit, nests this far).
+                    // of its own (once every 64 levels).
                     self.skip(depth + open)?;
                 }
                 Some(c @ (b'{' | b'[')) => {
